@@ -1,0 +1,269 @@
+"""Forcing and dissipation of the built-in model (perpetual northern-winter solstice).
+
+* Radiative relaxation of the layer masses towards an equilibrium whose
+  temperature contrast between the winter and summer poles changes sign with
+  altitude (cold summer mesopause, warm summer lower thermosphere), so the
+  zonal-mean jets change with altitude by thermal-wind balance.
+* A lower-boundary geopotential: zonal-mean part in gradient-wind balance with
+  the winter westerly and summer easterly jets of the upper mesosphere; plus
+  planetary waves (stationary wave 1, quasi-2-day wave, 5-day wave) and the
+  migrating diurnal and semidiurnal tides arriving from below.
+* Sun-synchronous heating (migrating tides) that grows with altitude, as a
+  diabatic mass flux across the layer interfaces.
+* Small-scale stochastic forcing of vorticity and divergence: red in time
+  (AR(1)), correlated in the vertical, growing with altitude like a gravity-wave
+  field and confined to total wavenumbers >= ``gravity_wave_min_wavenumber``.
+* Rayleigh friction with a sponge near the top, and del^8 hyperdiffusion.
+
+Every spectral pattern is computed once; per step only time factors change.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from genda.constants import EARTH_RADIUS_M, GRAVITY, KAPPA, SCALE_HEIGHT_KM, SECONDS_PER_DAY
+from genda.simulator.config import SimulatorConfig
+from genda.simulator.reference import LayerGeometry, reference_temperature
+from genda.simulator.spectral import SpectralTransforms
+
+SOLAR_DAY_RATE = 2.0 * math.pi / SECONDS_PER_DAY
+"""Angular speed of the sun's hour angle (rad s-1)."""
+
+
+def ramp(time_seconds: float, ramp_days: float) -> float:
+    """Smooth switch-on factor from 0 to 1 over ``ramp_days``."""
+    if ramp_days <= 0:
+        return 1.0
+    x = min(max(time_seconds / (ramp_days * SECONDS_PER_DAY), 0.0), 1.0)
+    return 0.5 * (1.0 - math.cos(math.pi * x))
+
+
+def equilibrium_temperature_anomaly(latitude_rad: np.ndarray, altitude_km: np.ndarray, contrast: float) -> np.ndarray:
+    """``(Z, H)`` radiative-equilibrium temperature anomaly (K), northern winter.
+
+    Half the winter-minus-summer contrast times ``sin(lat)``, with a vertical
+    profile peaking near the mesopause and reversing in the lower thermosphere.
+    """
+    z = np.asarray(altitude_km)[:, None]
+    profile = np.exp(-(((z - 85.0) / 12.0) ** 2)) - 0.6 * np.exp(-(((z - 112.0) / 8.0) ** 2))
+    return 0.5 * contrast * profile * np.sin(latitude_rad)[None, :]
+
+
+def bottom_jet(latitude_rad: np.ndarray, peak: float) -> np.ndarray:
+    """Zonal wind (m s-1) at the lower boundary: winter westerly, summer easterly."""
+    lat = np.rad2deg(latitude_rad)
+    return peak * (np.exp(-(((lat - 50.0) / 18.0) ** 2)) - 0.8 * np.exp(-(((lat + 40.0) / 18.0) ** 2)))
+
+
+def balanced_geopotential(latitude_rad: np.ndarray, wind: np.ndarray, rotation_rate: float) -> np.ndarray:
+    """Geopotential (m2 s-2, zero area mean) in gradient-wind balance with zonal ``wind``.
+
+    ``dPhi/dlat = -(a f u + u^2 tan(lat))``, integrated on a fine grid from the
+    north pole and interpolated to ``latitude_rad`` (Holton, sect. 3.2).
+    """
+    fine = np.linspace(np.pi / 2, -np.pi / 2, 4001)
+    u = np.interp(fine[::-1], latitude_rad[::-1], wind[::-1])[::-1]
+    f = 2.0 * rotation_rate * np.sin(fine)
+    dphi = -(EARTH_RADIUS_M * f * u + u**2 * np.tan(np.clip(fine, -1.5707, 1.5707)))
+    steps = np.diff(fine)
+    phi = np.concatenate(([0.0], np.cumsum(0.5 * (dphi[1:] + dphi[:-1]) * steps)))
+    phi -= np.trapezoid(phi * np.cos(fine), fine) / np.trapezoid(np.cos(fine), fine)
+    return np.interp(latitude_rad[::-1], fine[::-1], phi[::-1])[::-1]
+
+
+class Forcing:
+    """Deterministic forcing patterns plus the stochastic small-scale forcing.
+
+    Args:
+        config: model parameters.
+        transforms: spectral transforms of the model grid.
+        geometry: reference layers.
+        rotation_rate: planetary rotation (rad s-1).
+        seed: seeds the stochastic forcing (a CPU ``torch.Generator``, so runs are
+            identical on any device).
+    """
+
+    def __init__(
+        self,
+        config: SimulatorConfig,
+        transforms: SpectralTransforms,
+        geometry: LayerGeometry,
+        rotation_rate: float,
+        seed: int,
+    ) -> None:
+        self.config = config
+        self.tr = transforms
+        self.geometry = geometry
+        dev, dtype = transforms.device, transforms.dtype
+        lat = transforms.latitude.cpu().numpy().astype(np.float64)
+        lon = transforms.longitude.cpu().numpy().astype(np.float64)
+        self._lat, self._lon = lat, lon
+        K = geometry.theta.size
+
+        def grid(a: np.ndarray) -> torch.Tensor:
+            return torch.as_tensor(np.ascontiguousarray(a), dtype=dtype, device=dev)
+
+        # --- radiative equilibrium of the layer masses -------------------------------
+        z_int = geometry.interface_km
+        t_int = reference_temperature(z_int)
+        anomaly = equilibrium_temperature_anomaly(lat, z_int, config.solstice_temperature_contrast_k)
+        p_eq = geometry.interface_pressure[:, None] * np.exp(anomaly / (KAPPA * t_int[:, None]))
+        p_eq[-1] = geometry.top_pressure
+        if config.lower_boundary == "isobaric":
+            p_eq[0] = geometry.interface_pressure[0]
+        sigma_eq = (p_eq[:-1] - p_eq[1:]) / GRAVITY  # (K, H)
+        weights = transforms.area_weights[:, 0].cpu().numpy() * len(lon)
+        sigma_eq *= (geometry.sigma / (sigma_eq * weights).sum(1))[:, None]  # keep each layer's mass
+        sigma_eq_grid = np.repeat(sigma_eq[:, :, None], len(lon), axis=2)
+        self.sigma_reference = transforms.to_spectral(
+            grid(np.repeat(np.repeat(geometry.sigma[:, None, None], len(lat), 1), len(lon), 2))
+        )
+        self.sigma_equilibrium_anomaly = transforms.to_spectral(grid(sigma_eq_grid)) - self.sigma_reference
+        """``(K, l, m)`` equilibrium minus reference pseudo-density."""
+
+        # --- lower boundary: balanced jets and waves -----------------------------------
+        mean_phi = balanced_geopotential(lat, bottom_jet(lat, config.bottom_jet_m_s), rotation_rate)
+        self.boundary_base = grid(np.full((len(lat), len(lon)), GRAVITY * config.bottom_km * 1e3))
+        self.boundary_mean_anomaly = grid(np.repeat(mean_phi[:, None], len(lon), 1))
+        self._waves: list[tuple[torch.Tensor, torch.Tensor, float, float]] = []
+        for w in config.planetary_waves:
+            envelope = GRAVITY * w.amplitude_m * np.exp(-(((np.rad2deg(lat) - w.center_latitude) / w.width_deg) ** 2))
+            omega = 0.0 if w.period_days is None else 2.0 * math.pi / (w.period_days * SECONDS_PER_DAY)
+            phase = np.deg2rad(w.phase_deg)
+            # westward: phase = s*lon + omega*t + phase0
+            cos_p = envelope[:, None] * np.cos(w.zonal_wavenumber * lon[None, :])
+            sin_p = envelope[:, None] * np.sin(w.zonal_wavenumber * lon[None, :])
+            self._waves.append((grid(cos_p), grid(sin_p), omega, phase))
+        for tide in config.tides:
+            n = tide.harmonic
+            envelope = GRAVITY * tide.boundary_amplitude_m * np.cos(lat) ** n
+            cos_p = envelope[:, None] * np.cos(n * lon[None, :])
+            sin_p = envelope[:, None] * np.sin(n * lon[None, :])
+            # hour angle n * (Omega_sun t + lon - pi): the same form as a westward wave
+            self._waves.append((grid(cos_p), grid(sin_p), n * SOLAR_DAY_RATE, -n * math.pi))
+
+        # --- sun-synchronous heating -> diabatic mass flux across interfaces ----------
+        self._heating: list[tuple[torch.Tensor, torch.Tensor, int]] = []
+        if K > 1:
+            inner = slice(1, K)
+            coeff = geometry.interface_pressure[inner] / (GRAVITY * KAPPA * t_int[inner])  # (K-1,)
+            for tide in config.tides:
+                n = tide.harmonic
+                rate = tide.heating_k_per_day / SECONDS_PER_DAY
+                growth = np.exp((z_int[inner] - 80.0) / tide.growth_km)
+                flux_amp = coeff * rate * growth  # (K-1,) kg m-2 s-1 per unit pattern
+                patterns = []
+                for trig in (np.cos, np.sin):
+                    pattern = (np.cos(lat) ** n)[:, None] * trig(n * lon[None, :])
+                    flux = np.zeros((K + 1, len(lat), len(lon)))
+                    flux[inner] = flux_amp[:, None, None] * pattern[None]
+                    d_sigma = flux[:-1] - flux[1:]  # mass in from below minus mass out above
+                    patterns.append(transforms.to_spectral(grid(d_sigma)))
+                self._heating.append((patterns[0], patterns[1], n))
+
+        # --- damping -------------------------------------------------------------------
+        layer_km = geometry.layer_km
+        sponge_start = config.top_km - 10.0
+        depth = max(layer_km[-1] - sponge_start, 1e-9)
+        sponge = np.clip((layer_km - sponge_start) / depth, 0.0, 1.0) ** 2
+        growth = np.exp((layer_km - config.bottom_km) / config.damping_scale_km)
+        rate = growth / (config.rayleigh_timescale_days * SECONDS_PER_DAY) + sponge / (
+            config.sponge_timescale_days * SECONDS_PER_DAY
+        )
+        self.rayleigh_rate = torch.as_tensor(rate, dtype=dtype, device=dev)[:, None, None]
+        """``(K, 1, 1)`` momentum damping rate of each layer (s-1)."""
+        relax = growth / (config.radiative_timescale_days * SECONDS_PER_DAY)
+        self.relaxation_rate = torch.as_tensor(relax, dtype=dtype, device=dev)[:, None, None]
+        """``(K, 1, 1)`` radiative relaxation rate of each layer (s-1)."""
+
+        # --- stochastic small-scale forcing ----------------------------------------------
+        self._generator = torch.Generator(device="cpu").manual_seed(int(seed))
+        degree = transforms.degree.cpu().to(torch.float64)
+        allowed = transforms.triangle.cpu() & (degree >= config.gravity_wave_min_wavenumber)
+        # vorticity/divergence coefficients ~ l^(1/6): wind variance per degree ~ l^(-2/3) * (2l+1)
+        shape = torch.where(allowed, (degree * (degree + 1)).clamp(min=1.0).sqrt() * degree.clamp(min=1.0) ** (-5.0 / 6.0), 0.0)
+        z_rel = np.minimum(layer_km, config.gravity_wave_saturation_km) - 80.0
+        amplitude = np.exp(z_rel / (2.0 * SCALE_HEIGHT_KM))
+        corr = np.exp(-np.abs(layer_km[:, None] - layer_km[None, :]) / config.gravity_wave_vertical_scale_km)
+        chol = np.linalg.cholesky(corr + 1e-10 * np.eye(K)) * amplitude[:, None]
+        self._vertical = torch.as_tensor(chol, dtype=torch.float64)
+        self._shape = shape
+        self._mask_m0 = torch.arange(shape.shape[1])[None, :] == 0
+        target = config.gravity_wave_forcing_m_s_per_hour / 3600.0
+        self._noise_scale = 0.0
+        if target > 0:
+            calib = torch.Generator(device="cpu").manual_seed(20240101)
+            rms = self._calibration_rms(calib, layer_km)
+            self._noise_scale = target / rms
+        self._correlation = math.exp(-config.time_step / (config.gravity_wave_correlation_hours * 3600.0))
+        self._noise = self._draw() * self._noise_scale if self._noise_scale > 0 else None
+
+        # --- hyperdiffusion ----------------------------------------------------------------
+        T = transforms.truncation
+        scaled = (degree * (degree + 1) / (T * (T + 1))) ** 4
+        tau = config.hyperdiffusion_timescale_hours * 3600.0
+        factor = torch.exp(-config.time_step / tau * scaled) if math.isfinite(tau) else torch.ones_like(scaled)
+        self.hyperdiffusion = factor.to(device=dev, dtype=dtype)
+        """``(l, m)`` damping factor applied once per time step."""
+
+    # ------------------------------------------------------------------ stochastic part
+    def _draw(self) -> torch.Tensor:
+        """``(K, 2, l, m)`` complex unit noise, vertically correlated, on the CPU."""
+        K = self._vertical.shape[0]
+        n = self._shape.shape[0]
+        real = torch.randn((K, 2, n, n), generator=self._generator, dtype=torch.float64)
+        imag = torch.randn((K, 2, n, n), generator=self._generator, dtype=torch.float64)
+        imag = torch.where(self._mask_m0, 0.0, imag)  # m = 0 coefficients of a real field are real
+        xi = torch.complex(real, imag) * (self._shape / math.sqrt(2.0))
+        return torch.einsum("kj,j...->k...", self._vertical.to(xi.dtype), xi)
+
+    def _calibration_rms(self, generator: torch.Generator, layer_km: np.ndarray) -> float:
+        saved = self._generator
+        self._generator = generator
+        try:
+            level = int(np.argmin(np.abs(layer_km - 80.0)))
+            draws = torch.stack([self._draw()[level] for _ in range(8)])
+            coeffs = draws.to(device=self.tr.device, dtype=torch.complex128 if self.tr.dtype == torch.float64 else torch.complex64)
+            wind = self.tr.winds(coeffs)
+            return float(wind.pow(2).sum(1).mean().sqrt())
+        finally:
+            self._generator = saved
+
+    def advance_noise(self) -> None:
+        """Move the AR(1) small-scale forcing forward by one time step."""
+        if self._noise is None:
+            return
+        rho = self._correlation
+        self._noise = rho * self._noise + math.sqrt(1.0 - rho**2) * self._noise_scale * self._draw()
+
+    def noise_state(self) -> torch.Tensor | None:
+        return None if self._noise is None else self._noise.clone()
+
+    # ------------------------------------------------------------------ evaluation
+    def surface_geopotential(self, time_seconds: float) -> torch.Tensor:
+        """Lower-boundary geopotential ``(H, W)`` at a time (m2 s-2)."""
+        r = ramp(time_seconds, self.config.ramp_days)
+        phi = self.boundary_base + r * self.boundary_mean_anomaly
+        for cos_p, sin_p, omega, phase in self._waves:
+            angle = omega * time_seconds + phase
+            # cos(s lon + angle) = cos(s lon) cos(angle) - sin(s lon) sin(angle)
+            phi = phi + r * (math.cos(angle) * cos_p - math.sin(angle) * sin_p)
+        return phi
+
+    def tendency(self, state: torch.Tensor, time_seconds: float) -> torch.Tensor:
+        """Forcing and linear damping tendency ``(K, 3, l, m)`` of a spectral state."""
+        r = ramp(time_seconds, self.config.ramp_days)
+        out = torch.zeros_like(state)
+        target = self.sigma_reference + r * self.sigma_equilibrium_anomaly
+        out[:, 0] = -self.relaxation_rate * (state[:, 0] - target)
+        for cos_s, sin_s, n in self._heating:
+            angle = n * (SOLAR_DAY_RATE * time_seconds - math.pi)
+            out[:, 0] += r * (math.cos(angle) * cos_s - math.sin(angle) * sin_s)
+        out[:, 1:3] = -self.rayleigh_rate[:, None] * state[:, 1:3]
+        if self._noise is not None:
+            out[:, 1:3] += r * self._noise.to(device=state.device, dtype=state.dtype)
+        return out
