@@ -47,7 +47,11 @@ class Variable:
     long_name: str
 
     def cf_attrs(self) -> dict[str, str]:
-        return {"units": self.units, "standard_name": self.standard_name, "long_name": self.long_name}
+        return {
+            "units": self.units,
+            "standard_name": self.standard_name,
+            "long_name": self.long_name,
+        }
 
 
 VARIABLES: dict[str, Variable] = {
@@ -122,7 +126,9 @@ class Grid:
         alt = np.asarray(self.altitude, dtype=np.float64)
         for name, arr in (("latitude", lat), ("longitude", lon), ("altitude", alt)):
             if arr.ndim != 1 or arr.size == 0:
-                raise GridMismatchError(f"{name} must be a non-empty 1-D array, got shape {arr.shape}")
+                raise GridMismatchError(
+                    f"{name} must be a non-empty 1-D array, got shape {arr.shape}"
+                )
             if not np.all(np.isfinite(arr)):
                 raise GridMismatchError(f"{name} contains NaN or infinite values")
         if lat.size > 1 and not np.all(np.diff(lat) < 0):
@@ -207,7 +213,9 @@ class Grid:
         try:
             return self.variables.index(name)
         except ValueError:
-            raise KeyError(f"variable {name!r} is not on this grid (variables: {self.variables})") from None
+            raise KeyError(
+                f"variable {name!r} is not on this grid (variables: {self.variables})"
+            ) from None
 
     # ------------------------------------------------------------------ comparison
     def __eq__(self, other: object) -> bool:
@@ -296,12 +304,22 @@ class Grid:
             "latitude": xr.Variable(
                 "latitude",
                 self.latitude,
-                {"units": "degrees_north", "standard_name": "latitude", "long_name": "latitude", "axis": "Y"},
+                {
+                    "units": "degrees_north",
+                    "standard_name": "latitude",
+                    "long_name": "latitude",
+                    "axis": "Y",
+                },
             ),
             "longitude": xr.Variable(
                 "longitude",
                 self.longitude,
-                {"units": "degrees_east", "standard_name": "longitude", "long_name": "longitude", "axis": "X"},
+                {
+                    "units": "degrees_east",
+                    "standard_name": "longitude",
+                    "long_name": "longitude",
+                    "axis": "X",
+                },
             ),
         }
 
@@ -314,7 +332,9 @@ class Grid:
 
         With ``time`` given the field must have a leading time axis of that length.
         """
-        data = field.detach().cpu().numpy() if isinstance(field, torch.Tensor) else np.asarray(field)
+        data = (
+            field.detach().cpu().numpy() if isinstance(field, torch.Tensor) else np.asarray(field)
+        )
         self.check_shape(data.shape)
         coords: dict[str, Any] = self.coords()
         if time is not None:
@@ -327,7 +347,9 @@ class Grid:
             dims: tuple[str, ...] = DIMS
         else:
             if data.ndim != 4:
-                raise GridMismatchError(f"field without time must be (V, L, H, W), got {data.shape}")
+                raise GridMismatchError(
+                    f"field without time must be (V, L, H, W), got {data.shape}"
+                )
             dims = DIMS[1:]
         data_vars = {}
         for i, name in enumerate(self.variables):
@@ -343,9 +365,13 @@ class Grid:
         """The grid of a Dataset with dims ``altitude, latitude, longitude`` in genda's order."""
         for dim in DIMS[1:]:
             if dim not in ds.coords:
-                raise GridMismatchError(f"dataset has no {dim!r} coordinate (coordinates: {list(ds.coords)})")
-        names = tuple(variables) if variables is not None else tuple(
-            name for name in ds.data_vars if name in VARIABLES
+                raise GridMismatchError(
+                    f"dataset has no {dim!r} coordinate (coordinates: {list(ds.coords)})"
+                )
+        names = (
+            tuple(variables)
+            if variables is not None
+            else tuple(name for name in ds.data_vars if name in VARIABLES)
         )
         kind: LatitudeKind = "irregular"
         lat = ds["latitude"].values
@@ -355,7 +381,9 @@ class Grid:
             kind = "equiangular"
         return cls(lat, ds["longitude"].values, ds["altitude"].values, names, kind)
 
-    def tensor_from_dataset(self, ds: xr.Dataset, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    def tensor_from_dataset(
+        self, ds: xr.Dataset, dtype: torch.dtype = torch.float32
+    ) -> torch.Tensor:
         """Dataset -> tensor ``(T, V, L, H, W)`` (or ``(V, L, H, W)`` without time).
 
         The dataset's coordinates must match this grid; reading is lazy until here.
@@ -366,7 +394,9 @@ class Grid:
             da = ds[name]
             order = [d for d in DIMS if d in da.dims]
             if set(da.dims) != set(order):
-                raise GridMismatchError(f"variable {name!r} has dims {da.dims}, expected a subset of {DIMS}")
+                raise GridMismatchError(
+                    f"variable {name!r} has dims {da.dims}, expected a subset of {DIMS}"
+                )
             arrays.append(np.asarray(da.transpose(*order).values))
         stacked = np.stack(arrays, axis=1 if "time" in ds[self.variables[0]].dims else 0)
         return torch.as_tensor(stacked, dtype=dtype)

@@ -48,7 +48,9 @@ class Normalization:
             raise ValueError("normalisation statistics contain NaN or infinite values")
         if np.any(std <= 0):
             bad = [self.variables[i] for i in sorted(set(np.nonzero(std <= 0)[0]))]
-            raise ValueError(f"normalisation std is not positive for variables {bad} (constant field?)")
+            raise ValueError(
+                f"normalisation std is not positive for variables {bad} (constant field?)"
+            )
         object.__setattr__(self, "mean", mean)
         object.__setattr__(self, "std", std)
         object.__setattr__(self, "variables", tuple(self.variables))
@@ -73,7 +75,11 @@ class Normalization:
         return x * std + mean
 
     def to_dict(self) -> dict[str, Any]:
-        return {"variables": list(self.variables), "mean": self.mean.tolist(), "std": self.std.tolist()}
+        return {
+            "variables": list(self.variables),
+            "mean": self.mean.tolist(),
+            "std": self.std.tolist(),
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Normalization:
@@ -83,7 +89,9 @@ class Normalization:
     @classmethod
     def from_dataset(cls, ds: xr.Dataset, grid: Grid) -> Normalization:
         """Area-weighted statistics over ``time, latitude, longitude`` (lazy with dask)."""
-        weights = xr.DataArray(grid.area_weights(), dims="latitude", coords={"latitude": grid.latitude})
+        weights = xr.DataArray(
+            grid.area_weights(), dims="latitude", coords={"latitude": grid.latitude}
+        )
         means, stds = [], []
         for name in grid.variables:
             da = ds[name]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,21 +58,17 @@ class SimulatorConfig:
     output_top_km: float = 115.0
     bottom_km: float = 70.0
     top_km: float = 125.0
-    lower_boundary: str = "isobaric"
-    """``"isobaric"``: the bottom is a pressure surface whose geopotential is
-    prescribed (jets, planetary waves and tides from below), and air crosses it
-    to keep each column's mass; ``"rigid"``: a material surface of fixed
-    geopotential (closed system, total energy conserved without forcing)."""
     dt_seconds: float | None = None
     """Time step; ``None`` picks a stable one from the resolution."""
 
     # Forcing and dissipation -----------------------------------------------------
     radiative_timescale_days: float = 5.0
     """Newtonian relaxation of the mass field towards radiative equilibrium, at the bottom."""
-    solstice_temperature_contrast_k: float = 30.0
+    solstice_temperature_contrast_k: float = 60.0
     """Winter-minus-summer pole contrast of the equilibrium temperature at the mesopause."""
-    bottom_jet_m_s: float = 50.0
-    """Peak of the winter westerly / summer easterly jets at the lower boundary."""
+    bottom_jet_m_s: float = 45.0
+    """Peak of the winter westerly / summer easterly jets that the equilibrium
+    surface-pressure pattern at the bottom supports (gradient-wind balance)."""
     rayleigh_timescale_days: float = 10.0
     """Momentum damping at the bottom (a stand-in for gravity-wave drag and ion drag)."""
     damping_scale_km: float = 20.0
@@ -86,7 +83,7 @@ class SimulatorConfig:
         PlanetaryWave(1, 40.0, 0.0, 35.0, 5.0, 90.0),  # 5-day wave
     )
     tides: tuple[TidalForcing, ...] = (
-        TidalForcing(1, 60.0, 4.0),
+        TidalForcing(1, 400.0, 20.0),
         TidalForcing(2, 40.0, 3.0),
     )
     gravity_wave_forcing_m_s_per_hour: float = 1.0
@@ -109,14 +106,14 @@ class SimulatorConfig:
         if not 1 <= self.layers <= 64:
             raise ValueError(f"layers must be between 1 and 64, got {self.layers}")
         if self.nlat < 8 or self.nlon < 2 * self.nlat - 1:
-            raise ValueError(f"grid {self.nlat}x{self.nlon} too small or not ~1:2 (nlon >= 2 nlat - 1)")
+            raise ValueError(
+                f"grid {self.nlat}x{self.nlon} too small or not ~1:2 (nlon >= 2 nlat - 1)"
+            )
         if not self.bottom_km < self.output_bottom_km <= self.output_top_km < self.top_km:
             raise ValueError(
                 "output levels must lie strictly inside the model layers: "
                 f"{self.bottom_km} < {self.output_bottom_km} <= {self.output_top_km} < {self.top_km}"
             )
-        if self.lower_boundary not in ("isobaric", "rigid"):
-            raise ValueError(f"lower_boundary must be 'isobaric' or 'rigid', got {self.lower_boundary!r}")
         if self.dtype not in ("float32", "float64"):
             raise ValueError(f"dtype must be float32 or float64, got {self.dtype!r}")
 
@@ -127,10 +124,12 @@ class SimulatorConfig:
 
     @property
     def time_step(self) -> float:
-        """Seconds per step: 1200 s at T21, shorter in proportion at higher resolution."""
+        """Seconds per step: about 1200 s at T21, shorter in proportion at higher
+        resolution, rounded down to a whole fraction of an hour (hourly output)."""
         if self.dt_seconds is not None:
             return float(self.dt_seconds)
-        return 1200.0 * 21.0 / self.truncation
+        target = 1200.0 * 21.0 / self.truncation
+        return 3600.0 / math.ceil(3600.0 / target)
 
     def unforced(self) -> SimulatorConfig:
         """The same model with every forcing and every dissipation switched off."""

@@ -19,14 +19,11 @@ constant theta (Hsu & Arakawa 1990, Mon. Wea. Rev. 118; Vallis 2017,
 "Atmospheric and Oceanic Fluid Dynamics", sect. 3.10), and in the horizontal by
 the spectral transform method in vorticity-divergence form (as torch-harmonics'
 ``ShallowWaterSolver``, of which this is the multi-layer, compressible
-generalisation). The top is a surface of constant pressure ``p_top``. The
-bottom is either rigid (a material surface of geopotential ``Phi_s``) or
-isobaric (a pressure surface ``p_s`` with prescribed geopotential ``Phi_s``,
-through which air flows so that each column keeps its mass: the lower boundary
-condition of mechanistic MLT models forced by the lower atmosphere).
+generalisation). The top is a surface of constant pressure ``p_top``; the
+bottom is a material surface of prescribed geopotential ``Phi_s`` (constant
+plus the planetary waves and tides arriving from below).
 
-Total energy (J m-2, area mean), conserved without forcing and dissipation
-when the bottom is rigid:
+Total energy (J m-2, area mean), conserved without forcing and dissipation:
 
     E = <sum_k sigma_k (|u_k|^2 / 2 + theta_k Pi_k)> + <Phi_s p_s / g>
 
@@ -81,7 +78,6 @@ class IsentropicLayers:
         geometry: LayerGeometry,
         rotation_rate: float,
         gravity: float = GRAVITY,
-        isobaric_bottom: bool = False,
     ) -> None:
         self.transforms = transforms
         self.geometry = geometry
@@ -89,7 +85,6 @@ class IsentropicLayers:
         dev, dt = transforms.device, transforms.dtype
         self.theta = torch.as_tensor(geometry.theta, device=dev, dtype=dt)
         self.top_pressure = geometry.top_pressure
-        self.isobaric_bottom = isobaric_bottom
         self.coriolis = (2.0 * rotation_rate * torch.sin(transforms.latitude))[:, None]
         """``(H, 1)`` Coriolis parameter (s-1)."""
 
@@ -143,12 +138,13 @@ class IsentropicLayers:
         g = self.diagnose(state, surface_geopotential)
         absolute_vorticity = g.vorticity + self.coriolis
         fluxes = g.wind[:, None] * torch.stack((absolute_vorticity, g.sigma), 1)[:, :, None]
-        curl_div = tr.vorticity_divergence(fluxes)  # (K, 2 fluxes, curl/div, l, m)
+        K = fluxes.shape[0]
+        # a single leading batch axis keeps torch-harmonics' einsum on its fast path
+        curl_div = tr.vorticity_divergence(fluxes.reshape(2 * K, *fluxes.shape[2:])).reshape(
+            K, 2, 2, *self.transforms.laplacian.shape
+        )  # (K, flux: vorticity/mass, curl/div, l, m)
         bernoulli = tr.to_spectral(g.montgomery + 0.5 * (g.wind**2).sum(1))
         d_sigma = -curl_div[:, 1, 1]
-        if self.isobaric_bottom:
-            # air crosses the bottom pressure surface so that column mass stays fixed
-            d_sigma[0] = d_sigma[0] - d_sigma.sum(0)
         d_vort = -curl_div[:, 0, 1]
         d_div = curl_div[:, 0, 0] - tr.laplacian * bernoulli
         return torch.stack((d_sigma, d_vort, d_div), 1)
@@ -166,7 +162,9 @@ class IsentropicLayers:
         boundary = surface_geopotential * g.interface_pressure[0] / self.gravity
         return self.transforms.area_mean(kinetic.sum(0) + enthalpy.sum(0) + boundary)
 
-    def kinetic_energy(self, state: torch.Tensor, surface_geopotential: torch.Tensor) -> torch.Tensor:
+    def kinetic_energy(
+        self, state: torch.Tensor, surface_geopotential: torch.Tensor
+    ) -> torch.Tensor:
         """Area-mean kinetic energy (J m-2)."""
         g = self.diagnose(state, surface_geopotential)
         return self.transforms.area_mean((0.5 * g.sigma * (g.wind**2).sum(1)).sum(0))

@@ -4,10 +4,11 @@
   temperature contrast between the winter and summer poles changes sign with
   altitude (cold summer mesopause, warm summer lower thermosphere), so the
   zonal-mean jets change with altitude by thermal-wind balance.
-* A lower-boundary geopotential: zonal-mean part in gradient-wind balance with
-  the winter westerly and summer easterly jets of the upper mesosphere; plus
-  planetary waves (stationary wave 1, quasi-2-day wave, 5-day wave) and the
-  migrating diurnal and semidiurnal tides arriving from below.
+  The equilibrium bottom pressure is in gradient-wind balance with winter
+  westerly and summer easterly jets of the upper mesosphere.
+* A lower-boundary geopotential carrying planetary waves (stationary wave 1,
+  quasi-2-day wave, 5-day wave) and the migrating diurnal and semidiurnal tides
+  arriving from below.
 * Sun-synchronous heating (migrating tides) that grows with altitude, as a
   diabatic mass flux across the layer interfaces.
 * Small-scale stochastic forcing of vorticity and divergence: red in time
@@ -25,7 +26,15 @@ import math
 import numpy as np
 import torch
 
-from genda.constants import EARTH_RADIUS_M, GRAVITY, KAPPA, SCALE_HEIGHT_KM, SECONDS_PER_DAY
+from genda.constants import (
+    DRY_AIR_CP,
+    EARTH_RADIUS_M,
+    GRAVITY,
+    KAPPA,
+    REFERENCE_PRESSURE_PA,
+    SCALE_HEIGHT_KM,
+    SECONDS_PER_DAY,
+)
 from genda.simulator.config import SimulatorConfig
 from genda.simulator.reference import LayerGeometry, reference_temperature
 from genda.simulator.spectral import SpectralTransforms
@@ -42,7 +51,9 @@ def ramp(time_seconds: float, ramp_days: float) -> float:
     return 0.5 * (1.0 - math.cos(math.pi * x))
 
 
-def equilibrium_temperature_anomaly(latitude_rad: np.ndarray, altitude_km: np.ndarray, contrast: float) -> np.ndarray:
+def equilibrium_temperature_anomaly(
+    latitude_rad: np.ndarray, altitude_km: np.ndarray, contrast: float
+) -> np.ndarray:
     """``(Z, H)`` radiative-equilibrium temperature anomaly (K), northern winter.
 
     Half the winter-minus-summer contrast times ``sin(lat)``, with a vertical
@@ -56,10 +67,14 @@ def equilibrium_temperature_anomaly(latitude_rad: np.ndarray, altitude_km: np.nd
 def bottom_jet(latitude_rad: np.ndarray, peak: float) -> np.ndarray:
     """Zonal wind (m s-1) at the lower boundary: winter westerly, summer easterly."""
     lat = np.rad2deg(latitude_rad)
-    return peak * (np.exp(-(((lat - 50.0) / 18.0) ** 2)) - 0.8 * np.exp(-(((lat + 40.0) / 18.0) ** 2)))
+    return peak * (
+        np.exp(-(((lat - 50.0) / 18.0) ** 2)) - 0.8 * np.exp(-(((lat + 40.0) / 18.0) ** 2))
+    )
 
 
-def balanced_geopotential(latitude_rad: np.ndarray, wind: np.ndarray, rotation_rate: float) -> np.ndarray:
+def balanced_geopotential(
+    latitude_rad: np.ndarray, wind: np.ndarray, rotation_rate: float
+) -> np.ndarray:
     """Geopotential (m2 s-2, zero area mean) in gradient-wind balance with zonal ``wind``.
 
     ``dPhi/dlat = -(a f u + u^2 tan(lat))``, integrated on a fine grid from the
@@ -110,29 +125,45 @@ class Forcing:
         # --- radiative equilibrium of the layer masses -------------------------------
         z_int = geometry.interface_km
         t_int = reference_temperature(z_int)
-        anomaly = equilibrium_temperature_anomaly(lat, z_int, config.solstice_temperature_contrast_k)
+        anomaly = equilibrium_temperature_anomaly(
+            lat, z_int, config.solstice_temperature_contrast_k
+        )
         p_eq = geometry.interface_pressure[:, None] * np.exp(anomaly / (KAPPA * t_int[:, None]))
         p_eq[-1] = geometry.top_pressure
-        if config.lower_boundary == "isobaric":
-            p_eq[0] = geometry.interface_pressure[0]
+        # The bottom is not an isentrope: its equilibrium pressure is the one whose
+        # Montgomery potential balances the lower-boundary jets (gradient wind).
+        jet_phi = balanced_geopotential(lat, bottom_jet(lat, config.bottom_jet_m_s), rotation_rate)
+        p_s = geometry.interface_pressure[0]
+        exner_s = DRY_AIR_CP * (p_s / REFERENCE_PRESSURE_PA) ** KAPPA
+        p_eq[0] = p_s * np.clip(1.0 + jet_phi / (geometry.theta[0] * exner_s), 0.5, 1.5) ** (
+            1.0 / KAPPA
+        )
         sigma_eq = (p_eq[:-1] - p_eq[1:]) / GRAVITY  # (K, H)
         weights = transforms.area_weights[:, 0].cpu().numpy() * len(lon)
-        sigma_eq *= (geometry.sigma / (sigma_eq * weights).sum(1))[:, None]  # keep each layer's mass
+        sigma_eq *= (geometry.sigma / (sigma_eq * weights).sum(1))[
+            :, None
+        ]  # keep each layer's mass
         sigma_eq_grid = np.repeat(sigma_eq[:, :, None], len(lon), axis=2)
         self.sigma_reference = transforms.to_spectral(
             grid(np.repeat(np.repeat(geometry.sigma[:, None, None], len(lat), 1), len(lon), 2))
         )
-        self.sigma_equilibrium_anomaly = transforms.to_spectral(grid(sigma_eq_grid)) - self.sigma_reference
+        self.sigma_equilibrium_anomaly = (
+            transforms.to_spectral(grid(sigma_eq_grid)) - self.sigma_reference
+        )
         """``(K, l, m)`` equilibrium minus reference pseudo-density."""
 
         # --- lower boundary: balanced jets and waves -----------------------------------
-        mean_phi = balanced_geopotential(lat, bottom_jet(lat, config.bottom_jet_m_s), rotation_rate)
         self.boundary_base = grid(np.full((len(lat), len(lon)), GRAVITY * config.bottom_km * 1e3))
-        self.boundary_mean_anomaly = grid(np.repeat(mean_phi[:, None], len(lon), 1))
         self._waves: list[tuple[torch.Tensor, torch.Tensor, float, float]] = []
         for w in config.planetary_waves:
-            envelope = GRAVITY * w.amplitude_m * np.exp(-(((np.rad2deg(lat) - w.center_latitude) / w.width_deg) ** 2))
-            omega = 0.0 if w.period_days is None else 2.0 * math.pi / (w.period_days * SECONDS_PER_DAY)
+            envelope = (
+                GRAVITY
+                * w.amplitude_m
+                * np.exp(-(((np.rad2deg(lat) - w.center_latitude) / w.width_deg) ** 2))
+            )
+            omega = (
+                0.0 if w.period_days is None else 2.0 * math.pi / (w.period_days * SECONDS_PER_DAY)
+            )
             phase = np.deg2rad(w.phase_deg)
             # westward: phase = s*lon + omega*t + phase0
             cos_p = envelope[:, None] * np.cos(w.zonal_wavenumber * lon[None, :])
@@ -185,10 +216,16 @@ class Forcing:
         degree = transforms.degree.cpu().to(torch.float64)
         allowed = transforms.triangle.cpu() & (degree >= config.gravity_wave_min_wavenumber)
         # vorticity/divergence coefficients ~ l^(1/6): wind variance per degree ~ l^(-2/3) * (2l+1)
-        shape = torch.where(allowed, (degree * (degree + 1)).clamp(min=1.0).sqrt() * degree.clamp(min=1.0) ** (-5.0 / 6.0), 0.0)
+        shape = torch.where(
+            allowed,
+            (degree * (degree + 1)).clamp(min=1.0).sqrt() * degree.clamp(min=1.0) ** (-5.0 / 6.0),
+            0.0,
+        )
         z_rel = np.minimum(layer_km, config.gravity_wave_saturation_km) - 80.0
         amplitude = np.exp(z_rel / (2.0 * SCALE_HEIGHT_KM))
-        corr = np.exp(-np.abs(layer_km[:, None] - layer_km[None, :]) / config.gravity_wave_vertical_scale_km)
+        corr = np.exp(
+            -np.abs(layer_km[:, None] - layer_km[None, :]) / config.gravity_wave_vertical_scale_km
+        )
         chol = np.linalg.cholesky(corr + 1e-10 * np.eye(K)) * amplitude[:, None]
         self._vertical = torch.as_tensor(chol, dtype=torch.float64)
         self._shape = shape
@@ -199,14 +236,20 @@ class Forcing:
             calib = torch.Generator(device="cpu").manual_seed(20240101)
             rms = self._calibration_rms(calib, layer_km)
             self._noise_scale = target / rms
-        self._correlation = math.exp(-config.time_step / (config.gravity_wave_correlation_hours * 3600.0))
+        self._correlation = math.exp(
+            -config.time_step / (config.gravity_wave_correlation_hours * 3600.0)
+        )
         self._noise = self._draw() * self._noise_scale if self._noise_scale > 0 else None
 
         # --- hyperdiffusion ----------------------------------------------------------------
         T = transforms.truncation
         scaled = (degree * (degree + 1) / (T * (T + 1))) ** 4
         tau = config.hyperdiffusion_timescale_hours * 3600.0
-        factor = torch.exp(-config.time_step / tau * scaled) if math.isfinite(tau) else torch.ones_like(scaled)
+        factor = (
+            torch.exp(-config.time_step / tau * scaled)
+            if math.isfinite(tau)
+            else torch.ones_like(scaled)
+        )
         self.hyperdiffusion = factor.to(device=dev, dtype=dtype)
         """``(l, m)`` damping factor applied once per time step."""
 
@@ -227,7 +270,10 @@ class Forcing:
         try:
             level = int(np.argmin(np.abs(layer_km - 80.0)))
             draws = torch.stack([self._draw()[level] for _ in range(8)])
-            coeffs = draws.to(device=self.tr.device, dtype=torch.complex128 if self.tr.dtype == torch.float64 else torch.complex64)
+            coeffs = draws.to(
+                device=self.tr.device,
+                dtype=torch.complex128 if self.tr.dtype == torch.float64 else torch.complex64,
+            )
             wind = self.tr.winds(coeffs)
             return float(wind.pow(2).sum(1).mean().sqrt())
         finally:
@@ -247,7 +293,7 @@ class Forcing:
     def surface_geopotential(self, time_seconds: float) -> torch.Tensor:
         """Lower-boundary geopotential ``(H, W)`` at a time (m2 s-2)."""
         r = ramp(time_seconds, self.config.ramp_days)
-        phi = self.boundary_base + r * self.boundary_mean_anomaly
+        phi = self.boundary_base
         for cos_p, sin_p, omega, phase in self._waves:
             angle = omega * time_seconds + phase
             # cos(s lon + angle) = cos(s lon) cos(angle) - sin(s lon) sin(angle)

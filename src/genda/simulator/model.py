@@ -16,7 +16,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from genda.constants import EARTH_ROTATION_RATE, SECONDS_PER_DAY, pressure_to_altitude_km
+from genda.constants import (
+    EARTH_ROTATION_RATE,
+    REFERENCE_PRESSURE_PA,
+    SCALE_HEIGHT_KM,
+    SECONDS_PER_DAY,
+)
 from genda.grid import Grid, default_altitudes
 from genda.simulator.config import SimulatorConfig
 from genda.simulator.dynamics import GridState, IsentropicLayers
@@ -40,7 +45,9 @@ class Snapshot:
     fields: torch.Tensor
 
 
-def interpolate_to_levels(values: torch.Tensor, layer_km: torch.Tensor, levels_km: torch.Tensor) -> torch.Tensor:
+def interpolate_to_levels(
+    values: torch.Tensor, layer_km: torch.Tensor, levels_km: torch.Tensor
+) -> torch.Tensor:
     """Linear interpolation in altitude of layer values to fixed levels, column by column.
 
     Args:
@@ -54,10 +61,18 @@ def interpolate_to_levels(values: torch.Tensor, layer_km: torch.Tensor, levels_k
     K, H, W = layer_km.shape
     columns = layer_km.permute(1, 2, 0).reshape(-1, K).contiguous()  # (H*W, K)
     targets = levels_km.to(columns.dtype).expand(columns.shape[0], -1).contiguous()
-    upper = torch.searchsorted(columns, targets).clamp(1, K - 1) if K > 1 else torch.zeros_like(targets, dtype=torch.long)
+    upper = (
+        torch.searchsorted(columns, targets).clamp(1, K - 1)
+        if K > 1
+        else torch.zeros_like(targets, dtype=torch.long)
+    )
     lower = (upper - 1).clamp(min=0)
     z_lo, z_hi = columns.gather(1, lower), columns.gather(1, upper)
-    weight = ((targets - z_lo) / (z_hi - z_lo).clamp(min=1e-9)).clamp(0.0, 1.0) if K > 1 else torch.zeros_like(targets)
+    weight = (
+        ((targets - z_lo) / (z_hi - z_lo).clamp(min=1e-9)).clamp(0.0, 1.0)
+        if K > 1
+        else torch.zeros_like(targets)
+    )
     flat = values.permute(0, 2, 3, 1).reshape(values.shape[0], -1, K)
     idx_lo = lower.expand(values.shape[0], -1, -1)
     idx_hi = upper.expand(values.shape[0], -1, -1)
@@ -74,16 +89,21 @@ class Simulator:
         >>> snap = sim.snapshot()                 # (3, 8, 32, 64) u, v, T
     """
 
-    def __init__(self, config: SimulatorConfig | None = None, seed: int = 0, rotation_rate: float = EARTH_ROTATION_RATE) -> None:
+    def __init__(
+        self,
+        config: SimulatorConfig | None = None,
+        seed: int = 0,
+        rotation_rate: float = EARTH_ROTATION_RATE,
+    ) -> None:
         self.config = config or SimulatorConfig()
         self.seed = int(seed)
         cfg = self.config
         dtype = torch.float64 if cfg.dtype == "float64" else torch.float32
-        self.transforms = SpectralTransforms(cfg.nlat, cfg.nlon, cfg.truncation, device=cfg.device, dtype=dtype)
-        self.geometry = layer_geometry(cfg.layers, cfg.bottom_km, cfg.top_km)
-        self.dynamics = IsentropicLayers(
-            self.transforms, self.geometry, rotation_rate, isobaric_bottom=cfg.lower_boundary == "isobaric"
+        self.transforms = SpectralTransforms(
+            cfg.nlat, cfg.nlon, cfg.truncation, device=cfg.device, dtype=dtype
         )
+        self.geometry = layer_geometry(cfg.layers, cfg.bottom_km, cfg.top_km)
+        self.dynamics = IsentropicLayers(self.transforms, self.geometry, rotation_rate)
         self.forcing = Forcing(cfg, self.transforms, self.geometry, rotation_rate, seed=self.seed)
         self.dt = cfg.time_step
         self.time_seconds = 0.0
@@ -102,7 +122,7 @@ class Simulator:
 
     @property
     def time(self) -> np.datetime64:
-        return START_TIME + np.timedelta64(int(round(self.time_seconds)), "s")
+        return START_TIME + np.timedelta64(round(self.time_seconds), "s")
 
     def surface_geopotential(self) -> torch.Tensor:
         return self.forcing.surface_geopotential(self.time_seconds)
@@ -132,8 +152,12 @@ class Simulator:
         """Raise :class:`SimulationError` if the state is not finite or a layer vanished."""
         sigma = self.transforms.to_grid(self.state[:, 0])
         if not bool(torch.isfinite(self.state).all()):
-            raise SimulationError(f"non-finite state at model day {self.time_seconds / SECONDS_PER_DAY:.2f}")
-        thinnest = sigma.amin(dim=(-2, -1)) / torch.as_tensor(self.geometry.sigma, dtype=sigma.dtype, device=sigma.device)
+            raise SimulationError(
+                f"non-finite state at model day {self.time_seconds / SECONDS_PER_DAY:.2f}"
+            )
+        thinnest = sigma.amin(dim=(-2, -1)) / torch.as_tensor(
+            self.geometry.sigma, dtype=sigma.dtype, device=sigma.device
+        )
         if bool((thinnest <= 0.02).any()):
             k = int(torch.argmin(thinnest))
             raise SimulationError(
@@ -143,10 +167,10 @@ class Simulator:
 
     def advance(self, seconds: float) -> None:
         """Step forward by ``seconds`` (a whole number of steps; checked once per model hour)."""
-        n = int(round(seconds / self.dt))
+        n = round(seconds / self.dt)
         if abs(n * self.dt - seconds) > 1e-6 * max(seconds, 1.0):
             raise ValueError(f"{seconds} s is not a whole number of {self.dt} s steps")
-        check_every = max(1, int(round(3600.0 / self.dt)))
+        check_every = max(1, round(3600.0 / self.dt))
         for i in range(n):
             self.step()
             if (i + 1) % check_every == 0:
@@ -166,7 +190,7 @@ class Simulator:
 
     def snapshots(self, hours: int, every_hours: float = 1.0) -> Iterator[Snapshot]:
         """Yield ``hours / every_hours`` snapshots, one every ``every_hours`` of model time."""
-        count = int(round(hours / every_hours))
+        count = round(hours / every_hours)
         for _ in range(count):
             self.advance(every_hours * 3600.0)
             yield Snapshot(self.time, self.snapshot())
@@ -174,9 +198,13 @@ class Simulator:
 
 def pressure_to_altitude_torch(pressure: torch.Tensor) -> torch.Tensor:
     """Log-pressure altitude (km) of pressures (Pa), on the tensor's device."""
-    from genda.constants import REFERENCE_PRESSURE_PA, SCALE_HEIGHT_KM
-
     return SCALE_HEIGHT_KM * torch.log(REFERENCE_PRESSURE_PA / pressure)
 
 
-__all__ = ["START_TIME", "SimulationError", "Simulator", "Snapshot", "interpolate_to_levels", "pressure_to_altitude_km"]
+__all__ = [
+    "START_TIME",
+    "SimulationError",
+    "Simulator",
+    "Snapshot",
+    "interpolate_to_levels",
+]

@@ -55,7 +55,9 @@ class SpectralTransforms:
         self.laplacian = lap.to(self.device, dtype)
         """``(T+1, T+1)`` eigenvalues ``-l(l+1)/a^2`` of the Laplacian."""
         self.inverse_laplacian = inv_lap.to(self.device, dtype)
-        self.triangle = (torch.arange(nmodes)[:, None] >= torch.arange(nmodes)[None, :]).to(self.device)
+        self.triangle = (torch.arange(nmodes)[:, None] >= torch.arange(nmodes)[None, :]).to(
+            self.device
+        )
         """``(T+1, T+1)`` mask of the modes that exist (m <= l)."""
 
         latitude, weights = gaussian_latitudes(nlat)
@@ -66,7 +68,9 @@ class SpectralTransforms:
         self.longitude = lon
         """``(W,)`` radians east."""
         self.area_weights = (
-            torch.as_tensor(weights / weights.sum() / nlon, dtype=dtype, device=self.device)[:, None]
+            torch.as_tensor(weights / weights.sum() / nlon, dtype=dtype, device=self.device)[
+                :, None
+            ]
             .expand(nlat, nlon)
             .contiguous()
         )

@@ -1,0 +1,62 @@
+"""Speed of the built-in model: simulated days per wall-clock second.
+
+    python benchmarks/simulator.py [--steps N] [--device cpu|cuda]
+
+Grids: 32 x 64 x 8 layers (the default) and 64 x 128 x 16, each with its
+automatic time step, float64, after a few warm-up steps. Writes
+``benchmarks/results/simulator-<machine>.json`` and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from _common import print_table, write_result
+from genda.constants import SECONDS_PER_DAY
+from genda.simulator import Simulator, SimulatorConfig
+
+GRIDS = ((32, 64, 8), (64, 128, 16))
+
+
+def measure(nlat: int, nlon: int, layers: int, device: str, steps: int) -> dict[str, object]:
+    config = SimulatorConfig(nlat=nlat, nlon=nlon, layers=layers, levels=layers, device=device)
+    sim = Simulator(config, seed=0)
+    for _ in range(3):  # warm-up: allocator, kernels
+        sim.step()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(steps):
+        sim.step()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    wall = time.perf_counter() - start
+    simulated_days = steps * sim.dt / SECONDS_PER_DAY
+    return {
+        "grid": f"{nlat}x{nlon}x{layers}",
+        "device": device,
+        "dt_s": sim.dt,
+        "ms_per_step": 1e3 * wall / steps,
+        "days_per_wall_s": simulated_days / wall,
+        "wall_s_per_year": 365.0 * wall / simulated_days,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--steps", type=int, default=30, help="timed steps per grid")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args()
+    rows = [measure(*grid, device=args.device, steps=args.steps) for grid in GRIDS]
+    path = write_result("simulator", rows)
+    print_table(f"built-in model speed ({args.device})", rows)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,151 @@
+"""The ``genda`` command.
+
+Commands are thin: they parse options, call a library function
+(:mod:`genda.orchestration`, :mod:`genda.storage`) and print the result.
+
+    genda --version
+    genda simulate --out archive.zarr --days 30 --seed 1
+    genda summary archive.zarr
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console, Group
+from rich.table import Table
+
+import genda
+from genda.storage import ArchiveError, ArchiveSummary, open_archive, summarize
+
+app = typer.Typer(
+    name="genda",
+    help="Generative data assimilation for the mesosphere and lower thermosphere.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+console = Console()
+errors = Console(stderr=True)
+
+
+def render_summary(summary: ArchiveSummary, wall_seconds: float | None = None) -> Group:
+    """Rich renderable of an :class:`~genda.storage.ArchiveSummary`: facts, then per-variable stats."""
+    facts = Table.grid(padding=(0, 2))
+    facts.add_column(style="bold")
+    facts.add_column(overflow="fold")
+    facts.add_row("archive", summary.source)
+    facts.add_row("shape", " x ".join(f"{name} {size}" for name, size in summary.sizes.items()))
+    if summary.time_range is not None:
+        facts.add_row("time", f"{summary.time_range[0]} .. {summary.time_range[1]}")
+    if wall_seconds is not None:
+        facts.add_row("wall time", f"{wall_seconds:.1f} s")
+    stats = Table(show_header=True, header_style="bold")
+    for name in ("variable", "units"):
+        stats.add_column(name)
+    for name in ("min", "mean", "max"):
+        stats.add_column(name, justify="right")
+    for var in summary.variables:
+        stats.add_row(
+            var.name, var.units, f"{var.minimum:.4g}", f"{var.mean:.4g}", f"{var.maximum:.4g}"
+        )
+    return Group(facts, stats)
+
+
+def _fail(message: str) -> typer.Exit:
+    errors.print(f"[bold red]error:[/bold red] {message}", highlight=False)
+    return typer.Exit(code=1)
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"genda {genda.__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Generative data assimilation for the mesosphere and lower thermosphere."""
+
+
+@app.command()
+def simulate(
+    out: Annotated[Path, typer.Option("--out", help="Archive to write (Zarr v3 directory).")],
+    days: Annotated[float, typer.Option(help="Days of output after the spin-up.")],
+    seed: Annotated[int, typer.Option(help="Seed of the stochastic forcing.")],
+    nlat: Annotated[int, typer.Option(help="Gaussian latitudes.")] = 32,
+    nlon: Annotated[int, typer.Option(help="Longitudes.")] = 64,
+    levels: Annotated[int, typer.Option(help="Output altitude levels (80-115 km).")] = 8,
+    layers: Annotated[
+        int | None, typer.Option(help="Model layers (default: as many as --levels).")
+    ] = None,
+    spinup_days: Annotated[float, typer.Option(help="Model days before the first output.")] = 30.0,
+    every_hours: Annotated[float, typer.Option(help="Output interval in hours.")] = 1.0,
+    device: Annotated[str, typer.Option(help="torch device of the model.")] = "cpu",
+    chunk_hours: Annotated[int, typer.Option(help="Snapshots per chunk along time.")] = 24,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing archive.")] = False,
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+) -> None:
+    """Run the built-in MLT model and write a training archive."""
+    from genda.orchestration import simulate_archive
+    from genda.simulator import SimulationError, SimulatorConfig
+
+    history = (
+        f"genda simulate --out {out} --days {days} --seed {seed} --nlat {nlat} --nlon {nlon} "
+        f"--levels {levels} --layers {layers or levels} --spinup-days {spinup_days} "
+        f"--every-hours {every_hours} --device {device}"
+    )
+    start = time.perf_counter()
+    try:
+        config = SimulatorConfig(
+            nlat=nlat, nlon=nlon, levels=levels, layers=layers or levels, device=device
+        )
+        path = simulate_archive(
+            out,
+            config,
+            days=days,
+            seed=seed,
+            spinup_days=spinup_days,
+            every_hours=every_hours,
+            overwrite=overwrite,
+            progress=progress,
+            chunk_hours=chunk_hours,
+            history=history,
+        )
+    except (FileExistsError, ValueError, SimulationError) as error:
+        raise _fail(str(error)) from error
+    wall = time.perf_counter() - start
+    console.print(
+        render_summary(summarize(open_archive(path), source=str(path)), wall_seconds=wall)
+    )
+
+
+@app.command()
+def summary(
+    path: Annotated[
+        Path, typer.Argument(help="Archive or model output (Zarr directory or NetCDF file).")
+    ],
+) -> None:
+    """Print shape, time range and per-variable min/mean/max of an archive."""
+    start = time.perf_counter()
+    try:
+        ds = open_archive(path)
+        table = render_summary(
+            summarize(ds, source=str(path)), wall_seconds=time.perf_counter() - start
+        )
+    except ArchiveError as error:
+        raise _fail(str(error)) from error
+    console.print(table)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

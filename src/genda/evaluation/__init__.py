@@ -1,0 +1,1 @@
+"""Evaluation of fields and ensembles against model data: spectra, tides, scores, plots."""

@@ -1,0 +1,29 @@
+"""Storage: training archives (Zarr v3), readers of model output, regridding.
+
+- :func:`write_archive` streams snapshots into an atomic, chunked Zarr v3 archive
+  with CF attributes, provenance and normalisation statistics;
+- :func:`open_archive` opens our archives and other models' NetCDF/Zarr output
+  lazily in genda's conventions, optionally regridded to a :class:`~genda.grid.Grid`
+  (:func:`genda.storage.regrid.regrid`; the function is not re-exported here so
+  that ``genda.storage.regrid`` stays the module);
+- :func:`summarize` gives the shape, time range and per-variable statistics.
+"""
+
+from genda.storage.archive import consolidate, provenance_attrs, read_normalization, write_archive
+from genda.storage.errors import ArchiveError
+from genda.storage.readers import open_archive, open_raw, to_genda_conventions
+from genda.storage.summary import ArchiveSummary, VariableSummary, summarize
+
+__all__ = [
+    "ArchiveError",
+    "ArchiveSummary",
+    "VariableSummary",
+    "consolidate",
+    "open_archive",
+    "open_raw",
+    "provenance_attrs",
+    "read_normalization",
+    "summarize",
+    "to_genda_conventions",
+    "write_archive",
+]

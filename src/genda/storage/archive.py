@@ -1,0 +1,285 @@
+"""Training archives: model output streamed into a Zarr v3 store.
+
+An archive holds one Dataset with dims ``(time, altitude, latitude, longitude)``,
+one float32 data variable per grid variable (CF attributes from
+:meth:`genda.grid.Grid.to_dataset`), provenance in the global attributes and the
+per-(variable, level) normalisation statistics of :mod:`genda.normalization` in
+each variable's attributes. It opens with plain ``xarray.open_zarr(path)``.
+
+Layout, chosen for training reads (a random time index reads one chunk per
+variable and nothing else):
+
+- a chunk is ``chunk_hours`` consecutive snapshots x all levels x the full
+  horizontal field of one variable;
+- the ``time`` coordinate is int64 ``seconds since <first time>`` so it stays
+  exact whatever the output interval, in large chunks (one read on opening).
+
+Writing is streamed (at most ``chunk_hours`` snapshots in memory) and atomic:
+everything goes to a sibling ``<path>.partial-<pid>`` directory that is renamed
+to ``path`` only once data, statistics and consolidated metadata are complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import warnings
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+import xarray as xr
+import zarr
+from tqdm.auto import tqdm
+
+import genda
+from genda.grid import DEFAULT_VARIABLES, VARIABLES, Grid
+from genda.normalization import MEAN_ATTR, STD_ATTR, Normalization
+from genda.storage.errors import ArchiveError
+from genda.storage.readers import VARIABLES_ATTR, open_raw
+
+if TYPE_CHECKING:
+    from genda.simulator import Snapshot
+
+TIME_CHUNK = 8760
+"""Chunk length of the 1-D ``time`` coordinate: a year of hourly output, so opening reads one chunk."""
+
+
+# ---------------------------------------------------------------------------- helpers
+def _json_safe_attr(key: str, value: Any) -> Any:
+    """An attribute value that Zarr (JSON) and NetCDF both accept.
+
+    Mappings become JSON strings (NetCDF has no nested attributes); numpy
+    scalars become Python scalars.
+    """
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, str | bool | int | float):
+        return value
+    if isinstance(value, Mapping):
+        return json.dumps(value, sort_keys=True, default=str)
+    if isinstance(value, Sequence) and all(isinstance(v, str | bool | int | float) for v in value):
+        return list(value)
+    raise ArchiveError(
+        f"attribute {key!r} has type {type(value).__name__}; use str, a number, a list of those or a dict"
+    )
+
+
+def provenance_attrs(attrs: Mapping[str, Any], grid: Grid) -> dict[str, Any]:
+    """Global attributes of an archive: ``attrs`` plus genda version, creation time, conventions.
+
+    Keys given in ``attrs`` win over the defaults, except ``Conventions`` (the
+    file is CF-1.10 because we wrote it so).
+    """
+    out: dict[str, Any] = {
+        "genda_version": genda.__version__,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    out.update({k: _json_safe_attr(k, v) for k, v in attrs.items()})
+    out["Conventions"] = "CF-1.10"
+    out[VARIABLES_ATTR] = json.dumps(list(grid.variables))
+    return out
+
+
+def _batches(
+    snapshots: Iterable[Snapshot], size: int, grid: Grid, bar: tqdm
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Group snapshots into ``(times (n,), fields (n, V, L, H, W) float32)`` batches of ``size``.
+
+    Checks each snapshot against the grid and that times strictly increase, so
+    a bad snapshot fails the write before it reaches the store.
+    """
+    times: list[np.datetime64] = []
+    fields: list[np.ndarray] = []
+    last: np.datetime64 | None = None
+    for i, snap in enumerate(snapshots):
+        grid.check_shape(tuple(snap.fields.shape), what=f"snapshot {i}")
+        t = np.datetime64(snap.time, "ns")
+        if last is not None and not t > last:
+            raise ArchiveError(f"snapshot {i} at {t} does not follow the previous one at {last}")
+        last = t
+        data = snap.fields
+        if isinstance(data, torch.Tensor):
+            data = data.detach().to("cpu", torch.float32).numpy()
+        times.append(t)
+        fields.append(np.asarray(data, dtype=np.float32))
+        bar.update(1)
+        if len(times) == size:
+            yield np.asarray(times), np.stack(fields)
+            times, fields = [], []
+    if times:
+        yield np.asarray(times), np.stack(fields)
+
+
+def _encoding(grid: Grid, chunk_hours: int, first_time: np.datetime64) -> dict[str, dict[str, Any]]:
+    chunks = (chunk_hours, grid.nlevels, grid.nlat, grid.nlon)
+    encoding: dict[str, dict[str, Any]] = {
+        name: {"chunks": chunks, "dtype": "float32"} for name in grid.variables
+    }
+    encoding["time"] = {
+        "units": f"seconds since {np.datetime_as_string(first_time, unit='s')}",
+        "calendar": "proleptic_gregorian",
+        "dtype": "int64",
+        "chunks": (TIME_CHUNK,),
+    }
+    return encoding
+
+
+def consolidate(path: str | os.PathLike[str]) -> None:
+    """Re-consolidate the store's metadata so ``xarray.open_zarr`` sees all attributes.
+
+    Zarr 3 warns that consolidated metadata is not (yet) part of the v3
+    specification; xarray reads it all the same, so the warning is silenced.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
+        zarr.consolidate_metadata(str(path))
+
+
+def _attach_normalization(path: Path, grid: Grid) -> Normalization:
+    """Compute the statistics of the written data and store them as variable attributes.
+
+    Lazy (dask) in float64: the sums over a long run lose digits in float32.
+    Only the attributes are rewritten, the chunks are untouched.
+    """
+    ds = xr.open_zarr(path, consolidated=False)
+    stats = Normalization.from_dataset(ds[list(grid.variables)].astype(np.float64), grid)
+    group = zarr.open_group(str(path), mode="r+", zarr_format=3)
+    for i, name in enumerate(grid.variables):
+        group[name].attrs.update(
+            {MEAN_ATTR: stats.mean[i].tolist(), STD_ATTR: stats.std[i].tolist()}
+        )
+    consolidate(path)
+    return stats
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+# ---------------------------------------------------------------------------- public
+def write_archive(
+    path: str | os.PathLike[str],
+    snapshots: Iterable[Snapshot],
+    grid: Grid,
+    attrs: Mapping[str, Any],
+    chunk_hours: int = 24,
+    progress: bool = True,
+    total: int | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Stream snapshots into a Zarr v3 training archive at ``path``.
+
+    Args:
+        path: the store to create (a directory).
+        snapshots: ``Snapshot(time, fields)`` with ``fields`` ``(V, L, H, W)`` on
+            ``grid``, times strictly increasing (e.g. ``Simulator.snapshots``).
+        grid: the grid of every snapshot; gives coordinates and CF attributes.
+        attrs: provenance for the global attributes (model name, parameters,
+            seed, ...); dict values are stored as JSON strings.
+        chunk_hours: snapshots per chunk along ``time`` (hours for hourly
+            output) and per write; bounds the memory to one chunk.
+        progress: show a progress bar over snapshots (on stderr).
+        total: number of snapshots, for the progress bar only.
+        overwrite: replace an existing ``path`` (only once the new archive is complete).
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        FileExistsError: ``path`` exists and ``overwrite`` is false.
+        ArchiveError: no snapshots, or times that do not increase.
+        genda.grid.GridMismatchError: a snapshot not shaped like ``grid``.
+
+    On any error nothing is left at ``path`` (an existing archive is kept) and
+    the temporary directory is removed.
+    """
+    if chunk_hours < 1:
+        raise ValueError(f"chunk_hours must be >= 1, got {chunk_hours}")
+    path = Path(path)
+    if (path.exists() or path.is_symlink()) and not overwrite:
+        raise FileExistsError(f"{path} exists; pass overwrite=True (--overwrite) to replace it")
+    global_attrs = provenance_attrs(attrs, grid)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f"{path.name}.partial-{os.getpid()}")
+    _remove(partial)  # a leftover of a crashed run of a process with our pid
+    bar = tqdm(total=total, desc=f"writing {path.name}", unit="snapshot", disable=not progress)
+    try:
+        written = 0
+        for times, fields in _batches(snapshots, chunk_hours, grid, bar):
+            ds = grid.to_dataset(fields, time=times)
+            # Every write carries the same global attributes: an append rewrites them.
+            ds.attrs.update(global_attrs)
+            if written == 0:
+                ds.to_zarr(
+                    partial,
+                    mode="w",
+                    zarr_format=3,
+                    consolidated=False,
+                    encoding=_encoding(grid, chunk_hours, times[0]),
+                )
+            else:
+                # Appending keeps the first write's encoding (chunks, time units).
+                ds.to_zarr(partial, append_dim="time", consolidated=False)
+            written += times.size
+        if written == 0:
+            raise ArchiveError(f"no snapshots to write to {path}")
+        _attach_normalization(partial, grid)
+        if overwrite and (path.exists() or path.is_symlink()):
+            # Two renames (a directory cannot replace a non-empty one in one step);
+            # if the second fails the old archive goes back to `path`.
+            old = path.with_name(f"{path.name}.old-{os.getpid()}")
+            _remove(old)
+            path.rename(old)
+            try:
+                partial.rename(path)
+            except BaseException:
+                old.rename(path)
+                raise
+            _remove(old)
+        else:
+            partial.rename(path)
+    except BaseException:
+        _remove(partial)
+        raise
+    finally:
+        bar.close()
+    return path
+
+
+def read_normalization(
+    path_or_ds: str | os.PathLike[str] | xr.Dataset, variables: Sequence[str] | None = None
+) -> Normalization:
+    """The normalisation statistics stored in an archive by :func:`write_archive`.
+
+    Args:
+        path_or_ds: an archive path (Zarr directory or NetCDF file) or an open Dataset.
+        variables: which variables, in this order; default: the archive's own
+            variables in grid order (``genda_variables`` attribute), else those of
+            u, v, T, ... that carry statistics.
+
+    Raises:
+        KeyError: a variable carries no statistics.
+    """
+    if isinstance(path_or_ds, xr.Dataset):
+        ds = path_or_ds
+    else:
+        ds = open_raw(Path(path_or_ds))
+    if variables is None:
+        if VARIABLES_ATTR in ds.attrs:
+            variables = json.loads(ds.attrs[VARIABLES_ATTR])
+        else:
+            order = [*DEFAULT_VARIABLES, *(v for v in VARIABLES if v not in DEFAULT_VARIABLES)]
+            variables = [v for v in order if v in ds.data_vars and MEAN_ATTR in ds[v].attrs]
+        if not variables:
+            raise KeyError(
+                f"no variable carries normalisation statistics (variables: {list(ds.data_vars)})"
+            )
+    return Normalization.from_attrs(ds, list(variables))

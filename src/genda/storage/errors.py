@@ -1,0 +1,10 @@
+"""Errors of the storage layer."""
+
+from __future__ import annotations
+
+
+class ArchiveError(ValueError):
+    """An archive or model-output file is missing, incomplete or inconsistent.
+
+    The message names the file and what is wrong with it.
+    """
