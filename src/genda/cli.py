@@ -147,5 +147,64 @@ def summary(
     console.print(table)
 
 
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option(help="Directory for the demo's files.")] = Path(
+        "outputs/demo"
+    ),
+    days: Annotated[float, typer.Option(help="Days of output after the spin-up.")] = 2.0,
+    spinup_days: Annotated[float, typer.Option(help="Model days before the first output.")] = 10.0,
+    seed: Annotated[int, typer.Option(help="Seed of the model's stochastic forcing.")] = 1,
+) -> None:
+    """Run the main job on the embedded default and print what it made."""
+    from genda.orchestration import run_demo
+
+    start = time.perf_counter()
+    result = run_demo(out, days=days, spinup_days=spinup_days, seed=seed)
+    wall = time.perf_counter() - start
+    console.print(
+        render_summary(
+            summarize(open_archive(result.archive), source=str(result.archive)), wall_seconds=wall
+        )
+    )
+    m = result.metrics
+    table = Table(title="circulation in the archive (northern winter)", header_style="bold")
+    for name in (
+        "alt km",
+        "winter u max",
+        "winter u min",
+        "summer u max",
+        "summer u min",
+        "DW1 u",
+        "SW2 u",
+        "DW1 T",
+        "mean T",
+        "KE slope",
+    ):
+        table.add_column(name, justify="right")
+    for i, alt in enumerate(m["altitude_km"]):
+        table.add_row(
+            f"{alt:.0f}",
+            *(
+                f"{m[key][i]:.1f}"
+                for key in (
+                    "winter_jet_max_m_s",
+                    "winter_jet_min_m_s",
+                    "summer_jet_max_m_s",
+                    "summer_jet_min_m_s",
+                    "diurnal_u_m_s",
+                    "semidiurnal_u_m_s",
+                    "diurnal_T_K",
+                    "temperature_mean_K",
+                )
+            ),
+            f"{m['spectral_slope_l4_14'][i]:.2f}",
+        )
+    console.print(table)
+    console.print(
+        f"archive  {result.archive}\nfigure   {result.figure}\nmetrics  {result.metrics_path}"
+    )
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()

@@ -78,6 +78,30 @@ def lookup_variable(name: str) -> Variable:
         raise KeyError(f"unknown variable {name!r}; known variables: {known}") from None
 
 
+VARIABLES_ATTR = "genda_variables"
+"""Global attribute: JSON list of the variables in grid order (Zarr lists members alphabetically)."""
+
+
+def _variable_order(ds: xr.Dataset) -> tuple[str, ...]:
+    """Registered data variables of ``ds`` in grid order, whatever order the store lists them in.
+
+    The order is that of the ``genda_variables`` attribute where present, the
+    remaining variables following in :data:`VARIABLES` registry order.
+    """
+    present = {str(name) for name in ds.data_vars if name in VARIABLES}
+    listed = ds.attrs.get(VARIABLES_ATTR, [])
+    if isinstance(listed, str):
+        try:
+            listed = json.loads(listed)
+        except json.JSONDecodeError:
+            listed = listed.split()
+    first: list[str] = []
+    for name in np.atleast_1d(np.asarray(listed, dtype=object)).tolist():
+        if str(name) in present and str(name) not in first:
+            first.append(str(name))
+    return (*first, *(name for name in VARIABLES if name in present and name not in first))
+
+
 def gaussian_latitudes(nlat: int) -> tuple[np.ndarray, np.ndarray]:
     """Gauss-Legendre latitudes (degrees, north to south) and quadrature weights.
 
@@ -121,9 +145,11 @@ class Grid:
     latitude_kind: LatitudeKind = "legendre-gauss"
 
     def __post_init__(self) -> None:
-        lat = np.asarray(self.latitude, dtype=np.float64)
-        lon = np.asarray(self.longitude, dtype=np.float64)
-        alt = np.asarray(self.altitude, dtype=np.float64)
+        # Copies: the read-only flag set below must not freeze the caller's arrays
+        # (a Grid made from them would lock them).
+        lat = np.array(self.latitude, dtype=np.float64)
+        lon = np.array(self.longitude, dtype=np.float64)
+        alt = np.array(self.altitude, dtype=np.float64)
         for name, arr in (("latitude", lat), ("longitude", lon), ("altitude", alt)):
             if arr.ndim != 1 or arr.size == 0:
                 raise GridMismatchError(
@@ -358,6 +384,7 @@ class Grid:
         ds = xr.Dataset(data_vars, coords=coords)
         ds.attrs["Conventions"] = "CF-1.10"
         ds.attrs["genda_grid"] = json.dumps({"latitude_kind": self.latitude_kind})
+        ds.attrs[VARIABLES_ATTR] = json.dumps(list(self.variables))
         return ds
 
     @classmethod
@@ -368,11 +395,7 @@ class Grid:
                 raise GridMismatchError(
                     f"dataset has no {dim!r} coordinate (coordinates: {list(ds.coords)})"
                 )
-        names = (
-            tuple(variables)
-            if variables is not None
-            else tuple(name for name in ds.data_vars if name in VARIABLES)
-        )
+        names = tuple(variables) if variables is not None else _variable_order(ds)
         kind: LatitudeKind = "irregular"
         lat = ds["latitude"].values
         if np.allclose(lat, gaussian_latitudes(lat.size)[0], atol=1e-6):

@@ -46,8 +46,11 @@ class Normalization:
             )
         if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(std))):
             raise ValueError("normalisation statistics contain NaN or infinite values")
-        if np.any(std <= 0):
-            bad = [self.variables[i] for i in sorted(set(np.nonzero(std <= 0)[0]))]
+        # A constant field's computed std is round-off (~1e-15 of its mean), not 0;
+        # below 1e-10 |mean| no archive (float32: ~6e-8) resolves any variation.
+        degenerate = std <= 1e-10 * np.abs(mean)
+        if np.any(degenerate):
+            bad = [self.variables[i] for i in sorted(set(np.nonzero(degenerate)[0]))]
             raise ValueError(
                 f"normalisation std is not positive for variables {bad} (constant field?)"
             )

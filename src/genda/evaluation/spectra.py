@@ -59,6 +59,9 @@ def kinetic_energy_spectrum(
     # real fields: m > 0 coefficients stand for +m and -m
     power[..., 1:] *= 2.0
     spectrum = power.sum(dim=(-3, -1))  # (..., l)
-    # With torch-harmonics' "ortho" vector harmonics the area mean of |u|^2 is
-    # sum |c|^2 / (2 pi); checked against Parseval in tests/test_spectra.py.
-    return (spectrum / (4.0 * np.pi)).numpy()
+    # torch-harmonics' vector coefficients multiply the gradient and curl of
+    # orthonormal Y_lm, whose squared norm over the sphere is l (l + 1): the area
+    # mean of |u|^2 is sum l (l + 1) |c|^2 / (4 pi), and E(l) is half of that.
+    # Checked against Parseval in tests/test_spectra.py.
+    degree = torch.arange(spectrum.shape[-1], dtype=torch.float64)
+    return (spectrum * degree * (degree + 1) / (8.0 * np.pi)).numpy()

@@ -99,6 +99,10 @@ class SimulatorConfig:
     # Numerics --------------------------------------------------------------------
     dtype: str = "float64"
     device: str = "cpu"
+    cpu_threads: int | None = 1
+    """Intra-op threads while stepping on the CPU (``None``: leave torch's setting).
+    The transforms are many small batched matrix products: one thread is
+    fastest, and several processes sharing the cores do not oversubscribe."""
 
     extra: dict[str, Any] = field(default_factory=dict)
 

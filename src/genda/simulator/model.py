@@ -11,6 +11,7 @@ See docs/simulator.md.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -78,6 +79,20 @@ def interpolate_to_levels(
     idx_hi = upper.expand(values.shape[0], -1, -1)
     out = flat.gather(2, idx_lo) * (1 - weight) + flat.gather(2, idx_hi) * weight
     return out.reshape(values.shape[0], H, W, -1).permute(0, 3, 1, 2)
+
+
+@contextmanager
+def cpu_threads(count: int | None, device: torch.device) -> Iterator[None]:
+    """Run the block with ``count`` torch intra-op threads on the CPU, then restore."""
+    if count is None or device.type != "cpu" or count == torch.get_num_threads():
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 class Simulator:
