@@ -2,8 +2,9 @@
 
     python benchmarks/simulator.py [--steps N] [--device cpu|cuda]
 
-Grids: 32 x 64 x 8 layers (the default) and 64 x 128 x 16, each with its
-automatic time step, float64, after a few warm-up steps. Writes
+Grids: 32 x 64 x 8 layers (the default) and 64 x 128 x 16 (and 128 x 256 x 32
+on a GPU), each with its automatic time step, float64, after a few warm-up
+steps, one intra-op thread on the CPU (the model's default). Writes
 ``benchmarks/results/simulator-<machine>.json`` and prints a table.
 """
 
@@ -19,6 +20,8 @@ from genda.constants import SECONDS_PER_DAY
 from genda.simulator import Simulator, SimulatorConfig
 
 GRIDS = ((32, 64, 8), (64, 128, 16))
+GPU_GRIDS = ((128, 256, 32),)
+"""Measured in addition when the device is a GPU."""
 
 
 def measure(nlat: int, nlon: int, layers: int, device: str, steps: int) -> dict[str, object]:
@@ -38,6 +41,7 @@ def measure(nlat: int, nlon: int, layers: int, device: str, steps: int) -> dict[
     return {
         "grid": f"{nlat}x{nlon}x{layers}",
         "device": device,
+        "cpu_threads": config.cpu_threads if device == "cpu" else None,
         "dt_s": sim.dt,
         "ms_per_step": 1e3 * wall / steps,
         "days_per_wall_s": simulated_days / wall,
@@ -52,7 +56,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30, help="timed steps per grid")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
-    rows = [measure(*grid, device=args.device, steps=args.steps) for grid in GRIDS]
+    grids = GRIDS + (GPU_GRIDS if args.device.startswith("cuda") else ())
+    rows = [measure(*grid, device=args.device, steps=args.steps) for grid in grids]
     path = write_result("simulator", rows)
     print_table(f"built-in model speed ({args.device})", rows)
     print(f"wrote {path}")

@@ -12,7 +12,8 @@ import numpy as np
 import torch
 import torch_harmonics as th
 
-from genda.grid import Grid
+from genda.grid import Grid, GridMismatchError, equiangular_latitudes, gaussian_latitudes
+from genda.threads import cpu_threads
 
 
 def _vector_transform(grid: Grid, truncation: int | None) -> th.RealVectorSHT:
@@ -20,6 +21,16 @@ def _vector_transform(grid: Grid, truncation: int | None) -> th.RealVectorSHT:
     if grid.latitude_kind not in kinds:
         raise ValueError(
             f"spectra need a Gauss-Legendre or equiangular grid, not {grid.latitude_kind!r}"
+        )
+    # Grid(...) labels any latitudes "legendre-gauss" by default: check the nodes.
+    nodes = (
+        gaussian_latitudes(grid.nlat)[0]
+        if grid.latitude_kind == "legendre-gauss"
+        else equiangular_latitudes(grid.nlat)
+    )
+    if not np.allclose(grid.latitude, nodes, rtol=0, atol=1e-6):
+        raise ValueError(
+            f"grid latitudes are not the {grid.latitude_kind} nodes for nlat = {grid.nlat}"
         )
     nmodes = (truncation if truncation is not None else (grid.nlon - 1) // 3) + 1
     previous = torch.get_default_dtype()
@@ -54,7 +65,12 @@ def kinetic_energy_spectrum(
         ),
         -3,
     )
-    coeffs = _vector_transform(grid, truncation)(uv)  # (..., 2, l, m)
+    if tuple(uv.shape[-2:]) != (grid.nlat, grid.nlon):
+        raise GridMismatchError(
+            f"winds have (H, W) = {tuple(uv.shape[-2:])}, grid has {(grid.nlat, grid.nlon)}"
+        )
+    with cpu_threads(1):
+        coeffs = _vector_transform(grid, truncation)(uv)  # (..., 2, l, m)
     power = coeffs.abs() ** 2
     # real fields: m > 0 coefficients stand for +m and -m
     power[..., 1:] *= 2.0

@@ -90,7 +90,7 @@ class SimulatorConfig:
     """RMS wind tendency of the stochastic small-scale forcing at 80 km."""
     gravity_wave_correlation_hours: float = 3.0
     gravity_wave_vertical_scale_km: float = 10.0
-    gravity_wave_min_wavenumber: int = 8
+    gravity_wave_min_wavenumber: int = 6
     gravity_wave_saturation_km: float = 95.0
     """The stochastic forcing grows as exp(z / 2H) up to this altitude and is constant above."""
     ramp_days: float = 5.0

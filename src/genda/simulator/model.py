@@ -11,7 +11,6 @@ See docs/simulator.md.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,6 +28,7 @@ from genda.simulator.dynamics import GridState, IsentropicLayers
 from genda.simulator.forcing import Forcing
 from genda.simulator.reference import layer_geometry
 from genda.simulator.spectral import SpectralTransforms
+from genda.threads import cpu_threads
 
 START_TIME = np.datetime64("2000-01-01T00:00:00", "ns")
 """Model time zero (perpetual northern-winter solstice; midnight UTC)."""
@@ -79,20 +79,6 @@ def interpolate_to_levels(
     idx_hi = upper.expand(values.shape[0], -1, -1)
     out = flat.gather(2, idx_lo) * (1 - weight) + flat.gather(2, idx_hi) * weight
     return out.reshape(values.shape[0], H, W, -1).permute(0, 3, 1, 2)
-
-
-@contextmanager
-def cpu_threads(count: int | None, device: torch.device) -> Iterator[None]:
-    """Run the block with ``count`` torch intra-op threads on the CPU, then restore."""
-    if count is None or device.type != "cpu" or count == torch.get_num_threads():
-        yield
-        return
-    previous = torch.get_num_threads()
-    torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 class Simulator:
@@ -198,7 +184,8 @@ class Simulator:
     # ------------------------------------------------------------------ output
     def snapshot(self) -> torch.Tensor:
         """``(3, L, H, W)`` u, v, T on the output altitude levels."""
-        g = self.diagnose()
+        with cpu_threads(self.config.cpu_threads, self.transforms.device):
+            g = self.diagnose()
         layer_km = pressure_to_altitude_torch(g.layer_pressure)
         values = torch.stack((g.wind[:, 0], g.wind[:, 1], g.temperature), 0)
         return interpolate_to_levels(values, layer_km, self._levels)

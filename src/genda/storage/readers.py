@@ -53,12 +53,9 @@ import numpy as np
 import xarray as xr
 
 from genda.constants import pressure_to_altitude_km
-from genda.grid import DEFAULT_VARIABLES, Grid, lookup_variable
+from genda.grid import DEFAULT_VARIABLES, VARIABLES_ATTR, Grid, lookup_variable
 from genda.normalization import MEAN_ATTR, STD_ATTR
 from genda.storage.errors import ArchiveError
-
-VARIABLES_ATTR = "genda_variables"
-"""Global attribute: JSON list of the variables in grid order (Zarr lists members alphabetically)."""
 
 NETCDF_SUFFIXES = (".nc", ".nc4", ".netcdf", ".cdf", ".h5", ".hdf5")
 
