@@ -22,6 +22,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
+import torch
 from tqdm.auto import tqdm
 
 from genda.evaluation.spectra import kinetic_energy_spectrum
@@ -224,6 +225,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--out", type=Path, default=Path("docs/figures"))
     args = parser.parse_args()
+    # one intra-op thread: the transforms are small (see genda.threads)
+    torch.set_num_threads(1)
     args.out.mkdir(parents=True, exist_ok=True)
     config = SimulatorConfig()
     result = run(args.days, args.analysis_days, args.seed, config)

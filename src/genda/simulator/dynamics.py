@@ -38,7 +38,7 @@ from dataclasses import dataclass
 import torch
 
 from genda.constants import DRY_AIR_CP, GRAVITY, KAPPA, REFERENCE_PRESSURE_PA
-from genda.simulator.reference import LayerGeometry
+from genda.simulator.reference import LayerGeometry, exner, layer_mean_exner
 from genda.simulator.spectral import SpectralTransforms
 
 
@@ -93,9 +93,6 @@ class IsentropicLayers:
         return int(self.theta.numel())
 
     # ------------------------------------------------------------------ diagnostics
-    def exner(self, pressure: torch.Tensor) -> torch.Tensor:
-        return DRY_AIR_CP * (pressure / REFERENCE_PRESSURE_PA) ** KAPPA
-
     def interface_pressure(self, sigma: torch.Tensor) -> torch.Tensor:
         """``(K, H, W)`` pseudo-density -> ``(K + 1, H, W)`` interface pressures, bottom first."""
         above = torch.flip(torch.cumsum(torch.flip(sigma, (0,)), 0), (0,))
@@ -104,16 +101,14 @@ class IsentropicLayers:
 
     def montgomery(self, p_int: torch.Tensor, surface_geopotential: torch.Tensor) -> torch.Tensor:
         """``(K, H, W)`` Montgomery potential from interface pressures (hydrostatic)."""
-        pi = self.exner(p_int[:-1])  # Exner at the bottom of each layer
+        pi = exner(p_int[:-1])  # Exner at the bottom of each layer
         base = surface_geopotential + self.theta[0] * pi[0]
         increments = pi[1:] * (self.theta[1:] - self.theta[:-1])[:, None, None]
         return torch.cat((base[None], base[None] + torch.cumsum(increments, 0)), 0)
 
     def layer_exner(self, p_int: torch.Tensor) -> torch.Tensor:
         """``(K, H, W)`` mass-weighted mean Exner function of each layer."""
-        pb, pt = p_int[:-1], p_int[1:]
-        scale = DRY_AIR_CP / REFERENCE_PRESSURE_PA**KAPPA / (1.0 + KAPPA)
-        return scale * (pb ** (1.0 + KAPPA) - pt ** (1.0 + KAPPA)) / (pb - pt)
+        return layer_mean_exner(p_int[:-1], p_int[1:])
 
     def diagnose(self, state: torch.Tensor, surface_geopotential: torch.Tensor) -> GridState:
         """Spectral state ``(K, 3, T+1, T+1)`` -> :class:`GridState`."""

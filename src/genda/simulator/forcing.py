@@ -27,16 +27,14 @@ import numpy as np
 import torch
 
 from genda.constants import (
-    DRY_AIR_CP,
     EARTH_RADIUS_M,
     GRAVITY,
     KAPPA,
-    REFERENCE_PRESSURE_PA,
     SCALE_HEIGHT_KM,
     SECONDS_PER_DAY,
 )
 from genda.simulator.config import SimulatorConfig
-from genda.simulator.reference import LayerGeometry, reference_temperature
+from genda.simulator.reference import LayerGeometry, exner, reference_temperature
 from genda.simulator.spectral import SpectralTransforms
 
 SOLAR_DAY_RATE = 2.0 * math.pi / SECONDS_PER_DAY
@@ -134,7 +132,7 @@ class Forcing:
         # Montgomery potential balances the lower-boundary jets (gradient wind).
         jet_phi = balanced_geopotential(lat, bottom_jet(lat, config.bottom_jet_m_s), rotation_rate)
         p_s = geometry.interface_pressure[0]
-        exner_s = DRY_AIR_CP * (p_s / REFERENCE_PRESSURE_PA) ** KAPPA
+        exner_s = exner(p_s)
         p_eq[0] = p_s * np.clip(1.0 + jet_phi / (geometry.theta[0] * exner_s), 0.5, 1.5) ** (
             1.0 / KAPPA
         )

@@ -129,7 +129,9 @@ class Simulator:
         return self.forcing.surface_geopotential(self.time_seconds)
 
     def diagnose(self) -> GridState:
-        return self.dynamics.diagnose(self.state, self.surface_geopotential())
+        """Grid-point diagnostics of the current state."""
+        with cpu_threads(self.config.cpu_threads, self.transforms.device):
+            return self.dynamics.diagnose(self.state, self.surface_geopotential())
 
     # ------------------------------------------------------------------ stepping
     def _rhs(self, state: torch.Tensor, t: float) -> torch.Tensor:
@@ -184,8 +186,7 @@ class Simulator:
     # ------------------------------------------------------------------ output
     def snapshot(self) -> torch.Tensor:
         """``(3, L, H, W)`` u, v, T on the output altitude levels."""
-        with cpu_threads(self.config.cpu_threads, self.transforms.device):
-            g = self.diagnose()
+        g = self.diagnose()
         layer_km = pressure_to_altitude_torch(g.layer_pressure)
         values = torch.stack((g.wind[:, 0], g.wind[:, 1], g.temperature), 0)
         return interpolate_to_levels(values, layer_km, self._levels)

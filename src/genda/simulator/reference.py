@@ -11,8 +11,10 @@ climatology (mesopause near 88 km at about 180 K, thermospheric rise above).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
+import torch
 
 from genda.constants import (
     DRY_AIR_CP,
@@ -23,6 +25,8 @@ from genda.constants import (
     pressure_to_altitude_km,
 )
 
+ArrayT = TypeVar("ArrayT", np.ndarray, torch.Tensor)
+
 
 def reference_temperature(altitude_km: np.ndarray | float) -> np.ndarray:
     """Global-mean temperature (K) at log-pressure altitude (km), 60-130 km."""
@@ -32,19 +36,18 @@ def reference_temperature(altitude_km: np.ndarray | float) -> np.ndarray:
     return np.where(z < 88.0, below, above)
 
 
-def exner(pressure_pa: np.ndarray) -> np.ndarray:
-    """Exner function ``cp (p / p0)^kappa`` (J kg-1 K-1)."""
-    return DRY_AIR_CP * (np.asarray(pressure_pa) / REFERENCE_PRESSURE_PA) ** KAPPA
+def exner(pressure_pa: ArrayT) -> ArrayT:
+    """Exner function ``cp (p / p0)^kappa`` (J kg-1 K-1) of a numpy array or torch tensor."""
+    return DRY_AIR_CP * (pressure_pa / REFERENCE_PRESSURE_PA) ** KAPPA
 
 
-def layer_mean_exner(p_bottom: np.ndarray, p_top: np.ndarray) -> np.ndarray:
-    """Mass-weighted mean of the Exner function between two pressures.
+def layer_mean_exner(p_bottom: ArrayT, p_top: ArrayT) -> ArrayT:
+    """Mass-weighted mean of the Exner function between two pressures (numpy or torch).
 
     ``(1/dp) integral Pi dp = cp p0^-kappa (pb^(k+1) - pt^(k+1)) / ((k+1)(pb - pt))``.
     """
-    pb, pt = np.asarray(p_bottom), np.asarray(p_top)
     scale = DRY_AIR_CP / REFERENCE_PRESSURE_PA**KAPPA / (1.0 + KAPPA)
-    return scale * (pb ** (1.0 + KAPPA) - pt ** (1.0 + KAPPA)) / (pb - pt)
+    return scale * (p_bottom ** (1.0 + KAPPA) - p_top ** (1.0 + KAPPA)) / (p_bottom - p_top)
 
 
 @dataclass(frozen=True)
