@@ -9,6 +9,10 @@ STAMP  := $(VENV)/.installed
 # torch first, pinned: 2.13.0 is the CPU wheel on machines without a GPU; a
 # looser pin would pull a multi-GB CUDA build (README, "GPU").
 TORCH  := torch==2.13.0
+# azula (diffusion schedules, samplers, guidance) declares torchvision and gdown
+# as requirements, which would replace torch by a CUDA build; the modules genda
+# uses need only torch and einops, so it is installed without its requirements.
+AZULA  := azula==0.11.1
 
 .PHONY: demo test lint bench clean
 
@@ -17,6 +21,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet $(TORCH)
 	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet --no-deps $(AZULA)
 	touch $(STAMP)
 
 demo: $(STAMP)
