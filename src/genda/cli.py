@@ -6,6 +6,7 @@ Commands are thin: they parse options, call a library function
     genda --version
     genda simulate --out archive.zarr --days 30 --seed 1
     genda summary archive.zarr
+    genda train --data archive.zarr --strategy joint3d --out prior/
 """
 
 from __future__ import annotations
@@ -145,6 +146,135 @@ def summary(
     except ArchiveError as error:
         raise _fail(str(error)) from error
     console.print(table)
+
+
+def _channel_mult(text: str) -> list[int]:
+    try:
+        values = [int(part) for part in text.replace(" ", "").split(",") if part]
+    except ValueError:
+        raise typer.BadParameter(f"expected integers separated by commas, got {text!r}") from None
+    if not values:
+        raise typer.BadParameter("expected at least one multiplier, e.g. 1,2,2")
+    return values
+
+
+@app.command("train")
+def train_command(
+    data: Annotated[Path, typer.Option("--data", help="Training archive (Zarr or NetCDF).")],
+    out: Annotated[Path, typer.Option("--out", help="Checkpoint directory to write.")],
+    strategy: Annotated[
+        str | None,
+        typer.Option(help="joint3d (whole 3D field) or layer2d (layers); default joint3d."),
+    ] = None,
+    steps: Annotated[int | None, typer.Option(help="Total optimizer steps [10000].")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Fields per step [16].")] = None,
+    lr: Annotated[float | None, typer.Option(help="Peak learning rate [2e-4].")] = None,
+    ema_decay: Annotated[float | None, typer.Option(help="EMA decay per step [0.999].")] = None,
+    seed: Annotated[
+        int | None, typer.Option(help="Seed of weights, batches and noise [0].")
+    ] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda, cuda:1, ... [auto].")] = None,
+    val_fraction: Annotated[
+        float | None, typer.Option(help="Fraction of the times held out at the end [0.1].")
+    ] = None,
+    val_gap_hours: Annotated[
+        float | None,
+        typer.Option(help="Hours between the last training and first validation time [24]."),
+    ] = None,
+    base_channels: Annotated[int | None, typer.Option(help="U-Net width [32].")] = None,
+    channel_mult: Annotated[
+        str | None, typer.Option(help="U-Net channel multipliers per level [1,2,2].")
+    ] = None,
+    window: Annotated[
+        int | None, typer.Option(help="layer2d: neighbouring layers seen each side [1].")
+    ] = None,
+    warmup_steps: Annotated[int | None, typer.Option(help="Learning-rate warm-up [500].")] = None,
+    log_every: Annotated[int | None, typer.Option(help="Steps per loss-log row [50].")] = None,
+    val_every: Annotated[int | None, typer.Option(help="Steps per validation [500].")] = None,
+    checkpoint_every: Annotated[
+        int | None, typer.Option(help="Steps per checkpoint save [1000].")
+    ] = None,
+    mixed_precision: Annotated[
+        bool, typer.Option(help="bf16 autocast on CUDA (ignored on the CPU).")
+    ] = False,
+    compile: Annotated[bool, typer.Option(help="torch.compile the model.")] = False,
+    resume: Annotated[
+        Path | None, typer.Option(help="Checkpoint to continue (settings default to its own).")
+    ] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing --out.")] = False,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Train a diffusion prior on an archive and write a checkpoint."""
+    import sys
+
+    from genda.orchestration.train import train_prior
+
+    strategy_options: dict[str, object] = {}
+    if window is not None:
+        if (strategy or "joint3d") != "layer2d" and resume is None:
+            raise _fail("--window applies to --strategy layer2d only")
+        strategy_options["window"] = window
+    architecture: dict[str, object] = {}
+    if base_channels is not None:
+        architecture["base_channels"] = base_channels
+    if channel_mult is not None:
+        architecture["channel_mult"] = _channel_mult(channel_mult)
+    overrides = {
+        "steps": steps,
+        "batch_size": batch_size,
+        "lr": lr,
+        "ema_decay": ema_decay,
+        "seed": seed,
+        "device": device,
+        "warmup_steps": warmup_steps,
+        "log_every": log_every,
+        "val_every": val_every,
+        "checkpoint_every": checkpoint_every,
+        "mixed_precision": True if mixed_precision else None,
+        "compile": True if compile else None,
+    }
+    try:
+        run = train_prior(
+            data,
+            out,
+            strategy=strategy,
+            strategy_options=strategy_options,
+            architecture=architecture,
+            overrides=overrides,
+            val_fraction=val_fraction,
+            val_gap_hours=val_gap_hours,
+            resume=resume,
+            overwrite=overwrite,
+            progress=progress,
+            command=" ".join(["genda", *sys.argv[1:]]),
+        )
+    except (FileExistsError, ValueError, KeyError, TypeError, FloatingPointError) as error:
+        message = error.args[0] if isinstance(error, KeyError) and error.args else error
+        raise _fail(str(message)) from error
+    r = run.result
+    facts = Table.grid(padding=(0, 2))
+    facts.add_column(style="bold")
+    facts.add_column(overflow="fold")
+    options = ", ".join(f"{k}={v}" for k, v in run.strategy_options.items())
+    facts.add_row("strategy", f"{run.strategy} ({options})" if options else run.strategy)
+    _, lev, h, w = run.grid.shape
+    facts.add_row("grid", f"{', '.join(run.grid.variables)} x {lev} levels x {h} x {w}")
+    split = run.split
+    facts.add_row(
+        "data",
+        f"{split.train.size} training, {split.validation.size} validation fields "
+        f"(gap {split.gap_hours:g} h, {split.dropped} dropped)",
+    )
+    facts.add_row("parameters", f"{r.parameters:,}")
+    facts.add_row("steps", f"{r.step} (batch {run.config.batch_size}, device {run.device})")
+    facts.add_row("samples/s", f"{r.samples_per_second:.1f}")
+    facts.add_row("train loss", "-" if r.train_loss is None else f"{r.train_loss:.4f}")
+    start = "" if r.initial_val_loss is None else f" (start {r.initial_val_loss:.4f})"
+    facts.add_row("val loss", "-" if r.val_loss is None else f"{r.val_loss:.4f}{start}")
+    facts.add_row("wall time", f"{r.wall_seconds:.1f} s")
+    facts.add_row("checkpoint", str(r.checkpoint))
+    facts.add_row("loss log", f"{r.loss_csv}, {r.loss_plot}")
+    console.print(facts)
 
 
 @app.command()

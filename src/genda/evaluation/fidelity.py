@@ -42,9 +42,10 @@ side.
 
 Plain numpy and xarray, no ``xskillscore`` or ``scores`` (neither is a
 dependency): the moments and correlations are a few sums, written out so that
-a data set is read once, in blocks along its sample axis (lazy, dask-backed
-data sets are fine), with per-point sums shifted by the first block's mean
-against cancellation. The definitions follow the style of
+moments, correlations and spectra come from one read of a data set, in blocks
+along its sample axis (lazy, dask-backed data sets are fine), with per-point
+sums shifted by the first block's mean against cancellation. The tidal
+analysis reads a time series once more, one variable and level at a time. The definitions follow the style of
 google-research/weatherbench2 ``metrics.py``: stated on xarray data and tested
 against brute-force computations (``tests/test_fidelity.py``).
 """
@@ -607,6 +608,12 @@ def fidelity_report(
     with_spectra = "u" in grid.variables and "v" in grid.variables
     if not with_spectra:
         notes.append("spectra: the grid has no u and v; kinetic-energy spectra skipped")
+    elif grid.latitude_kind not in ("legendre-gauss", "equiangular"):
+        with_spectra = False
+        notes.append(
+            f"spectra: no spherical-harmonic transform on {grid.latitude_kind!r} latitudes; "
+            "kinetic-energy spectra skipped"
+        )
     stats_s = _statistics(
         samples, grid, sample_dims, "samples", with_spectra, truncation, block_size
     )
@@ -795,6 +802,8 @@ def _tidal_time_axis(ds: xr.Dataset, dims: tuple[str, ...]) -> tuple[float, floa
     if "time" not in dims:
         return f"no time axis (fields along {dims})"
     times = ds["time"].values
+    if times.size < 2:
+        return f"{times.size} time step(s) are no series"
     if np.issubdtype(times.dtype, np.datetime64):
         times = times.astype("datetime64[ns]")
         steps = np.diff(times).astype(np.int64) / 1e9
@@ -942,43 +951,61 @@ def _plot_spectral_ratio(report: FidelityReport, out: Path, stem: str) -> Path:
 def _plot_correlation(report: FidelityReport, out: Path, stem: str) -> Path:
     names = list(report.vertical_correlation)
     altitude = report.grid.altitude
-    fig, axes = new_figure(len(names), 3, panel_size=(3.4, 3.0))
+    fig, axes = new_figure(len(names), 3, panel_size=(3.2, 2.9), sharex=True, sharey=True)
     extent = _cell_extent(altitude)
+    shown = {}
     for row, name in enumerate(names):
         comparison = report.vertical_correlation[name]
         panels = (
-            ("samples", comparison.sample, "RdBu_r", (-1.0, 1.0)),
-            ("reference", comparison.reference, "RdBu_r", (-1.0, 1.0)),
+            ("samples", comparison.sample, "RdBu_r", 1.0),
+            ("reference", comparison.reference, "RdBu_r", 1.0),
             (
-                f"difference (max {comparison.max_abs_difference:.2f})",
+                f"difference, max {comparison.max_abs_difference:.2f}",
                 comparison.difference,
                 "PuOr_r",
-                (-0.5, 0.5),
+                0.5,
             ),
         )
-        for ax, (title, matrix, cmap, (vmin, vmax)) in zip(axes[row], panels, strict=True):
-            image = ax.imshow(
-                matrix, origin="lower", extent=extent, cmap=cmap, vmin=vmin, vmax=vmax
+        for col, (title, matrix, cmap, limit) in enumerate(panels):
+            ax = axes[row, col]
+            shown[col] = ax.imshow(
+                matrix, origin="lower", extent=extent, cmap=cmap, vmin=-limit, vmax=limit
             )
-            ax.set(title=f"{name}: {title}", xlabel="altitude (km)", ylabel="altitude (km)")
-            fig.colorbar(image, ax=ax, shrink=0.8)
-    fig.suptitle("vertical correlation of anomalies")
+            ax.set_title(f"{name}: {title}", fontsize=9)
+        axes[row, 0].set_ylabel("altitude (km)")
+    for ax in axes[-1]:
+        ax.set_xlabel("altitude (km)")
+    # one colour bar per scale, not per panel (also keeps the layout cheap)
+    fig.colorbar(shown[0], ax=axes[:, :2], shrink=0.6, label="correlation")
+    fig.colorbar(shown[2], ax=axes[:, 2], shrink=0.6, label="samples - reference")
+    fig.suptitle("vertical correlation of anomalies from the per-point mean")
     return save_figure(fig, out / f"{stem}_vertical_correlation.png")
 
 
 def _plot_tides(report: FidelityReport, out: Path, stem: str) -> Path:
+    """Rows: variables; columns: amplitudes of all harmonics, then the phase of each."""
     names = list(report.grid.variables)
     altitude = report.grid.altitude
-    fig, axes = new_figure(len(names), 2 * len(HARMONICS), panel_size=(3.0, 3.0), sharey=True)
-    styles = {"reference": ("k", "-"), "samples": ("C3", "--")}
+    fig, axes = new_figure(len(names), 1 + len(HARMONICS), panel_size=(3.2, 2.9), sharey=True)
+    colors = {"reference": "k", "samples": "C3"}
+    lines = {1: ("-", "o"), 2: ("--", "s")}
     for row, name in enumerate(names):
-        for col, n in enumerate(HARMONICS):
-            ax_amp, ax_phase = axes[row, 2 * col], axes[row, 2 * col + 1]
-            label = "diurnal" if n == 1 else ("semidiurnal" if n == 2 else f"{n} cpd")
-            for source, table in report.tides.items():
-                color, line = styles.get(source, ("C0", ":"))
+        ax_amp = axes[row, 0]
+        for source, table in report.tides.items():
+            color = colors.get(source, "C0")
+            for col, n in enumerate(HARMONICS, start=1):
                 profile = table[name][n]
-                ax_amp.plot(profile.amplitude, altitude, line, color=color, marker="o", ms=3)
+                line, marker = lines.get(n, (":", "x"))
+                ax_amp.plot(
+                    profile.amplitude,
+                    altitude,
+                    line,
+                    marker=marker,
+                    ms=3,
+                    color=color,
+                    label=f"{source}, {_harmonic(n)}",
+                )
+                ax_phase = axes[row, col]
                 ax_phase.plot(
                     profile.phase_north_hours, altitude, "^", color=color, label=f"{source} N"
                 )
@@ -990,12 +1017,19 @@ def _plot_tides(report: FidelityReport, out: Path, stem: str) -> Path:
                     mfc="none",
                     label=f"{source} S",
                 )
-            ax_amp.set(xlabel=f"{label} amplitude ({_units(name)})", title=f"{name}")
-            ax_phase.set(xlabel=f"{label} phase (LT h)", xlim=(0, 24 / n), title=f"{name}")
-        axes[row, 0].set_ylabel("altitude (km)")
+                ax_phase.set(xlim=(0, 24 / n), title=f"{name}: {_harmonic(n)} phase")
+        ax_amp.set(title=f"{name}: amplitude ({_units(name)})", ylabel="altitude (km)")
+    for col in range(1, 1 + len(HARMONICS)):
+        axes[-1, col].set_xlabel("local solar time of maximum (h)")
+    axes[-1, 0].set_xlabel("amplitude")
+    axes[0, 0].legend(fontsize=6)
     axes[0, 1].legend(fontsize=6)
     fig.suptitle("tides: " + ", ".join(report.tides))
     return save_figure(fig, out / f"{stem}_tides.png")
+
+
+def _harmonic(n: int) -> str:
+    return {1: "diurnal", 2: "semidiurnal"}.get(n, f"{n} cpd")
 
 
 def _units(name: str) -> str:

@@ -35,6 +35,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -69,6 +70,7 @@ __all__ = [
     "CheckpointGridMismatchError",
     "LoadedPrior",
     "build_denoiser",
+    "check_tensors",
     "describe_denoiser",
     "load_checkpoint",
     "load_optimizer_state",
@@ -249,7 +251,8 @@ def load_optimizer_state(
     """
     params = dict(model.named_parameters())
     index = {
-        id(p): i for i, p in enumerate(p for group in optimizer.param_groups for p in group["params"])
+        id(p): i
+        for i, p in enumerate(p for group in optimizer.param_groups for p in group["params"])
     }
     state: dict[int, dict[str, torch.Tensor]] = {}
     for key, value in tensors.items():
@@ -298,6 +301,16 @@ def _json_clean(value: Any) -> Any:
     return value
 
 
+_NUMBER_LIST = re.compile(r"\[\s*(-?[0-9][-+0-9.eE]*(?:,\s*-?[0-9][-+0-9.eE]*)*)\s*\]")
+
+
+def _compact_number_lists(text: str) -> str:
+    """Indented JSON with each list of numbers on one line (coordinates stay readable)."""
+    return _NUMBER_LIST.sub(
+        lambda m: "[" + ", ".join(x.strip() for x in m.group(1).split(",")) + "]", text
+    )
+
+
 def save_checkpoint(
     path: str | os.PathLike[str],
     denoiser: EDMDenoiser,
@@ -306,6 +319,7 @@ def save_checkpoint(
     normalization: Normalization,
     ema: nn.Module | None = None,
     training: Mapping[str, Any] | None = None,
+    run: Mapping[str, Any] | None = None,
     step: int = 0,
     archive: Mapping[str, Any] | None = None,
     optimizer: torch.optim.Optimizer | None = None,
@@ -322,6 +336,7 @@ def save_checkpoint(
         ema: module with the same state-dict names holding the EMA weights;
             default: the raw weights again.
         training: the training configuration (JSON-serialisable).
+        run: facts about the run (number of ranks, device, command line...).
         step: optimizer steps done.
         archive: description of the training data (e.g.
             :func:`genda.models.data.archive_description`, with ``fingerprint``).
@@ -375,6 +390,7 @@ def save_checkpoint(
         "sigma_data": denoiser.sigma_data,
         "normalization": normalization.to_dict(),
         "training": dict(training or {}),
+        "run": dict(run or {}),
         "step": int(step),
         "parameters": int(sum(p.numel() for p in denoiser.parameters())),
         "archive": dict(archive or {}),
@@ -384,7 +400,7 @@ def save_checkpoint(
             for name, blob in blobs.items()
         },
     }
-    text = json.dumps(_json_clean(config), indent=2, allow_nan=False) + "\n"
+    text = _compact_number_lists(json.dumps(_json_clean(config), indent=2, allow_nan=False)) + "\n"
     for name in extra_files or {}:
         if name in (CONFIG_FILE, MODEL_FILE, OPTIMIZER_FILE) or Path(name).name != name:
             raise ValueError(f"extra file name {name!r} is reserved or not a plain file name")
@@ -520,10 +536,14 @@ def read_checkpoint(
     return CheckpointContents(path, config, ema, raw, optimizer)
 
 
-def _check_tensors(
+def check_tensors(
     tensors: Mapping[str, torch.Tensor], module: nn.Module, what: str, file: Path
 ) -> None:
-    """Names, shapes and dtypes of ``tensors`` against ``module.state_dict()``."""
+    """Check names, shapes and dtype kinds of ``tensors`` against ``module.state_dict()``.
+
+    Raises:
+        CheckpointError: naming ``file``, with up to five examples of each problem.
+    """
     expected = module.state_dict()
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
@@ -637,7 +657,9 @@ def _objects_from_config(
     if not isinstance(sigma_data, int | float) or not (
         math.isfinite(sigma_data) and sigma_data > 0
     ):
-        raise CheckpointError(f"{config_file}: sigma_data must be a positive number, got {sigma_data!r}")
+        raise CheckpointError(
+            f"{config_file}: sigma_data must be a positive number, got {sigma_data!r}"
+        )
     try:
         denoiser = build_denoiser(strategy, grid, arch["config"], float(sigma_data))
     except CheckpointError as error:
@@ -664,8 +686,8 @@ def restore_denoiser(
     if weights not in ("ema", "model"):
         raise ValueError(f"weights must be 'ema' or 'model', got {weights!r}")
     model_file = contents.path / MODEL_FILE
-    _check_tensors(contents.ema, denoiser, "EMA", model_file)
-    _check_tensors(contents.model, denoiser, "raw", model_file)
+    check_tensors(contents.ema, denoiser, "EMA", model_file)
+    check_tensors(contents.model, denoiser, "raw", model_file)
     tensors = contents.ema if weights == "ema" else contents.model
     denoiser.load_state_dict(dict(tensors), strict=True)
     return denoiser, grid, normalization, strategy

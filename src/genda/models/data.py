@@ -192,13 +192,9 @@ def archive_fingerprint(ds: xr.Dataset, grid: Grid | None = None) -> str:
     """
     grid = grid if grid is not None else Grid.from_dataset(ds)
     times = np.asarray(ds["time"].values).astype("datetime64[s]") if "time" in ds.coords else None
-    attrs = {
-        str(k): _attr_value(v) for k, v in sorted(ds.attrs.items()) if k not in VOLATILE_ATTRS
-    }
+    attrs = {str(k): _attr_value(v) for k, v in sorted(ds.attrs.items()) if k not in VOLATILE_ATTRS}
     stats = {
-        name: {
-            k: _attr_value(v) for k, v in sorted(ds[name].attrs.items()) if "normalization" in k
-        }
+        name: {k: _attr_value(v) for k, v in sorted(ds[name].attrs.items()) if "normalization" in k}
         for name in grid.variables
     }
     payload = {

@@ -1,0 +1,228 @@
+"""Training pipeline behind ``genda train``: open the archive, build the model, train.
+
+:func:`train_prior` opens an archive with :func:`genda.storage.open_archive`,
+splits it by time (:class:`genda.models.data.TrainingData`), builds an
+:class:`~genda.models.diffusion.EDMDenoiser` around a U-Net for the chosen
+strategy, and runs :func:`genda.models.training.train`. When resuming, the
+strategy, architecture, split and training settings come from the checkpoint
+unless given explicitly; a conflicting strategy or architecture is an error.
+
+Under ``torchrun`` (``WORLD_SIZE > 1`` in the environment) it initialises the
+process group itself (NCCL on GPUs, gloo on CPUs) and destroys it at the end;
+a process group that is already initialised is used and left alone.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import xarray as xr
+
+from genda.grid import Grid
+from genda.models.checkpoint import CheckpointError, read_checkpoint
+from genda.models.data import DEFAULT_GAP_HOURS, DEFAULT_MEMORY_LIMIT, TimeSplit, TrainingData
+from genda.models.diffusion import EDMDenoiser
+from genda.models.strategies import build_backbone, get_strategy
+from genda.models.training import TrainConfig, TrainResult, resolve_device, train
+from genda.storage import open_archive
+
+__all__ = ["DEFAULT_ARCHITECTURE", "TrainingRun", "train_prior"]
+
+DEFAULT_ARCHITECTURE: dict[str, Any] = {
+    "base_channels": 32,
+    "channel_mult": [1, 2, 2],
+    "blocks_per_level": 1,
+    "attention_levels": [],
+    "noise_embedding_dim": 128,
+    "dropout": 0.0,
+}
+"""U-Net options (besides the channels the strategy sets) of a new model."""
+
+
+@dataclass
+class TrainingRun:
+    """A finished run: the training result and what it was trained on.
+
+    Attributes:
+        result: :class:`~genda.models.training.TrainResult` (losses, throughput, checkpoint).
+        strategy: strategy name.
+        strategy_options: its options.
+        architecture: the U-Net configuration.
+        grid: the grid of the fields.
+        split: the time split.
+        config: the training settings used.
+        archive: the archive path (or ``"dataset"``).
+        device: the training device.
+    """
+
+    result: TrainResult
+    strategy: str
+    strategy_options: dict[str, Any]
+    architecture: dict[str, Any]
+    grid: Grid
+    split: TimeSplit
+    config: TrainConfig
+    archive: str
+    device: str
+
+
+@contextmanager
+def _process_group(device: str) -> Iterator[None]:
+    """Initialise ``torch.distributed`` from torchrun's environment if needed; tear down what we started."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1 or not dist.is_available() or dist.is_initialized():
+        yield
+        return
+    backend = "nccl" if resolve_device(device).type == "cuda" else "gloo"
+    dist.init_process_group(backend=backend)
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
+def _plain(value: Any) -> Any:
+    """Tuples -> lists, recursively (JSON's view)."""
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def train_prior(
+    data: str | os.PathLike[str] | xr.Dataset,
+    out: str | os.PathLike[str],
+    *,
+    strategy: str | None = None,
+    strategy_options: Mapping[str, Any] | None = None,
+    architecture: Mapping[str, Any] | None = None,
+    config: TrainConfig | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    val_fraction: float | None = None,
+    val_gap_hours: float | None = None,
+    resume: str | os.PathLike[str] | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    memory_limit_bytes: int = DEFAULT_MEMORY_LIMIT,
+    command: str | None = None,
+) -> TrainingRun:
+    """Train a diffusion prior on an archive and write the checkpoint ``out``.
+
+    Args:
+        data: archive path (Zarr or NetCDF) or an open Dataset in genda's conventions.
+        out: checkpoint directory to write (:func:`genda.models.training.train`).
+        strategy: ``"joint3d"`` or ``"layer2d"``; default ``"joint3d"``, or the
+            resumed checkpoint's.
+        strategy_options: e.g. ``{"window": 2}`` for layer2d; merged over the resumed ones.
+        architecture: U-Net options (``base_channels``, ``channel_mult``, ...)
+            merged over :data:`DEFAULT_ARCHITECTURE` (or the resumed checkpoint's,
+            which they must then equal).
+        config: training settings; default :class:`TrainConfig` (or the resumed checkpoint's).
+        overrides: changes to ``config``, ``None`` values ignored (the CLI's options).
+        val_fraction, val_gap_hours: the time split (default 0.1 and 24 h, or the resumed run's).
+        resume: checkpoint to continue from.
+        overwrite: replace an existing ``out`` when not resuming.
+        progress: progress bar.
+        memory_limit_bytes: splits up to this size are held in memory.
+        command: the command line, stored in the checkpoint.
+
+    Returns:
+        :class:`TrainingRun`.
+
+    Raises:
+        genda.storage.ArchiveError: the archive cannot be read.
+        CheckpointError: the resume checkpoint is unusable or conflicts with the options.
+        FileExistsError: ``out`` exists (neither resuming nor ``overwrite``).
+        ValueError, KeyError: invalid options (unknown strategy, split leaving no data...).
+    """
+    out = Path(out)
+    if resume is None and out.exists() and not overwrite:
+        # before reading anything: a refused run should fail fast
+        raise FileExistsError(
+            f"{out} exists; pass overwrite=True (--overwrite) to replace it "
+            "or resume=... (--resume) to continue it"
+        )
+    stored: dict[str, Any] = {}
+    if resume is not None:
+        stored = read_checkpoint(resume).config
+    base = config if config is not None else None
+    if base is None:
+        try:
+            base = TrainConfig.from_dict(stored["training"]) if stored else TrainConfig()
+        except (TypeError, ValueError) as error:
+            raise CheckpointError(f"{resume}: invalid training settings: {error}") from error
+    run_config = base.replace(**dict(overrides or {}))
+
+    # strategy and architecture: explicit, else the resumed checkpoint's, else defaults
+    if stored:
+        name = stored["strategy"]["name"]
+        if strategy is not None and strategy != name:
+            raise CheckpointError(
+                f"{resume}: the checkpoint was trained with strategy {name!r}, not {strategy!r}"
+            )
+        options = {**stored["strategy"].get("options", {}), **dict(strategy_options or {})}
+        arch = {
+            k: v
+            for k, v in stored["architecture"]["config"].items()
+            if k not in ("in_channels", "out_channels", "cond_dim", "pole_sign")
+        }
+        changed = {k: v for k, v in _plain(dict(architecture or {})).items() if arch.get(k) != v}
+        if changed:
+            raise CheckpointError(
+                f"{resume}: cannot change the architecture of a resumed model: {changed} "
+                f"(the checkpoint has {{{', '.join(f'{k!r}: {arch.get(k)!r}' for k in changed)}}})"
+            )
+        split = stored.get("archive", {}).get("split", {})
+        val_fraction = split.get("val_fraction", 0.1) if val_fraction is None else val_fraction
+        val_gap_hours = (
+            split.get("gap_hours", DEFAULT_GAP_HOURS) if val_gap_hours is None else val_gap_hours
+        )
+    else:
+        name = strategy or "joint3d"
+        options = dict(strategy_options or {})
+        arch = {**DEFAULT_ARCHITECTURE, **_plain(dict(architecture or {}))}
+    val_fraction = 0.1 if val_fraction is None else val_fraction
+    val_gap_hours = DEFAULT_GAP_HOURS if val_gap_hours is None else val_gap_hours
+    strategy_obj = get_strategy(name, **options)
+
+    ds = open_archive(data)
+    source = str(data) if not isinstance(data, xr.Dataset) else "dataset"
+    grid = Grid.from_dataset(ds)
+    training_data = TrainingData.from_dataset(
+        ds, val_fraction, val_gap_hours, grid=grid, memory_limit_bytes=memory_limit_bytes
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(run_config.seed)  # the initial weights follow the seed
+        denoiser = EDMDenoiser(build_backbone(strategy_obj, grid, **arch))
+    network_config = denoiser.backbone.network.config  # type: ignore[union-attr]
+
+    with _process_group(run_config.device):
+        result = train(
+            denoiser,
+            training_data,
+            run_config,
+            out,
+            resume=resume,
+            progress=progress,
+            overwrite=overwrite,
+            description={"archive": source, **({"command": command} if command else {})},
+        )
+    return TrainingRun(
+        result=result,
+        strategy=name,
+        strategy_options=strategy_obj.options(),
+        architecture=dict(network_config),
+        grid=grid,
+        split=training_data.split,
+        config=run_config,
+        archive=source,
+        device=str(resolve_device(run_config.device)),
+    )
