@@ -158,8 +158,23 @@ def _channel_mult(text: str) -> list[int]:
     return values
 
 
+def _command_line(ctx: typer.Context) -> str:
+    """The command as given, rebuilt from its parsed options (for provenance)."""
+    parts = [f"genda {ctx.info_name}"]
+    for name, value in ctx.params.items():
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, bool):
+            default = next((p.default for p in ctx.command.params if p.name == name), None)
+            if value != default:
+                parts.append(flag if value else "--no-" + name.replace("_", "-"))
+        elif value is not None:
+            parts.append(f"{flag} {value}")
+    return " ".join(parts)
+
+
 @app.command("train")
 def train_command(
+    ctx: typer.Context,
     data: Annotated[Path, typer.Option("--data", help="Training archive (Zarr or NetCDF).")],
     out: Annotated[Path, typer.Option("--out", help="Checkpoint directory to write.")],
     strategy: Annotated[
@@ -205,8 +220,6 @@ def train_command(
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Train a diffusion prior on an archive and write a checkpoint."""
-    import sys
-
     from genda.orchestration.train import train_prior
 
     strategy_options: dict[str, object] = {}
@@ -246,7 +259,7 @@ def train_command(
             resume=resume,
             overwrite=overwrite,
             progress=progress,
-            command=" ".join(["genda", *sys.argv[1:]]),
+            command=_command_line(ctx),
         )
     except (FileExistsError, ValueError, KeyError, TypeError, FloatingPointError) as error:
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
