@@ -155,6 +155,18 @@ def test_save_replaces_atomically_and_keeps_the_old_one_on_failure(saved, tmp_pa
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
 
 
+def test_save_never_replaces_something_else(saved, tmp_path) -> None:
+    _, model = saved
+    other = tmp_path / "notes"
+    other.mkdir()
+    (other / "thesis.tex").write_text("precious")
+    with pytest.raises(FileExistsError, match="is not a genda checkpoint"):
+        save(other, model)
+    assert (other / "thesis.tex").read_text() == "precious"
+    (tmp_path / "empty").mkdir()
+    assert load_checkpoint(save(tmp_path / "empty", model)).step == 3
+
+
 def test_flipped_bytes_fail_the_checksum(saved) -> None:
     path, _ = saved
     data = bytearray((path / "model.safetensors").read_bytes())
@@ -258,10 +270,10 @@ def test_shipped_names_resolve_inside_the_package(tmp_path, monkeypatch) -> None
         resolve_checkpoint("default")
     with pytest.raises(CheckpointError, match="no shipped checkpoint named 'default-layer2d'"):
         load_checkpoint("default-layer2d")
-    with pytest.raises(
-        CheckpointError, match=r"no checkpoint at .*nowhere.*shipped names: default"
-    ):
+    with pytest.raises(CheckpointError, match=r"no checkpoint at .*nowhere \(no such directory"):
         resolve_checkpoint(str(tmp_path / "nowhere"))
+    with pytest.raises(CheckpointError, match=r"no checkpoint directory 'defualt'.*shipped names"):
+        load_checkpoint("defualt")
     save(tmp_path / "checkpoints" / "default", denoiser(Joint3D()))
     assert resolve_checkpoint("default") == tmp_path / "checkpoints" / "default"
     assert load_checkpoint("default", expected_grid=GRID).strategy.name == "joint3d"

@@ -181,33 +181,47 @@ def train_command(
         str | None,
         typer.Option(help="joint3d (whole 3D field) or layer2d (layers); default joint3d."),
     ] = None,
-    steps: Annotated[int | None, typer.Option(help="Total optimizer steps [10000].")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Fields per step [16].")] = None,
-    lr: Annotated[float | None, typer.Option(help="Peak learning rate [2e-4].")] = None,
-    ema_decay: Annotated[float | None, typer.Option(help="EMA decay per step [0.999].")] = None,
-    seed: Annotated[
-        int | None, typer.Option(help="Seed of weights, batches and noise [0].")
+    steps: Annotated[
+        int | None, typer.Option(help="Total optimizer steps (default 10000).")
     ] = None,
-    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda, cuda:1, ... [auto].")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Fields per step (default 16).")] = None,
+    lr: Annotated[float | None, typer.Option(help="Peak learning rate (default 2e-4).")] = None,
+    ema_decay: Annotated[
+        float | None, typer.Option(help="EMA decay per step (default 0.999).")
+    ] = None,
+    seed: Annotated[
+        int | None, typer.Option(help="Seed of weights, batches and noise (default 0).")
+    ] = None,
+    device: Annotated[
+        str | None, typer.Option(help="auto, cpu, cuda, cuda:1, ... (default auto).")
+    ] = None,
     val_fraction: Annotated[
-        float | None, typer.Option(help="Fraction of the times held out at the end [0.1].")
+        float | None, typer.Option(help="Fraction of the times held out at the end (default 0.1).")
     ] = None,
     val_gap_hours: Annotated[
         float | None,
-        typer.Option(help="Hours between the last training and first validation time [24]."),
+        typer.Option(
+            help="Hours between the last training and first validation time (default 24)."
+        ),
     ] = None,
-    base_channels: Annotated[int | None, typer.Option(help="U-Net width [32].")] = None,
+    base_channels: Annotated[int | None, typer.Option(help="U-Net width (default 32).")] = None,
     channel_mult: Annotated[
-        str | None, typer.Option(help="U-Net channel multipliers per level [1,2,2].")
+        str | None, typer.Option(help="U-Net channel multipliers per level (default 1,2,2).")
     ] = None,
     window: Annotated[
-        int | None, typer.Option(help="layer2d: neighbouring layers seen each side [1].")
+        int | None, typer.Option(help="layer2d: neighbouring layers seen each side (default 1).")
     ] = None,
-    warmup_steps: Annotated[int | None, typer.Option(help="Learning-rate warm-up [500].")] = None,
-    log_every: Annotated[int | None, typer.Option(help="Steps per loss-log row [50].")] = None,
-    val_every: Annotated[int | None, typer.Option(help="Steps per validation [500].")] = None,
+    warmup_steps: Annotated[
+        int | None, typer.Option(help="Learning-rate warm-up (default 500).")
+    ] = None,
+    log_every: Annotated[
+        int | None, typer.Option(help="Steps per loss-log row (default 50).")
+    ] = None,
+    val_every: Annotated[
+        int | None, typer.Option(help="Steps per validation (default 500).")
+    ] = None,
     checkpoint_every: Annotated[
-        int | None, typer.Option(help="Steps per checkpoint save [1000].")
+        int | None, typer.Option(help="Steps per checkpoint save (default 1000).")
     ] = None,
     mixed_precision: Annotated[
         bool, typer.Option(help="bf16 autocast on CUDA (ignored on the CPU).")

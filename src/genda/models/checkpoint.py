@@ -70,6 +70,7 @@ __all__ = [
     "CheckpointGridMismatchError",
     "LoadedPrior",
     "build_denoiser",
+    "check_replaceable",
     "check_tensors",
     "describe_denoiser",
     "load_checkpoint",
@@ -150,11 +151,14 @@ def resolve_checkpoint(name_or_path: str | os.PathLike[str]) -> Path:
         raise CheckpointError(
             f"{path} is a file; a checkpoint is a directory holding {CONFIG_FILE} and {MODEL_FILE}"
         )
-    shipped = ", ".join(SHIPPED_CHECKPOINTS)
-    raise CheckpointError(
-        f"no checkpoint at {path} (no such directory) and no shipped checkpoint named "
-        f"{str(name_or_path)!r} (shipped names: {shipped})"
-    )
+    text = str(name_or_path)
+    if isinstance(name_or_path, str) and "/" not in text and os.sep not in text:
+        shipped = ", ".join(SHIPPED_CHECKPOINTS)
+        raise CheckpointError(
+            f"no checkpoint directory {text!r} and no shipped checkpoint of that name "
+            f"(shipped names: {shipped})"
+        )
+    raise CheckpointError(f"no checkpoint at {path} (no such directory)")
 
 
 # ---------------------------------------------------------------------------- model <-> config
@@ -301,6 +305,26 @@ def _json_clean(value: Any) -> Any:
     return value
 
 
+def check_replaceable(path: str | os.PathLike[str]) -> None:
+    """Refuse to let a checkpoint replace something that is not a checkpoint.
+
+    ``path`` may be absent, an empty directory, or a directory holding
+    ``config.json`` (an earlier checkpoint).
+
+    Raises:
+        FileExistsError: ``path`` is a file or a non-empty directory without ``config.json``.
+    """
+    path = Path(path)
+    if not (path.exists() or path.is_symlink()):
+        return
+    if path.is_dir() and ((path / CONFIG_FILE).is_file() or not any(path.iterdir())):
+        return
+    raise FileExistsError(
+        f"{path} exists and is not a genda checkpoint (no {CONFIG_FILE}); "
+        "refusing to replace it: choose another directory"
+    )
+
+
 _NUMBER_LIST = re.compile(r"\[\s*(-?[0-9][-+0-9.eE]*(?:,\s*-?[0-9][-+0-9.eE]*)*)\s*\]")
 
 
@@ -350,6 +374,7 @@ def save_checkpoint(
     Raises:
         TypeError: the denoiser has another structure.
         GridMismatchError: ``grid`` or ``normalization`` do not fit the model.
+        FileExistsError: ``path`` exists and is not a checkpoint (:func:`check_replaceable`).
     """
     strategy, network, backbone = describe_denoiser(denoiser)
     if not np.allclose(backbone.altitudes, grid.altitude, atol=1e-6, rtol=0):
@@ -405,7 +430,8 @@ def save_checkpoint(
         if name in (CONFIG_FILE, MODEL_FILE, OPTIMIZER_FILE) or Path(name).name != name:
             raise ValueError(f"extra file name {name!r} is reserved or not a plain file name")
 
-    path = Path(path)
+    path = Path(os.path.abspath(path))
+    check_replaceable(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f"{path.name}.partial-{os.getpid()}")
     _remove(partial)

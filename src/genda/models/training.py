@@ -62,6 +62,7 @@ from genda.grid import Grid
 from genda.models.checkpoint import (
     MODEL_FILE,
     CheckpointError,
+    check_replaceable,
     check_tensors,
     describe_denoiser,
     load_optimizer_state,
@@ -217,14 +218,21 @@ def learning_rate(config: TrainConfig, step: int) -> float:
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
-    """``"auto"`` -> ``cuda`` (the local rank's GPU under DDP) if available, else ``cpu``."""
+    """``"auto"`` -> ``cuda`` (the local rank's GPU under DDP) if available, else ``cpu``.
+
+    A CUDA device without an index gets the local rank's (``LOCAL_RANK``) or the current one.
+    """
     if str(device) == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         return torch.device("cpu")
     resolved = torch.device(device)
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} requested but CUDA is not available")
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r} requested but CUDA is not available")
+        if resolved.index is None:  # an explicit index: DDP and the RNG fork need one
+            index = int(os.environ.get("LOCAL_RANK", torch.cuda.current_device()))
+            resolved = torch.device("cuda", index)
     return resolved
 
 
@@ -519,7 +527,8 @@ def train(
         :class:`TrainResult`.
 
     Raises:
-        FileExistsError: ``checkpoint_dir`` exists, not resuming and not ``overwrite``.
+        FileExistsError: ``checkpoint_dir`` exists, not resuming and not ``overwrite``;
+            or it exists and is not a checkpoint (never replaced).
         CheckpointError: the resume checkpoint is unreadable or does not fit.
         FloatingPointError: the training loss became NaN or infinite (nothing is saved).
     """
@@ -539,6 +548,7 @@ def train(
             f"{checkpoint_dir} exists; pass overwrite=True (--overwrite) to replace it "
             "or resume=... (--resume) to continue it"
         )
+    check_replaceable(checkpoint_dir)  # before training, not at the first save
     device = resolve_device(config.device)
 
     start_step, history, wall_before = 0, [], 0.0
