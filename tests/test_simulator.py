@@ -11,6 +11,7 @@ import torch
 
 from genda.constants import GRAVITY, KAPPA, SECONDS_PER_DAY
 from genda.simulator import SimulationError, Simulator, SimulatorConfig
+from genda.simulator.adjustment import thickness_adjustment
 from genda.simulator.model import interpolate_to_levels
 from genda.simulator.reference import exner, layer_geometry, reference_temperature
 
@@ -211,3 +212,25 @@ def test_bad_configurations_are_rejected() -> None:
         SimulatorConfig(layers=65)
     with pytest.raises(ValueError, match="output levels"):
         SimulatorConfig(output_top_km=130.0)
+
+
+def test_thin_layers_are_refilled_from_their_neighbours_keeping_column_mass() -> None:
+    gen = torch.Generator().manual_seed(0)
+    reference = torch.tensor([4.0, 2.0, 1.0, 0.5], dtype=torch.float64)
+    sigma = reference[:, None, None] * (
+        0.8 + 0.4 * torch.rand((4, 3, 5), generator=gen, dtype=torch.float64)
+    )
+    assert thickness_adjustment(sigma, reference, 0.2) is None  # nothing thin: untouched
+    sigma[2, 1, 1] = 0.05 * reference[2]  # one thin spot in layer 2
+    sigma[0, 0, 0] = 0.01 * reference[0]  # and one in the bottom layer
+    increment = thickness_adjustment(sigma, reference, 0.2)
+    assert increment is not None
+    adjusted = sigma + increment
+    torch.testing.assert_close(adjusted.sum(0), sigma.sum(0), rtol=1e-15, atol=1e-15)
+    assert torch.all(adjusted >= 0.2 * reference[:, None, None] - 1e-12)
+    changed = increment.abs().sum(0) > 0
+    assert changed.sum() == 2  # only the two columns with a thin layer
+    assert increment[3, 1, 1] < 0 and increment[1, 1, 1] < 0  # taken from both neighbours
+    assert (
+        increment[1, 0, 0] < 0 and increment[2:, 0, 0].abs().sum() == 0
+    )  # bottom: from above only

@@ -93,6 +93,9 @@ class SimulatorConfig:
     gravity_wave_min_wavenumber: int = 6
     gravity_wave_saturation_km: float = 95.0
     """The stochastic forcing grows as exp(z / 2H) up to this altitude and is constant above."""
+    min_layer_fraction: float = 0.2
+    """Layers thinner than this fraction of their reference mass are refilled from
+    their neighbours (convective adjustment, :mod:`genda.simulator.adjustment`)."""
     ramp_days: float = 5.0
     """Forcing switches on smoothly over this time from a state of rest."""
 
@@ -147,6 +150,7 @@ class SimulatorConfig:
             tides=(),
             gravity_wave_forcing_m_s_per_hour=0.0,
             bottom_jet_m_s=0.0,
+            min_layer_fraction=0.0,
         )
 
     def to_dict(self) -> dict[str, Any]:

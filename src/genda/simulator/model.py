@@ -23,6 +23,7 @@ from genda.constants import (
     SECONDS_PER_DAY,
 )
 from genda.grid import Grid, default_altitudes
+from genda.simulator.adjustment import thickness_adjustment
 from genda.simulator.config import SimulatorConfig
 from genda.simulator.dynamics import GridState, IsentropicLayers
 from genda.simulator.forcing import Forcing
@@ -109,6 +110,8 @@ class Simulator:
         self.dt = cfg.time_step
         self.time_seconds = 0.0
         self.steps = 0
+        self.adjustments = 0
+        """Steps in which a thin layer was refilled (see :mod:`genda.simulator.adjustment`)."""
         self.state = self.rest_state()
         levels = default_altitudes(cfg.levels, cfg.output_bottom_km, cfg.output_top_km)
         self.output_grid = Grid.gaussian(cfg.nlat, cfg.nlon, levels.tolist())
@@ -147,9 +150,19 @@ class Simulator:
         k4 = self._rhs(s + dt * k3, t + dt)
         new = s + (dt / 6.0) * (k1 + 2.0 * k2 + 2.0 * k3 + k4)
         self.state = new * self.forcing.hyperdiffusion
+        if self.config.min_layer_fraction > 0:
+            self._adjust_thin_layers()
         self.forcing.advance_noise()
         self.steps += 1
         self.time_seconds = self.steps * dt
+
+    def _adjust_thin_layers(self) -> None:
+        sigma = self.transforms.to_grid(self.state[:, 0])
+        reference = torch.as_tensor(self.geometry.sigma, dtype=sigma.dtype, device=sigma.device)
+        increment = thickness_adjustment(sigma, reference, self.config.min_layer_fraction)
+        if increment is not None:
+            self.state[:, 0] += self.transforms.to_spectral(increment)
+            self.adjustments += 1
 
     def check(self) -> None:
         """Raise :class:`SimulationError` if the state is not finite or a layer vanished."""
