@@ -326,18 +326,7 @@ def demo(
     )
     m = result.metrics
     table = Table(title="circulation in the archive (northern winter)", header_style="bold")
-    for name in (
-        "alt km",
-        "winter u max",
-        "winter u min",
-        "summer u max",
-        "summer u min",
-        "DW1 u",
-        "SW2 u",
-        "DW1 T",
-        "mean T",
-        "KE slope",
-    ):
+    for name in ("km", "W max", "W min", "S max", "S min", "DW1 u", "SW2 u", "DW1 T", "T", "slope"):
         table.add_column(name, justify="right")
     for i, alt in enumerate(m["altitude_km"]):
         table.add_row(
@@ -358,6 +347,12 @@ def demo(
             f"{m['spectral_slope_l4_14'][i]:.2f}",
         )
     console.print(table)
+    console.print(
+        "W / S: extremes of zonal-mean u (m/s) in the winter (north) and summer (south) "
+        "hemispheres; DW1 / SW2: migrating diurnal (|lat| < 35) and semidiurnal (35-65) tide "
+        "amplitudes (m/s, K); T: mean temperature (K); slope: kinetic-energy spectrum over "
+        "wavenumbers 4-14"
+    )
     console.print(
         f"archive  {result.archive}\nfigure   {result.figure}\nmetrics  {result.metrics_path}"
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 
@@ -106,8 +106,6 @@ class SimulatorConfig:
     """Intra-op threads while stepping on the CPU (``None``: leave torch's setting).
     The transforms are many small batched matrix products: one thread is
     fastest, and several processes sharing the cores do not oversubscribe."""
-
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not 1 <= self.layers <= 64:

@@ -187,11 +187,12 @@ class Simulator:
         if abs(n * self.dt - seconds) > 1e-6 * max(seconds, 1.0):
             raise ValueError(f"{seconds} s is not a whole number of {self.dt} s steps")
         check_every = max(1, round(3600.0 / self.dt))
-        for i in range(n):
-            self.step()
-            if (i + 1) % check_every == 0:
-                self.check()
-        self.check()
+        with cpu_threads(self.config.cpu_threads, self.transforms.device):
+            for i in range(n):
+                self.step()
+                if (i + 1) % check_every == 0:
+                    self.check()
+            self.check()
 
     def run_days(self, days: float) -> None:
         self.advance(days * SECONDS_PER_DAY)
