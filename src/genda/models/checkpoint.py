@@ -36,7 +36,6 @@ import json
 import math
 import os
 import re
-import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -51,6 +50,7 @@ from safetensors.torch import save as save_safetensors
 from torch import nn
 
 import genda
+from genda.atomic import partial_path, publish_directory, remove_path
 from genda.grid import Grid, GridMismatchError
 from genda.models.diffusion import EDMDenoiser
 from genda.models.strategies import Strategy, StrategyBackbone, build_backbone, get_strategy
@@ -283,13 +283,6 @@ def _state_tensors(module: nn.Module, prefix: str) -> dict[str, torch.Tensor]:
     }
 
 
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    elif path.exists() or path.is_symlink():
-        path.unlink()
-
-
 def _json_clean(value: Any) -> Any:
     """NaN and infinities -> ``None`` (valid JSON), numpy scalars -> Python, tuples -> lists."""
     if isinstance(value, Mapping):
@@ -433,27 +426,16 @@ def save_checkpoint(
     path = Path(os.path.abspath(path))
     check_replaceable(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f"{path.name}.partial-{os.getpid()}")
-    _remove(partial)
+    partial = partial_path(path)
+    remove_path(partial)
     try:
         partial.mkdir()
         for name, blob in {**blobs, **(extra_files or {})}.items():
             (partial / name).write_bytes(blob)
         (partial / CONFIG_FILE).write_text(text, encoding="utf-8")  # last: marks completeness
-        if path.exists() or path.is_symlink():
-            old = path.with_name(f"{path.name}.old-{os.getpid()}")
-            _remove(old)
-            path.rename(old)
-            try:
-                partial.rename(path)
-            except BaseException:
-                old.rename(path)
-                raise
-            _remove(old)
-        else:
-            partial.rename(path)
+        publish_directory(partial, path)
     except BaseException:
-        _remove(partial)
+        remove_path(partial)
         raise
     return path
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
@@ -37,6 +36,7 @@ import zarr
 from tqdm.auto import tqdm
 
 import genda
+from genda.atomic import partial_path, publish_directory, remove_path
 from genda.grid import DEFAULT_VARIABLES, VARIABLES, Grid
 from genda.normalization import MEAN_ATTR, STD_ATTR, Normalization
 from genda.storage.errors import ArchiveError
@@ -157,13 +157,6 @@ def _attach_normalization(path: Path, grid: Grid) -> Normalization:
     return stats
 
 
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    elif path.exists() or path.is_symlink():
-        path.unlink()
-
-
 # ---------------------------------------------------------------------------- public
 def write_archive(
     path: str | os.PathLike[str],
@@ -208,8 +201,8 @@ def write_archive(
         raise FileExistsError(f"{path} exists; pass overwrite=True (--overwrite) to replace it")
     global_attrs = provenance_attrs(attrs, grid)
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f"{path.name}.partial-{os.getpid()}")
-    _remove(partial)  # a leftover of a crashed run of a process with our pid
+    partial = partial_path(path)
+    remove_path(partial)  # a leftover of a crashed run of a process with our pid
     bar = tqdm(total=total, desc=f"writing {path.name}", unit="snapshot", disable=not progress)
     try:
         written = 0
@@ -232,22 +225,13 @@ def write_archive(
         if written == 0:
             raise ArchiveError(f"no snapshots to write to {path}")
         _attach_normalization(partial, grid)
-        if overwrite and (path.exists() or path.is_symlink()):
-            # Two renames (a directory cannot replace a non-empty one in one step);
-            # if the second fails the old archive goes back to `path`.
-            old = path.with_name(f"{path.name}.old-{os.getpid()}")
-            _remove(old)
-            path.rename(old)
-            try:
-                partial.rename(path)
-            except BaseException:
-                old.rename(path)
-                raise
-            _remove(old)
-        else:
-            partial.rename(path)
+        if not overwrite and (path.exists() or path.is_symlink()):
+            raise FileExistsError(
+                f"{path} appeared while the archive was written; not replacing it"
+            )
+        publish_directory(partial, path)
     except BaseException:
-        _remove(partial)
+        remove_path(partial)
         raise
     finally:
         bar.close()

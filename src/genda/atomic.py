@@ -1,0 +1,42 @@
+"""Publishing a directory all at once: nothing half-written is ever seen at its path.
+
+Archives and checkpoints are written into a sibling ``<name>.partial-<pid>``
+directory and moved into place only when complete. A directory cannot replace
+a non-empty one in a single rename, so an existing one is first moved aside to
+``<name>.old-<pid>`` and restored if the second rename fails.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+
+def remove_path(path: Path) -> None:
+    """Remove a file, link or directory tree if it exists."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+def partial_path(path: Path) -> Path:
+    """The private sibling that a writer fills before :func:`publish_directory`."""
+    return path.with_name(f"{path.name}.partial-{os.getpid()}")
+
+
+def publish_directory(partial: Path, path: Path) -> None:
+    """Move the complete directory ``partial`` to ``path``, replacing what is there."""
+    if path.exists() or path.is_symlink():
+        old = path.with_name(f"{path.name}.old-{os.getpid()}")
+        remove_path(old)
+        path.rename(old)
+        try:
+            partial.rename(path)
+        except BaseException:
+            old.rename(path)
+            raise
+        remove_path(old)
+    else:
+        partial.rename(path)
