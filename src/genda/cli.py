@@ -305,6 +305,55 @@ def train_command(
 
 
 @app.command()
+def fidelity(
+    checkpoint: Annotated[
+        str, typer.Option(help="Checkpoint directory, or default / default-layer2d.")
+    ],
+    data: Annotated[Path, typer.Option(help="Held-out model data (archive or NetCDF).")],
+    out: Annotated[Path, typer.Option(help="Directory for fidelity.json and the plots.")],
+    members: Annotated[int, typer.Option(help="Unconditional members to draw.")] = 64,
+    steps: Annotated[int, typer.Option(help="Sampler steps.")] = 32,
+    method: Annotated[str, typer.Option(help="heun, euler or stochastic.")] = "heun",
+    seed: Annotated[int, typer.Option(help="Window seed of the members.")] = 0,
+    batch_size: Annotated[int, typer.Option(help="Members per denoiser batch.")] = 8,
+    device: Annotated[str, typer.Option(help="torch device.")] = "cpu",
+    save_samples: Annotated[
+        bool, typer.Option(help="Also write the members as samples.nc.")
+    ] = False,
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+) -> None:
+    """Compare unconditional samples of a prior with held-out model data."""
+    from genda.models.checkpoint import CheckpointError
+    from genda.orchestration.fidelity import prior_fidelity
+
+    if method not in ("heun", "euler", "stochastic"):
+        raise _fail(f"unknown sampling method {method!r}; use heun, euler or stochastic")
+    try:
+        run = prior_fidelity(
+            checkpoint,
+            data,
+            out,
+            members=members,
+            steps=steps,
+            method=method,
+            seed=seed,  # type: ignore[arg-type]
+            batch_size=batch_size,
+            device=device,
+            save_samples=save_samples,
+            progress=progress,
+        )
+    except (CheckpointError, ArchiveError, ValueError, KeyError) as error:
+        raise _fail(str(error)) from error
+    console.print(run.report.summary(), highlight=False)
+    console.print(
+        f"{'PASSED' if run.report.passed else 'FAILED'}: the acceptance criteria of the prior"
+    )
+    console.print(f"report   {run.json_path}")
+    for figure in run.figures:
+        console.print(f"figure   {figure}")
+
+
+@app.command()
 def demo(
     out: Annotated[Path, typer.Option(help="Directory for the demo's files.")] = Path(
         "outputs/demo"

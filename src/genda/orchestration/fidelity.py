@@ -1,0 +1,110 @@
+"""Fidelity of a trained prior (``genda fidelity``): sample, compare, report.
+
+Draws unconditional members from a checkpoint (per-member generators of
+window seed ``seed``, so any member can be regenerated), turns them into a
+physical-units Dataset with a ``member`` dimension, and compares them with
+held-out model data through :func:`genda.evaluation.fidelity.fidelity_report`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import xarray as xr
+from tqdm.auto import tqdm
+
+from genda.evaluation.fidelity import FidelityReport, fidelity_report
+from genda.grid import Grid, lookup_variable
+from genda.models.checkpoint import LoadedPrior, load_checkpoint
+from genda.models.sampling import SamplingMethod, sample
+from genda.storage import open_archive
+
+
+@dataclass
+class FidelityRun:
+    report: FidelityReport
+    json_path: Path
+    figures: list[Path]
+    samples_path: Path | None
+
+
+def sample_prior(
+    prior: LoadedPrior,
+    members: int,
+    seed: int,
+    steps: int,
+    method: SamplingMethod,
+    batch_size: int,
+    device: str,
+    progress: bool = True,
+) -> xr.Dataset:
+    """``members`` unconditional samples of ``prior`` as a Dataset ``(member, altitude, latitude, longitude)``."""
+    grid = prior.grid
+    chunks = []
+    for start in tqdm(
+        range(0, members, batch_size), desc="sampling", unit="batch", disable=not progress
+    ):
+        ids = list(range(start, min(start + batch_size, members)))
+        x = sample(
+            prior.denoiser,
+            grid.shape,
+            ids,
+            window_seed=seed,
+            steps=steps,
+            method=method,
+            device=device,
+        )
+        chunks.append(
+            prior.normalization.denormalize(x.to(torch.float64)).cpu().numpy().astype(np.float32)
+        )
+    fields = np.concatenate(chunks)  # (N, V, L, H, W)
+    return members_dataset(fields, grid)
+
+
+def members_dataset(fields: np.ndarray, grid: Grid) -> xr.Dataset:
+    """``(N, V, L, H, W)`` physical fields -> Dataset with a ``member`` dimension and CF attributes."""
+    grid.check_shape(fields.shape, what="samples")
+    coords = {**grid.coords(), "member": np.arange(fields.shape[0])}
+    data = {
+        name: xr.Variable(
+            ("member", "altitude", "latitude", "longitude"),
+            fields[:, i],
+            lookup_variable(name).cf_attrs(),
+        )
+        for i, name in enumerate(grid.variables)
+    }
+    return xr.Dataset(data, coords=coords, attrs={"Conventions": "CF-1.10"})
+
+
+def prior_fidelity(
+    checkpoint: str | Path,
+    data: str | Path,
+    out: Path,
+    members: int = 64,
+    steps: int = 32,
+    method: SamplingMethod = "heun",
+    seed: int = 0,
+    batch_size: int = 8,
+    device: str = "cpu",
+    save_samples: bool = False,
+    progress: bool = True,
+) -> FidelityRun:
+    """Sample ``members`` from ``checkpoint`` and compare them with the archive ``data``."""
+    out.mkdir(parents=True, exist_ok=True)
+    prior = load_checkpoint(checkpoint, device=device)
+    reference = open_archive(data, grid=None)
+    prior.grid.check_same(
+        Grid.from_dataset(reference, prior.grid.variables), what=f"archive {data}"
+    )
+    samples = sample_prior(prior, members, seed, steps, method, batch_size, device, progress)
+    samples_path = None
+    if save_samples:
+        samples_path = out / "samples.nc"
+        samples.to_netcdf(samples_path)
+    report = fidelity_report(samples, reference, prior.grid, strategy=prior.strategy.name)
+    json_path = report.to_json(out / "fidelity.json")
+    figures = report.plot(out)
+    return FidelityRun(report, json_path, figures, samples_path)
