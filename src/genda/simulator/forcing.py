@@ -114,7 +114,6 @@ class Forcing:
         dev, dtype = transforms.device, transforms.dtype
         lat = transforms.latitude.cpu().numpy().astype(np.float64)
         lon = transforms.longitude.cpu().numpy().astype(np.float64)
-        self._lat, self._lon = lat, lon
         K = geometry.theta.size
 
         def grid(a: np.ndarray) -> torch.Tensor:
@@ -138,9 +137,9 @@ class Forcing:
         )
         sigma_eq = (p_eq[:-1] - p_eq[1:]) / GRAVITY  # (K, H)
         weights = transforms.area_weights[:, 0].cpu().numpy() * len(lon)
-        sigma_eq *= (geometry.sigma / (sigma_eq * weights).sum(1))[
-            :, None
-        ]  # keep each layer's mass
+        # rescale so that each layer keeps its reference (global) mass
+        layer_mass = (sigma_eq * weights).sum(1)
+        sigma_eq *= (geometry.sigma / layer_mass)[:, None]
         sigma_eq_grid = np.repeat(sigma_eq[:, :, None], len(lon), axis=2)
         self.sigma_reference = transforms.to_spectral(
             grid(np.repeat(np.repeat(geometry.sigma[:, None, None], len(lat), 1), len(lon), 2))
@@ -150,7 +149,7 @@ class Forcing:
         )
         """``(K, l, m)`` equilibrium minus reference pseudo-density."""
 
-        # --- lower boundary: balanced jets and waves -----------------------------------
+        # --- lower boundary: planetary waves and tides from below -----------------------
         self.boundary_base = grid(np.full((len(lat), len(lon)), GRAVITY * config.bottom_km * 1e3))
         self._waves: list[tuple[torch.Tensor, torch.Tensor, float, float]] = []
         for w in config.planetary_waves:
