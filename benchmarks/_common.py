@@ -72,4 +72,4 @@ def print_table(title: str, rows: list[dict[str, Any]]) -> None:
         table.add_column(key, justify="right" if isinstance(rows[0][key], int | float) else "left")
     for row in rows:
         table.add_row(*(f"{v:.4g}" if isinstance(v, float) else str(v) for v in row.values()))
-    Console(width=max(120, Console().width)).print(table)
+    Console(width=max(200, Console().width)).print(table)
