@@ -9,26 +9,13 @@ import pytest
 from typer.testing import CliRunner
 
 from genda.cli import app
-from genda.orchestration import simulate_archive
-from genda.simulator import SimulatorConfig
-from genda.threads import cpu_threads
 
 runner = CliRunner()
 
 
-@pytest.fixture(scope="module")
-def archive(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("fidelity") / "archive.zarr"
-    with cpu_threads(1):
-        simulate_archive(
-            out,
-            SimulatorConfig(nlat=16, nlon=32, layers=4, levels=4),
-            days=2,
-            seed=1,
-            spinup_days=0,
-            progress=False,
-        )
-    return out
+@pytest.fixture
+def archive(tiny_archive: Path) -> Path:
+    return tiny_archive
 
 
 def test_genda_fidelity_samples_a_checkpoint_and_reports(archive: Path, tmp_path: Path) -> None:

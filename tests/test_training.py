@@ -16,6 +16,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from conftest import TINY_ARCHIVE_CHUNK_HOURS
 from genda.cli import app
 from genda.grid import Grid
 from genda.models.checkpoint import CheckpointError, load_checkpoint, read_checkpoint
@@ -35,14 +36,12 @@ from genda.models.training import (
     learning_rate,
     validation_loss,
 )
-from genda.orchestration.simulate import simulate_archive
 from genda.orchestration.train import train_prior
-from genda.simulator import SimulatorConfig
 from genda.storage import open_archive
 from genda.threads import cpu_threads
 
 TINY = {"base_channels": 8, "channel_mult": (1, 2), "noise_embedding_dim": 16}
-CHUNK = 12  # hours per archive chunk: the 48-hour archive has 4
+CHUNK = TINY_ARCHIVE_CHUNK_HOURS
 runner = CliRunner()
 
 
@@ -52,21 +51,9 @@ def _one_thread() -> Iterator[None]:
         yield
 
 
-@pytest.fixture(scope="module")
-def archive(tmp_path_factory) -> Path:
-    """Two days of hourly output of the built-in model on 16 x 32 x 4 (a few seconds)."""
-    out = tmp_path_factory.mktemp("train") / "archive.zarr"
-    with cpu_threads(1):
-        simulate_archive(
-            out,
-            SimulatorConfig(nlat=16, nlon=32, layers=4, levels=4),
-            days=2,
-            seed=1,
-            spinup_days=0,
-            progress=False,
-            chunk_hours=CHUNK,
-        )
-    return out
+@pytest.fixture
+def archive(tiny_archive: Path) -> Path:
+    return tiny_archive
 
 
 def tiny_config(**changes) -> TrainConfig:
