@@ -25,6 +25,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from genda.evaluation.circulation import (
+    band_amplitude,
+    band_background,
+    jet_extremes,
+    spectral_slopes,
+)
 from genda.evaluation.spectra import kinetic_energy_spectrum
 from genda.evaluation.tides import tidal_harmonics
 from genda.simulator import Simulator, SimulatorConfig
@@ -66,16 +72,11 @@ def analyse(result: dict[str, Any]) -> dict[str, Any]:
         name: tidal_harmonics(fields[:, i], longitude_deg=grid.longitude)
         for i, name in ((0, "u"), (2, "T"))
     }
-    low = np.abs(lat) < 35
-    mid = (np.abs(lat) > 35) & (np.abs(lat) < 65)
     tidal: dict[str, Any] = {}
     for name, ta in tides.items():
-        for n, band, label in (
-            (1, low, "diurnal_low_latitudes"),
-            (2, mid, "semidiurnal_midlatitudes"),
-        ):
-            amplitude = ta.amplitude[n][:, band].mean(axis=(1, 2))
-            background = ta.background[:, band].mean(axis=(1, 2))
+        for n, label in ((1, "diurnal_low_latitudes"), (2, "semidiurnal_midlatitudes")):
+            amplitude = band_amplitude(ta, n, lat)
+            background = band_background(ta, n, lat)
             tidal[f"{name}_{label}"] = {
                 "amplitude": amplitude.round(3).tolist(),
                 "background": background.round(3).tolist(),
@@ -87,18 +88,13 @@ def analyse(result: dict[str, Any]) -> dict[str, Any]:
     fit = slice(4, max(5, (spectrum.shape[-1] * 2) // 3))
     tail = slice(max(5, (spectrum.shape[-1] * 2) // 3), spectrum.shape[-1])
     slopes = {
-        "large_scales": [
-            float(np.polyfit(np.log(degrees[fit]), np.log(s[fit]), 1)[0]) for s in spectrum
-        ],
-        "small_scales": [
-            float(np.polyfit(np.log(degrees[tail]), np.log(s[tail]), 1)[0]) for s in spectrum
-        ],
+        "large_scales": spectral_slopes(spectrum, fit),
+        "small_scales": spectral_slopes(spectrum, tail),
         "large_scales_degrees": [int(degrees[fit][0]), int(degrees[fit][-1])],
         "small_scales_degrees": [int(degrees[tail][0]), int(degrees[tail][-1])],
     }
     energy, kinetic = result["energy"], result["kinetic"]
     half = len(kinetic) // 2
-    zonal_u = u.mean(axis=(0, 3))
     return {
         "altitude_km": grid.altitude.tolist(),
         "finite": bool(np.isfinite(fields).all() and np.isfinite(energy).all()),
@@ -109,17 +105,11 @@ def analyse(result: dict[str, Any]) -> dict[str, Any]:
             "mean_second_half": float(kinetic[half:].mean()),
         },
         "total_energy_relative_range": float((energy.max() - energy.min()) / energy.mean()),
-        "zonal_mean_u_extremes_m_s": {
-            "northern_max": zonal_u[:, lat > 0].max(1).round(1).tolist(),
-            "northern_min": zonal_u[:, lat > 0].min(1).round(1).tolist(),
-            "southern_max": zonal_u[:, lat < 0].max(1).round(1).tolist(),
-            "southern_min": zonal_u[:, lat < 0].min(1).round(1).tolist(),
-        },
+        "zonal_mean_u_extremes_m_s": jet_extremes(u, lat),
         "temperature_K": {"min": float(temp.min()), "max": float(temp.max())},
         "tides": tidal,
         "spectral_slopes": slopes,
         "spectrum_mean": spectrum.tolist(),
-        "_tides": tides,
     }
 
 
@@ -231,7 +221,6 @@ def main() -> None:
     config = SimulatorConfig()
     result = run(args.days, args.analysis_days, args.seed, config)
     summary = analyse(result)
-    summary.pop("_tides")
     summary.update(
         {
             "days": args.days,

@@ -17,9 +17,9 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
-import numpy as np
 import xarray as xr
 
+from genda.evaluation.circulation import band_amplitude, jet_extremes, spectral_slopes
 from genda.evaluation.spectra import kinetic_energy_spectrum
 from genda.evaluation.tides import tidal_harmonics
 from genda.grid import Grid
@@ -44,28 +44,21 @@ def circulation_metrics(ds: xr.Dataset) -> dict[str, Any]:
     v = ds["v"].transpose("time", "altitude", "latitude", "longitude").values
     temp = ds["T"].transpose("time", "altitude", "latitude", "longitude").values
     lat = grid.latitude
-    zonal = u.mean(axis=(0, 3))
-    low = np.abs(lat) < 35
-    mid = (np.abs(lat) > 35) & (np.abs(lat) < 65)
     tides_u = tidal_harmonics(u, longitude_deg=grid.longitude)
     tides_t = tidal_harmonics(temp, longitude_deg=grid.longitude)
     spectrum = kinetic_energy_spectrum(u, v, grid).mean(0)
-    degrees = np.arange(spectrum.shape[-1])
-    fit = slice(4, 15)
+    jets = jet_extremes(u, lat)
     return {
         "altitude_km": grid.altitude.tolist(),
-        "winter_jet_max_m_s": zonal[:, lat > 0].max(1).round(1).tolist(),
-        "winter_jet_min_m_s": zonal[:, lat > 0].min(1).round(1).tolist(),
-        "summer_jet_max_m_s": zonal[:, lat < 0].max(1).round(1).tolist(),
-        "summer_jet_min_m_s": zonal[:, lat < 0].min(1).round(1).tolist(),
-        "diurnal_u_m_s": tides_u.amplitude[1][:, low].mean(axis=(1, 2)).round(1).tolist(),
-        "semidiurnal_u_m_s": tides_u.amplitude[2][:, mid].mean(axis=(1, 2)).round(1).tolist(),
-        "diurnal_T_K": tides_t.amplitude[1][:, low].mean(axis=(1, 2)).round(1).tolist(),
+        "winter_jet_max_m_s": jets["northern_max"],
+        "winter_jet_min_m_s": jets["northern_min"],
+        "summer_jet_max_m_s": jets["southern_max"],
+        "summer_jet_min_m_s": jets["southern_min"],
+        "diurnal_u_m_s": band_amplitude(tides_u, 1, lat).round(1).tolist(),
+        "semidiurnal_u_m_s": band_amplitude(tides_u, 2, lat).round(1).tolist(),
+        "diurnal_T_K": band_amplitude(tides_t, 1, lat).round(1).tolist(),
         "temperature_mean_K": temp.mean(axis=(0, 2, 3)).round(1).tolist(),
-        "spectral_slope_l4_14": [
-            round(float(np.polyfit(np.log(degrees[fit]), np.log(s[fit]), 1)[0]), 2)
-            for s in spectrum
-        ],
+        "spectral_slope_l4_14": [round(x, 2) for x in spectral_slopes(spectrum, slice(4, 15))],
     }
 
 
