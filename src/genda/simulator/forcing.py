@@ -255,30 +255,30 @@ class Forcing:
         """``(l, m)`` damping factor applied once per time step."""
 
     # ------------------------------------------------------------------ stochastic part
-    def _draw(self) -> torch.Tensor:
-        """``(K, 2, l, m)`` complex unit noise, vertically correlated, on the CPU."""
+    def _draw(self, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``(K, 2, l, m)`` complex unit noise, vertically correlated, on the CPU.
+
+        Drawn from the run's generator unless another is given (calibration).
+        """
+        generator = generator or self._generator
         K = self._vertical.shape[0]
         n = self._shape.shape[0]
-        real = torch.randn((K, 2, n, n), generator=self._generator, dtype=torch.float64)
-        imag = torch.randn((K, 2, n, n), generator=self._generator, dtype=torch.float64)
+        real = torch.randn((K, 2, n, n), generator=generator, dtype=torch.float64)
+        imag = torch.randn((K, 2, n, n), generator=generator, dtype=torch.float64)
         imag = torch.where(self._mask_m0, 0.0, imag)  # m = 0 coefficients of a real field are real
         xi = torch.complex(real, imag) * (self._shape / math.sqrt(2.0))
         return torch.einsum("kj,j...->k...", self._vertical.to(xi.dtype), xi)
 
     def _calibration_rms(self, generator: torch.Generator, layer_km: np.ndarray) -> float:
-        saved = self._generator
-        self._generator = generator
-        try:
-            level = int(np.argmin(np.abs(layer_km - 80.0)))
-            draws = torch.stack([self._draw()[level] for _ in range(8)])
-            coeffs = draws.to(
-                device=self.tr.device,
-                dtype=torch.complex128 if self.tr.dtype == torch.float64 else torch.complex64,
-            )
-            wind = self.tr.winds(coeffs)
-            return float(wind.pow(2).sum(1).mean().sqrt())
-        finally:
-            self._generator = saved
+        """RMS wind of unit noise at the layer nearest 80 km (8 draws of ``generator``)."""
+        level = int(np.argmin(np.abs(layer_km - 80.0)))
+        draws = torch.stack([self._draw(generator)[level] for _ in range(8)])
+        coeffs = draws.to(
+            device=self.tr.device,
+            dtype=torch.complex128 if self.tr.dtype == torch.float64 else torch.complex64,
+        )
+        wind = self.tr.winds(coeffs)
+        return float(wind.pow(2).sum(1).mean().sqrt())
 
     def advance_noise(self) -> None:
         """Move the AR(1) small-scale forcing forward by one time step."""
