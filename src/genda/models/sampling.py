@@ -143,6 +143,8 @@ def sample(
     sigma_max: float = SIGMA_MAX,
     rho: float = RHO,
     sigmas: Tensor | Sequence[float] | None = None,
+    corrections: int = 0,
+    tau: float = 0.1,
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
     progress: bool = False,
@@ -171,6 +173,13 @@ def sample(
         sigmas: explicit decreasing noise levels ``(steps + 1,)``, overriding
             ``steps``, ``sigma_min``, ``sigma_max`` and ``rho``; a last level of 0
             ends with an Euler step as in EDM, a positive one with a full step.
+        corrections: Langevin corrector steps after each step to a positive
+            noise level (predictor-corrector, Song et al. 2021; the form of
+            Rozet & Louppe 2023, "Score-based Data Assimilation": ``x <- x -
+            sigma (delta eps + sqrt(2 delta) z)``, ``eps = (x - D(x, sigma)) /
+            sigma``, ``delta = tau / mean(eps^2)`` per member); each costs one
+            denoiser call and its noise comes from the member's generator.
+        tau: the corrector's relative step size.
         device, dtype: where and in which precision the state is integrated.
         progress: show a progress bar.
 
@@ -183,6 +192,8 @@ def sample(
     if len(set(members)) != len(members):
         duplicates = sorted({m for m in members if members.count(m) > 1})
         raise ValueError(f"members must be distinct; repeated: {duplicates}")
+    if corrections < 0 or tau <= 0:
+        raise ValueError(f"corrections must be >= 0 and tau > 0, got {corrections}, {tau}")
     if churn < 0 or s_noise < 0:
         raise ValueError(f"churn and s_noise must be non-negative, got {churn}, {s_noise}")
     levels = _noise_levels(sigmas, steps, sigma_min, sigma_max, rho)
@@ -215,6 +226,12 @@ def sample(
             if method != "euler" and sigma_next > 0:
                 slope_next = (x - call(x, sigma_next)) / sigma_next
                 x = x_hat + (sigma_next - sigma_hat) * (0.5 * slope + 0.5 * slope_next)
+            for _ in range(corrections if sigma_next > 0 else 0):
+                z = member_noise(generators, shape, device, dtype)
+                eps = (x - call(x, sigma_next)) / sigma_next
+                dims = tuple(range(1, x.ndim))
+                delta = tau / eps.square().mean(dim=dims, keepdim=True)
+                x = x - sigma_next * (delta * eps + torch.sqrt(2 * delta) * z)
     return x
 
 

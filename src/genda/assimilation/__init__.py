@@ -1,0 +1,1 @@
+"""Posterior sampling: guidance of the diffusion prior by observations, the assimilation pipeline, baselines."""

@@ -1,0 +1,223 @@
+"""Posterior denoisers: a prior denoiser guided by Gaussian point observations.
+
+Observations ``y = A(x) + e``, ``e ~ N(0, diag(sigma_y^2))``, with ``A`` the
+affine observation operator on the prior's (normalised) fields
+(:meth:`genda.observations.operators.ObservationOperator.normalized`). Posterior
+sampling replaces the prior denoiser ``D(x_t, sigma) ~ E[x | x_t]`` by an
+estimate of ``E[x | x_t, y]`` (Tweedie's formula with the score of
+``p(x_t | y) ∝ p(x_t) p(y | x_t)``):
+
+    D_y(x_t, sigma) = D(x_t, sigma) + sigma^2 grad_{x_t} log p(y | x_t),
+
+and each method approximates the intractable ``p(y | x_t)`` by a Gaussian
+around ``A(D(x_t, sigma))``. A guided denoiser is a denoiser (azula's design):
+:func:`genda.models.sampling.sample` runs it unchanged, member by member
+reproducibly.
+
+* ``"mmps"``: moment-matching posterior sampling (Rozet et al. 2024, "Learning
+  Diffusion Priors from Observations by Expectation Maximization", NeurIPS,
+  https://arxiv.org/abs/2405.13712): ``p(y | x_t) ~ N(A x_hat, Sigma_y + A V A^T)``
+  with the Tweedie covariance ``V[x | x_t] = sigma^2 dD/dx_t`` applied through
+  vector-Jacobian products and the ``M x M`` system solved by conjugate
+  gradients. Exact for a Gaussian prior (linear denoiser) once CG converges,
+  which the Kalman test checks. This is ``azula.guidance.MMPSDenoiser``; genda
+  presents its denoiser to azula through a variance-exploding schedule
+  ``alpha = 1, sigma(t) = t`` (:class:`_AzulaView`).
+* ``"dps"``: diffusion posterior sampling (Chung et al. 2023, "Diffusion
+  Posterior Sampling for General Noisy Inverse Problems", ICLR,
+  https://arxiv.org/abs/2209.14687): ``p(y | x_t) ~ N(A x_hat, Sigma_y)``, the
+  Tweedie covariance neglected, the gradient scaled by ``zeta``. azula ships
+  DPS as a DDPM sampler that draws its noise from the global random stream
+  and takes the norm of the residual over the whole batch (members would
+  depend on each other and on their batch), so genda writes it as a denoiser.
+* ``"sda"``: score-based data assimilation (Rozet & Louppe 2023, NeurIPS,
+  https://arxiv.org/abs/2306.10574): ``p(y | x_t) ~ N(A x_hat, Sigma_y + gamma
+  sigma^2 diag(A A^T))`` (their ``gamma (sigma_t / mu_t)^2 A A^T`` term with
+  ``A A^T`` kept on its diagonal), used with Langevin corrections in the
+  sampler (``sample(..., corrections=C)``). azula has no SDA guidance.
+
+All three act row by row: a member's guidance never sees the other members
+of its batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from azula.denoise import Denoiser as AzulaDenoiser
+from azula.denoise import DiracPosterior
+from azula.guidance import MMPSDenoiser
+from azula.linalg.covariance import DiagonalCovariance
+from azula.noise import Schedule
+from torch import Tensor, nn
+
+from genda.models.sampling import Denoiser
+from genda.observations.operators import ObservationOperator
+
+GuidanceMethod = Literal["mmps", "dps", "sda"]
+GUIDANCE_METHODS: tuple[str, ...] = ("mmps", "dps", "sda")
+
+
+@dataclass(frozen=True)
+class GaussianLikelihood:
+    """``y ~ N(A(x), diag(sigma^2))`` for fields ``x`` of shape ``(B, V, L, H, W)``.
+
+    Attributes:
+        operator: ``A``, affine, on the fields the denoiser works with.
+        y: ``(M,)`` observed values.
+        sigma: ``(M,)`` observation error standard deviations (> 0).
+    """
+
+    operator: ObservationOperator
+    y: Tensor
+    sigma: Tensor
+
+    def __post_init__(self) -> None:
+        m = self.operator.n_obs
+        if self.y.shape != (m,) or self.sigma.shape != (m,):
+            raise ValueError(
+                f"y {tuple(self.y.shape)} and sigma {tuple(self.sigma.shape)} must both be ({m},)"
+            )
+        if not torch.all(self.sigma > 0):
+            raise ValueError("observation errors sigma must be strictly positive")
+
+    def to(self, device: torch.device | str, dtype: torch.dtype) -> GaussianLikelihood:
+        return GaussianLikelihood(
+            self.operator.to(device, dtype), self.y.to(device, dtype), self.sigma.to(device, dtype)
+        )
+
+    def residual(self, x: Tensor) -> Tensor:
+        """``(y - A(x)) / sigma``, ``(B, M)``: the normalised innovations."""
+        return (self.y - self.operator(x)) / self.sigma
+
+
+class _SigmaSchedule(Schedule):
+    """azula schedule whose time is genda's noise level: ``alpha_t = 1``, ``sigma_t = t``."""
+
+    def __call__(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        return torch.ones_like(t), t
+
+
+class _AzulaView(AzulaDenoiser):
+    """A genda denoiser ``D(x, sigma (B,))`` seen as an azula denoiser of ``(x_t, t)``.
+
+    ``t`` arrives shaped to broadcast against ``x`` (``(B, 1, ..., 1)``), which
+    is what azula's guidance needs to scale fields by ``sigma_t^2``.
+    """
+
+    def __init__(self, denoiser: Denoiser) -> None:
+        super().__init__()
+        self.denoiser = denoiser
+        self.schedule = _SigmaSchedule()
+
+    def forward(self, x_t: Tensor, t: Tensor, **kwargs: object) -> DiracPosterior:
+        return DiracPosterior(mean=self.denoiser(x_t, t.reshape(x_t.shape[0])))
+
+
+class MMPSGuidance(nn.Module):
+    """MMPS posterior denoiser (module docstring): azula's ``MMPSDenoiser`` around ``denoiser``.
+
+    Args:
+        denoiser: the prior ``D(x (B, ...), sigma (B,))``.
+        likelihood: the observations.
+        iterations: conjugate-gradient iterations for ``(Sigma_y + A V A^T) u = y - A x_hat``
+            (each costs one Jacobian-vector and one vector-Jacobian product
+            through the denoiser); ``Sigma_y`` makes the system well conditioned,
+            so a few iterations suffice when observation errors are not tiny.
+    """
+
+    def __init__(
+        self, denoiser: Denoiser, likelihood: GaussianLikelihood, iterations: int = 3
+    ) -> None:
+        super().__init__()
+        if iterations < 1:
+            raise ValueError(f"MMPS needs at least one CG iteration, got {iterations}")
+        self.likelihood = likelihood
+        self.mmps = MMPSDenoiser(
+            _AzulaView(denoiser),
+            y=likelihood.y,
+            A=likelihood.operator,
+            cov_y=DiagonalCovariance(likelihood.sigma**2),
+            solver="cg",
+            iterations=iterations,
+        )
+
+    def forward(self, x: Tensor, sigma: Tensor) -> Tensor:
+        t = sigma.reshape(-1, *([1] * (x.ndim - 1))).to(x.dtype)
+        return self.mmps(x, t).mean
+
+
+class _GradientGuidance(nn.Module):
+    """``D(x_t) + sigma^2 grad_{x_t} log N(y | A D(x_t), diag(s^2))`` with ``s^2`` from :meth:`variance`."""
+
+    def __init__(self, denoiser: Denoiser, likelihood: GaussianLikelihood, scale: float) -> None:
+        super().__init__()
+        self.denoiser = denoiser
+        self.likelihood = likelihood
+        self.scale = float(scale)
+
+    def variance(self, sigma: Tensor) -> Tensor:  # (B,) -> (B, M)
+        raise NotImplementedError
+
+    def forward(self, x: Tensor, sigma: Tensor) -> Tensor:
+        with torch.enable_grad():
+            x_t = x.detach().requires_grad_(True)
+            x_hat = self.denoiser(x_t, sigma)
+            innovation = self.likelihood.y - self.likelihood.operator(x_hat)
+            log_likelihood = -0.5 * (innovation**2 / self.variance(sigma)).sum()
+            # The sum runs over members too; each member's gradient only sees its own row.
+            (grad,) = torch.autograd.grad(log_likelihood, x_t)
+        factor = self.scale * sigma.reshape(-1, *([1] * (x.ndim - 1))) ** 2
+        return (x_hat + factor * grad).detach()
+
+
+class DPSGuidance(_GradientGuidance):
+    """DPS (module docstring): the Tweedie covariance neglected, strength ``zeta``."""
+
+    def __init__(
+        self, denoiser: Denoiser, likelihood: GaussianLikelihood, zeta: float = 1.0
+    ) -> None:
+        super().__init__(denoiser, likelihood, zeta)
+
+    def variance(self, sigma: Tensor) -> Tensor:
+        return (self.likelihood.sigma**2).expand(sigma.shape[0], -1)
+
+
+class SDAGuidance(_GradientGuidance):
+    """SDA (module docstring): ``Sigma_y + gamma sigma^2 diag(A A^T)``."""
+
+    def __init__(
+        self, denoiser: Denoiser, likelihood: GaussianLikelihood, gamma: float = 1e-2
+    ) -> None:
+        super().__init__(denoiser, likelihood, 1.0)
+        if gamma < 0:
+            raise ValueError(f"gamma must be non-negative, got {gamma}")
+        self.gamma = float(gamma)
+        weight = likelihood.operator.weight
+        self.register_buffer(
+            "aat", (weight.double() ** 2).sum(-1).to(likelihood.sigma.dtype), persistent=False
+        )
+
+    def variance(self, sigma: Tensor) -> Tensor:
+        return self.likelihood.sigma**2 + self.gamma * sigma[:, None] ** 2 * self.aat
+
+
+def guided_denoiser(
+    denoiser: Denoiser,
+    likelihood: GaussianLikelihood,
+    method: GuidanceMethod = "mmps",
+    **options: float,
+) -> Callable[[Tensor, Tensor], Tensor]:
+    """The posterior denoiser of ``method`` (``iterations`` for MMPS, ``zeta`` for DPS, ``gamma`` for SDA)."""
+    if method == "mmps":
+        return MMPSGuidance(
+            denoiser, likelihood, iterations=int(options.pop("iterations", 3)), **options
+        )
+    if method == "dps":
+        return DPSGuidance(denoiser, likelihood, **options)
+    if method == "sda":
+        return SDAGuidance(denoiser, likelihood, **options)
+    raise ValueError(f"unknown guidance method {method!r}; choose one of {GUIDANCE_METHODS}")
