@@ -354,6 +354,180 @@ def fidelity(
 
 
 @app.command()
+def observe(
+    truth: Annotated[Path, typer.Option(help="Archive (Zarr or NetCDF) to observe.")],
+    time_: Annotated[str, typer.Option("--time", help="Time of the archive, ISO (UTC).")],
+    out: Annotated[Path, typer.Option(help="Observation table to write (.parquet, .csv, .nc).")],
+    network: Annotated[
+        str, typer.Option(help="Comma-separated networks: radars, lidars, limb (mls, saber).")
+    ] = "radars,lidars,limb",
+    seed: Annotated[int, typer.Option(help="Seed of the observation errors.")] = 0,
+    withhold: Annotated[
+        str, typer.Option(help="Comma-separated stations kept out, written to <out>-withheld.")
+    ] = "",
+) -> None:
+    """Draw synthetic observations (with their errors) from a truth archive."""
+    from genda.observations import ObservationError, observe_to_file
+
+    stations = [name.strip() for name in withhold.split(",") if name.strip()]
+    try:
+        result = observe_to_file(truth, time_, network, out, seed, withhold=stations)
+    except (ArchiveError, ObservationError, ValueError, KeyError) as error:
+        raise _fail(str(error)) from error
+    table = Table(title=f"observations at {result['time']}", header_style="bold")
+    table.add_column("network")
+    table.add_column("variables")
+    table.add_column("count", justify="right")
+    for name, counts in result["counts"].items():
+        table.add_row(name, ", ".join(counts), str(sum(counts.values())))
+    console.print(table)
+    console.print(f"observations  {result['paths']['observations']} ({result['observations']})")
+    if result["paths"]["withheld"]:
+        console.print(f"withheld      {result['paths']['withheld']} ({result['withheld']})")
+
+
+@app.command()
+def assimilate(
+    obs: Annotated[
+        Path | None, typer.Option(help="Observation table; omit to sample the prior.")
+    ] = None,
+    time_: Annotated[str, typer.Option("--time", help="Centre of the window, ISO (UTC).")] = "",
+    out: Annotated[Path, typer.Option(help="Ensemble store to write (Zarr v3).")] = Path(
+        "ensemble.zarr"
+    ),
+    checkpoint: Annotated[
+        str, typer.Option(help="Checkpoint directory, or default / default-layer2d.")
+    ] = "default",
+    members: Annotated[int, typer.Option(help="Ensemble size.")] = 16,
+    method: Annotated[str, typer.Option(help="Guidance: mmps, dps or sda.")] = "mmps",
+    steps: Annotated[int, typer.Option(help="Sampler steps.")] = 32,
+    sampler: Annotated[str, typer.Option(help="heun, euler or stochastic.")] = "heun",
+    iterations: Annotated[int, typer.Option(help="MMPS conjugate-gradient iterations.")] = 3,
+    zeta: Annotated[float, typer.Option(help="DPS guidance strength.")] = 1.0,
+    gamma: Annotated[float, typer.Option(help="SDA likelihood inflation gamma.")] = 1e-2,
+    corrections: Annotated[
+        int | None, typer.Option(help="Langevin corrections per step (SDA default 1).")
+    ] = None,
+    batch_size: Annotated[int, typer.Option(help="Members per denoiser batch.")] = 8,
+    layers_per_batch: Annotated[
+        int | None, typer.Option(help="layer2d: layers per network call (memory knob).")
+    ] = None,
+    window_hours: Annotated[
+        float, typer.Option(help="Observations within time +- window/2 are used.")
+    ] = 1.0,
+    seed: Annotated[int, typer.Option(help="Experiment seed (hashed with the time).")] = 0,
+    device: Annotated[str, typer.Option(help="torch device.")] = "cpu",
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing store.")] = False,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Sample a posterior ensemble for one window and write it to a Zarr store."""
+    from genda.assimilation.posterior import PosteriorSettings
+    from genda.models.checkpoint import CheckpointError
+    from genda.observations import ObservationError
+    from genda.orchestration.assimilate import assimilate_window
+
+    if not time_:
+        raise _fail("--time is required (the centre of the window, e.g. 2000-02-10T12:00)")
+    try:
+        settings = PosteriorSettings(
+            method=method,
+            steps=steps,
+            sampler=sampler,
+            iterations=iterations,
+            zeta=zeta,
+            gamma=gamma,
+            corrections=corrections,
+            batch_size=batch_size,
+        )
+        result = assimilate_window(
+            checkpoint,
+            obs,
+            time_,
+            out,
+            members=members,
+            settings=settings,
+            seed=seed,
+            window_hours=window_hours,
+            layers_per_batch=layers_per_batch,
+            device=device,
+            overwrite=overwrite,
+            progress=progress,
+        )
+    except (CheckpointError, ObservationError, FileExistsError, ValueError) as error:
+        raise _fail(str(error)) from error
+    table = Table(title=f"{result['method']} ensemble", header_style="bold", show_header=False)
+    table.add_row("store", result["store"])
+    table.add_row("members", f"{result['members']} ({result['strategy']}, {result['steps']} steps)")
+    table.add_row(
+        "time", f"{result['seconds']:.1f} s ({result['members_per_second']:.2f} members/s)"
+    )
+    if "fit" in result:
+        fit, clim = result["fit"], result["climatology_fit"]
+        table.add_row("observations", str(result["observations"]))
+        table.add_row(
+            "fit (rms (y - Hx)/sigma)",
+            f"{fit['rms_normalised_innovation']:.2f} ensemble mean, "
+            f"{clim['rms_normalised_innovation']:.2f} climatology",
+        )
+        table.add_row("spread at obs / sigma", f"{fit['mean_spread_over_sigma']:.2f}")
+    console.print(table)
+
+
+@app.command()
+def evaluate(
+    ensemble: Annotated[Path, typer.Option(help="Ensemble store (Zarr) to verify.")],
+    truth: Annotated[Path, typer.Option(help="Truth archive or model output.")],
+    out: Annotated[Path, typer.Option(help="Directory for metrics.json and the plots.")],
+    obs: Annotated[
+        Path | None, typer.Option(help="Assimilated observations (marked on the maps).")
+    ] = None,
+    withheld: Annotated[
+        Path | None, typer.Option(help="Withheld observations, scored at their points.")
+    ] = None,
+    baseline: Annotated[
+        list[str] | None,
+        typer.Option(help="NAME=STORE of a baseline ensemble; repeat for several."),
+    ] = None,
+    level: Annotated[float | None, typer.Option(help="Altitude (km) of the maps.")] = None,
+    time_: Annotated[
+        str | None, typer.Option("--time", help="Time to verify when the store has several.")
+    ] = None,
+) -> None:
+    """Score an ensemble against the truth: CRPS, RMSE, spread, spread-skill, rank histograms."""
+    from genda.evaluation.report import evaluate_paths
+    from genda.evaluation.scores import format_table
+    from genda.observations import ObservationError
+
+    baselines: dict[str, str] = {}
+    for item in baseline or []:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise _fail(f"--baseline takes NAME=STORE, got {item!r}")
+        baselines[name] = path
+    try:
+        metrics = evaluate_paths(
+            ensemble,
+            truth,
+            out,
+            time=time_,
+            obs_path=obs,
+            withheld_path=withheld,
+            baseline_paths=baselines,
+            level_km=level,
+        )
+    except (ArchiveError, ObservationError, FileNotFoundError, KeyError, ValueError) as error:
+        raise _fail(str(error)) from error
+    console.print(format_table(metrics["ensemble"], title=f"{ensemble.name} against the truth"))
+    for name, scores in metrics["baselines"].items():
+        console.print(format_table(scores, title=f"baseline {name}"))
+    if metrics.get("withheld"):
+        console.print(format_table(metrics["withheld"], title="at the withheld observations"))
+    console.print(f"metrics  {out / 'metrics.json'}")
+    for path in metrics["plots"].values():
+        console.print(f"figure   {path}")
+
+
+@app.command()
 def demo(
     out: Annotated[Path, typer.Option(help="Directory for the demo's files.")] = Path(
         "outputs/demo"

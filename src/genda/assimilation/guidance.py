@@ -123,14 +123,23 @@ class MMPSGuidance(nn.Module):
     Args:
         denoiser: the prior ``D(x (B, ...), sigma (B,))``.
         likelihood: the observations.
-        iterations: conjugate-gradient iterations for ``(Sigma_y + A V A^T) u = y - A x_hat``
+        iterations: solver iterations for ``(Sigma_y + A V A^T) u = y - A x_hat``
             (each costs one Jacobian-vector and one vector-Jacobian product
             through the denoiser); ``Sigma_y`` makes the system well conditioned,
             so a few iterations suffice when observation errors are not tiny.
+        solver: ``"cg"`` (conjugate gradients) needs a symmetric positive
+            definite system, which it is for an exact denoiser; a trained
+            network's Jacobian is neither exactly symmetric nor positive at
+            every noise level, and CG then divides by ``p^T A p <= 0`` and
+            blows up, so ``"gmres"`` (azula's default) is the default here.
     """
 
     def __init__(
-        self, denoiser: Denoiser, likelihood: GaussianLikelihood, iterations: int = 3
+        self,
+        denoiser: Denoiser,
+        likelihood: GaussianLikelihood,
+        iterations: int = 3,
+        solver: str = "gmres",
     ) -> None:
         super().__init__()
         if iterations < 1:
@@ -141,7 +150,7 @@ class MMPSGuidance(nn.Module):
             y=likelihood.y,
             A=likelihood.operator,
             cov_y=DiagonalCovariance(likelihood.sigma**2),
-            solver="cg",
+            solver=solver,
             iterations=iterations,
         )
 
@@ -213,9 +222,8 @@ def guided_denoiser(
 ) -> Callable[[Tensor, Tensor], Tensor]:
     """The posterior denoiser of ``method`` (``iterations`` for MMPS, ``zeta`` for DPS, ``gamma`` for SDA)."""
     if method == "mmps":
-        return MMPSGuidance(
-            denoiser, likelihood, iterations=int(options.pop("iterations", 3)), **options
-        )
+        iterations = int(options.pop("iterations", 3))
+        return MMPSGuidance(denoiser, likelihood, iterations=iterations, **options)  # type: ignore[arg-type]
     if method == "dps":
         return DPSGuidance(denoiser, likelihood, **options)
     if method == "sda":

@@ -251,9 +251,7 @@ class ObservationOperator:
 
 def observation_errors(obs: pd.DataFrame, device: torch.device | str | None = None) -> torch.Tensor:
     """``(M,)`` observation error standard deviations of a table."""
-    return torch.as_tensor(
-        obs["sigma"].to_numpy(dtype=np.float64), dtype=torch.float32, device=device
-    )
+    return torch.tensor(obs["sigma"].to_numpy(dtype=np.float64), dtype=torch.float32, device=device)
 
 
 def observation_values(obs: pd.DataFrame, device: torch.device | str | None = None) -> torch.Tensor:

@@ -1,0 +1,286 @@
+"""The ensemble-verification report: scores, baselines, scores at withheld stations, figures.
+
+:func:`evaluate_ensemble` verifies a posterior ensemble against a truth on the
+same grid (an OSSE's nature run, or model data) with
+:func:`~genda.evaluation.scores.ensemble_scores`, does the same for baseline
+ensembles (``prior``, ``oi``, ``enkf``, ...) so the numbers sit side by side,
+scores the ensemble at withheld observations with
+:func:`~genda.evaluation.scores.point_scores` after interpolating every member
+to them with the observation operator
+(:meth:`genda.observations.operators.ObservationOperator.from_table`), draws
+the figures of :mod:`genda.evaluation.ensemble_plots` and writes
+``metrics.json``. :func:`evaluate_paths` does the same from an ensemble Zarr
+store, a truth archive and observation files.
+
+``metrics.json``::
+
+    {"format": "genda-ensemble-evaluation", "version": 1,
+     "level_km": ..., "ensemble": <ensemble_scores>,
+     "baselines": {name: <ensemble_scores>},
+     "withheld": <point_scores> | null,
+     "plots": {name: path}}
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import xarray as xr
+
+from genda.evaluation.ensemble_plots import (
+    plot_maps,
+    plot_profiles,
+    plot_rank_histograms,
+    plot_spread_skill,
+)
+from genda.evaluation.plots import file_stem
+from genda.evaluation.scores import MEMBER_DIM, align_time, ensemble_scores, point_scores
+from genda.grid import DEFAULT_VARIABLES, Grid
+
+__all__ = ["PointOperator", "evaluate_ensemble", "evaluate_paths", "member_values"]
+
+FORMAT = "genda-ensemble-evaluation"
+FORMAT_VERSION = 1
+BLOCK_BYTES = 256 * 2**20
+"""Memory of one block of members interpolated to the observations at a time."""
+
+PointOperator = Callable[[torch.Tensor], torch.Tensor]
+"""Maps fields ``(..., V, L, H, W)`` in physical units to ``(..., M)`` observation values."""
+
+
+def member_values(
+    ensemble: xr.Dataset,
+    grid: Grid,
+    operator: PointOperator,
+    block_bytes: int = BLOCK_BYTES,
+) -> np.ndarray:
+    """``(N, M)``: every member of ``ensemble`` seen through ``operator``.
+
+    Members go through in blocks of about ``block_bytes`` (float32), so a
+    large, lazily opened store never sits in memory whole.
+
+    Args:
+        ensemble: ``grid``'s variables ``(member, altitude, latitude, longitude)``.
+        grid: the grid the operator was built for (its variable order is the
+            tensor's ``V`` axis).
+        operator: fields ``(B, V, L, H, W)`` -> ``(B, M)``.
+        block_bytes: memory of one block.
+    """
+    n = int(ensemble.sizes[MEMBER_DIM])
+    size = max(1, block_bytes // (4 * int(np.prod(grid.shape))))
+    blocks = []
+    for start in range(0, n, size):
+        part = ensemble.isel({MEMBER_DIM: slice(start, start + size)})
+        fields = np.stack(
+            [
+                np.asarray(
+                    part[name].transpose(MEMBER_DIM, "altitude", "latitude", "longitude").values,
+                    dtype=np.float32,
+                )
+                for name in grid.variables
+            ],
+            axis=1,
+        )
+        with torch.no_grad():
+            out = operator(torch.from_numpy(fields))
+        out = np.asarray(out.detach().cpu().numpy() if torch.is_tensor(out) else out)
+        if out.ndim != 2 or out.shape[0] != fields.shape[0]:
+            raise ValueError(
+                f"the observation operator returned shape {out.shape} for fields "
+                f"{fields.shape}; expected ({fields.shape[0]}, M)"
+            )
+        blocks.append(out.astype(np.float64))
+    return np.concatenate(blocks, axis=0)
+
+
+def evaluate_ensemble(
+    ensemble: xr.Dataset,
+    truth: xr.Dataset,
+    out_dir: str | os.PathLike[str],
+    *,
+    obs: pd.DataFrame | None = None,
+    withheld: pd.DataFrame | None = None,
+    baselines: Mapping[str, xr.Dataset] | None = None,
+    level_km: float | None = None,
+    point_operator: PointOperator | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Verify ``ensemble`` (and ``baselines``) against ``truth``; write metrics and figures.
+
+    Args:
+        ensemble: ``(member, altitude, latitude, longitude)`` (and perhaps a
+            length-1 ``time``), u, v, T in physical units; other variables
+            (``u_mean``, ``u_spread``, ...) are ignored.
+        truth: the same grid without ``member`` (a ``time`` is reduced to the
+            ensemble's, :func:`~genda.evaluation.scores.align_time`).
+        out_dir: folder for ``metrics.json`` and the PNGs (created).
+        obs: the assimilated observations (``lat, lon, alt_km, ...``), marked
+            on the maps.
+        withheld: observations left out of the assimilation: scored with
+            :func:`~genda.evaluation.scores.point_scores`, marked on the maps,
+            profiles drawn.
+        baselines: name -> ensemble on the same grid, scored alike.
+        level_km: altitude of the maps (default: the middle level).
+        point_operator: maps ``(N, V, L, H, W)`` -> ``(N, M)`` values at the
+            rows of ``withheld``; default
+            ``ObservationOperator.from_table(withheld, grid)``.
+        seed: of the observation-error perturbations of the point scores.
+
+    Returns:
+        The content of ``metrics.json`` (see the module docstring), plot paths
+        as strings.
+    """
+    out = Path(out_dir)
+    metrics: dict[str, Any] = {"format": FORMAT, "version": FORMAT_VERSION}
+    scores = ensemble_scores(ensemble, truth)
+    grid = Grid.from_dataset(ensemble, list(scores["variables"]))
+    ensemble, truth, _ = align_time(ensemble, truth)
+    if "time" in ensemble.dims:
+        raise ValueError(
+            f"the ensemble has {ensemble.sizes['time']} times; the report maps one, select it first"
+        )
+    if level_km is None:
+        level_km = float(grid.altitude[grid.nlevels // 2])
+    _check_level(grid, level_km)
+    baseline_scores = {
+        name: ensemble_scores(data, truth, grid) for name, data in (baselines or {}).items()
+    }
+    withheld_scores = None
+    values = None
+    if withheld is not None and len(withheld):
+        if point_operator is None:
+            from genda.observations.operators import ObservationOperator
+
+            point_operator = ObservationOperator.from_table(withheld, grid)
+        values = member_values(ensemble, grid, point_operator)
+        withheld_scores = point_scores(values, withheld, seed=seed)
+    plots: dict[str, str] = {}
+    mean = ensemble[list(grid.variables)].mean(MEMBER_DIM)
+    spread = ensemble[list(grid.variables)].std(MEMBER_DIM, ddof=1)
+    for name in grid.variables:
+        # units travel with the truth's attributes to the colour bars
+        plots[f"map_{name}"] = str(
+            plot_maps(
+                truth,
+                mean,
+                spread,
+                name,
+                level_km,
+                obs,
+                path=out / f"map_{file_stem(name)}_{level_km:.0f}km.png",
+                withheld=withheld,
+            )
+        )
+    plots["spread_skill"] = str(
+        plot_spread_skill(scores, out / "spread_skill.png", baselines=baseline_scores)
+    )
+    plots["rank_histograms"] = str(
+        plot_rank_histograms(scores, out / "rank_histograms.png", baselines=baseline_scores)
+    )
+    if withheld is not None and values is not None:
+        plots["profiles"] = str(plot_profiles(values, withheld, out / "profiles.png"))
+    metrics.update(
+        level_km=level_km,
+        ensemble=scores,
+        baselines=baseline_scores,
+        withheld=withheld_scores,
+        plots=plots,
+    )
+    path = out / "metrics.json"
+    out.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(metrics, indent=1) + "\n")
+    partial.replace(path)  # no half-written metrics under the final name
+    return metrics
+
+
+def _check_level(grid: Grid, level_km: float) -> None:
+    """The maps' altitude must lie within half a level spacing of the grid's levels."""
+    half = 0.5 * float(np.diff(grid.altitude).max()) if grid.nlevels > 1 else np.inf
+    if not grid.altitude[0] - half <= level_km <= grid.altitude[-1] + half:
+        raise ValueError(
+            f"altitude {level_km:g} km is outside the levels "
+            f"{grid.altitude[0]:g}..{grid.altitude[-1]:g} km"
+        )
+
+
+def evaluate_paths(
+    ensemble_path: str | os.PathLike[str],
+    truth_path: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    time: Any = None,
+    obs_path: str | os.PathLike[str] | None = None,
+    withheld_path: str | os.PathLike[str] | None = None,
+    *,
+    baseline_paths: Mapping[str, str | os.PathLike[str]] | None = None,
+    level_km: float | None = None,
+) -> dict[str, Any]:
+    """:func:`evaluate_ensemble` from files.
+
+    Args:
+        ensemble_path: ensemble Zarr store (``xarray.open_zarr``): u, v, T
+            ``(member, altitude, latitude, longitude)``, perhaps a length-1
+            ``time``.
+        truth_path: archive or model output (:func:`genda.storage.open_archive`).
+        out_dir: where the report goes.
+        time: the time to verify, when the ensemble does not say (or has several).
+        obs_path, withheld_path: observation tables
+            (:func:`genda.observations.read_observations`).
+        baseline_paths: name -> baseline ensemble store, opened like the ensemble.
+        level_km: altitude of the maps.
+
+    Raises:
+        ValueError: the truth lacks the ensemble's time (its range is named).
+    """
+    from genda.storage import open_archive
+
+    ensemble = _open_ensemble(ensemble_path)
+    grid = Grid.from_dataset(ensemble)
+    truth = open_archive(truth_path, variables=grid.variables)
+    ensemble, truth, _ = align_time(ensemble, truth, time)
+    obs = withheld = None
+    if obs_path is not None or withheld_path is not None:
+        from genda.observations import read_observations, validate_observations
+
+        def table(path: str | os.PathLike[str] | None, against: Grid) -> pd.DataFrame | None:
+            if path is None:
+                return None
+            return validate_observations(read_observations(path), against, source=str(path))
+
+        # The assimilated observations are only drawn on the maps: any variable
+        # of the registry may appear; the withheld ones are scored, so the
+        # ensemble must carry their variables.
+        every_variable = Grid(
+            grid.latitude, grid.longitude, grid.altitude, DEFAULT_VARIABLES, grid.latitude_kind
+        )
+        obs, withheld = table(obs_path, every_variable), table(withheld_path, grid)
+    baselines = {name: _open_ensemble(p) for name, p in (baseline_paths or {}).items()}
+    return evaluate_ensemble(
+        ensemble,
+        truth,
+        out_dir,
+        obs=obs,
+        withheld=withheld,
+        baselines=baselines,
+        level_km=level_km,
+    )
+
+
+def _open_ensemble(path: str | os.PathLike[str]) -> xr.Dataset:
+    """The registered variables (u, v, T, ...) of an ensemble store; a clear error without them."""
+    if not Path(path).exists():
+        raise FileNotFoundError(f"no ensemble store at {path}")
+    ds = xr.open_zarr(path)
+    names = list(Grid.from_dataset(ds).variables)
+    if not names:
+        raise KeyError(f"{path} holds no known variables (present: {list(ds.data_vars)})")
+    if MEMBER_DIM not in ds[names[0]].dims:
+        raise ValueError(f"{path}: variable {names[0]!r} has no {MEMBER_DIM!r} dimension")
+    return ds[names]

@@ -1,0 +1,583 @@
+"""Observation tables: columns, conventions, validation, reading and writing.
+
+An observation table is a :class:`pandas.DataFrame` with one row per observed
+value (docs/observations.md):
+
+=================  ===============  ====================================================
+column             dtype            meaning
+=================  ===============  ====================================================
+``time``           datetime64[ns]   valid time, UTC (naive after validation)
+``lat``            float64          degrees north, ``[-90, 90]``
+``lon``            float64          degrees east; ``[-180, 360)`` accepted, ``[0, 360)``
+                                    after validation
+``alt_km``         float64          log-pressure altitude in km (:mod:`genda.constants`),
+                                    within the grid's altitudes
+``variable``       str              ``u``, ``v``, ``T`` or ``los`` (radar line of sight)
+``value``          float64          the observed value, in the unit of the grid variable
+                                    (m s-1 for ``u``, ``v``, ``los``; K for ``T``)
+``sigma``          float64          observation-error standard deviation, same unit, > 0
+``station``        str              optional: the station or instrument ('' if none)
+``azimuth_deg``    float64          ``los`` rows: beam azimuth, clockwise from north
+``elevation_deg``  float64          ``los`` rows: beam elevation above the horizon, (0, 90]
+``fwhm_km``        float64          optional: full width at half maximum of a Gaussian
+                                    vertical kernel (limb and lidar profile points);
+                                    NaN = a point value
+=================  ===============  ====================================================
+
+A line-of-sight value is ``cos(el) * (u sin(az) + v cos(az))`` (the vertical
+wind is not observed; see :mod:`genda.observations.operators`).
+
+:func:`validate_observations` turns any accepted table into this canonical one
+(a new frame; the input is never changed) or raises :class:`ObservationError`
+listing every problem with the row numbers concerned. Row numbers are 0-based
+positions in the table (for a CSV file with a header, the line is row + 2).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from genda.atomic import partial_path, remove_path
+from genda.grid import Grid
+
+OBSERVATION_COLUMNS: tuple[str, ...] = (
+    "time",
+    "lat",
+    "lon",
+    "alt_km",
+    "variable",
+    "value",
+    "sigma",
+)
+"""Required columns, in canonical order."""
+
+OPTIONAL_COLUMNS: tuple[str, ...] = ("station", "azimuth_deg", "elevation_deg", "fwhm_km")
+"""Optional columns; a validated table always has them (``''`` / NaN where absent)."""
+
+OBSERVED_VARIABLES: tuple[str, ...] = ("u", "v", "T", "los")
+"""Canonical names of what a row can observe."""
+
+_FLOAT_COLUMNS = (
+    "lat",
+    "lon",
+    "alt_km",
+    "value",
+    "sigma",
+    "azimuth_deg",
+    "elevation_deg",
+    "fwhm_km",
+)
+_TEXT_COLUMNS = ("variable", "station", "network", "units")
+_WIND = ("u", "v", "los")
+
+# Accepted spellings (after lower-casing and trimming) of each canonical variable:
+# the CMIP/CF names and those of the model-output readers (genda.storage.readers).
+_ALIASES: dict[str, str] = {
+    **dict.fromkeys(("u", "ua", "uwnd", "eastward_wind", "zonal_wind"), "u"),
+    **dict.fromkeys(("v", "va", "vwnd", "northward_wind", "meridional_wind"), "v"),
+    **dict.fromkeys(("t", "ta", "temp", "temperature", "air_temperature"), "T"),
+    **dict.fromkeys(("los", "line_of_sight", "line_of_sight_wind", "radial_wind"), "los"),
+}
+
+# Units of ``value`` accepted in an optional ``units`` column, after _canonical_units:
+# (scale, offset) to the grid variable's unit.
+_SPEED_UNITS = {u: (1.0, 0.0) for u in ("m/s", "m s-1", "ms-1", "m.s-1", "m/sec")}
+_TEMPERATURE_UNITS = {u: (1.0, 0.0) for u in ("k", "kelvin")}
+_TEMPERATURE_UNITS.update(
+    {u: (1.0, 273.15) for u in ("degc", "deg_c", "c", "°c", "celsius", "degrees_c", "degree_c")}
+)
+_UNITS = {"u": _SPEED_UNITS, "v": _SPEED_UNITS, "los": _SPEED_UNITS, "T": _TEMPERATURE_UNITS}
+
+_MAX_ROWS_SHOWN = 5
+
+# Extra attributes of the columns in a NetCDF file.
+_NETCDF_ATTRS: dict[str, dict[str, str]] = {
+    "time": {"standard_name": "time", "long_name": "valid time (UTC)"},
+    "lat": {"units": "degrees_north", "standard_name": "latitude"},
+    "lon": {"units": "degrees_east", "standard_name": "longitude"},
+    "alt_km": {"units": "km", "long_name": "log-pressure altitude H ln(p0/p), H = 7 km"},
+    "variable": {"long_name": "observed quantity: u, v, T or los (line-of-sight wind)"},
+    "value": {"long_name": "observed value, in m s-1 for u, v and los, in K for T"},
+    "sigma": {"long_name": "observation-error standard deviation, unit of value"},
+    "station": {"long_name": "station or instrument"},
+    "azimuth_deg": {"units": "degree", "long_name": "beam azimuth, clockwise from north"},
+    "elevation_deg": {"units": "degree", "long_name": "beam elevation above the horizon"},
+    "fwhm_km": {"units": "km", "long_name": "FWHM of the Gaussian vertical kernel (NaN: point)"},
+}
+
+
+class ObservationError(ValueError):
+    """An observation table or file is missing columns or has invalid rows.
+
+    The message names the source (file), each problem and the rows concerned;
+    ``problems`` holds the problems one by one.
+    """
+
+    def __init__(self, message: str, problems: Iterable[str] = ()) -> None:
+        super().__init__(message)
+        self.problems: tuple[str, ...] = tuple(problems)
+
+
+# ---------------------------------------------------------------------------- helpers
+def _rows(mask: np.ndarray) -> str:
+    """``"rows 3, 7, 9"`` or ``"12 rows, first 3, 7, 9, 10, 15"`` for a boolean mask."""
+    positions = np.flatnonzero(mask)
+    shown = ", ".join(str(p) for p in positions[:_MAX_ROWS_SHOWN])
+    if positions.size == 1:
+        return f"row {shown}"
+    if positions.size <= _MAX_ROWS_SHOWN:
+        return f"rows {shown}"
+    return f"{positions.size} rows, first {shown}"
+
+
+def _canonical_units(units: str) -> str:
+    """Lower case, single spaces, ``**``/``^`` dropped: ``"m s**-1"`` -> ``"m s-1"``."""
+    text = re.sub(r"\s+", " ", units.strip().lower())
+    return text.replace("**", "").replace("^", "")
+
+
+def _as_text(series: pd.Series) -> pd.Series:
+    """Strings, ``''`` for missing values, in the default string dtype of this pandas."""
+    values = series.astype(object)
+    return values.where(values.notna(), "").astype(str)
+
+
+def _as_float(series: pd.Series) -> tuple[pd.Series, np.ndarray]:
+    """``(float64 values, mask of entries that are present but not numbers)``."""
+    numbers = pd.to_numeric(series, errors="coerce").astype(np.float64)
+    not_numbers = series.notna().to_numpy() & numbers.isna().to_numpy()
+    return numbers, not_numbers
+
+
+def _as_times(series: pd.Series) -> pd.Series | None:
+    """Times as naive UTC datetime64[ns] (NaT where unparseable), or None if not time-like."""
+    if pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series):
+        return None  # epoch numbers are ambiguous (s? ns?): ask for datetimes or ISO strings
+    if isinstance(series.dtype, pd.DatetimeTZDtype):
+        parsed = series.dt.tz_convert("UTC").dt.tz_localize(None)
+    elif pd.api.types.is_datetime64_dtype(series):
+        parsed = series
+    else:
+        # utc=True reads offsets ("+02:00") correctly and takes naive strings as UTC.
+        parsed = pd.to_datetime(series, errors="coerce", utc=True, format="mixed")
+        parsed = parsed.dt.tz_localize(None)
+    try:
+        return parsed.astype("datetime64[ns]")
+    except (OverflowError, ValueError, pd.errors.OutOfBoundsDatetime):
+        return None
+
+
+def as_datetime64(value: object) -> np.datetime64:
+    """A time (ISO string, datetime, numpy or pandas; with a zone or UTC) as naive UTC ``datetime64[ns]``."""
+    stamp = pd.Timestamp(value)  # type: ignore[arg-type]
+    if stamp.tzinfo is not None:
+        stamp = stamp.tz_convert("UTC").tz_localize(None)
+    return np.datetime64(stamp.as_unit("ns").to_datetime64(), "ns")
+
+
+# ---------------------------------------------------------------------------- validation
+def validate_observations(
+    df: pd.DataFrame,
+    grid: Grid,
+    window: tuple[np.datetime64, np.datetime64] | None = None,
+    source: str = "observations",
+) -> pd.DataFrame:
+    """Check an observation table against a grid and return its canonical form.
+
+    Args:
+        df: the table (see the module docstring); not modified.
+        grid: the grid the observations will be compared with: its altitude
+            range and its variables (``los`` needs ``u`` and ``v``).
+        window: ``(start, end)``, inclusive; rows outside are errors.
+        source: what the table is (a file name), for the messages.
+
+    Returns:
+        A new frame with index ``0..M-1`` and columns :data:`OBSERVATION_COLUMNS`,
+        then :data:`OPTIONAL_COLUMNS`, then any other columns of ``df`` unchanged
+        (``units`` is dropped once applied): ``time`` naive UTC datetime64[ns],
+        ``lon`` in ``[0, 360)``, ``los`` azimuths in ``[0, 360)``, canonical
+        variable names, ``value`` in the grid variable's unit, float64 numbers.
+
+    Raises:
+        ObservationError: naming ``source``, every problem found and its rows
+            (see docs/observations.md for the rules).
+    """
+    if not isinstance(df, pd.DataFrame):
+        raise TypeError(f"{source}: expected a pandas DataFrame, got {type(df).__name__}")
+    missing = [c for c in OBSERVATION_COLUMNS if c not in df.columns]
+    if missing:
+        raise ObservationError(
+            f"{source}: missing required column(s) {missing}; columns present: "
+            f"{[str(c) for c in df.columns]}",
+            [f"missing column {c}" for c in missing],
+        )
+    if len(df) == 0:
+        raise ObservationError(f"{source}: the table holds no observations", ["empty table"])
+    if df.columns.duplicated().any():
+        dup = sorted({str(c) for c in df.columns[df.columns.duplicated()]})
+        raise ObservationError(f"{source}: duplicated column name(s) {dup}", ["duplicated columns"])
+
+    table = df.reset_index(drop=True).copy(deep=True)
+    n = len(table)
+    problems: list[str] = []
+
+    def check(mask: np.ndarray, what: str) -> None:
+        if np.any(mask):
+            problems.append(f"{what} in {_rows(mask)}")
+
+    # Time.
+    times = _as_times(table["time"])
+    if times is None:
+        problems.append(
+            f"column 'time' has dtype {table['time'].dtype}; expected datetimes or ISO 8601 strings"
+        )
+        time_ok = np.zeros(n, dtype=bool)
+    else:
+        time_ok = times.notna().to_numpy()
+        check(~time_ok, "time missing or not a date-time")
+        table["time"] = times
+
+    # Numbers; an entry that is not a number is reported once, not again as missing.
+    not_number: dict[str, np.ndarray] = {}
+    for column in _FLOAT_COLUMNS:
+        if column in table.columns:
+            table[column], not_number[column] = _as_float(table[column])
+            check(not_number[column], f"{column} is not a number")
+    for column in ("lat", "lon", "alt_km", "value", "sigma"):
+        values = table[column].to_numpy()
+        check(~np.isfinite(values) & ~not_number[column], f"{column} is missing, NaN or infinite")
+
+    # Variables.
+    raw_names = table["variable"]
+    names = raw_names.map(lambda s: _ALIASES.get(s.strip().lower()) if isinstance(s, str) else None)
+    unknown = names.isna().to_numpy()
+    if unknown.any():
+        shown = sorted({str(s) for s in raw_names[unknown]})[:_MAX_ROWS_SHOWN]
+        problems.append(
+            f"unknown variable(s) {shown} in {_rows(unknown)} "
+            f"(expected u, v, T or los, or an alias such as ua, eastward_wind, ta, temperature)"
+        )
+    names = names.fillna("")
+    for name in OBSERVED_VARIABLES:
+        needed = ("u", "v") if name == "los" else (name,)
+        absent = [v for v in needed if v not in grid.variables]
+        if absent:
+            check(
+                (names == name).to_numpy(),
+                f"variable {name!r} needs {' and '.join(absent)}, which the grid does not carry "
+                f"(grid variables: {', '.join(grid.variables)})",
+            )
+    table["variable"] = names.astype(str)
+
+    # Units.
+    if "units" in table.columns:
+        _apply_units(table, names, problems)
+        table = table.drop(columns="units")
+
+    # Ranges, of the finite values (the others are reported above).
+    lat = table["lat"].to_numpy()
+    lon = table["lon"].to_numpy()
+    alt = table["alt_km"].to_numpy()
+    sigma = table["sigma"].to_numpy()
+    check(np.isfinite(sigma) & (sigma <= 0), "sigma <= 0")
+    check(np.isfinite(lat) & (np.abs(lat) > 90), "|lat| > 90")
+    check(np.isfinite(lon) & ((lon < -180) | (lon >= 360)), "lon outside [-180, 360)")
+    lo, hi = float(grid.altitude.min()), float(grid.altitude.max())
+    check(
+        np.isfinite(alt) & ((alt < lo) | (alt > hi)),
+        f"alt_km outside the grid's altitudes [{lo:g}, {hi:g}] km",
+    )
+
+    # Radar line of sight.
+    is_los = (names == "los").to_numpy()
+    for column in ("azimuth_deg", "elevation_deg"):
+        if column not in table.columns:
+            check(is_los, f"los observation without a {column!r} column")
+            table[column] = np.nan
+        else:
+            values = table[column].to_numpy()
+            check(
+                is_los & ~np.isfinite(values) & ~not_number[column],
+                f"los {column} missing, NaN or infinite",
+            )
+    elevation = table["elevation_deg"].to_numpy()
+    check(is_los & ((elevation <= 0) | (elevation > 90)), "los elevation_deg outside (0, 90]")
+
+    # Vertical kernels.
+    if "fwhm_km" in table.columns:
+        fwhm = table["fwhm_km"].to_numpy()
+        check(np.isinf(fwhm), "fwhm_km is infinite")
+        check(fwhm <= 0, "fwhm_km <= 0")
+    else:
+        table["fwhm_km"] = np.nan
+
+    # Canonical longitudes and azimuths; -1e-20 % 360 rounds to 360.0.
+    wrapped = np.mod(lon, 360.0)
+    table["lon"] = np.where(wrapped >= 360.0, 0.0, wrapped)
+    azimuth = np.mod(table["azimuth_deg"].to_numpy(), 360.0)
+    table["azimuth_deg"] = np.where(is_los, np.where(azimuth >= 360.0, 0.0, azimuth), np.nan)
+    table["elevation_deg"] = np.where(is_los, elevation, np.nan)
+
+    station = table["station"] if "station" in table.columns else pd.Series([""] * n)
+    table["station"] = _as_text(station)
+    if "network" in table.columns:
+        table["network"] = _as_text(table["network"])
+
+    # Duplicates (after wrapping: -10 and 350 degrees east are one place).
+    if time_ok.all():
+        repeated = _duplicates(table)
+        if repeated:
+            problems.append(
+                "duplicated observations (same time, lat, lon, alt_km, variable, station, azimuth): "
+                + repeated
+            )
+
+    # Window.
+    if window is not None and times is not None:
+        start, end = as_datetime64(window[0]), as_datetime64(window[1])
+        if end < start:
+            raise ValueError(f"window end {end} is before its start {start}")
+        t = table["time"].to_numpy()
+        check(
+            time_ok & ((t < start) | (t > end)),
+            f"time outside the window [{_iso(start)}, {_iso(end)}]",
+        )
+
+    if problems:
+        listing = "\n  - ".join(problems)
+        raise ObservationError(
+            f"{source}: {len(problems)} problem(s) in {n} observation(s) "
+            f"(rows counted from 0):\n  - {listing}",
+            problems,
+        )
+
+    columns = [*OBSERVATION_COLUMNS, *OPTIONAL_COLUMNS]
+    others = [c for c in table.columns if c not in columns]
+    return table[columns + others]
+
+
+def _iso(time: np.datetime64) -> str:
+    return str(np.datetime_as_string(time, unit="s"))
+
+
+def _duplicates(table: pd.DataFrame) -> str:
+    """``"row 5 repeats row 1, ..."`` for rows that repeat an earlier one, ``""`` if none."""
+    key = table[["time", "lat", "lon", "alt_km", "variable", "station", "azimuth_deg"]]
+    repeated = np.flatnonzero(key.duplicated(keep="first").to_numpy())
+    if repeated.size == 0:
+        return ""
+    group = key.groupby(list(key.columns), sort=False, dropna=False).ngroup().to_numpy()
+    first = {g: i for i, g in reversed(list(enumerate(group)))}
+    pairs = [f"row {i} repeats row {first[group[i]]}" for i in repeated[:_MAX_ROWS_SHOWN]]
+    more = f" (and {repeated.size - len(pairs)} more)" if repeated.size > len(pairs) else ""
+    return ", ".join(pairs) + more
+
+
+def _apply_units(table: pd.DataFrame, names: pd.Series, problems: list[str]) -> None:
+    """Convert ``value`` to the grid variable's unit using the ``units`` column (in place).
+
+    A missing unit (NaN or '') means the grid variable's unit already. ``sigma``
+    is a difference and only needs the scale.
+    """
+    units = _as_text(table["units"]).map(_canonical_units).astype(object)
+    scale = np.ones(len(table))
+    offset = np.zeros(len(table))
+    rejected = np.zeros(len(table), dtype=bool)
+    for name, accepted in _UNITS.items():
+        rows = (names == name).to_numpy() & (units != "").to_numpy()
+        given = units[rows]
+        factor = given.map({u: f for u, (f, _) in accepted.items()}).to_numpy(dtype=np.float64)
+        shift = given.map({u: o for u, (_, o) in accepted.items()}).to_numpy(dtype=np.float64)
+        known = np.isfinite(factor)
+        rejected[np.flatnonzero(rows)[~known]] = True
+        scale[np.flatnonzero(rows)[known]] = factor[known]
+        offset[np.flatnonzero(rows)[known]] = shift[known]
+    if rejected.any():
+        pairs = dict.fromkeys(
+            f"{unit!r} for {name}"
+            for unit, name in zip(table["units"][rejected], names[rejected], strict=True)
+        )
+        shown = ", ".join(list(pairs)[:_MAX_ROWS_SHOWN])
+        problems.append(
+            f"units not accepted in {_rows(rejected)}: {shown} "
+            "(winds: m s-1, m/s, m s**-1; temperature: K, degC)"
+        )
+    table["value"] = table["value"].to_numpy() * scale + offset
+    table["sigma"] = table["sigma"].to_numpy() * scale
+
+
+# ---------------------------------------------------------------------------- files
+def _read_csv(path: Path) -> pd.DataFrame:
+    return pd.read_csv(path)
+
+
+def _read_parquet(path: Path) -> pd.DataFrame:
+    return pd.read_parquet(path, engine="pyarrow")
+
+
+def _read_netcdf(path: Path) -> pd.DataFrame:
+    with xr.open_dataset(path) as ds:
+        if "obs" not in ds.dims:
+            raise ObservationError(
+                f"{path}: no 'obs' dimension (dimensions: {sorted(map(str, ds.dims))}); "
+                "an observation file holds one entry per observation along 'obs'"
+            )
+        columns = {
+            str(name): var.values
+            for name, var in ds.variables.items()
+            if var.dims == ("obs",) and name != "obs"
+        }
+    return pd.DataFrame(columns)
+
+
+def _write_csv(df: pd.DataFrame, path: Path) -> None:
+    df.to_csv(path, index=False)
+
+
+def _write_parquet(df: pd.DataFrame, path: Path) -> None:
+    df.to_parquet(path, engine="pyarrow", index=False)
+
+
+def _write_netcdf(df: pd.DataFrame, path: Path) -> None:
+    data_vars = {}
+    for column in df.columns:
+        values = df[column].to_numpy()
+        if column in _TEXT_COLUMNS or values.dtype == object:
+            # netCDF strings cannot be missing: '' stands for none, as in a validated table.
+            values = _as_text(df[column]).to_numpy(dtype=object)
+        data_vars[str(column)] = xr.Variable("obs", values, _NETCDF_ATTRS.get(str(column), {}))
+    ds = xr.Dataset(
+        data_vars,
+        attrs={
+            "Conventions": "CF-1.10",
+            "title": "genda observation table (docs/observations.md)",
+        },
+    )
+    ds.to_netcdf(path, format="NETCDF4", engine="netcdf4")
+
+
+_READERS: dict[str, Callable[[Path], pd.DataFrame]] = {
+    ".csv": _read_csv,
+    ".parquet": _read_parquet,
+    ".pq": _read_parquet,
+    ".nc": _read_netcdf,
+    ".nc4": _read_netcdf,
+}
+_WRITERS: dict[str, Callable[[pd.DataFrame, Path], None]] = {
+    ".csv": _write_csv,
+    ".parquet": _write_parquet,
+    ".pq": _write_parquet,
+    ".nc": _write_netcdf,
+    ".nc4": _write_netcdf,
+}
+
+
+def _file_type(path: Path) -> str:
+    suffix = path.suffix.lower()
+    if suffix not in _READERS:
+        raise ObservationError(
+            f"{path}: unknown observation file type {path.suffix!r}; "
+            f"expected one of {', '.join(_READERS)}"
+        )
+    return suffix
+
+
+def _restore_dtypes(df: pd.DataFrame) -> pd.DataFrame:
+    """The column types a file format loses (CSV) or varies in: times, numbers, strings.
+
+    Values that do not convert are left as read, for :func:`validate_observations`
+    to report by row.
+    """
+    out = df.copy()
+    if "time" in out.columns and not pd.api.types.is_datetime64_any_dtype(out["time"]):
+        try:
+            out["time"] = pd.to_datetime(out["time"], format="ISO8601")
+        except (ValueError, TypeError):
+            pass
+    if "time" in out.columns and pd.api.types.is_datetime64_dtype(out["time"]):
+        out["time"] = out["time"].astype("datetime64[ns]")
+    for column in _FLOAT_COLUMNS:
+        if column in out.columns and pd.api.types.is_numeric_dtype(out[column]):
+            out[column] = out[column].astype(np.float64)
+    for column in _TEXT_COLUMNS:
+        if column in out.columns:
+            out[column] = _as_text(out[column])
+    return out
+
+
+def read_observations(path: str | os.PathLike[str]) -> pd.DataFrame:
+    """Read an observation table from CSV, Parquet or NetCDF (by suffix).
+
+    NetCDF files hold one variable per column along an ``obs`` dimension.
+    Times, numbers and strings get the dtypes of a validated table where they
+    convert; validate the result with :func:`validate_observations`.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ObservationError: unknown suffix or unreadable content, naming the file.
+    """
+    path = Path(path)
+    reader = _READERS[_file_type(path)]
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such observation file")
+    try:
+        df = reader(path)
+    except ObservationError:
+        raise
+    except (OSError, ValueError, KeyError) as exc:
+        raise ObservationError(f"{path}: cannot read observations: {exc}") from exc
+    return _restore_dtypes(df)
+
+
+def write_observations(df: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
+    """Write a (validated) observation table to CSV, Parquet or NetCDF, by suffix.
+
+    The file is written to a temporary sibling and moved into place with
+    :func:`os.replace`: ``path`` holds either the old or the complete new table.
+    The index is not written (a validated table has ``0..M-1``).
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        ObservationError: unknown suffix, missing required columns, or times that
+            are not naive UTC datetimes (validate first).
+    """
+    path = Path(path)
+    writer = _WRITERS[_file_type(path)]
+    missing = [c for c in OBSERVATION_COLUMNS if c not in df.columns]
+    if missing:
+        raise ObservationError(f"{path}: not writing a table without column(s) {missing}")
+    if not pd.api.types.is_datetime64_dtype(df["time"]):
+        raise ObservationError(
+            f"{path}: column 'time' has dtype {df['time'].dtype}; write a table returned by "
+            "validate_observations (naive UTC datetime64)"
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = partial_path(path)
+    remove_path(partial)
+    try:
+        writer(df.reset_index(drop=True), partial)
+        os.replace(partial, path)
+    except BaseException:
+        remove_path(partial)
+        raise
+    return path
+
+
+__all__ = [
+    "OBSERVATION_COLUMNS",
+    "OBSERVED_VARIABLES",
+    "OPTIONAL_COLUMNS",
+    "ObservationError",
+    "read_observations",
+    "validate_observations",
+    "write_observations",
+]
