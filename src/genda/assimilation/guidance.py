@@ -160,15 +160,19 @@ class MMPSGuidance(nn.Module):
 
 
 class _GradientGuidance(nn.Module):
-    """``D(x_t) + sigma^2 grad_{x_t} log N(y | A D(x_t), diag(s^2))`` with ``s^2`` from :meth:`variance`."""
+    """``D(x_t) - sigma^2 grad_{x_t} sum_b penalty_b``, the penalty from :meth:`penalty`.
 
-    def __init__(self, denoiser: Denoiser, likelihood: GaussianLikelihood, scale: float) -> None:
+    The penalty of member ``b`` depends on its own row only, so summing over
+    the batch before differentiating keeps the members independent.
+    """
+
+    def __init__(self, denoiser: Denoiser, likelihood: GaussianLikelihood) -> None:
         super().__init__()
         self.denoiser = denoiser
         self.likelihood = likelihood
-        self.scale = float(scale)
 
-    def variance(self, sigma: Tensor) -> Tensor:  # (B,) -> (B, M)
+    def penalty(self, innovation: Tensor, sigma: Tensor) -> Tensor:
+        """``(B, M)`` innovations ``y - A x_hat`` and ``(B,)`` noise levels -> ``(B,)``."""
         raise NotImplementedError
 
     def forward(self, x: Tensor, sigma: Tensor) -> Tensor:
@@ -176,32 +180,40 @@ class _GradientGuidance(nn.Module):
             x_t = x.detach().requires_grad_(True)
             x_hat = self.denoiser(x_t, sigma)
             innovation = self.likelihood.y - self.likelihood.operator(x_hat)
-            log_likelihood = -0.5 * (innovation**2 / self.variance(sigma)).sum()
-            # The sum runs over members too; each member's gradient only sees its own row.
-            (grad,) = torch.autograd.grad(log_likelihood, x_t)
-        factor = self.scale * sigma.reshape(-1, *([1] * (x.ndim - 1))) ** 2
-        return (x_hat + factor * grad).detach()
+            (grad,) = torch.autograd.grad(self.penalty(innovation, sigma).sum(), x_t)
+        factor = sigma.reshape(-1, *([1] * (x.ndim - 1))) ** 2
+        return (x_hat - factor * grad).detach()
 
 
 class DPSGuidance(_GradientGuidance):
-    """DPS (module docstring): the Tweedie covariance neglected, strength ``zeta``."""
+    """DPS (module docstring) with Chung et al.'s normalised step.
+
+    ``penalty = zeta ||r||^2 / ||r||`` with ``r = (y - A x_hat) / sigma_y`` and
+    the denominator held constant (their Algorithm 1: ``zeta_i = zeta /
+    ||y - A x_hat||``), so the step's size does not grow with the misfit; in the
+    denoiser form of Rozet & Louppe's reference code (``DPSGaussianScore``).
+    """
 
     def __init__(
         self, denoiser: Denoiser, likelihood: GaussianLikelihood, zeta: float = 1.0
     ) -> None:
-        super().__init__(denoiser, likelihood, zeta)
+        super().__init__(denoiser, likelihood)
+        if zeta < 0:
+            raise ValueError(f"zeta must be non-negative, got {zeta}")
+        self.zeta = float(zeta)
 
-    def variance(self, sigma: Tensor) -> Tensor:
-        return (self.likelihood.sigma**2).expand(sigma.shape[0], -1)
+    def penalty(self, innovation: Tensor, sigma: Tensor) -> Tensor:
+        squared = (innovation / self.likelihood.sigma).square().sum(-1)
+        return self.zeta * squared / squared.detach().sqrt().clamp(min=1e-12)
 
 
 class SDAGuidance(_GradientGuidance):
-    """SDA (module docstring): ``Sigma_y + gamma sigma^2 diag(A A^T)``."""
+    """SDA (module docstring): ``-log N(y | A x_hat, Sigma_y + gamma sigma^2 diag(A A^T))``."""
 
     def __init__(
         self, denoiser: Denoiser, likelihood: GaussianLikelihood, gamma: float = 1e-2
     ) -> None:
-        super().__init__(denoiser, likelihood, 1.0)
+        super().__init__(denoiser, likelihood)
         if gamma < 0:
             raise ValueError(f"gamma must be non-negative, got {gamma}")
         self.gamma = float(gamma)
@@ -210,8 +222,9 @@ class SDAGuidance(_GradientGuidance):
             "aat", (weight.double() ** 2).sum(-1).to(likelihood.sigma.dtype), persistent=False
         )
 
-    def variance(self, sigma: Tensor) -> Tensor:
-        return self.likelihood.sigma**2 + self.gamma * sigma[:, None] ** 2 * self.aat
+    def penalty(self, innovation: Tensor, sigma: Tensor) -> Tensor:
+        variance = self.likelihood.sigma**2 + self.gamma * sigma[:, None] ** 2 * self.aat
+        return 0.5 * (innovation.square() / variance).sum(-1)
 
 
 def guided_denoiser(

@@ -1,0 +1,454 @@
+"""Classical baselines: a climatological ensemble, optimal interpolation, a climatological EnKF.
+
+The diffusion posterior is judged against what a classical system gets from
+the same training archive and the same observations (docs/baselines.md):
+
+* **climatology**: ``K`` states of the archive drawn at random times, away
+  from the window (:func:`draw_climatology`);
+* **optimal interpolation (OI)**: background ``x_b`` = the mean of those
+  states, background covariance ``B`` = their sample covariance
+  Schur-multiplied by a localisation ``rho`` (Gaspari & Cohn 1999), and the
+  analysis ``x_a = x_b + B H^T (H B H^T + R)^{-1} (y - H x_b)``
+  (:func:`oi_analysis`);
+* **EnKF with a climatological ensemble** (stochastic, perturbed
+  observations; Burgers et al. 1998, Evensen 2009; "ensemble OI" when the
+  ensemble is climatological, Oke et al. 2002, Evensen 2003): every member
+  ``x_k + B H^T (H B H^T + R)^{-1} (y + e_k - H x_k)``, ``e_k ~ N(0, R)``,
+  with the same localised gain (:func:`enkf_analysis`).
+
+``B`` (``N x N``, ``N = V L H W``) is never formed. With ``X'`` the ``N x K``
+anomalies, the gain needs only
+
+    B H^T   = (X' (H X')^T / (K - 1)) o rho(grid points, observations)   (N x M)
+    H B H^T = ((H X')(H X')^T / (K - 1)) o rho(observations, observations) (M x M)
+
+and ``B H^T`` is itself built and applied one (variable, level) block of
+grid points at a time, so memory grows with ``H W x M``, not ``N x M``.
+The localisation between a grid point and an observation uses the
+observation's location (``lat``, ``lon``, ``alt_km``); it is the product of
+a Gaspari-Cohn function of great-circle distance and one of altitude
+distance, the same for every pair of variables (cross-variable covariances
+are kept as sampled). Solves are in float64.
+
+References:
+    Gaspari, G. and Cohn, S. E. (1999), Construction of correlation functions
+    in two and three dimensions, Q. J. R. Meteorol. Soc. 125, 723-757, eq. (4.10).
+    Burgers, G., van Leeuwen, P. J. and Evensen, G. (1998), Analysis scheme in
+    the ensemble Kalman filter, Mon. Wea. Rev. 126, 1719-1724.
+    Evensen, G. (2003), The Ensemble Kalman Filter: theoretical formulation and
+    practical implementation, Ocean Dynamics 53, 343-367 (section 4.4, EnOI).
+    Evensen, G. (2009), Data Assimilation: The Ensemble Kalman Filter, 2nd ed., Springer.
+    Oke, P. R. et al. (2002), Assimilation of surface velocity data into a
+    primitive equation coastal ocean model, J. Geophys. Res. 107, 3122.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import scipy.linalg
+import xarray as xr
+
+from genda.constants import EARTH_RADIUS_M
+from genda.grid import Grid
+from genda.observations.operators import ObservationOperator
+
+EARTH_RADIUS_KM = EARTH_RADIUS_M / 1000.0
+
+BASELINE_METHODS: tuple[str, ...] = ("enkf", "oi", "climatology")
+"""The baselines, by the name written to ``genda_method``."""
+
+_MEMBER_CHUNK = 64
+"""Members per gather when applying ``H``: bounds the ``(chunk, M, stencil)`` temporary."""
+
+
+# ---------------------------------------------------------------------------- localisation
+def gaspari_cohn(distance: np.ndarray | float, half_width: float) -> np.ndarray:
+    """Gaspari & Cohn (1999, eq. 4.10) fifth-order piecewise rational function.
+
+    A compactly supported stand-in for a Gaussian of width about ``half_width``:
+    1 at distance 0, exactly 0 at and beyond ``2 * half_width``, twice
+    continuously differentiable in between.
+
+    Args:
+        distance: distances (any shape, same unit as ``half_width``; the sign is ignored).
+        half_width: ``c`` of the paper, > 0; ``math.inf`` means no localisation (all ones).
+
+    Returns:
+        Values in ``[0, 1]``, float64, the shape of ``distance``.
+    """
+    if not half_width > 0:
+        raise ValueError(f"the localisation half-width must be > 0, got {half_width}")
+    r = np.abs(np.asarray(distance, dtype=np.float64)) / half_width
+    out = np.zeros_like(r)
+    inner = r <= 1.0
+    outer = (r > 1.0) & (r < 2.0)
+    ri = r[inner]
+    out[inner] = (((-0.25 * ri + 0.5) * ri + 0.625) * ri - 5.0 / 3.0) * ri**2 + 1.0
+    ro = r[outer]
+    out[outer] = (
+        ((((ro / 12.0 - 0.5) * ro + 0.625) * ro + 5.0 / 3.0) * ro - 5.0) * ro
+        + 4.0
+        - 2.0 / (3.0 * ro)
+    )
+    # Round-off near r = 2 can leave -1e-16: keep rho a proper taper.
+    return np.clip(out, 0.0, 1.0)
+
+
+def great_circle_km(
+    lat1: np.ndarray, lon1: np.ndarray, lat2: np.ndarray, lon2: np.ndarray
+) -> np.ndarray:
+    """Great-circle distance in km between points in degrees (broadcasting).
+
+    Haversine form: accurate at short distances, where ``arccos`` of a dot
+    product loses half its digits.
+    """
+    phi1, phi2 = np.deg2rad(lat1), np.deg2rad(lat2)
+    dphi = phi2 - phi1
+    dlam = np.deg2rad(np.asarray(lon2) - np.asarray(lon1))
+    a = np.sin(dphi / 2) ** 2 + np.cos(phi1) * np.cos(phi2) * np.sin(dlam / 2) ** 2
+    return 2.0 * EARTH_RADIUS_KM * np.arcsin(np.sqrt(np.clip(a, 0.0, 1.0)))
+
+
+@dataclass(frozen=True)
+class Localization:
+    """Separable Gaspari-Cohn localisation: horizontal times vertical.
+
+    Attributes:
+        horizontal_km: half-width ``c`` of great-circle distance (support ``2 c``).
+        vertical_km: half-width ``c`` of log-pressure altitude distance.
+            Either may be ``math.inf``: no localisation in that direction.
+
+    Twice each half-width must be well above the grid spacing: an observation
+    updates the grid only through ``rho(grid point, observation)``, so grid
+    points that its operator reads but the taper cuts off leave the analysis
+    unable to fit it (docs/baselines.md).
+    """
+
+    horizontal_km: float = 1500.0
+    vertical_km: float = 15.0
+
+    def __post_init__(self) -> None:
+        for name in ("horizontal_km", "vertical_km"):
+            value = getattr(self, name)
+            if not (isinstance(value, int | float) and value > 0):
+                raise ValueError(f"localisation {name} must be a number > 0, got {value!r}")
+
+    def grid_to_obs(self, grid: Grid, obs: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        """Factors of ``rho(grid point, observation)``.
+
+        Returns:
+            ``(horizontal (H*W, M), vertical (L, M))``: ``rho`` of the point
+            ``(v, l, i, j)`` and observation ``m`` is
+            ``horizontal[i * W + j, m] * vertical[l, m]``, whatever ``v``.
+        """
+        lat, lon = np.meshgrid(grid.latitude, grid.longitude, indexing="ij")
+        olat, olon, oalt = _locations(obs)
+        distance = great_circle_km(lat.reshape(-1, 1), lon.reshape(-1, 1), olat, olon)
+        horizontal = gaspari_cohn(distance, self.horizontal_km)
+        vertical = gaspari_cohn(grid.altitude[:, None] - oalt[None, :], self.vertical_km)
+        return horizontal, vertical
+
+    def obs_to_obs(self, obs: pd.DataFrame) -> np.ndarray:
+        """``(M, M)`` ``rho`` between the observations' locations."""
+        lat, lon, alt = _locations(obs)
+        distance = great_circle_km(lat[:, None], lon[:, None], lat[None, :], lon[None, :])
+        return gaspari_cohn(distance, self.horizontal_km) * gaspari_cohn(
+            alt[:, None] - alt[None, :], self.vertical_km
+        )
+
+
+NO_LOCALIZATION = Localization(math.inf, math.inf)
+"""The sample covariance as it is (for tests and for very large ensembles)."""
+
+
+def _locations(obs: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(lat, lon, alt_km)`` of the rows, ``(M,)`` each, float64."""
+    return (
+        obs["lat"].to_numpy(dtype=np.float64),
+        obs["lon"].to_numpy(dtype=np.float64),
+        obs["alt_km"].to_numpy(dtype=np.float64),
+    )
+
+
+# ---------------------------------------------------------------------------- climatology
+@dataclass(frozen=True)
+class ClimatologicalDraw:
+    """States of an archive drawn at random times.
+
+    Attributes:
+        states: ``(K, V, L, H, W)`` float32, physical units, in draw order.
+        times: ``(K,)`` datetime64[ns], the archive time of each state.
+    """
+
+    states: np.ndarray
+    times: np.ndarray
+
+
+def climatology_indices(
+    times: np.ndarray,
+    time: np.datetime64,
+    size: int,
+    rng: np.random.Generator,
+    exclude_hours: float = 48.0,
+) -> np.ndarray:
+    """Indices into ``times`` of ``size`` distinct states, drawn at random away from ``time``.
+
+    Times with ``|t - time| <= exclude_hours`` are never drawn, so that the
+    weather of the window (the truth, when the archive holds it) does not
+    leak into the ensemble. The draw is the first ``size`` entries of a random
+    permutation of the eligible indices, so a smaller ``size`` with the same
+    generator state gives a prefix of a larger one (the climatology baseline
+    is then the background of the EnKF's members).
+
+    Args:
+        times: ``(T,)`` the archive's times (datetime64).
+        time: the window's centre.
+        size: how many states, >= 1.
+        rng: the generator (seeded by the caller).
+        exclude_hours: half-width of the excluded interval, >= 0.
+
+    Returns:
+        ``(size,)`` int64, in draw order.
+
+    Raises:
+        ValueError: fewer than ``size`` eligible times.
+    """
+    if size < 1:
+        raise ValueError(f"the climatological ensemble needs at least one state, got size={size}")
+    if not exclude_hours >= 0:
+        raise ValueError(f"exclude_hours must be >= 0, got {exclude_hours}")
+    t = np.asarray(times).astype("datetime64[ns]")
+    if np.isnat(t).any():
+        raise ValueError(
+            "the archive has missing (NaT) times; cannot tell which are near the window"
+        )
+    centre = np.datetime64(time, "ns")
+    offset = np.abs((t - centre).astype(np.int64)) / 3.6e12  # hours
+    eligible = np.flatnonzero(offset > exclude_hours)
+    if eligible.size < size:
+        raise ValueError(
+            f"only {eligible.size} of the archive's {t.size} times lie more than {exclude_hours:g} h "
+            f"from the window at {np.datetime_as_string(centre, unit='s')}; {size} are needed "
+            "(use a longer archive, a smaller climatology size or a smaller exclude_hours)"
+        )
+    return rng.permutation(eligible)[:size].astype(np.int64)
+
+
+def draw_climatology(
+    ds: xr.Dataset,
+    time: np.datetime64,
+    size: int,
+    rng: np.random.Generator,
+    *,
+    exclude_hours: float = 48.0,
+    grid: Grid | None = None,
+) -> ClimatologicalDraw:
+    """``size`` states of an archive at random times away from ``time`` (:func:`climatology_indices`).
+
+    Args:
+        ds: an archive in genda's conventions (``genda.storage.open_archive``):
+            dims ``time, altitude, latitude, longitude``, with time values.
+        time: the window's centre.
+        size: ``K``.
+        rng: the generator (seeded by the caller: the draw is reproducible).
+        exclude_hours: times within this many hours of ``time`` are not drawn.
+        grid: the grid to read (default: the archive's, ``Grid.from_dataset``).
+
+    Returns:
+        The states ``(K, V, L, H, W)`` float32 and their times.
+    """
+    if "time" not in ds.coords or ds["time"].size == 0:
+        raise ValueError("the archive has no time values to draw climatological states from")
+    if not np.issubdtype(ds["time"].dtype, np.datetime64):
+        raise ValueError(
+            f"the archive's time coordinate has dtype {ds['time'].dtype}, not datetime64 "
+            "(non-standard calendars are not supported here)"
+        )
+    grid = grid or Grid.from_dataset(ds)
+    times = ds["time"].values
+    drawn = climatology_indices(times, time, size, rng, exclude_hours)
+    # Read in time order (contiguous chunks), then put back in draw order.
+    order = np.argsort(drawn, kind="stable")
+    fields = grid.tensor_from_dataset(ds.isel(time=drawn[order])).numpy()
+    states = np.empty_like(fields, dtype=np.float32)
+    states[order] = fields
+    if not np.all(np.isfinite(states)):
+        raise ValueError("the drawn archive states contain NaN or infinite values")
+    return ClimatologicalDraw(states, np.asarray(times[drawn], dtype="datetime64[ns]"))
+
+
+# ---------------------------------------------------------------------------- analysis
+@dataclass(frozen=True)
+class Analysis:
+    """The result of :func:`localized_analysis`.
+
+    Attributes:
+        background: ``(V, L, H, W)`` float64, the climatological mean ``x_b``.
+        mean: ``(V, L, H, W)`` float64, the OI analysis ``x_a``.
+        members: ``(n, V, L, H, W)`` float32, the EnKF members (``n`` may be 0).
+    """
+
+    background: np.ndarray
+    mean: np.ndarray
+    members: np.ndarray
+
+
+def _apply_operator(operator: ObservationOperator, flat: np.ndarray) -> np.ndarray:
+    """``H x`` for ``flat (K, N)`` -> ``(K, M)`` float64, a chunk of members at a time."""
+    index = operator.index.numpy()
+    weight = operator.weight.numpy().astype(np.float64)
+    out = np.empty((flat.shape[0], operator.n_obs), dtype=np.float64)
+    for start in range(0, flat.shape[0], _MEMBER_CHUNK):
+        chunk = flat[start : start + _MEMBER_CHUNK]
+        out[start : start + _MEMBER_CHUNK] = np.einsum(
+            "kms,ms->km", chunk[:, index].astype(np.float64), weight
+        )
+    return out
+
+
+def _solver(s: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+    """``b -> S^{-1} b`` for the symmetric innovation covariance ``S``.
+
+    Cholesky when ``S`` is positive definite, as it is whenever ``rho`` is a
+    proper correlation; a Gaspari-Cohn taper of great-circle (rather than
+    chordal) distance is not guaranteed to be one, so LU is the fallback.
+    """
+    try:
+        factor = scipy.linalg.cho_factor(s, lower=True)
+    except np.linalg.LinAlgError:
+        lu = scipy.linalg.lu_factor(s)
+        return lambda b: scipy.linalg.lu_solve(lu, b)
+    return lambda b: scipy.linalg.cho_solve(factor, b)
+
+
+def localized_analysis(
+    states: np.ndarray,
+    obs: pd.DataFrame,
+    grid: Grid,
+    *,
+    members: int = 0,
+    rng: np.random.Generator | None = None,
+    localization: Localization | None = None,
+) -> Analysis:
+    """OI analysis and perturbed-observation EnKF members from one localised gain.
+
+    The gain ``B H^T (H B H^T + R)^{-1}`` comes from all ``K`` states; the
+    EnKF updates the first ``members`` of them (in the order given, a random
+    order for :func:`draw_climatology`), each with its own perturbed
+    observations ``y + e_k``, ``e_k ~ N(0, R)``. The rest would be updated
+    only to be thrown away.
+
+    Args:
+        states: ``(K, V, L, H, W)`` climatological states, physical units, ``K >= 2``.
+        obs: a validated observation table (``M`` rows) on ``grid``.
+        grid: the states' grid.
+        members: EnKF members to return, ``0 <= members <= K``.
+        rng: draws the perturbations; required when ``members > 0``.
+        localization: the taper (default :class:`Localization()`).
+
+    Returns:
+        The background mean, the OI mean and the EnKF members (:class:`Analysis`).
+    """
+    states = np.asarray(states)
+    grid.check_shape(states.shape, what="climatological states")
+    if states.ndim != 5:
+        raise ValueError(f"states must be (K, V, L, H, W), got shape {states.shape}")
+    k = states.shape[0]
+    if k < 2:
+        raise ValueError(f"a sample covariance needs at least 2 states, got {k}")
+    if not 0 <= members <= k:
+        raise ValueError(f"members must lie in [0, K = {k}], got {members}")
+    if members > 0 and rng is None:
+        raise ValueError(
+            "the EnKF members need a random generator for their perturbed observations"
+        )
+    localization = localization or Localization()
+    operator = ObservationOperator.from_table(obs, grid)
+    y = obs["value"].to_numpy(dtype=np.float64)
+    sigma = obs["sigma"].to_numpy(dtype=np.float64)
+    m = operator.n_obs
+
+    nvar, nlev, nlat, nlon = grid.shape
+    flat = states.reshape(k, -1)
+    # Background mean in float64: a float32 sum over hundreds of ~200 K states loses digits.
+    x_b = flat.mean(axis=0, dtype=np.float64)
+    hx = _apply_operator(operator, flat)  # (K, M)
+    hx_b = hx.mean(axis=0)
+    hx_anomaly = hx - hx_b  # (K, M), (H X')^T
+
+    rho_h, rho_v = localization.grid_to_obs(grid, obs)  # (H*W, M), (L, M)
+    hbh = (hx_anomaly.T @ hx_anomaly) / (k - 1) * localization.obs_to_obs(obs)
+    solve = _solver(hbh + np.diag(sigma**2))
+
+    # Right-hand sides: the mean's innovation, then one perturbed innovation per member.
+    innovations = np.empty((m, 1 + members), dtype=np.float64)
+    innovations[:, 0] = y - hx_b
+    if members and rng is not None:
+        perturbations = rng.standard_normal((members, m)) * sigma  # e_k ~ N(0, R)
+        innovations[:, 1:] = (y + perturbations - hx[:members]).T
+    weights = solve(innovations)  # (M, 1 + members)
+
+    mean = x_b.copy()
+    updated = np.empty((members, flat.shape[1]), dtype=np.float32)
+    block = nlat * nlon
+    for var in range(nvar):
+        for level in range(nlev):
+            rows = slice((var * nlev + level) * block, (var * nlev + level + 1) * block)
+            anomaly = flat[:, rows].astype(np.float64) - x_b[rows]  # (K, H*W)
+            gain = (anomaly.T @ hx_anomaly) / (k - 1)  # (H*W, M) block of B H^T, unlocalised
+            gain *= rho_h * rho_v[level]
+            increments = gain @ weights  # (H*W, 1 + members)
+            mean[rows] += increments[:, 0]
+            if members:
+                updated[:, rows] = (flat[:members, rows] + increments[:, 1:].T).astype(np.float32)
+    shape = grid.shape
+    return Analysis(x_b.reshape(shape), mean.reshape(shape), updated.reshape(members, *shape))
+
+
+def oi_analysis(
+    states: np.ndarray,
+    obs: pd.DataFrame,
+    grid: Grid,
+    *,
+    localization: Localization | None = None,
+) -> np.ndarray:
+    """The OI analysis ``x_a`` ``(V, L, H, W)`` float64 (:func:`localized_analysis`)."""
+    return localized_analysis(states, obs, grid, localization=localization).mean
+
+
+def enkf_analysis(
+    states: np.ndarray,
+    obs: pd.DataFrame,
+    grid: Grid,
+    members: int,
+    rng: np.random.Generator,
+    *,
+    localization: Localization | None = None,
+) -> np.ndarray:
+    """``(members, V, L, H, W)`` float32 stochastic EnKF members (:func:`localized_analysis`)."""
+    if members < 1:
+        raise ValueError(f"members must be >= 1, got {members}")
+    return localized_analysis(
+        states, obs, grid, members=members, rng=rng, localization=localization
+    ).members
+
+
+__all__: Sequence[str] = [
+    "BASELINE_METHODS",
+    "NO_LOCALIZATION",
+    "Analysis",
+    "ClimatologicalDraw",
+    "Localization",
+    "climatology_indices",
+    "draw_climatology",
+    "enkf_analysis",
+    "gaspari_cohn",
+    "great_circle_km",
+    "localized_analysis",
+    "oi_analysis",
+]

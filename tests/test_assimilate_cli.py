@@ -1,0 +1,279 @@
+"""`genda observe`, `genda assimilate` and `genda evaluate` end to end on a tiny prior."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import xarray as xr
+from typer.testing import CliRunner
+
+from genda.assimilation.posterior import PosteriorSettings, observation_fit
+from genda.cli import app
+from genda.grid import Grid
+from genda.observations import draw_observations, read_observations, write_observations
+from genda.orchestration.assimilate import assimilate_window
+from genda.storage import open_archive
+
+runner = CliRunner()
+
+
+def _train(archive: Path, out: Path, strategy: str) -> Path:
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            "--data",
+            str(archive),
+            "--out",
+            str(out),
+            "--strategy",
+            strategy,
+            "--no-progress",
+            "--base-channels",
+            "8",
+            "--channel-mult",
+            "1,2",
+            "--val-gap-hours",
+            "2",
+            "--steps",
+            "20",
+            "--batch-size",
+            "4",
+            "--warmup-steps",
+            "2",
+            "--lr",
+            "2e-3",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    return out
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_archive: Path, tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("assimilate")
+    time = str(open_archive(tiny_archive).time.values[30])[:19]
+    observed = runner.invoke(
+        app,
+        [
+            "observe",
+            "--truth",
+            str(tiny_archive),
+            "--time",
+            time,
+            "--out",
+            str(root / "obs.parquet"),
+            "--network",
+            "radars,lidars,limb",
+            "--withhold",
+            "Collm,Davis",
+            "--seed",
+            "4",
+        ],
+    )
+    assert observed.exit_code == 0, observed.output
+    # The tiny archive starts from rest: the catalogue's errors (5-15 m/s, 2-5 K)
+    # exceed its variability. Precise observations (the truth seen through H,
+    # errors a tenth of the catalogue's) make the guidance measurable.
+    truth = open_archive(tiny_archive)
+    precise = draw_observations(truth, Grid.from_dataset(truth), time, "radars,lidars", noise=False)
+    precise["sigma"] = precise["sigma"] / 10.0
+    write_observations(precise, root / "precise.parquet")
+    return {
+        "precise": root / "precise.parquet",
+        "root": root,
+        "time": time,
+        "archive": tiny_archive,
+        "obs": root / "obs.parquet",
+        "withheld": root / "obs-withheld.parquet",
+        "joint3d": _train(tiny_archive, root / "joint3d", "joint3d"),
+        "layer2d": _train(tiny_archive, root / "layer2d", "layer2d"),
+    }
+
+
+@pytest.mark.parametrize("strategy", ["joint3d", "layer2d"])
+def test_assimilate_writes_a_store_that_fits_the_observations(setup: dict, strategy: str) -> None:
+    out = setup["root"] / f"{strategy}.zarr"
+    result = runner.invoke(
+        app,
+        [
+            "assimilate",
+            "--checkpoint",
+            str(setup[strategy]),
+            "--obs",
+            str(setup["obs"]),
+            "--time",
+            setup["time"],
+            "--out",
+            str(out),
+            "--members",
+            "3",
+            "--steps",
+            "6",
+            "--no-progress",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    ds = xr.open_zarr(out)
+    assert ds["u"].dims == ("time", "member", "altitude", "latitude", "longitude")
+    assert ds.sizes["member"] == 3
+    np.testing.assert_allclose(ds["T_mean"].values, ds["T"].mean("member").values, rtol=1e-5)
+    np.testing.assert_allclose(
+        ds["u_spread"].values, ds["u"].std("member", ddof=1).values, rtol=1e-4, atol=1e-5
+    )
+    assert ds.attrs["genda_method"] == "mmps"
+    assert ds.attrs["genda_checkpoint_strategy"] == strategy
+    assert len(ds.attrs["genda_observations_fingerprint"]) == 64
+    assert ds["T"].attrs["units"] == "K" and ds.attrs["Conventions"] == "CF-1.10"
+    assert "climatology" in result.stdout
+
+
+@pytest.mark.parametrize("method", ["mmps", "dps", "sda"])
+def test_guidance_pulls_the_ensemble_to_the_observations(setup: dict, method: str) -> None:
+    stores = {}
+    for name, obs in ((method, setup["precise"]), ("prior", None)):
+        stores[name] = setup["root"] / f"fit-{method}-{name}.zarr"
+        summary = assimilate_window(
+            setup["joint3d"],
+            obs,
+            setup["time"],
+            stores[name],
+            members=2,
+            settings=PosteriorSettings(method=method, steps=6),
+            progress=False,
+        )
+        assert summary["method"] == name
+    table = read_observations(setup["precise"])
+    grid = Grid.from_dataset(xr.open_zarr(stores["prior"]))
+
+    def fit(store: Path) -> float:
+        ds = xr.open_zarr(store).isel(time=0)
+        members = torch.from_numpy(np.stack([ds[v].values for v in grid.variables], axis=1))
+        return observation_fit(members, table, grid)["rms_normalised_innovation"]
+
+    # The same prior, guided or not: guidance must bring the members to the data;
+    # MMPS, with the Tweedie covariance, much closer than the cruder DPS and SDA.
+    assert fit(stores[method]) < (0.5 if method == "mmps" else 0.9) * fit(stores["prior"])
+
+
+def test_members_do_not_depend_on_the_batch(setup: dict) -> None:
+    stores = []
+    for batch in (1, 3):
+        out = setup["root"] / f"batch{batch}.zarr"
+        assimilate_window(
+            setup["joint3d"],
+            setup["obs"],
+            setup["time"],
+            out,
+            members=3,
+            settings=PosteriorSettings(steps=4, batch_size=batch),
+            progress=False,
+        )
+        stores.append(xr.open_zarr(out)["T"].values)
+    np.testing.assert_allclose(stores[0], stores[1], rtol=0, atol=1e-4)
+
+
+def test_evaluate_scores_the_store_and_the_withheld_stations(setup: dict) -> None:
+    store = setup["root"] / "joint3d-eval.zarr"
+    prior = setup["root"] / "joint3d-prior.zarr"
+    for obs, out in ((setup["obs"], store), (None, prior)):
+        assimilate_window(
+            setup["joint3d"],
+            obs,
+            setup["time"],
+            out,
+            members=3,
+            settings=PosteriorSettings(steps=4),
+            progress=False,
+        )
+    report = setup["root"] / "report"
+    result = runner.invoke(
+        app,
+        [
+            "evaluate",
+            "--ensemble",
+            str(store),
+            "--truth",
+            str(setup["archive"]),
+            "--out",
+            str(report),
+            "--obs",
+            str(setup["obs"]),
+            "--withheld",
+            str(setup["withheld"]),
+            "--baseline",
+            f"prior={prior}",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((report / "metrics.json").read_text())
+    assert set(metrics["ensemble"]["variables"]) == {"u", "v", "T"}
+    assert "prior" in metrics["baselines"]
+    assert metrics["withheld"]["variables"]
+    assert (report / "spread_skill.png").stat().st_size > 0
+
+
+def _assimilate_args(setup: dict, obs: Path, out: Path, time: str | None = None) -> list[str]:
+    return [
+        "assimilate",
+        "--checkpoint",
+        str(setup["joint3d"]),
+        "--obs",
+        str(obs),
+        "--time",
+        time or setup["time"],
+        "--out",
+        str(out),
+        "--members",
+        "1",
+        "--steps",
+        "2",
+        "--no-progress",
+    ]
+
+
+def test_bad_observations_are_named_and_nothing_is_written(setup: dict) -> None:
+    root = setup["root"]
+    table = read_observations(setup["obs"])
+    cases: dict[str, pd.DataFrame] = {}
+    bad = table.copy()
+    bad.loc[3, "value"] = np.nan
+    cases["NaN"] = bad
+    bad = table.copy()
+    bad.loc[5, "variable"] = "ozone"
+    cases["unknown variable"] = bad
+    bad = table.copy()
+    bad.loc[2, "alt_km"] = 150.0
+    cases["altitude"] = bad
+    cases["no observations"] = table.iloc[:0]
+    for i, (needle, frame) in enumerate(cases.items()):
+        path = root / f"bad{i}.csv"
+        frame.to_csv(path, index=False) if frame.empty else write_observations(frame, path)
+        out = root / f"bad{i}.zarr"
+        result = runner.invoke(app, _assimilate_args(setup, path, out))
+        assert result.exit_code != 0
+        assert needle.split()[0].lower() in result.output.lower(), result.output
+        assert not out.exists()
+        assert not list(root.glob(f"bad{i}.zarr*"))
+
+
+def test_observations_outside_the_window_are_refused(setup: dict) -> None:
+    out = setup["root"] / "late.zarr"
+    result = runner.invoke(
+        app, _assimilate_args(setup, setup["obs"], out, time="2000-03-01T00:00:00")
+    )
+    assert result.exit_code != 0
+    assert "window" in result.output.lower()
+    assert not out.exists()
+
+
+def test_an_existing_store_is_not_replaced_without_overwrite(setup: dict) -> None:
+    out = setup["root"] / "exists.zarr"
+    out.mkdir()
+    result = runner.invoke(app, _assimilate_args(setup, setup["obs"], out))
+    assert result.exit_code != 0 and "exists" in result.output
