@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
-from genda.assimilation.gaussian import GaussianFieldPrior
+from genda.assimilation.gaussian import GaussianFieldPrior, kalman_problem
 from genda.assimilation.guidance import GaussianLikelihood, guided_denoiser
 from genda.grid import Grid
 from genda.models.sampling import sample
@@ -39,18 +39,13 @@ def _observations() -> pd.DataFrame:
 
 @pytest.fixture(scope="module")
 def problem():
-    torch.manual_seed(0)
     corr = np.array([[1.0, 0.3, 0.0], [0.3, 1.0, 0.0], [0.0, 0.0, 1.0]])
     prior = GaussianFieldPrior.on_grid(GRID, length_km=4000.0, variable_correlation=corr)
     obs = _observations()
-    operator = ObservationOperator.from_table(obs, GRID)
-    truth = prior.sample(1, torch.Generator().manual_seed(1))[0]
     sigma_y = torch.tensor(obs["sigma"].to_numpy())
-    noise = torch.randn(len(obs), generator=torch.Generator().manual_seed(2), dtype=torch.float64)
-    y = operator.to(dtype=torch.float64)(truth) + sigma_y * noise
-    mean, cov = prior.posterior(operator, y, sigma_y)
-    likelihood = GaussianLikelihood(operator.to(dtype=torch.float64), y, sigma_y)
-    return prior, likelihood, mean, cov
+    case = kalman_problem(prior, ObservationOperator.from_table(obs, GRID), sigma_y, seed=1)
+    likelihood = GaussianLikelihood(case.operator, case.y, case.sigma_y)
+    return prior, likelihood, case.mean, case.cov
 
 
 def _posterior_ensemble(

@@ -19,6 +19,7 @@ an exponential kernel in altitude, and a correlation matrix between variables.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -114,3 +115,39 @@ class GaussianFieldPrior(nn.Module):
         mean = gain @ innovation
         cov = c - gain @ ch.T
         return mean.reshape(self.field_shape), cov
+
+
+@dataclass(frozen=True)
+class KalmanProblem:
+    """A Gaussian prior, observations of one of its draws, and the exact posterior.
+
+    Attributes:
+        prior: the prior with its exact denoiser.
+        operator: ``H`` (float64).
+        truth: ``(V, L, H, W)`` the draw that was observed.
+        y, sigma_y: ``(M,)`` observations and their error standard deviations.
+        mean, cov: Kalman's posterior mean ``(V, L, H, W)`` and covariance ``(N, N)``.
+    """
+
+    prior: GaussianFieldPrior
+    operator: ObservationOperator
+    truth: Tensor
+    y: Tensor
+    sigma_y: Tensor
+    mean: Tensor
+    cov: Tensor
+
+
+def kalman_problem(
+    prior: GaussianFieldPrior, operator: ObservationOperator, sigma_y: Tensor, seed: int = 0
+) -> KalmanProblem:
+    """Draw a truth from ``prior``, observe it through ``operator`` with errors ``sigma_y``, solve."""
+    operator = operator.to(dtype=torch.float64)
+    sigma_y = sigma_y.double()
+    truth = prior.sample(1, torch.Generator().manual_seed(seed))[0]
+    noise = torch.randn(
+        operator.n_obs, generator=torch.Generator().manual_seed(seed + 1), dtype=torch.float64
+    )
+    y = operator(truth) + sigma_y * noise
+    mean, cov = prior.posterior(operator, y, sigma_y)
+    return KalmanProblem(prior, operator, truth, y, sigma_y, mean, cov)

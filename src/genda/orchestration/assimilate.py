@@ -139,7 +139,8 @@ def assimilate_window(
     }
     if obs is not None:
         summary["fit"] = observation_fit(fields, obs, prior.grid)
-        summary["climatology_fit"] = observation_fit(
+        # The reference: the prior's training mean per variable and level.
+        summary["level_mean_fit"] = observation_fit(
             prior.normalization.denormalize(torch.zeros(1, *prior.grid.shape)), obs, prior.grid
         )
     return summary
