@@ -37,6 +37,8 @@ test: $(STAMP) lint
 bench: $(STAMP)
 	$(BIN)/python benchmarks/simulator.py
 	$(BIN)/python benchmarks/sampling.py
+	$(BIN)/python benchmarks/training.py
+	$(BIN)/python benchmarks/posterior_gaussian.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
