@@ -4,13 +4,11 @@
         [--repeats 5] [--warmup 3] [--threads N] [--unet shipped|default|all]
         [--strategy joint3d|layer2d|all] [--bf16] [--compile] [--quick] [--out PATH]
 
-What is timed is one optimisation step of :func:`genda.models.training.train`
-as its loop does it: per-slot noise levels and noise, the learning rate,
-forward pass and EDM loss (``_weighted_loss``), backward, gradient clipping,
-AdamW step and EMA update. The batch is synthetic unit-normal fields made once
-on the device: the data loader is not the subject. The loop body is
-reproduced here from ``train`` with its own helpers (``train`` has no
-separate step function), so a change to that loop must be copied here.
+What is timed is :func:`genda.models.training.optimization_step`, the step
+that :func:`~genda.models.training.train` runs: per-slot noise levels and
+noise, the learning rate, forward pass and EDM loss, backward, gradient
+clipping, AdamW step and EMA update. The batch is synthetic unit-normal fields
+made once on the device: the data loader is not the subject.
 
 A sample is one full field ``(V, L, H, W)``; ``layer2d`` feeds ``L`` 2D
 layer-samples per field to its network, reported as ``layer_samples_per_s``
@@ -115,16 +113,12 @@ def measure(
     from torch import nn
 
     from genda.grid import Grid
-    from genda.models.data import stable_seed
     from genda.models.diffusion import EDMDenoiser
     from genda.models.strategies import build_backbone, get_strategy
     from genda.models.training import (
         EMA,
         TrainConfig,
-        _autocast,
-        _slot_noise,
-        _weighted_loss,
-        learning_rate,
+        optimization_step,
         resolve_device,
     )
 
@@ -164,21 +158,10 @@ def measure(
     slots = list(range(batch_size))
 
     def step(index: int) -> torch.Tensor:
-        """One step of ``train``'s loop (module docstring), the data loading left out."""
-        sigma, noise = _slot_noise(slots, config.seed, index, shape, config, device)
-        torch.manual_seed(stable_seed("global", config.seed, index, 0))  # dropout
-        lr = learning_rate(config, index)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        with _autocast(device, config.mixed_precision):
-            loss = _weighted_loss(forward, denoiser, x0, sigma, noise).mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if config.grad_clip is not None:
-            nn.utils.clip_grad_norm_(denoiser.parameters(), config.grad_clip)
-        optimizer.step()
-        ema.update(denoiser, ema.beta(index, config.batch_size))
-        return loss.detach()
+        """One step of ``train``'s loop, the data loading left out."""
+        return optimization_step(
+            forward, denoiser, optimizer, ema, x0, slots, index, config, device
+        )
 
     def synchronize() -> None:
         if cuda:

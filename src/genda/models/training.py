@@ -495,6 +495,42 @@ def _own_rng(device: torch.device) -> Iterator[None]:
         yield
 
 
+def optimization_step(
+    forward: nn.Module,
+    denoiser: EDMDenoiser,
+    optimizer: torch.optim.Optimizer,
+    ema: EMA,
+    x0: torch.Tensor,
+    slots: Sequence[int],
+    step: int,
+    config: TrainConfig,
+    device: torch.device,
+    rank: int = 0,
+) -> torch.Tensor:
+    """One optimizer step of :func:`train` on the batch ``x0`` ``(len(slots), V, L, H, W)``.
+
+    The noise of each slot of the global batch, the dropout seed, the learning
+    rate of ``step``, the weighted EDM loss (under autocast when asked),
+    backward, gradient clipping, AdamW and the EMA update. ``forward`` is
+    ``denoiser`` or its DDP/compiled wrapper. Returns the detached mean loss.
+    """
+    shape = tuple(x0.shape[1:])
+    sigma, noise = _slot_noise(list(slots), config.seed, step, shape, config, device)
+    torch.manual_seed(stable_seed("global", config.seed, step, rank))  # dropout
+    lr = learning_rate(config, step)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    with _autocast(device, config.mixed_precision):
+        loss = _weighted_loss(forward, denoiser, x0, sigma, noise).mean()
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if config.grad_clip is not None:
+        nn.utils.clip_grad_norm_(denoiser.parameters(), config.grad_clip)
+    optimizer.step()
+    ema.update(denoiser, ema.beta(step, config.batch_size))
+    return loss.detach()
+
+
 def train(
     denoiser: EDMDenoiser,
     data: TrainingData,
@@ -592,7 +628,6 @@ def train(
 
     parameters = sum(p.numel() for p in denoiser.parameters())
     batches = StepBatches(data.train.sampler(seed=config.seed), config.batch_size)
-    shape = tuple(grid.shape)
     sigmas = config.val_sigmas
     lead = rank == 0
     run_info = {"world_size": world, "device": str(device), **dict(description or {})}
@@ -678,20 +713,19 @@ def train(
         try:
             while step < config.steps:
                 x0 = data.train.batch(batches.positions(step)[slots]).to(device, non_blocking=True)
-                sigma, noise = _slot_noise(slots.tolist(), config.seed, step, shape, config, device)
-                torch.manual_seed(stable_seed("global", config.seed, step, rank))  # dropout
-                lr = learning_rate(config, step)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                with _autocast(device, config.mixed_precision):
-                    loss = _weighted_loss(forward, denoiser, x0, sigma, noise).mean()
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if config.grad_clip is not None:
-                    nn.utils.clip_grad_norm_(denoiser.parameters(), config.grad_clip)
-                optimizer.step()
-                ema.update(denoiser, ema.beta(step, config.batch_size))
-                running += loss.detach().double()
+                loss = optimization_step(
+                    forward,
+                    denoiser,
+                    optimizer,
+                    ema,
+                    x0,
+                    slots.tolist(),
+                    step,
+                    config,
+                    device,
+                    rank,
+                )
+                running += loss.double()
                 running_count += 1
                 step += 1
                 bar.update(1)
@@ -710,7 +744,12 @@ def train(
                         )
                     running.zero_()
                     running_count = 0
-                    row = {"step": step, "train_loss": train_loss, "lr": lr}
+                    # the learning rate of the step just taken
+                    row = {
+                        "step": step,
+                        "train_loss": train_loss,
+                        "lr": learning_rate(config, step - 1),
+                    }
                     if val_now:
                         row |= validate()
                     history.append(row | {"wall_s": wall()})
