@@ -277,3 +277,50 @@ def test_an_existing_store_is_not_replaced_without_overwrite(setup: dict) -> Non
     out.mkdir()
     result = runner.invoke(app, _assimilate_args(setup, setup["obs"], out))
     assert result.exit_code != 0 and "exists" in result.output
+
+
+def test_baseline_command_writes_a_store_scored_like_the_posterior(setup: dict) -> None:
+    out = setup["root"] / "enkf.zarr"
+    result = runner.invoke(
+        app,
+        [
+            "baseline",
+            "--archive",
+            str(setup["archive"]),
+            "--obs",
+            str(setup["precise"]),
+            "--time",
+            setup["time"],
+            "--out",
+            str(out),
+            "--members",
+            "4",
+            "--climatology-size",
+            "8",
+            "--exclude-hours",
+            "6",
+            "--horizontal-km",
+            "8000",
+            "--vertical-km",
+            "40",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    ds = xr.open_zarr(out)
+    assert ds.sizes["member"] == 4 and ds.attrs["genda_method"] == "enkf"
+    bad = runner.invoke(
+        app,
+        [
+            "baseline",
+            "--archive",
+            str(setup["archive"]),
+            "--time",
+            setup["time"],
+            "--out",
+            str(setup["root"] / "oi.zarr"),
+            "--method",
+            "oi",
+        ],
+    )
+    assert bad.exit_code != 0 and "observations" in bad.output
+    assert not (setup["root"] / "oi.zarr").exists()
