@@ -40,8 +40,9 @@ spectra within +-20 % at every wavenumber up to the truncation, means within
 0.1. :func:`compare_strategies` puts the reports of several strategies side by
 side.
 
-Plain numpy and xarray, no ``xskillscore`` or ``scores`` (neither is a
-dependency): the moments and correlations are a few sums, written out so that
+Plain numpy and xarray rather than the ``scores`` library (which does the
+ensemble scores, :mod:`genda.evaluation.scores`): the moments and
+correlations are a few sums, written out so that
 moments, correlations and spectra come from one read of a data set, in blocks
 along its sample axis (lazy, dask-backed data sets are fine), with per-point
 sums shifted by the first block's mean against cancellation. The tidal
