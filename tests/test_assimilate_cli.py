@@ -324,3 +324,35 @@ def test_baseline_command_writes_a_store_scored_like_the_posterior(setup: dict) 
     )
     assert bad.exit_code != 0 and "observations" in bad.output
     assert not (setup["root"] / "oi.zarr").exists()
+
+
+@pytest.mark.parametrize("strategy", ["joint3d", "layer2d"])
+def test_an_observation_informs_the_layers_around_it(setup: dict, strategy: str) -> None:
+    from genda.assimilation.posterior import posterior_members
+    from genda.models.checkpoint import load_checkpoint
+
+    prior = load_checkpoint(setup[strategy])
+    grid = prior.grid
+    level = 1
+    obs = pd.DataFrame(
+        {
+            "time": [np.datetime64(setup["time"])],
+            "lat": [grid.latitude[5]],
+            "lon": [grid.longitude[7]],
+            "alt_km": [grid.altitude[level]],
+            "variable": ["T"],
+            "value": [
+                float(prior.normalization.mean[2, level] + 3 * prior.normalization.std[2, level])
+            ],
+            "sigma": [0.1],
+        }
+    )
+    settings = PosteriorSettings(steps=6)
+    guided = posterior_members(prior, obs, [0, 1], seed=5, settings=settings)
+    free = posterior_members(prior, None, [0, 1], seed=5, settings=settings)
+    change = (guided - free)[:, grid.variable_index("T")].abs().amax(dim=(0, 2, 3))  # per level
+    # The same members with and without the observation: it moves its own level
+    # and, through the prior, the levels above and below (a decoupled prior: exactly 0).
+    assert change[level] > 1.0
+    assert change[level - 1] > 0.01 * change[level]
+    assert change[level + 1] > 0.01 * change[level]
