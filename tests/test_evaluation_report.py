@@ -190,3 +190,16 @@ def test_evaluate_paths_names_the_truth_range(stores) -> None:
     with pytest.raises(ValueError, match=r"no time 2031-01-01T00:00:00; it covers 2030-03-01T00"):
         evaluate_paths(late_path, stores["truth"], stores["dir"] / "late")
     assert not (stores["dir"] / "late").exists()  # nothing written
+
+
+def test_a_baseline_of_another_window_is_refused(stores) -> None:
+    other = xr.open_zarr(stores["ensemble"]).load().assign_coords(time=TIMES[2:3])
+    other_path = stores["dir"] / "other.zarr"
+    other.to_zarr(other_path)
+    with pytest.raises(ValueError, match="a baseline must be of the same window"):
+        evaluate_paths(
+            stores["ensemble"],
+            stores["truth"],
+            stores["dir"] / "mixed",
+            baseline_paths={"prior": other_path},
+        )

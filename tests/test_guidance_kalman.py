@@ -70,7 +70,9 @@ def _posterior_ensemble(
 
 def test_mmps_recovers_the_kalman_posterior(problem) -> None:
     prior, likelihood, mean, cov = problem
-    members = _posterior_ensemble(prior, likelihood, "mmps", iterations=6)  # M = 6: CG is exact
+    members = _posterior_ensemble(
+        prior, likelihood, "mmps", iterations=6
+    )  # M = 6: GMRES is exact in 6 iterations
     flat = members.reshape(MEMBERS, -1)
     prior_std = prior.covariance.diagonal().sqrt()
     mean_error = (flat.mean(0) - mean.reshape(-1)) / prior_std

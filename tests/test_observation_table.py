@@ -123,11 +123,14 @@ def test_wind_units_accepted(unit: str | None) -> None:
     assert out["value"].iloc[0] == 10.0
 
 
-@pytest.mark.parametrize(("unit", "offset"), [("K", 0.0), ("degC", 273.15), ("C", 273.15)])
-def test_temperature_units_converted(unit: str, offset: float) -> None:
-    raw = table().iloc[[2]].assign(value=-80.0, units=unit)
+@pytest.mark.parametrize(
+    ("unit", "value", "kelvin"),
+    [("K", 190.0, 190.0), ("degC", -80.0, 193.15), ("C", -80.0, 193.15)],
+)
+def test_temperature_units_converted(unit: str, value: float, kelvin: float) -> None:
+    raw = table().iloc[[2]].assign(value=value, units=unit)
     out = validate_observations(raw, GRID)
-    assert out["value"].iloc[0] == pytest.approx(-80.0 + offset)
+    assert out["value"].iloc[0] == pytest.approx(kelvin)
     assert out["sigma"].iloc[0] == 2.0  # a difference: no offset
 
 
@@ -165,8 +168,8 @@ def _set(column: str, row: int, value: object) -> Callable[[pd.DataFrame], pd.Da
         (_set("variable", 1, None), "unknown variable(s) ['None'] in row 1"),
         (_set("azimuth_deg", 3, np.nan), "los azimuth_deg missing, NaN or infinite in row 3"),
         (_set("elevation_deg", 3, np.nan), "los elevation_deg missing, NaN or infinite in row 3"),
-        (_set("elevation_deg", 3, 0.0), "los elevation_deg outside (0, 90] in row 3"),
-        (_set("elevation_deg", 3, 90.5), "los elevation_deg outside (0, 90] in row 3"),
+        (_set("elevation_deg", 3, 0.0), "los elevation_deg outside (0, 85] in row 3"),
+        (_set("elevation_deg", 3, 88.0), "los elevation_deg outside (0, 85] in row 3"),
         (_set("fwhm_km", 4, 0.0), "fwhm_km <= 0 in row 4"),
         (_set("fwhm_km", 4, np.inf), "fwhm_km is infinite in row 4"),
         (_set("time", 2, "yesterday"), "time missing or not a date-time in row 2"),
@@ -253,7 +256,8 @@ def test_numeric_times_are_refused() -> None:
 def canonical() -> pd.DataFrame:
     rng = np.random.default_rng(0)
     out = validate_observations(table(), GRID)
-    out["value"] = rng.normal(size=len(out)) * 1e3  # digits that a lossy format would lose
+    # digits that a lossy format would lose (positive: temperatures are kelvin)
+    out["value"] = 300.0 + rng.normal(size=len(out)) * 1e2
     out["time"] = out["time"] + np.array([1, 0, 123456789, 0, 7], dtype="timedelta64[ns]")
     out["network"] = ["radars", "radars", "lidars", "radars", "mls"]
     return validate_observations(out, GRID)

@@ -402,7 +402,7 @@ def assimilate(
     method: Annotated[str, typer.Option(help="Guidance: mmps, dps or sda.")] = "mmps",
     steps: Annotated[int, typer.Option(help="Sampler steps.")] = 32,
     sampler: Annotated[str, typer.Option(help="heun, euler or stochastic.")] = "heun",
-    iterations: Annotated[int, typer.Option(help="MMPS conjugate-gradient iterations.")] = 3,
+    iterations: Annotated[int, typer.Option(help="MMPS solver (GMRES) iterations.")] = 3,
     zeta: Annotated[float, typer.Option(help="DPS guidance strength.")] = 1.0,
     gamma: Annotated[float, typer.Option(help="SDA likelihood inflation gamma.")] = 1e-2,
     corrections: Annotated[
@@ -453,7 +453,7 @@ def assimilate(
             overwrite=overwrite,
             progress=progress,
         )
-    except (CheckpointError, ObservationError, FileExistsError, ValueError) as error:
+    except (CheckpointError, ObservationError, OSError, ValueError) as error:
         raise _fail(str(error)) from error
     table = Table(title=f"{result['method']} ensemble", header_style="bold", show_header=False)
     table.add_row("store", result["store"])
@@ -575,7 +575,7 @@ def baseline(
             exclude_hours=exclude_hours,
             overwrite=overwrite,
         )
-    except (ArchiveError, ObservationError, FileExistsError, ValueError) as error:
+    except (ArchiveError, ObservationError, OSError, ValueError) as error:
         raise _fail(str(error)) from error
     table = Table(title=f"{result['method']} baseline", header_style="bold", show_header=False)
     table.add_row("store", result["store"])

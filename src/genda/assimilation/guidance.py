@@ -18,9 +18,9 @@ reproducibly.
   Diffusion Priors from Observations by Expectation Maximization", NeurIPS,
   https://arxiv.org/abs/2405.13712): ``p(y | x_t) ~ N(A x_hat, Sigma_y + A V A^T)``
   with the Tweedie covariance ``V[x | x_t] = sigma^2 dD/dx_t`` applied through
-  vector-Jacobian products and the ``M x M`` system solved by conjugate
-  gradients. Exact for a Gaussian prior (linear denoiser) once CG converges,
-  which the Kalman test checks. This is ``azula.guidance.MMPSDenoiser``; genda
+  vector-Jacobian products and the ``M x M`` system solved by a Krylov
+  method (GMRES). Exact for a Gaussian prior (linear denoiser) once the solver
+  converges, which the Kalman test checks. This is ``azula.guidance.MMPSDenoiser``; genda
   presents its denoiser to azula through a variance-exploding schedule
   ``alpha = 1, sigma(t) = t`` (:class:`_AzulaView`).
 * ``"dps"``: diffusion posterior sampling (Chung et al. 2023, "Diffusion
@@ -124,8 +124,9 @@ class MMPSGuidance(nn.Module):
         denoiser: the prior ``D(x (B, ...), sigma (B,))``.
         likelihood: the observations.
         iterations: solver iterations for ``(Sigma_y + A V A^T) u = y - A x_hat``
-            (each costs one Jacobian-vector and one vector-Jacobian product
-            through the denoiser); ``Sigma_y`` makes the system well conditioned,
+            (each costs one vector-Jacobian product through the denoiser, a
+            backward pass, and a Jacobian-vector product through the cheap
+            ``A``); ``Sigma_y`` makes the system well conditioned,
             so a few iterations suffice when observation errors are not tiny.
         solver: ``"cg"`` (conjugate gradients) needs a symmetric positive
             definite system, which it is for an exact denoiser; a trained
@@ -143,7 +144,7 @@ class MMPSGuidance(nn.Module):
     ) -> None:
         super().__init__()
         if iterations < 1:
-            raise ValueError(f"MMPS needs at least one CG iteration, got {iterations}")
+            raise ValueError(f"MMPS needs at least one solver iteration, got {iterations}")
         self.likelihood = likelihood
         self.mmps = MMPSDenoiser(
             _AzulaView(denoiser),

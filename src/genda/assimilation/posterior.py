@@ -41,7 +41,7 @@ class PosteriorSettings:
         method: guidance, ``"mmps"`` (default), ``"dps"`` or ``"sda"``.
         steps: sampler steps (noise levels before 0).
         sampler: ``"heun"`` (deterministic), ``"euler"`` or ``"stochastic"``.
-        iterations: MMPS conjugate-gradient iterations.
+        iterations: MMPS solver (GMRES) iterations.
         zeta: DPS guidance strength.
         gamma: SDA's ``gamma`` in ``Sigma_y + gamma sigma^2 A A^T``.
         corrections: Langevin corrector steps per step (SDA uses 1 by default).
@@ -172,7 +172,6 @@ def observation_fit(members: torch.Tensor, obs: pd.DataFrame, grid: Any) -> dict
         "observations": len(obs),
         "rms_normalised_innovation": float(innovation.square().mean().sqrt()),
         "mean_spread_over_sigma": float((spread / sigma).mean()),
-        "rms_innovation_physical": float(((y - values.mean(0)) ** 2).mean().sqrt()),
     }
 
 

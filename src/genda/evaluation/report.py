@@ -245,14 +245,25 @@ def evaluate_paths(
     grid = Grid.from_dataset(ensemble)
     truth = open_archive(truth_path, variables=grid.variables)
     ensemble, truth, _ = align_time(ensemble, truth, time)
+    verified = _times(ensemble) or _times(truth)
     obs = withheld = None
     if obs_path is not None or withheld_path is not None:
         from genda.observations import read_observations, validate_observations
 
+        # Withheld observations of another time would be scored against this one.
+        window = None
+        if len(verified) == 1:
+            half = np.timedelta64(
+                round(float(_attr(ensemble_path, "genda_window_hours", 1.0)) * 1800), "s"
+            )
+            window = (verified[0] - half, verified[0] + half)
+
         def table(path: str | os.PathLike[str] | None, against: Grid) -> pd.DataFrame | None:
             if path is None:
                 return None
-            return validate_observations(read_observations(path), against, source=str(path))
+            return validate_observations(
+                read_observations(path), against, window=window, source=str(path)
+            )
 
         # The assimilated observations are only drawn on the maps: any variable
         # of the registry may appear; the withheld ones are scored, so the
@@ -262,6 +273,13 @@ def evaluate_paths(
         )
         obs, withheld = table(obs_path, every_variable), table(withheld_path, grid)
     baselines = {name: _open_ensemble(p) for name, p in (baseline_paths or {}).items()}
+    for name, data in baselines.items():
+        theirs = _times(data)
+        if theirs and verified and not set(theirs) & set(verified):
+            raise ValueError(
+                f"baseline {name!r} is for {[str(t) for t in theirs]}, the ensemble for "
+                f"{[str(t) for t in verified]}: a baseline must be of the same window"
+            )
     return evaluate_ensemble(
         ensemble,
         truth,
@@ -271,6 +289,18 @@ def evaluate_paths(
         baselines=baselines,
         level_km=level_km,
     )
+
+
+def _times(ds: xr.Dataset) -> list[np.datetime64]:
+    """The time values a data set carries (a dimension or a scalar coordinate), else ``[]``."""
+    if "time" not in ds.coords:
+        return []
+    return [np.datetime64(t, "s") for t in np.atleast_1d(ds["time"].values)]
+
+
+def _attr(path: str | os.PathLike[str], key: str, default: Any) -> Any:
+    """A global attribute of a Zarr store, or ``default``."""
+    return xr.open_zarr(path).attrs.get(key, default)
 
 
 def _open_ensemble(path: str | os.PathLike[str]) -> xr.Dataset:

@@ -715,8 +715,11 @@ def observe_to_file(
     out = Path(out)
     paths: dict[str, str | None] = {"observations": str(out), "withheld": None}
     if not withheld.empty:
-        # The withheld file first: the main file appearing means both are complete.
+        # The withheld file first, so that a complete main file has its withheld one.
         paths["withheld"] = str(write_observations(withheld, withheld_path(out)))
+    elif withheld_path(out).exists():
+        # A withheld file of an earlier draw would hold stations this table assimilates.
+        withheld_path(out).unlink()
     write_observations(assimilated, out)
     return {
         "time": _iso(when),

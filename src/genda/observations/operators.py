@@ -59,7 +59,8 @@ def _horizontal(grid: Grid, lat: float, lon: float) -> list[tuple[int, int, floa
     lats = grid.latitude
     nlon = grid.nlon
     dlon = 360.0 / nlon
-    position = lon / dlon
+    # Columns are evenly spaced from the grid's first longitude (not always 0 E).
+    position = ((lon - float(grid.longitude[0])) % 360.0) / dlon
     j0 = math.floor(position) % nlon
     j1 = (j0 + 1) % nlon
     fx = position - math.floor(position)
@@ -149,8 +150,15 @@ class ObservationOperator:
         """The operator of a validated table (``genda.observations.validate_observations``).
 
         Rows are observations in table order; ``lon`` must be in [0, 360) and
-        ``alt_km`` within the grid's altitudes.
+        ``alt_km`` within the grid's altitudes. The grid's longitudes must be
+        evenly spaced around the circle (a global grid).
         """
+        spacing = np.diff(np.append(grid.longitude, grid.longitude[0] + 360.0))
+        if not np.allclose(spacing, 360.0 / grid.nlon, rtol=0, atol=1e-6):
+            raise ValueError(
+                "the observation operator needs evenly spaced longitudes covering 360 degrees; "
+                f"the grid's spacing ranges {spacing.min():.4g}-{spacing.max():.4g} degrees"
+            )
         if len(obs) == 0:
             raise ValueError("the observation table is empty: nothing to build an operator from")
         _, nlev, nlat, nlon = grid.shape
@@ -249,20 +257,4 @@ class ObservationOperator:
         return ObservationOperator(self.index, weight, offset, self.field_shape)
 
 
-def observation_errors(obs: pd.DataFrame, device: torch.device | str | None = None) -> torch.Tensor:
-    """``(M,)`` observation error standard deviations of a table."""
-    return torch.tensor(obs["sigma"].to_numpy(dtype=np.float64), dtype=torch.float32, device=device)
-
-
-def observation_values(obs: pd.DataFrame, device: torch.device | str | None = None) -> torch.Tensor:
-    """``(M,)`` observed values of a table."""
-    return torch.as_tensor(
-        obs["value"].to_numpy(dtype=np.float64), dtype=torch.float32, device=device
-    )
-
-
-__all__: Sequence[str] = [
-    "ObservationOperator",
-    "observation_errors",
-    "observation_values",
-]
+__all__: Sequence[str] = ["ObservationOperator"]

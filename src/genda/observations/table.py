@@ -18,7 +18,7 @@ column             dtype            meaning
 ``sigma``          float64          observation-error standard deviation, same unit, > 0
 ``station``        str              optional: the station or instrument ('' if none)
 ``azimuth_deg``    float64          ``los`` rows: beam azimuth, clockwise from north
-``elevation_deg``  float64          ``los`` rows: beam elevation above the horizon, (0, 90]
+``elevation_deg``  float64          ``los`` rows: beam elevation above the horizon, (0, 85]
 ``fwhm_km``        float64          optional: full width at half maximum of a Gaussian
                                     vertical kernel (limb and lidar profile points);
                                     NaN = a point value
@@ -308,7 +308,9 @@ def validate_observations(
                 f"los {column} missing, NaN or infinite",
             )
     elevation = table["elevation_deg"].to_numpy()
-    check(is_los & ((elevation <= 0) | (elevation > 90)), "los elevation_deg outside (0, 90]")
+    # Above 85 degrees a beam sees almost no horizontal wind (cos 85 = 0.09):
+    # such a row would count as an observation while constraining nothing.
+    check(is_los & ((elevation <= 0) | (elevation > 85)), "los elevation_deg outside (0, 85]")
 
     # Vertical kernels.
     if "fwhm_km" in table.columns:

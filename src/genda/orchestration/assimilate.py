@@ -85,6 +85,10 @@ def assimilate_window(
     """
     if members < 1:
         raise ValueError(f"members must be >= 1, got {members}")
+    if not (window_hours >= 0 and np.isfinite(window_hours)):
+        raise ValueError(f"--window-hours must be a finite number >= 0, got {window_hours}")
+    if layers_per_batch is not None and layers_per_batch < 1:
+        raise ValueError(f"--layers-per-batch must be >= 1, got {layers_per_batch}")
     settings = settings or PosteriorSettings()
     out = Path(out)
     if (out.exists() or out.is_symlink()) and not overwrite:
