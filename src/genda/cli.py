@@ -404,7 +404,7 @@ def assimilate(
     sampler: Annotated[str, typer.Option(help="heun, euler or stochastic.")] = "heun",
     iterations: Annotated[int, typer.Option(help="MMPS solver (GMRES) iterations.")] = 3,
     zeta: Annotated[float, typer.Option(help="DPS guidance strength.")] = 1.0,
-    gamma: Annotated[float, typer.Option(help="SDA likelihood inflation gamma.")] = 1e-2,
+    gamma: Annotated[float, typer.Option(help="SDA likelihood inflation gamma.")] = 0.1,
     corrections: Annotated[
         int | None, typer.Option(help="Langevin corrections per step (SDA default 1).")
     ] = None,

@@ -212,7 +212,7 @@ class SDAGuidance(_GradientGuidance):
     """SDA (module docstring): ``-log N(y | A x_hat, Sigma_y + gamma sigma^2 diag(A A^T))``."""
 
     def __init__(
-        self, denoiser: Denoiser, likelihood: GaussianLikelihood, gamma: float = 1e-2
+        self, denoiser: Denoiser, likelihood: GaussianLikelihood, gamma: float = 0.1
     ) -> None:
         super().__init__(denoiser, likelihood)
         if gamma < 0:

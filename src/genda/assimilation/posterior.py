@@ -54,7 +54,7 @@ class PosteriorSettings:
     sampler: str = "heun"
     iterations: int = 3
     zeta: float = 1.0
-    gamma: float = 1e-2
+    gamma: float = 0.1
     corrections: int | None = None
     sigma_max: float = 80.0
     batch_size: int = 8
