@@ -4,7 +4,7 @@ Layout (CF-1.10, readable with plain ``xarray.open_zarr``)::
 
     u, v, T                 (time, member, altitude, latitude, longitude)  the members
     u_mean, v_mean, T_mean  (time, altitude, latitude, longitude)          ensemble mean
-    u_spread, ...           (time, altitude, latitude, longitude)          ensemble standard deviation (ddof=1)
+    u_spread, ...           (time, altitude, latitude, longitude)          ensemble standard deviation (ddof=1; NaN for one member)
 
 One chunk holds one member of one variable at one time (the unit a worker
 writes), the statistics one field per chunk. Global attributes carry the
@@ -62,7 +62,10 @@ def ensemble_dataset(
         cf = lookup_variable(name).cf_attrs()
         field = members[None, :, i].astype(np.float32)
         data_vars[name] = xr.Variable(dims, field, cf)
-        spread = field.std(axis=1, ddof=1) if members.shape[0] > 1 else np.zeros_like(field[:, 0])
+        # One member has no spread to estimate: NaN, as the scores report it, not 0.
+        spread = (
+            field.std(axis=1, ddof=1) if members.shape[0] > 1 else np.full_like(field[:, 0], np.nan)
+        )
         data_vars[f"{name}_mean"] = xr.Variable(
             dims[:1] + dims[2:],
             field.mean(axis=1),
