@@ -122,12 +122,13 @@ def main() -> None:
         rows,
         {
             "time": args.time,
-            "truth": str(args.truth),
-            "archive": str(args.archive),
+            # file names only: the result says what was run, not where
+            "truth": args.truth.name,
+            "archive": args.archive.name,
             "observations": drawn["observations"],
             "withheld": drawn["withheld"],
             "steps": args.steps,
-            "work": str(work),
+            "work": work.name,
         },
     )
     print(f"wrote {path}")
