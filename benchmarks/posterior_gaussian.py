@@ -19,36 +19,17 @@ import argparse
 import time
 
 import numpy as np
-import pandas as pd
 import torch
 
 from _common import print_table, write_result
-from genda.assimilation.gaussian import GaussianFieldPrior, kalman_problem
+from genda.assimilation.gaussian import GaussianFieldPrior, kalman_problem, reference_observations
 from genda.assimilation.guidance import GaussianLikelihood, guided_denoiser
 from genda.grid import Grid
 from genda.models.sampling import sample
 from genda.observations.operators import ObservationOperator
 
 GRID = Grid.gaussian(4, 8, 3)
-OBSERVATIONS = pd.DataFrame(
-    [
-        {"lat": 40.0, "lon": 20.0, "alt_km": 90.0, "variable": "T"},
-        {"lat": -30.0, "lon": 200.0, "alt_km": 110.0, "variable": "T", "fwhm_km": 6.0},
-        {"lat": 60.0, "lon": 100.0, "alt_km": 85.0, "variable": "u"},
-        {"lat": 10.0, "lon": 300.0, "alt_km": 100.0, "variable": "v"},
-        {
-            "lat": 80.0,
-            "lon": 10.0,
-            "alt_km": 95.0,
-            "variable": "los",
-            "azimuth_deg": 45.0,
-            "elevation_deg": 60.0,
-        },
-        {"lat": -75.0, "lon": 250.0, "alt_km": 97.5, "variable": "u"},
-        {"lat": -10.0, "lon": 120.0, "alt_km": 82.0, "variable": "T"},
-        {"lat": 25.0, "lon": 160.0, "alt_km": 104.0, "variable": "v"},
-    ]
-).assign(time=np.datetime64("2000-01-01T00"), value=0.0, sigma=0.3)
+OBSERVATIONS = reference_observations()
 
 METHODS = {
     "mmps": {"iterations": 8},

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
-from genda.assimilation.gaussian import GaussianFieldPrior, kalman_problem
+from genda.assimilation.gaussian import GaussianFieldPrior, kalman_problem, reference_observations
 from genda.assimilation.guidance import GaussianLikelihood, guided_denoiser
 from genda.grid import Grid
 from genda.models.sampling import sample
@@ -18,23 +18,7 @@ MEMBERS = 2048
 
 
 def _observations() -> pd.DataFrame:
-    rows = [
-        {"lat": 40.0, "lon": 20.0, "alt_km": 90.0, "variable": "T"},
-        {"lat": -30.0, "lon": 200.0, "alt_km": 110.0, "variable": "T", "fwhm_km": 6.0},
-        {"lat": 60.0, "lon": 100.0, "alt_km": 85.0, "variable": "u"},
-        {"lat": 10.0, "lon": 300.0, "alt_km": 100.0, "variable": "v"},
-        {
-            "lat": 80.0,
-            "lon": 10.0,
-            "alt_km": 95.0,
-            "variable": "los",
-            "azimuth_deg": 45.0,
-            "elevation_deg": 60.0,
-        },
-        {"lat": -75.0, "lon": 250.0, "alt_km": 97.5, "variable": "u"},
-    ]
-    base = {"time": np.datetime64("2000-01-01T00"), "value": 0.0, "sigma": 0.3}
-    return pd.DataFrame([base | row for row in rows])
+    return reference_observations().iloc[:6]
 
 
 @pytest.fixture(scope="module")

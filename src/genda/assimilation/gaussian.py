@@ -22,6 +22,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import Tensor, nn
 
@@ -151,3 +152,27 @@ def kalman_problem(
     y = operator(truth) + sigma_y * noise
     mean, cov = prior.posterior(operator, y, sigma_y)
     return KalmanProblem(prior, operator, truth, y, sigma_y, mean, cov)
+
+
+def reference_observations(sigma: float = 0.3) -> pd.DataFrame:
+    """Eight observations of the reference experiment, errors ``sigma`` (in prior std).
+
+    Point T, u and v, a profile point with a 6 km kernel, a radar line-of-sight
+    wind near the pole: every kind of row the operators know, on the small
+    grids of the Kalman checks (``tests/test_guidance_kalman.py`` takes the
+    first six, ``benchmarks/posterior_gaussian.py`` all eight). Not validated
+    (``value`` is filled in by :func:`kalman_problem`'s draw).
+    """
+    los = {"variable": "los", "azimuth_deg": 45.0, "elevation_deg": 60.0}
+    rows = [
+        {"lat": 40.0, "lon": 20.0, "alt_km": 90.0, "variable": "T"},
+        {"lat": -30.0, "lon": 200.0, "alt_km": 110.0, "variable": "T", "fwhm_km": 6.0},
+        {"lat": 60.0, "lon": 100.0, "alt_km": 85.0, "variable": "u"},
+        {"lat": 10.0, "lon": 300.0, "alt_km": 100.0, "variable": "v"},
+        {"lat": 80.0, "lon": 10.0, "alt_km": 95.0} | los,
+        {"lat": -75.0, "lon": 250.0, "alt_km": 97.5, "variable": "u"},
+        {"lat": -10.0, "lon": 120.0, "alt_km": 82.0, "variable": "T"},
+        {"lat": 25.0, "lon": 160.0, "alt_km": 104.0, "variable": "v"},
+    ]
+    base = {"time": np.datetime64("2000-01-01T00"), "value": 0.0, "sigma": sigma}
+    return pd.DataFrame([base | row for row in rows])

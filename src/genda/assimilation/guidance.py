@@ -145,7 +145,6 @@ class MMPSGuidance(nn.Module):
         super().__init__()
         if iterations < 1:
             raise ValueError(f"MMPS needs at least one solver iteration, got {iterations}")
-        self.likelihood = likelihood
         self.mmps = MMPSDenoiser(
             _AzulaView(denoiser),
             y=likelihood.y,

@@ -154,16 +154,22 @@ def posterior_members(
     return torch.cat(out) if out else torch.empty(0, *prior.grid.shape)
 
 
-def observation_fit(members: torch.Tensor, obs: pd.DataFrame, grid: Any) -> dict[str, float]:
+def observation_fit(
+    members: torch.Tensor,
+    obs: pd.DataFrame,
+    grid: Any,
+    operator: ObservationOperator | None = None,
+) -> dict[str, float]:
     """How the ensemble fits the observations it was given.
 
     Returns the root-mean-square normalised innovation of the ensemble mean,
     ``sqrt(mean(((y - H mean) / sigma)^2))`` (about 1 for an analysis that fits
     within the errors; the prior's is usually much larger), the mean ensemble
-    spread at the observations over their error, and the count.
+    spread at the observations over their error, and the count. ``operator``
+    is the table's physical operator when the caller has it already.
     """
-    operator = ObservationOperator.from_table(obs, grid)
-    values = operator(members.double())  # (N, M)
+    operator = operator or ObservationOperator.from_table(obs, grid)
+    values = operator.to(dtype=torch.float64)(members.double())  # (N, M)
     y = torch.tensor(obs["value"].to_numpy(dtype=np.float64))
     sigma = torch.tensor(obs["sigma"].to_numpy(dtype=np.float64))
     innovation = (y - values.mean(0)) / sigma

@@ -242,6 +242,7 @@ def evaluate_paths(
     from genda.storage import open_archive
 
     ensemble = _open_ensemble(ensemble_path)
+    stored_attrs = dict(ensemble.attrs)  # the window's provenance, before any selection
     grid = Grid.from_dataset(ensemble)
     truth = open_archive(truth_path, variables=grid.variables)
     ensemble, truth, _ = align_time(ensemble, truth, time)
@@ -249,14 +250,13 @@ def evaluate_paths(
     obs = withheld = None
     if obs_path is not None or withheld_path is not None:
         from genda.observations import read_observations, validate_observations
+        from genda.observations.table import window_bounds
 
         # Withheld observations of another time would be scored against this one.
         window = None
         if len(verified) == 1:
-            half = np.timedelta64(
-                round(float(_attr(ensemble_path, "genda_window_hours", 1.0)) * 1800), "s"
-            )
-            window = (verified[0] - half, verified[0] + half)
+            hours = float(stored_attrs.get("genda_window_hours", 1.0))
+            window = window_bounds(verified[0], hours)
 
         def table(path: str | os.PathLike[str] | None, against: Grid) -> pd.DataFrame | None:
             if path is None:
@@ -296,11 +296,6 @@ def _times(ds: xr.Dataset) -> list[np.datetime64]:
     if "time" not in ds.coords:
         return []
     return [np.datetime64(t, "s") for t in np.atleast_1d(ds["time"].values)]
-
-
-def _attr(path: str | os.PathLike[str], key: str, default: Any) -> Any:
-    """A global attribute of a Zarr store, or ``default``."""
-    return xr.open_zarr(path).attrs.get(key, default)
 
 
 def _open_ensemble(path: str | os.PathLike[str]) -> xr.Dataset:

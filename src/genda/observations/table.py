@@ -182,6 +182,12 @@ def as_datetime64(value: object) -> np.datetime64:
     return np.datetime64(stamp.as_unit("ns").to_datetime64(), "ns")
 
 
+def window_bounds(time: np.datetime64, hours: float) -> tuple[np.datetime64, np.datetime64]:
+    """The assimilation window ``time +- hours / 2`` (inclusive bounds, to the second)."""
+    half = np.timedelta64(round(float(hours) * 1800.0), "s")
+    return (time - half, time + half)
+
+
 # ---------------------------------------------------------------------------- validation
 def validate_observations(
     df: pd.DataFrame,

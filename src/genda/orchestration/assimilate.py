@@ -27,7 +27,13 @@ from genda.assimilation.posterior import (
     window_seed,
 )
 from genda.models.checkpoint import load_checkpoint
-from genda.observations.table import as_datetime64, read_observations, validate_observations
+from genda.observations.operators import ObservationOperator
+from genda.observations.table import (
+    as_datetime64,
+    read_observations,
+    validate_observations,
+    window_bounds,
+)
 from genda.storage.ensemble import write_ensemble
 
 
@@ -41,10 +47,8 @@ def load_window_observations(
     path: str | os.PathLike[str], grid: Any, time: np.datetime64, window_hours: float
 ) -> pd.DataFrame:
     """Read and validate the observations of the window ``time +- window_hours / 2``."""
-    half = np.timedelta64(round(window_hours * 1800.0), "s")
-    return validate_observations(
-        read_observations(path), grid, window=(time - half, time + half), source=str(path)
-    )
+    window = window_bounds(time, window_hours)
+    return validate_observations(read_observations(path), grid, window=window, source=str(path))
 
 
 def assimilate_window(
@@ -142,9 +146,13 @@ def assimilate_window(
         "observations": 0 if obs is None else len(obs),
     }
     if obs is not None:
-        summary["fit"] = observation_fit(fields, obs, prior.grid)
+        operator = ObservationOperator.from_table(obs, prior.grid)  # once, for both fits
+        summary["fit"] = observation_fit(fields, obs, prior.grid, operator)
         # The reference: the prior's training mean per variable and level.
         summary["level_mean_fit"] = observation_fit(
-            prior.normalization.denormalize(torch.zeros(1, *prior.grid.shape)), obs, prior.grid
+            prior.normalization.denormalize(torch.zeros(1, *prior.grid.shape)),
+            obs,
+            prior.grid,
+            operator,
         )
     return summary
