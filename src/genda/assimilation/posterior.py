@@ -26,6 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from genda.assimilation.guidance import GUIDANCE_METHODS, GaussianLikelihood, guided_denoiser
+from genda.grid import Grid
 from genda.models.checkpoint import LoadedPrior
 from genda.models.data import stable_seed
 from genda.models.sampling import METHODS as SAMPLERS
@@ -157,7 +158,7 @@ def posterior_members(
 def observation_fit(
     members: torch.Tensor,
     obs: pd.DataFrame,
-    grid: Any,
+    grid: Grid,
     operator: ObservationOperator | None = None,
 ) -> dict[str, float]:
     """How the ensemble fits the observations it was given.
