@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Annotated
 
+import numpy as np
 import typer
 from rich.console import Console, Group
 from rich.table import Table
@@ -386,15 +387,28 @@ def observe(
         console.print(f"withheld      {result['paths']['withheld']} ({result['withheld']})")
 
 
+def _batch_size(text: str) -> tuple[int, bool]:
+    """``--batch-size``: a positive integer, or ``auto`` (probe the device) -> (size, auto)."""
+    if text.strip().lower() == "auto":
+        return 8, True
+    try:
+        value = int(text)
+    except ValueError:
+        raise _fail(f"--batch-size takes a positive integer or 'auto', got {text!r}") from None
+    if value < 1:
+        raise _fail(f"--batch-size must be >= 1, got {value}")
+    return value, False
+
+
 @app.command()
 def assimilate(
     obs: Annotated[
         Path | None, typer.Option(help="Observation table; omit to sample the prior.")
     ] = None,
     time_: Annotated[str, typer.Option("--time", help="Centre of the window, ISO (UTC).")] = "",
-    out: Annotated[Path, typer.Option(help="Ensemble store to write (Zarr v3).")] = Path(
-        "ensemble.zarr"
-    ),
+    out: Annotated[
+        Path, typer.Option(help="Ensemble store (Zarr v3); created, or the window added.")
+    ] = Path("ensemble.zarr"),
     checkpoint: Annotated[
         str, typer.Option(help="Checkpoint directory, or default / default-layer2d.")
     ] = "default",
@@ -408,7 +422,9 @@ def assimilate(
     corrections: Annotated[
         int | None, typer.Option(help="Langevin corrections per step (SDA default 1).")
     ] = None,
-    batch_size: Annotated[int, typer.Option(help="Members per denoiser batch.")] = 8,
+    batch_size: Annotated[
+        str, typer.Option(help="Members per denoiser batch, or 'auto' (probe each GPU).")
+    ] = "8",
     layers_per_batch: Annotated[
         int | None, typer.Option(help="layer2d: layers per network call (memory knob).")
     ] = None,
@@ -416,18 +432,36 @@ def assimilate(
         float, typer.Option(help="Observations within time +- window/2 are used.")
     ] = 1.0,
     seed: Annotated[int, typer.Option(help="Experiment seed (hashed with the time).")] = 0,
-    device: Annotated[str, typer.Option(help="torch device.")] = "cpu",
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing store.")] = False,
+    device: Annotated[str, typer.Option(help="torch device: cpu or cuda.")] = "cpu",
+    workers: Annotated[
+        int, typer.Option(help="Ray actors (one per GPU with cuda); 0: in this process.")
+    ] = 0,
+    threads_per_worker: Annotated[
+        int, typer.Option(help="CPU workers: torch threads (Ray CPUs) per actor.")
+    ] = 1,
+    ray_address: Annotated[
+        str | None,
+        typer.Option(help="Running Ray cluster (else RAY_ADDRESS, else start a local one)."),
+    ] = None,
+    members_per_shard: Annotated[
+        int | None, typer.Option(help="New store: members per shard file (1: no sharding).")
+    ] = None,
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace an existing store (all its windows).")
+    ] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
-    """Sample a posterior ensemble for one window and write it to a Zarr store."""
+    """Sample a posterior ensemble for one window into a Zarr store; a rerun fills what is missing."""
     from genda.assimilation.posterior import PosteriorSettings
+    from genda.ensemble import EnsembleRunError
     from genda.models.checkpoint import CheckpointError
     from genda.observations import ObservationError
     from genda.orchestration.assimilate import assimilate_window
+    from genda.storage import EnsembleStoreError
 
     if not time_:
         raise _fail("--time is required (the centre of the window, e.g. 2000-02-10T12:00)")
+    size, auto_batch = _batch_size(batch_size)
     try:
         settings = PosteriorSettings(
             method=method,
@@ -437,7 +471,7 @@ def assimilate(
             zeta=zeta,
             gamma=gamma,
             corrections=corrections,
-            batch_size=batch_size,
+            batch_size=size,
         )
         result = assimilate_window(
             checkpoint,
@@ -450,17 +484,39 @@ def assimilate(
             window_hours=window_hours,
             layers_per_batch=layers_per_batch,
             device=device,
+            workers=workers,
+            threads_per_worker=threads_per_worker,
+            ray_address=ray_address,
+            auto_batch=auto_batch,
+            members_per_shard=members_per_shard,
             overwrite=overwrite,
             progress=progress,
         )
-    except (CheckpointError, ObservationError, OSError, ValueError) as error:
+    except (
+        CheckpointError,
+        EnsembleStoreError,
+        EnsembleRunError,
+        ObservationError,
+        OSError,
+        ValueError,
+    ) as error:
         raise _fail(str(error)) from error
     table = Table(title=f"{result['method']} ensemble", header_style="bold", show_header=False)
-    table.add_row("store", result["store"])
+    table.add_row("store", f"{result['store']} (window {result['time']})")
     table.add_row("members", f"{result['members']} ({result['strategy']}, {result['steps']} steps)")
-    table.add_row(
-        "time", f"{result['seconds']:.1f} s ({result['members_per_second']:.2f} members/s)"
-    )
+    where = "this process" if not result["workers"] else f"{result['workers']} Ray workers"
+    if result["cluster"]:
+        where += f" on {result['cluster']}"
+    if result["written"]:
+        rate = f"{result['members_per_second']:.2f} members/s"
+        table.add_row(
+            "made now",
+            f"{result['written']} in {result['seconds']:.1f} s ({rate}, {where}, "
+            f"batch {result['batch_size']})",
+        )
+    if result["already_complete"]:
+        table.add_row("already stored", str(result["already_complete"]))
+    table.add_row("failures retried", str(result["failures_retried"]))
     if "fit" in result:
         fit, clim = result["fit"], result["level_mean_fit"]
         table.add_row("observations", str(result["observations"]))
@@ -470,6 +526,53 @@ def assimilate(
             f"{clim['rms_normalised_innovation']:.2f} training mean per level",
         )
         table.add_row("spread at obs / sigma", f"{fit['mean_spread_over_sigma']:.2f}")
+    console.print(table)
+
+
+@app.command()
+def query(
+    store: Annotated[Path, typer.Argument(help="Ensemble store (Zarr).")],
+    var: Annotated[str, typer.Option(help="Variable: u, v or T.")],
+    alt: Annotated[float, typer.Option(help="Altitude (km); the nearest level is used.")],
+    time_: Annotated[
+        str | None, typer.Option("--time", help="One window (ISO); default: every window.")
+    ] = None,
+    stat: Annotated[
+        str, typer.Option(help="mean, std, q05, q50, q95, or members.")
+    ] = "mean",
+    out: Annotated[
+        Path | None, typer.Option(help="Write the result to .csv or .nc; else print a summary.")
+    ] = None,
+) -> None:
+    """One variable of an ensemble store at one level: a statistic or the members."""
+    from genda.storage import EnsembleStoreError
+    from genda.storage import query as query_store
+    from genda.storage.ensemble_store import to_file
+
+    try:
+        da = query_store(store, var, alt, time=time_, stat=stat)  # type: ignore[arg-type]
+        if out is not None:
+            to_file(da, out)
+    except (EnsembleStoreError, FileNotFoundError, KeyError, ValueError) as error:
+        raise _fail(str(error.args[0] if isinstance(error, KeyError) else error)) from error
+    values = da.values
+    table = Table(
+        title=f"{var} {stat} at {float(da['altitude']):g} km",
+        header_style="bold",
+        show_header=False,
+    )
+    table.add_row("dims", ", ".join(f"{d} {n}" for d, n in da.sizes.items()))
+    if "time" in da.dims:
+        times = [str(t)[:19] for t in da["time"].values]
+        table.add_row("windows", f"{times[0]} .. {times[-1]}" if times else "none")
+    if values.size:
+        units = da.attrs.get("units", "")
+        table.add_row(
+            "min / mean / max",
+            f"{np.nanmin(values):.4g} / {np.nanmean(values):.4g} / {np.nanmax(values):.4g} {units}",
+        )
+    if out is not None:
+        table.add_row("written", str(out))
     console.print(table)
 
 

@@ -102,6 +102,53 @@ def likelihood_for(
     return GaussianLikelihood(operator, y, sigma).to(device, torch.float32)
 
 
+def posterior_denoiser(
+    prior: LoadedPrior,
+    obs: pd.DataFrame | None,
+    settings: PosteriorSettings,
+    device: torch.device | str = "cpu",
+) -> Any:
+    """The denoiser to sample the window with: the prior's, guided by ``obs`` when given.
+
+    Building it (the observation operator from the table) is the costly part
+    that a worker holding the prior does once per window, not per batch.
+    """
+    if obs is None:
+        return prior.denoiser
+    likelihood = likelihood_for(prior, obs, device)
+    return guided_denoiser(prior.denoiser, likelihood, settings.method, **settings.guidance_options())
+
+
+def sample_members(
+    prior: LoadedPrior,
+    denoiser: Any,
+    members: Sequence[int],
+    seed: int,
+    settings: PosteriorSettings,
+    *,
+    guided: bool,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """One batch: members ``(len(members), V, L, H, W)`` in physical units, on the CPU.
+
+    ``denoiser`` comes from :func:`posterior_denoiser`; ``guided`` says
+    whether it carries observations (Langevin corrections apply only then).
+    The batch is sampled in one pass: ``members`` is the batch.
+    """
+    x = sample(
+        denoiser,
+        prior.grid.shape,
+        [int(m) for m in members],
+        seed,
+        steps=settings.steps,
+        method=settings.sampler,  # type: ignore[arg-type]
+        sigma_max=settings.sigma_max,
+        corrections=settings.langevin_corrections if guided else 0,
+        device=device,
+    )
+    return prior.normalization.denormalize(x).cpu()
+
+
 def posterior_members(
     prior: LoadedPrior,
     obs: pd.DataFrame | None,
@@ -119,7 +166,8 @@ def posterior_members(
         obs: a table validated against ``prior.grid``
             (:func:`genda.observations.validate_observations`); ``None`` draws
             from the prior (the unconditional baseline).
-        members: member indices.
+        members: member indices, sampled in consecutive batches of
+            ``settings.batch_size``.
         seed: the window seed (:func:`window_seed`).
         settings: method, steps and batch size.
         device: where the prior lives and sampling runs.
@@ -127,30 +175,18 @@ def posterior_members(
     """
     settings = settings or PosteriorSettings()
     members = [int(m) for m in members]
-    denoiser: Any = prior.denoiser
-    if obs is not None:
-        likelihood = likelihood_for(prior, obs, device)
-        denoiser = guided_denoiser(
-            prior.denoiser, likelihood, settings.method, **settings.guidance_options()
-        )
+    denoiser = posterior_denoiser(prior, obs, settings, device)
     out = []
     batches = [
         members[i : i + settings.batch_size] for i in range(0, len(members), settings.batch_size)
     ]
     with tqdm(total=len(members), desc="members", unit="member", disable=not progress) as bar:
         for batch in batches:
-            x = sample(
-                denoiser,
-                prior.grid.shape,
-                batch,
-                seed,
-                steps=settings.steps,
-                method=settings.sampler,  # type: ignore[arg-type]
-                sigma_max=settings.sigma_max,
-                corrections=settings.langevin_corrections if obs is not None else 0,
-                device=device,
+            out.append(
+                sample_members(
+                    prior, denoiser, batch, seed, settings, guided=obs is not None, device=device
+                )
             )
-            out.append(prior.normalization.denormalize(x).cpu())
             bar.update(len(batch))
     return torch.cat(out) if out else torch.empty(0, *prior.grid.shape)
 
@@ -171,6 +207,16 @@ def observation_fit(
     """
     operator = operator or ObservationOperator.from_table(obs, grid)
     values = operator.to(dtype=torch.float64)(members.double())  # (N, M)
+    return fit_of_values(values, obs)
+
+
+def fit_of_values(values: torch.Tensor, obs: pd.DataFrame) -> dict[str, float]:
+    """:func:`observation_fit` from the members' values at the observations ``(N, M)``.
+
+    For ensembles too large to hold: apply the operator block by block and
+    concatenate the (small) values.
+    """
+    values = values.double()
     y = torch.tensor(obs["value"].to_numpy(dtype=np.float64))
     sigma = torch.tensor(obs["sigma"].to_numpy(dtype=np.float64))
     innovation = (y - values.mean(0)) / sigma
@@ -184,8 +230,11 @@ def observation_fit(
 
 __all__ = [
     "PosteriorSettings",
+    "fit_of_values",
     "likelihood_for",
     "observation_fit",
+    "posterior_denoiser",
     "posterior_members",
+    "sample_members",
     "window_seed",
 ]

@@ -117,7 +117,7 @@ def evaluate_ensemble(
     Args:
         ensemble: ``(member, altitude, latitude, longitude)`` (and perhaps a
             length-1 ``time``), u, v, T in physical units; other variables
-            (``u_mean``, ``u_spread``, ...) are ignored.
+            (``u_mean``, ``u_std``, ...) are ignored.
         truth: the same grid without ``member`` (a ``time`` is reduced to the
             ensemble's, :func:`~genda.evaluation.scores.align_time`).
         out_dir: folder for ``metrics.json`` and the PNGs (created).
@@ -242,7 +242,6 @@ def evaluate_paths(
     from genda.storage import open_archive
 
     ensemble = _open_ensemble(ensemble_path)
-    stored_attrs = dict(ensemble.attrs)  # the window's provenance, before any selection
     grid = Grid.from_dataset(ensemble)
     truth = open_archive(truth_path, variables=grid.variables)
     ensemble, truth, _ = align_time(ensemble, truth, time)
@@ -255,8 +254,7 @@ def evaluate_paths(
         # Withheld observations of another time would be scored against this one.
         window = None
         if len(verified) == 1:
-            hours = float(stored_attrs.get("genda_window_hours", 1.0))
-            window = window_bounds(verified[0], hours)
+            window = window_bounds(verified[0], _window_hours(ensemble_path, verified[0]))
 
         def table(path: str | os.PathLike[str] | None, against: Grid) -> pd.DataFrame | None:
             if path is None:
@@ -289,6 +287,16 @@ def evaluate_paths(
         baselines=baselines,
         level_km=level_km,
     )
+
+
+def _window_hours(path: str | os.PathLike[str], time: np.datetime64) -> float:
+    """The window length recorded for ``time`` in a genda ensemble store (1 h for other stores)."""
+    from genda.storage.ensemble_store import EnsembleStore, EnsembleStoreError
+
+    try:
+        return float(EnsembleStore.open(path).provenance(time).get("window_hours", 1.0))
+    except EnsembleStoreError:
+        return 1.0
 
 
 def _times(ds: xr.Dataset) -> list[np.datetime64]:

@@ -613,6 +613,11 @@ class LoadedPrior:
         return self.denoiser.sigma_data
 
     @property
+    def weights_sha256(self) -> str:
+        """SHA-256 of ``model.safetensors``: the identity of the weights (checked at loading)."""
+        return str(self.config["files"][MODEL_FILE]["sha256"])
+
+    @property
     def fingerprint(self) -> str | None:
         """Fingerprint of the training archive, if recorded."""
         value = self.config.get("archive", {}).get("fingerprint")

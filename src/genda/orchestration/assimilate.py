@@ -1,17 +1,18 @@
-"""One assimilation window in one process: observations file + checkpoint -> ensemble store.
+"""One assimilation window: observations file + checkpoint -> a window of an ensemble store.
 
-``assimilate_window`` is what ``genda assimilate`` runs: it loads and checks
-everything before any sampling (a bad checkpoint, observation table or time
-fails in seconds and writes nothing), samples the posterior members, and
-writes the store atomically (:mod:`genda.storage.ensemble`) with the window's
-provenance.
+``assimilate_window`` is what ``genda assimilate`` runs. It loads and checks
+everything before any sampling (a bad checkpoint, observation table, time or
+store fails in seconds and writes nothing), registers the window in the
+multi-window store (:class:`genda.storage.ensemble_store.EnsembleStore`) with
+its provenance, makes the members that are missing (all of them the first
+time, the gaps after an interruption), in this process or on Ray actors
+(:mod:`genda.ensemble`), and writes the window's statistics.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-import time as clock
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +21,11 @@ import pandas as pd
 import torch
 
 from genda import __version__
-from genda.assimilation.posterior import (
-    PosteriorSettings,
-    observation_fit,
-    posterior_members,
-    window_seed,
-)
-from genda.models.checkpoint import load_checkpoint
+from genda.assimilation.posterior import PosteriorSettings, fit_of_values, window_seed
+from genda.ensemble import MemberGenerator, WindowJob, WorkerSpec, complete_window
+from genda.ensemble.scheduler import ActorPool
+from genda.ensemble.work import set_layers_per_batch
+from genda.models.checkpoint import LoadedPrior, load_checkpoint
 from genda.observations.operators import ObservationOperator
 from genda.observations.table import (
     as_datetime64,
@@ -34,7 +33,10 @@ from genda.observations.table import (
     validate_observations,
     window_bounds,
 )
-from genda.storage.ensemble import write_ensemble
+from genda.storage.ensemble_store import EnsembleStore
+
+FIT_BLOCK_MEMBERS = 32
+"""Members read back at a time to compute the fit to the observations."""
 
 
 def observation_fingerprint(obs: pd.DataFrame) -> str:
@@ -51,6 +53,51 @@ def load_window_observations(
     return validate_observations(read_observations(path), grid, window=window, source=str(path))
 
 
+def window_provenance(
+    prior: LoadedPrior,
+    obs: pd.DataFrame | None,
+    settings: PosteriorSettings,
+    seed: int,
+    time: np.datetime64,
+    window_hours: float,
+) -> dict[str, Any]:
+    """What determines a window's members, recorded in the store and compared on reruns.
+
+    The batch size is left out: it is a memory knob, and members made with
+    another one differ only by float rounding (~1e-5 of the field).
+    """
+    sampling = {k: v for k, v in settings.to_dict().items() if k != "batch_size"}
+    return {
+        "kind": "posterior" if obs is not None else "prior",
+        "method": settings.method if obs is not None else "prior",
+        "settings": sampling,
+        "checkpoint_sha256": prior.weights_sha256,
+        "checkpoint_strategy": prior.strategy.name,
+        "checkpoint_step": prior.step,
+        "checkpoint_archive_fingerprint": prior.fingerprint or "",
+        "seed": int(seed),
+        "window_seed": str(window_seed(seed, time)),
+        "window_hours": float(window_hours),
+        "observations_sha256": "" if obs is None else observation_fingerprint(obs),
+        "observations_count": 0 if obs is None else len(obs),
+        "genda_version": __version__,
+    }
+
+
+def ensemble_fit(
+    store: EnsembleStore, time: np.datetime64, obs: pd.DataFrame, operator: ObservationOperator
+) -> dict[str, float]:
+    """:func:`~genda.assimilation.posterior.observation_fit` of a stored window, read in blocks.
+
+    ``operator`` is the table's physical operator in float64.
+    """
+    values = []
+    for lo in range(0, store.n_members, FIT_BLOCK_MEMBERS):
+        block = range(lo, min(lo + FIT_BLOCK_MEMBERS, store.n_members))
+        values.append(operator(torch.from_numpy(store.read_members(time, block)).double()))
+    return fit_of_values(torch.cat(values), obs)
+
+
 def assimilate_window(
     checkpoint: str | os.PathLike[str],
     observations: str | os.PathLike[str] | None,
@@ -63,96 +110,123 @@ def assimilate_window(
     window_hours: float = 1.0,
     layers_per_batch: int | None = None,
     device: str = "cpu",
+    workers: int = 0,
+    threads_per_worker: int = 1,
+    ray_address: str | None = None,
+    pool: ActorPool | None = None,
+    auto_batch: bool = False,
+    members_per_shard: int | None = None,
     overwrite: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Sample ``members`` posterior members for the window at ``time`` and write ``out``.
+    """Complete the window at ``time`` in the ensemble store ``out`` (created when absent).
 
     Args:
         checkpoint: a checkpoint directory or a shipped name (``default``, ``default-layer2d``).
         observations: CSV, Parquet or NetCDF table (docs/observations.md);
             ``None`` samples the prior (the unconditional baseline).
         time: the window's centre (ISO text or datetime64), naive UTC.
-        out: the ensemble store to write (Zarr v3 directory).
-        members: ensemble size.
+        out: the ensemble store (Zarr v3 directory); it may hold other windows.
+        members: ensemble size (a store's is fixed at its creation).
         settings: guidance method, steps, batch size (:class:`PosteriorSettings`;
             its defaults when ``None``).
         seed: the experiment's seed; the window seed is a hash of it and ``time``.
         window_hours: observations within ``time +- window_hours / 2`` are accepted.
         layers_per_batch: ``layer2d`` only: layers per network call (the memory knob).
-        device: torch device.
-        overwrite: replace an existing store.
+        device: torch device: ``cpu`` or ``cuda`` (Ray workers take one GPU each).
+        workers: Ray actors to spread the members over; 0 samples in this process.
+        threads_per_worker: CPU workers: torch threads (and Ray CPUs) per actor.
+        ray_address: a running Ray cluster (else ``RAY_ADDRESS``, else a local one).
+        pool: live Ray actors to use (overrides ``workers``; left running).
+        auto_batch: probe the device for the batch size (GPUs; CPUs keep ``settings``').
+        members_per_shard: sharding of a new store (``None``: automatic).
+        overwrite: replace an existing store (every window in it).
         progress: progress bar over members.
 
     Returns:
-        A summary: paths, counts, timing, and the fit to the observations.
+        A summary: store, counts, timing (members/s over the members made now),
+        retries, and the fit to the observations.
+
+    Raises:
+        EnsembleStoreError: the store holds another grid or ensemble size, or
+            this window with other provenance (other observations, settings or
+            checkpoint).
     """
     if members < 1:
         raise ValueError(f"members must be >= 1, got {members}")
+    if workers < 0:
+        raise ValueError(f"--workers must be >= 0, got {workers}")
     if not (window_hours >= 0 and np.isfinite(window_hours)):
         raise ValueError(f"--window-hours must be a finite number >= 0, got {window_hours}")
     if layers_per_batch is not None and layers_per_batch < 1:
         raise ValueError(f"--layers-per-batch must be >= 1, got {layers_per_batch}")
     settings = settings or PosteriorSettings()
-    out = Path(out)
-    if (out.exists() or out.is_symlink()) and not overwrite:
-        raise FileExistsError(f"{out} exists; pass overwrite=True (--overwrite) to replace it")
     when = as_datetime64(time)
-    prior = load_checkpoint(checkpoint, device=device)
+    in_process = workers == 0 and pool is None
+    # The driver loads the prior to check the grid and the observations; it
+    # samples with it only in-process (actors load their own copy).
+    prior = load_checkpoint(checkpoint, device=device if in_process else "cpu")
     if layers_per_batch is not None:
-        if not hasattr(prior.strategy, "layers_per_batch"):
-            raise ValueError(
-                f"--layers-per-batch applies to layer2d priors, not {prior.strategy.name}"
-            )
-        prior.strategy.layers_per_batch = layers_per_batch  # type: ignore[attr-defined]
+        set_layers_per_batch(prior, layers_per_batch)
     obs = None
     if observations is not None:
         obs = load_window_observations(observations, prior.grid, when, window_hours)
-    seed_of_window = window_seed(seed, when)
+    provenance = window_provenance(prior, obs, settings, seed, when, window_hours)
+    spec = None
+    if not in_process:
+        spec = WorkerSpec(str(prior.path), device, threads_per_worker, layers_per_batch)
 
-    started = clock.perf_counter()
-    fields = posterior_members(
-        prior, obs, range(members), seed_of_window, settings, device=device, progress=progress
+    title = "genda posterior ensemble" if obs is not None else "genda prior ensemble"
+    store = EnsembleStore.open_or_create(
+        out,
+        prior.grid,
+        members,
+        {"title": title, "source": f"genda {__version__}"},
+        members_per_shard=members_per_shard,
+        overwrite=overwrite,
     )
-    elapsed = clock.perf_counter() - started
-    attrs = {
-        "title": "genda posterior ensemble" if obs is not None else "genda prior ensemble",
-        "source": f"genda {__version__}",
-        "genda_version": __version__,
-        "genda_window_time": str(np.datetime64(when, "s")),
-        "genda_window_hours": window_hours,
-        "genda_checkpoint": str(prior.path),
-        "genda_checkpoint_strategy": prior.strategy.name,
-        "genda_checkpoint_archive_fingerprint": prior.fingerprint or "",
-        "genda_checkpoint_step": prior.step,
-        "genda_method": settings.method if obs is not None else "prior",
-        "genda_settings": settings.to_dict(),
-        "genda_seed": seed,
-        "genda_window_seed": str(seed_of_window),
-        "genda_observations": "" if observations is None else str(observations),
-        "genda_observations_fingerprint": "" if obs is None else observation_fingerprint(obs),
-        "genda_observations_count": 0 if obs is None else len(obs),
-        "genda_sampling_seconds": round(elapsed, 3),
-    }
-    write_ensemble(out, fields.numpy(), prior.grid, when, attrs, overwrite=overwrite)
+    store.add_window(when, provenance)
+    job = WindowJob(
+        store,
+        when,
+        window_seed(seed, when),
+        settings,
+        obs,
+        provenance["observations_sha256"],
+    )
+    report = complete_window(
+        job,
+        workers=workers,
+        spec=spec,
+        generator=MemberGenerator(str(prior.path), device, prior=prior) if in_process else None,
+        pool=pool,
+        address=ray_address,
+        auto_batch=auto_batch,
+        progress=progress,
+    )
+    run = report.run
     summary: dict[str, Any] = {
-        "store": str(out),
+        "store": str(store.path),
+        "time": str(np.datetime64(when, "s")),
         "members": members,
+        "written": run.written,
+        "already_complete": report.already_complete,
         "strategy": prior.strategy.name,
-        "method": attrs["genda_method"],
+        "method": provenance["method"],
         "steps": settings.steps,
-        "seconds": elapsed,
-        "members_per_second": members / elapsed if elapsed > 0 else float("nan"),
+        "batch_size": report.batch_size,
+        "workers": report.workers,
+        "cluster": report.cluster,
+        "seconds": run.seconds,
+        "members_per_second": run.members_per_second,
+        "failures_retried": run.failures_retried,
+        "by_worker": run.by_worker,
         "observations": 0 if obs is None else len(obs),
     }
     if obs is not None:
-        operator = ObservationOperator.from_table(obs, prior.grid)  # once, for both fits
-        summary["fit"] = observation_fit(fields, obs, prior.grid, operator)
+        operator = ObservationOperator.from_table(obs, prior.grid).to(dtype=torch.float64)
+        summary["fit"] = ensemble_fit(store, when, obs, operator)
         # The reference: the prior's training mean per variable and level.
-        summary["level_mean_fit"] = observation_fit(
-            prior.normalization.denormalize(torch.zeros(1, *prior.grid.shape)),
-            obs,
-            prior.grid,
-            operator,
-        )
+        level_mean = prior.normalization.denormalize(torch.zeros(1, *prior.grid.shape))
+        summary["level_mean_fit"] = fit_of_values(operator(level_mean.double()), obs)
     return summary

@@ -2,8 +2,8 @@
 
 ``baseline_window`` mirrors :func:`genda.orchestration.assimilate.assimilate_window`
 so that the baselines are scored exactly like the diffusion posterior: the
-same observation checks (against the archive's grid), the same store format
-(:mod:`genda.storage.ensemble`) and the same summary. Methods
+same observation checks (against the archive's grid), the same multi-window
+store (:class:`genda.storage.ensemble_store.EnsembleStore`) and the same summary. Methods
 (:mod:`genda.assimilation.baselines`, docs/baselines.md):
 
 * ``"climatology"``: ``members`` archive states at random times away from the window;
@@ -12,8 +12,8 @@ same observation checks (against the archive's grid), the same store format
 * ``"enkf"``: ``members`` stochastic EnKF members updated with the localised
   gain of ``climatology_size`` climatological states.
 
-Everything is checked before any computing and the store is written
-atomically, so a bad archive, observation table or time writes nothing.
+Everything is checked before any computing and the members are written only
+once computed, so a bad archive, observation table or time writes nothing.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from genda.assimilation.posterior import observation_fit, window_seed
 from genda.grid import Grid
 from genda.observations.table import as_datetime64
 from genda.orchestration.assimilate import load_window_observations, observation_fingerprint
-from genda.storage.ensemble import write_ensemble
+from genda.storage.ensemble_store import EnsembleStore
 from genda.storage.readers import open_archive
 
 
@@ -81,7 +81,7 @@ def baseline_window(
             required for ``"oi"`` and ``"enkf"``; with ``"climatology"`` it is
             optional and only used for the fit in the summary.
         time: the window's centre (ISO text or datetime64), naive UTC.
-        out: the ensemble store to write (Zarr v3 directory).
+        out: the ensemble store (Zarr v3 directory; created when absent, may hold other windows).
         method: ``"enkf"``, ``"oi"`` or ``"climatology"``.
         members: ensemble size (``"oi"`` always writes one member).
         climatology_size: ``K``, the climatological states behind ``B`` (``"oi"``, ``"enkf"``).
@@ -91,7 +91,7 @@ def baseline_window(
         horizontal_km: Gaspari-Cohn half-width in great-circle distance (support twice that).
         vertical_km: Gaspari-Cohn half-width in altitude.
         exclude_hours: archive times within this many hours of ``time`` are never drawn.
-        overwrite: replace an existing store.
+        overwrite: replace an existing store (every window in it).
 
     Returns:
         A summary with the keys of ``assimilate_window``'s: ``store``,
@@ -118,8 +118,6 @@ def baseline_window(
             raise ValueError(f"the {method!r} baseline needs observations; got none")
     localization = Localization(horizontal_km, vertical_km)
     out = Path(out)
-    if (out.exists() or out.is_symlink()) and not overwrite:
-        raise FileExistsError(f"{out} exists; pass overwrite=True (--overwrite) to replace it")
     when = as_datetime64(time)
     ds = open_archive(archive)
     grid = Grid.from_dataset(ds)
@@ -156,24 +154,30 @@ def baseline_window(
         "vertical_km": None if method == "climatology" else _finite(vertical_km),
         "perturbed_observations": method == "enkf",
     }
-    attrs = {
-        "title": f"genda baseline ensemble ({method})",
-        "source": f"genda {__version__}",
+    provenance = {
+        "kind": "baseline",
+        "method": method,
+        "settings": settings,
+        "archive": str(Path(archive).resolve()),
+        "seed": int(seed),
+        "window_seed": str(window_seed(seed, when)),
+        "window_hours": float(window_hours),
+        "climatology_times": [str(np.datetime64(t, "s")) for t in draw.times],
+        "observations_sha256": "" if obs is None else observation_fingerprint(obs),
+        "observations_count": 0 if obs is None else len(obs),
         "genda_version": __version__,
-        "genda_window_time": str(np.datetime64(when, "s")),
-        "genda_window_hours": window_hours,
-        "genda_archive": str(archive),
-        "genda_method": method,
-        "genda_settings": settings,
-        "genda_seed": seed,
-        "genda_window_seed": str(window_seed(seed, when)),
-        "genda_climatology_times": [str(np.datetime64(t, "s")) for t in draw.times],
-        "genda_observations": "" if observations is None else str(observations),
-        "genda_observations_fingerprint": "" if obs is None else observation_fingerprint(obs),
-        "genda_observations_count": 0 if obs is None else len(obs),
-        "genda_sampling_seconds": round(elapsed, 3),
     }
-    write_ensemble(out, fields, grid, when, attrs, overwrite=overwrite)
+    store = EnsembleStore.open_or_create(
+        out,
+        grid,
+        written,
+        {"title": f"genda baseline ensemble ({method})", "source": f"genda {__version__}"},
+        overwrite=overwrite,
+    )
+    store.add_window(when, provenance)
+    for batch in store.shard_batches(store.missing(when)):
+        store.write_members(when, batch, np.asarray(fields)[batch])
+    store.finalize(when)
     summary: dict[str, Any] = {
         "store": str(out),
         "members": written,

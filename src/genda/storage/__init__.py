@@ -6,10 +6,19 @@
   lazily in genda's conventions, optionally regridded to a :class:`~genda.grid.Grid`
   (:func:`genda.storage.regrid.regrid`; the function is not re-exported here so
   that ``genda.storage.regrid`` stays the module);
-- :func:`summarize` gives the shape, time range and per-variable statistics.
+- :func:`summarize` gives the shape, time range and per-variable statistics;
+- :class:`EnsembleStore` holds posterior ensembles of many windows;
+  :func:`open_ensemble` opens one lazily, :func:`query` picks a level and a
+  statistic (docs/store.md).
 """
 
 from genda.storage.archive import consolidate, provenance_attrs, read_normalization, write_archive
+from genda.storage.ensemble_store import (
+    EnsembleStore,
+    EnsembleStoreError,
+    open_ensemble,
+    query,
+)
 from genda.storage.errors import ArchiveError
 from genda.storage.readers import open_archive, open_raw, to_genda_conventions
 from genda.storage.summary import ArchiveSummary, VariableSummary, summarize
@@ -17,11 +26,15 @@ from genda.storage.summary import ArchiveSummary, VariableSummary, summarize
 __all__ = [
     "ArchiveError",
     "ArchiveSummary",
+    "EnsembleStore",
+    "EnsembleStoreError",
     "VariableSummary",
     "consolidate",
     "open_archive",
+    "open_ensemble",
     "open_raw",
     "provenance_attrs",
+    "query",
     "read_normalization",
     "summarize",
     "to_genda_conventions",

@@ -338,8 +338,7 @@ class EnsembleStore:
         if attrs.get(KIND_ATTR) != STORE_KIND:
             raise EnsembleStoreError(
                 f"{path} is not a genda ensemble store (its {KIND_ATTR!r} attribute is "
-                f"{attrs.get(KIND_ATTR)!r}, expected {STORE_KIND!r}); a single-window store "
-                "of `genda assimilate` opens with genda.storage.ensemble.open_ensemble"
+                f"{attrs.get(KIND_ATTR)!r}, expected {STORE_KIND!r}); open other Zarr stores with xarray.open_zarr"
             )
         if attrs.get(VERSION_ATTR) != STORE_VERSION:
             raise EnsembleStoreError(
@@ -369,6 +368,41 @@ class EnsembleStore:
         if absent:
             raise EnsembleStoreError(f"{path} lacks the arrays {absent}")
         return cls(path, grid, members, per_shard)
+
+    @classmethod
+    def open_or_create(
+        cls,
+        path: str | os.PathLike[str],
+        grid: Grid,
+        members: int,
+        attrs: Mapping[str, Any] | None = None,
+        *,
+        members_per_shard: int | None = None,
+        overwrite: bool = False,
+    ) -> EnsembleStore:
+        """The store at ``path``, created when absent (or when ``overwrite``) with :meth:`create`.
+
+        An existing store must be on ``grid`` with ``members`` members per
+        window; otherwise the error says what differs (its ``attrs`` are kept).
+        """
+        path = Path(path)
+        if overwrite or not (path.exists() or path.is_symlink()):
+            return cls.create(
+                path, grid, members, attrs, members_per_shard=members_per_shard, overwrite=overwrite
+            )
+        store = cls.open(path)
+        differ = store.grid.differences(grid)
+        if differ:
+            raise EnsembleStoreError(
+                f"{path} holds ensembles on another grid ({'; '.join(differ)}); "
+                "use another store or --overwrite"
+            )
+        if store.n_members != members:
+            raise EnsembleStoreError(
+                f"{path} holds {store.n_members} members per window, {members} were asked for; "
+                f"ask for {store.n_members}, or use another store or --overwrite"
+            )
+        return store
 
     # ------------------------------------------------------------------ windows
     def _windows(self, group: zarr.Group | None = None) -> dict[str, dict[str, Any]]:
@@ -606,6 +640,23 @@ class EnsembleStore:
         index = self._locate(group, _as_time(time))
         return np.asarray(group[COMPLETE][index], dtype=bool)
 
+    def read_members(self, time: TimeLike, members: Sequence[int] | None = None) -> np.ndarray:
+        """``(n, V, L, H, W)`` float32 members of a window (default: all), in the order given.
+
+        Members not yet written read as NaN (see :meth:`missing`).
+        """
+        group = _open_group(self.path, "r")
+        index = self._locate(group, _as_time(time))
+        chosen = list(range(self.n_members)) if members is None else [int(m) for m in members]
+        for member in chosen:
+            self._check_member(member)
+        out = np.empty((len(chosen), *self.grid.shape), np.float32)
+        for v, name in enumerate(self.grid.variables):
+            array = group[name]
+            for i, member in enumerate(chosen):
+                out[i, v] = array[index, member]
+        return out
+
     def missing(self, time: TimeLike) -> list[int]:
         """Members of the window still to write (not flagged complete), ascending."""
         return [int(m) for m in np.flatnonzero(~self.complete(time))]
@@ -622,7 +673,7 @@ class EnsembleStore:
     def finalize(self, time: TimeLike) -> None:
         """Write the window's statistics beside its members and mark it finalised.
 
-        ``<var>_mean``, ``<var>_std`` (``ddof=1``; zeros for a one-member
+        ``<var>_mean``, ``<var>_std`` (``ddof=1``; NaN for a one-member
         ensemble), ``<var>_q05``, ``<var>_q50``, ``<var>_q95`` (linear
         interpolation between members), computed in float64 and stored as
         float32. A finalised window is left as it is.
@@ -655,7 +706,9 @@ class EnsembleStore:
                 corrupt.update((int(m), name) for m in np.flatnonzero(bad))
                 out["mean"][block] = members.mean(axis=0)
                 out["std"][block] = (
-                    members.std(axis=0, ddof=1) if self.n_members > 1 else np.zeros_like(members[0])
+                    members.std(axis=0, ddof=1)
+                    if self.n_members > 1
+                    else np.full_like(members[0], np.nan)  # one member has no spread (the scores' NaN)
                 )
                 q = np.quantile(members, [QUANTILES[s] for s in ("q05", "q50", "q95")], axis=0)
                 for i, stat in enumerate(("q05", "q50", "q95")):
@@ -735,7 +788,8 @@ class EnsembleStore:
             for name in self.grid.variables:
                 for stat in STATS:
                     field = np.asarray(group[f"{name}_{stat}"][index])
-                    if finalized and not np.isfinite(field).all():
+                    one_member_std = stat == "std" and self.n_members == 1  # NaN by definition
+                    if finalized and not one_member_std and not np.isfinite(field).all():
                         problems.append(
                             f"window {key} is finalised but {name}_{stat} has missing or NaN values"
                         )

@@ -1,0 +1,108 @@
+"""Ray actors that keep a prior resident on one device each.
+
+One :class:`EnsembleWorker` actor per GPU (``num_gpus=1``), or on CPUs a
+configurable number of actors with a thread budget each (``num_cpus=threads``
+and as many torch threads). An actor loads the checkpoint once, keeps the
+guided denoiser of the current window, and writes the members it makes into
+the store itself: fields never travel back through the driver, only a
+:class:`~genda.ensemble.work.TaskReport`.
+
+Actors are created with ``max_restarts=0``: when one dies the driver sees it
+(:class:`ray.exceptions.RayActorError`), counts it, starts a replacement and
+hands the task out again (:mod:`genda.ensemble.scheduler`). Ray's own restart
+and retry would hide the failure from the window's summary.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from genda.ensemble.work import MemberGenerator, TaskReport, WindowJob
+
+
+class EnsembleWorker:
+    """The body of a worker actor (wrapped with ``ray.remote`` by :class:`WorkerSpec`)."""
+
+    def __init__(
+        self,
+        checkpoint: str,
+        device: str = "cpu",
+        threads: int | None = None,
+        layers_per_batch: int | None = None,
+    ) -> None:
+        if threads is not None and device.startswith("cpu"):
+            import torch
+
+            torch.set_num_threads(threads)
+        self.name = f"{socket.gethostname()}:{os.getpid()}"
+        self.generator = MemberGenerator(checkpoint, device, threads, layers_per_batch)
+
+    def generate(self, job: WindowJob, members: Sequence[int]) -> TaskReport:
+        return self.generator.generate(job, members, worker=self.name)
+
+    def probe_batch_size(self, job: WindowJob) -> int:
+        return self.generator.probe_batch_size(job)
+
+    def describe(self) -> dict[str, Any]:
+        """Where the actor runs: host:pid, device and its name."""
+        import torch
+
+        device = self.generator.device
+        name = torch.cuda.get_device_name(device) if device.startswith("cuda") else "cpu"
+        return {"worker": self.name, "device": device, "device_name": name}
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """How to make worker actors.
+
+    Attributes:
+        checkpoint: checkpoint directory or shipped name (every node must reach it).
+        device: ``"cpu"`` or ``"cuda"``; a CUDA actor takes one GPU.
+        threads: CPU actors: CPUs reserved and torch threads used per actor.
+        layers_per_batch: ``layer2d`` memory knob.
+    """
+
+    checkpoint: str
+    device: str = "cpu"
+    threads: int = 1
+    layers_per_batch: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.device not in ("cpu", "cuda"):
+            raise ValueError(f"workers run on 'cpu' or 'cuda', got device {self.device!r}")
+        if self.threads < 1:
+            raise ValueError(f"threads per worker must be >= 1, got {self.threads}")
+
+    def start(self) -> Any:
+        """A new actor (a Ray actor handle); it loads the checkpoint in the background."""
+        import ray
+
+        if self.device == "cuda":
+            options: dict[str, Any] = {"num_gpus": 1, "num_cpus": 1}
+        else:
+            options = {"num_cpus": self.threads}
+        remote = ray.remote(max_restarts=0, max_task_retries=0, **options)(EnsembleWorker)
+        return remote.remote(self.checkpoint, self.device, self.threads, self.layers_per_batch)
+
+    def start_many(self, count: int) -> list[Any]:
+        """``count`` actors, checked to have loaded the checkpoint (a bad one fails here, once)."""
+        import ray
+
+        if count < 1:
+            raise ValueError(f"--workers must be >= 1, got {count}")
+        actors = [self.start() for _ in range(count)]
+        try:
+            ray.get([a.describe.remote() for a in actors])
+        except Exception:
+            for actor in actors:
+                ray.kill(actor)
+            raise
+        return actors
+
+
+__all__ = ["EnsembleWorker", "WorkerSpec"]

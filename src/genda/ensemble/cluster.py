@@ -1,0 +1,95 @@
+"""Connecting to Ray: a running cluster when one is named, else a local one we own.
+
+``ray_session`` is the only place genda calls ``ray.init``. The rules:
+
+- an address (the argument, else ``RAY_ADDRESS``) connects to that cluster,
+  and leaving only disconnects this driver: a cluster we did not start is
+  never shut down;
+- a Ray already initialised in this process (a notebook, a test, a Prefect
+  task) is used as it is and left running;
+- otherwise a local cluster is started with the CPUs asked for, and shut
+  down on leaving. It and its dashboard (when asked for) listen on 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class RaySession:
+    """How this driver is attached to Ray.
+
+    Attributes:
+        address: the cluster's GCS address.
+        started: whether this session started the cluster (and will shut it down).
+        cpus, gpus: the cluster's total resources.
+    """
+
+    address: str
+    started: bool
+    cpus: float
+    gpus: float
+
+
+def ray_address(address: str | None) -> str | None:
+    """The cluster to connect to: ``address``, else ``RAY_ADDRESS``, else ``None`` (start one)."""
+    return address or os.environ.get("RAY_ADDRESS") or None
+
+
+@contextmanager
+def ray_session(
+    address: str | None = None,
+    *,
+    num_cpus: int | None = None,
+    num_gpus: int | None = None,
+    dashboard: bool = False,
+    temp_dir: str | None = None,
+) -> Iterator[RaySession]:
+    """Attach this process to Ray for the block (module docstring for the rules).
+
+    Args:
+        address: ``host:port`` of a running cluster, or ``"auto"``; ``None``
+            reads ``RAY_ADDRESS`` and starts a local cluster without it.
+        num_cpus, num_gpus: resources of a local cluster (``None``: the machine's).
+        dashboard: start the dashboard of a local cluster (on 127.0.0.1).
+        temp_dir: Ray's session directory for a local cluster.
+    """
+    import ray
+
+    target = ray_address(address)
+    owned = connected = False
+    if not ray.is_initialized():
+        if target is not None:
+            ray.init(address=target, logging_level="WARNING")
+            connected = True
+        else:
+            ray.init(
+                num_cpus=num_cpus,
+                num_gpus=num_gpus,
+                include_dashboard=dashboard,
+                dashboard_host="127.0.0.1",
+                _node_ip_address="127.0.0.1",  # a local cluster listens on loopback only
+                logging_level="WARNING",
+                _temp_dir=temp_dir,
+            )
+            owned = True
+    try:
+        resources = ray.cluster_resources()
+        yield RaySession(
+            address=ray.get_runtime_context().gcs_address,
+            started=owned,
+            cpus=float(resources.get("CPU", 0.0)),
+            gpus=float(resources.get("GPU", 0.0)),
+        )
+    finally:
+        # ray.shutdown() of a driver connected to a running cluster only
+        # disconnects it; of a local cluster it started, it stops the cluster.
+        if owned or connected:
+            ray.shutdown()
+
+
+__all__ = ["RaySession", "ray_address", "ray_session"]

@@ -1,0 +1,169 @@
+"""Complete one window of an ensemble store: in this process, or on Ray actors.
+
+``complete_window`` reads which members of the window are missing, makes
+exactly those (a rerun after a crash fills the gaps and nothing else), and
+writes the window's statistics once every member is in. With ``workers=0``
+the members are made in this process by the caller's prior; otherwise by
+``workers`` Ray actors (:mod:`genda.ensemble.actors`) on the cluster of
+:func:`genda.ensemble.cluster.ray_session`, or on a pool the caller
+already holds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time as clock
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from tqdm.auto import tqdm
+
+from genda.ensemble.actors import WorkerSpec
+from genda.ensemble.cluster import ray_session
+from genda.ensemble.scheduler import ActorPool, RunReport, run_tasks
+from genda.ensemble.work import MemberGenerator, TaskReport, WindowJob, writer_tasks
+
+
+@dataclass
+class WindowReport:
+    """What completing a window did.
+
+    Attributes:
+        run: members written, tasks, retries, wall time (:class:`RunReport`).
+        workers: actors used (0: in this process).
+        batch_size: members per denoiser batch (probed on GPUs).
+        already_complete: members that were in the store before this run.
+        cluster: the Ray cluster's address (``""`` in this process).
+        started_cluster: whether this run started (and stopped) that cluster.
+    """
+
+    run: RunReport
+    workers: int
+    batch_size: int
+    already_complete: int
+    cluster: str = ""
+    started_cluster: bool = False
+
+
+def complete_window(
+    job: WindowJob,
+    *,
+    workers: int = 0,
+    spec: WorkerSpec | None = None,
+    generator: MemberGenerator | None = None,
+    pool: ActorPool | None = None,
+    address: str | None = None,
+    auto_batch: bool = False,
+    progress: bool = True,
+    on_report: Callable[[TaskReport], None] | None = None,
+    max_retries: int = 3,
+) -> WindowReport:
+    """Make the window's missing members and finalise it.
+
+    Args:
+        job: the window (registered in ``job.store``).
+        workers: Ray actors to start; 0 samples in this process with ``generator``.
+        spec: how to start actors (needed for ``workers > 0`` without ``pool``).
+        generator: the in-process prior (``workers == 0``).
+        pool: live actors to use instead of starting ``workers`` new ones
+            (they are left running for the caller).
+        address: a Ray cluster (``RAY_ADDRESS`` when ``None``); without one
+            and without a running Ray, a local cluster is started and stopped.
+        auto_batch: probe each actor's device for the batch size (GPUs) and use
+            the smallest; otherwise ``job.settings.batch_size``.
+        progress: progress bar over members.
+        on_report: called in the driver after each finished task.
+        max_retries: times one task may lose its actor.
+    """
+    store = job.store
+    missing = store.missing(job.time)
+    already = store.n_members - len(missing)
+    if workers == 0 and pool is None:
+        if generator is None:
+            raise ValueError("workers=0 samples in this process and needs a MemberGenerator")
+        if auto_batch:
+            job = _with_batch_size(job, generator.probe_batch_size(job))
+        report = _run_here(generator, job, missing, progress, on_report)
+        store.finalize(job.time)
+        return WindowReport(report, 0, job.settings.batch_size, already)
+    if pool is not None:
+        job, report = _run_on(pool, job, missing, auto_batch, progress, on_report, max_retries)
+        store.finalize(job.time)
+        return WindowReport(report, len(pool.actors), job.settings.batch_size, already)
+    if spec is None:
+        raise ValueError("workers > 0 needs a WorkerSpec to start actors")
+    if workers < 1:
+        raise ValueError(f"--workers must be >= 0, got {workers}")
+    # A local cluster gets exactly the CPUs the actors reserve: more would
+    # only oversubscribe a small machine, fewer would leave actors pending.
+    cpus = workers * spec.threads if spec.device == "cpu" else None
+    with ray_session(address, num_cpus=cpus) as session:
+        needed = workers * spec.threads if spec.device == "cpu" else workers
+        have = session.cpus if spec.device == "cpu" else session.gpus
+        if needed > have:
+            unit = "CPUs" if spec.device == "cpu" else "GPUs"
+            raise ValueError(
+                f"{workers} {spec.device} workers need {needed:g} {unit}; the Ray cluster at "
+                f"{session.address} has {have:g}"
+            )
+        started = ActorPool.start(spec, workers)
+        try:
+            job, report = _run_on(started, job, missing, auto_batch, progress, on_report, max_retries)
+        finally:
+            started.shutdown()
+    store.finalize(job.time)
+    return WindowReport(
+        report, workers, job.settings.batch_size, already, session.address, session.started
+    )
+
+
+def _with_batch_size(job: WindowJob, batch_size: int) -> WindowJob:
+    settings = dataclasses.replace(job.settings, batch_size=max(1, int(batch_size)))
+    return dataclasses.replace(job, settings=settings)
+
+
+def _run_here(
+    generator: MemberGenerator,
+    job: WindowJob,
+    missing: list[int],
+    progress: bool,
+    on_report: Callable[[TaskReport], None] | None,
+) -> RunReport:
+    started = clock.perf_counter()
+    report = RunReport(members=len(missing))
+    tasks = writer_tasks(missing, job.settings.batch_size, job.store.members_per_shard)
+    with tqdm(total=len(missing), desc="members", unit="member", disable=not progress) as bar:
+        for task in tasks:
+            done = generator.generate(job, task, worker="driver")
+            report.tasks += 1
+            report.written += len(done.written)
+            report.by_worker[done.worker] = report.by_worker.get(done.worker, 0) + len(done.written)
+            bar.update(len(task))
+            if on_report is not None:
+                on_report(done)
+    report.seconds = clock.perf_counter() - started
+    return report
+
+
+def _run_on(
+    pool: ActorPool,
+    job: WindowJob,
+    missing: list[int],
+    auto_batch: bool,
+    progress: bool,
+    on_report: Callable[[TaskReport], None] | None,
+    max_retries: int,
+) -> tuple[WindowJob, RunReport]:
+    import ray
+
+    if auto_batch and missing:
+        sizes = ray.get([actor.probe_batch_size.remote(job) for actor in pool.actors])
+        job = _with_batch_size(job, min(sizes))
+    tasks = writer_tasks(missing, job.settings.batch_size, job.store.members_per_shard)
+    report = run_tasks(
+        pool, job, tasks, max_retries=max_retries, progress=progress, on_report=on_report
+    )
+    return job, report
+
+
+__all__ = ["WindowReport", "complete_window"]

@@ -1,0 +1,214 @@
+"""The unit of ensemble work: which members of which window, and who makes them.
+
+A :class:`WindowJob` says everything that determines a window's members (the
+store, the window, its seed, the sampling settings, the validated
+observations); it is small and picklable, so the driver hands it to every
+worker once. A :class:`MemberGenerator` holds a loaded prior on one device
+and turns ``(job, members)`` into members written straight into the store;
+the in-process path and every Ray actor (:mod:`genda.ensemble.actors`) run
+this same code.
+
+Batches are fixed by the member indices alone (:func:`member_blocks`): a
+member's batch-mates depend on the batch size and the store's shard size, not
+on which worker runs it, in which order, or whether it is a retry. Batched
+network arithmetic rounds differently for different batch compositions, so
+this is what makes a regenerated member bit-identical to the lost one.
+"""
+
+from __future__ import annotations
+
+import time as clock
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from genda.assimilation.posterior import PosteriorSettings, posterior_denoiser, sample_members
+from genda.models.checkpoint import LoadedPrior, load_checkpoint
+from genda.storage.ensemble_store import EnsembleStore
+from genda.threads import cpu_threads
+
+
+@dataclass(frozen=True)
+class WindowJob:
+    """What determines the members of one window.
+
+    Attributes:
+        store: the ensemble store the members go to (the window is registered).
+        time: the window's time.
+        seed: the window seed (:func:`genda.assimilation.posterior.window_seed`).
+        settings: method, steps, sampler, batch size.
+        observations: the validated table; ``None`` samples the prior.
+        observations_fingerprint: identity of the table (``""`` without one);
+            a worker rebuilds its guided denoiser only when this changes.
+    """
+
+    store: EnsembleStore
+    time: np.datetime64
+    seed: int
+    settings: PosteriorSettings
+    observations: pd.DataFrame | None = field(default=None, repr=False)
+    observations_fingerprint: str = ""
+
+    @property
+    def key(self) -> tuple[Any, ...]:
+        """What the guided denoiser depends on."""
+        return (self.observations_fingerprint, self.settings.method, self.settings.guidance_options())
+
+
+def member_blocks(members: Sequence[int], batch_size: int, members_per_shard: int) -> list[list[int]]:
+    """Split members into the batches they are always sampled in, ascending.
+
+    A block holds the given members that share ``m // batch_size`` and
+    ``m // members_per_shard``: aligned to absolute indices, so the block of a
+    member is the same in a first run, a retry and a resumed run.
+    """
+    if batch_size < 1 or members_per_shard < 1:
+        raise ValueError(f"batch_size and members_per_shard must be >= 1, got {batch_size}, {members_per_shard}")
+    blocks: dict[tuple[int, int], list[int]] = {}
+    for m in sorted({int(m) for m in members}):
+        blocks.setdefault((m // batch_size, m // members_per_shard), []).append(m)
+    return [blocks[k] for k in sorted(blocks)]
+
+
+def writer_tasks(members: Sequence[int], batch_size: int, members_per_shard: int) -> list[list[int]]:
+    """Split members into tasks, each for one writer, ascending.
+
+    A task spans ``members_per_shard * ceil(batch_size / members_per_shard)``
+    consecutive indices: whole shards (so no two writers ever share one,
+    zarr-python issue 3682) and at least one batch (so a worker is kept busy).
+    """
+    if batch_size < 1 or members_per_shard < 1:
+        raise ValueError(f"batch_size and members_per_shard must be >= 1, got {batch_size}, {members_per_shard}")
+    span = members_per_shard * -(-batch_size // members_per_shard)
+    tasks: dict[int, list[int]] = {}
+    for m in sorted({int(m) for m in members}):
+        tasks.setdefault(m // span, []).append(m)
+    return [tasks[k] for k in sorted(tasks)]
+
+
+@dataclass
+class TaskReport:
+    """What one task did: members written (others were complete already) and time spent."""
+
+    members: list[int]
+    written: list[int]
+    seconds: float
+    worker: str = ""
+
+
+class MemberGenerator:
+    """A prior loaded once on one device, producing members of any window into its store.
+
+    Args:
+        checkpoint: checkpoint directory or shipped name.
+        device: torch device of this worker (``"cpu"``, ``"cuda"``, ``"cuda:1"``).
+        threads: torch intra-op threads while sampling on the CPU (``None``: leave as is).
+        layers_per_batch: ``layer2d`` priors: layers per network call (the memory knob).
+        prior: an already loaded prior (skips loading ``checkpoint``).
+    """
+
+    def __init__(
+        self,
+        checkpoint: str,
+        device: str = "cpu",
+        threads: int | None = None,
+        layers_per_batch: int | None = None,
+        prior: LoadedPrior | None = None,
+    ) -> None:
+        self.device = device
+        self.threads = threads
+        self.prior = prior if prior is not None else load_checkpoint(checkpoint, device=device)
+        if layers_per_batch is not None:
+            set_layers_per_batch(self.prior, layers_per_batch)
+        self._denoiser_key: tuple[Any, ...] | None = None
+        self._denoiser: Any = None
+
+    def denoiser(self, job: WindowJob) -> Any:
+        """The job's (guided) denoiser, built once per observation set and method."""
+        if self._denoiser_key != job.key:
+            self._denoiser = posterior_denoiser(self.prior, job.observations, job.settings, self.device)
+            self._denoiser_key = job.key
+        return self._denoiser
+
+    def generate(self, job: WindowJob, members: Sequence[int], worker: str = "") -> TaskReport:
+        """Sample the members of ``members`` not yet complete, block by block, into the store.
+
+        Each block is written (and flagged complete) as soon as it is sampled,
+        so an interruption loses at most the block in progress. The caller
+        gives one writer whole shards (:func:`writer_tasks`).
+        """
+        started = clock.perf_counter()
+        store = job.store
+        complete = store.complete(job.time)
+        written: list[int] = []
+        denoiser = self.denoiser(job)
+        with cpu_threads(self.threads, self.device):
+            for block in member_blocks(members, job.settings.batch_size, store.members_per_shard):
+                if complete[block].all():
+                    continue
+                fields = sample_members(
+                    self.prior,
+                    denoiser,
+                    block,
+                    job.seed,
+                    job.settings,
+                    guided=job.observations is not None,
+                    device=self.device,
+                )
+                store.write_members(job.time, block, fields.numpy())
+                written.extend(block)
+        return TaskReport(list(members), written, clock.perf_counter() - started, worker)
+
+    def probe_batch_size(self, job: WindowJob, memory_fraction: float = 0.8, largest: int = 256) -> int:
+        """Members per batch that fit this device: measured on a GPU, the settings' on a CPU.
+
+        On CUDA one denoiser call (the guided one: MMPS's solver and the
+        gradients are the peak) runs with 1 and 2 members; the peak memory is
+        linear in the batch, and the batch is the largest whose peak stays
+        under ``memory_fraction`` of the free memory. A CPU has memory to
+        spare at these sizes and its throughput is flat in the batch size, so
+        the settings' batch size is kept.
+        """
+        device = torch.device(self.device)
+        if device.type != "cuda":
+            return job.settings.batch_size
+        denoiser = self.denoiser(job)
+        peaks = []
+        for batch in (1, 2):
+            torch.cuda.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
+            before = torch.cuda.memory_allocated(device)
+            x = torch.randn(batch, *self.prior.grid.shape, device=device)
+            sigma = torch.full((batch,), 1.0, device=device)
+            denoiser(x, sigma)
+            torch.cuda.synchronize(device)
+            peaks.append(torch.cuda.max_memory_allocated(device) - before)
+            del x, sigma
+        per_member = max(peaks[1] - peaks[0], 1)
+        fixed = max(peaks[0] - per_member, 0)
+        free, _ = torch.cuda.mem_get_info(device)
+        fits = int((memory_fraction * free - fixed) // per_member)
+        return max(1, min(largest, fits))
+
+
+def set_layers_per_batch(prior: LoadedPrior, layers_per_batch: int) -> None:
+    """Set a ``layer2d`` prior's layers per network call; a clear error for other strategies."""
+    if layers_per_batch < 1:
+        raise ValueError(f"--layers-per-batch must be >= 1, got {layers_per_batch}")
+    if not hasattr(prior.strategy, "layers_per_batch"):
+        raise ValueError(f"--layers-per-batch applies to layer2d priors, not {prior.strategy.name}")
+    prior.strategy.layers_per_batch = layers_per_batch  # type: ignore[attr-defined]
+
+
+__all__ = [
+    "MemberGenerator",
+    "TaskReport",
+    "WindowJob",
+    "member_blocks",
+    "set_layers_per_batch",
+    "writer_tasks",
+]
