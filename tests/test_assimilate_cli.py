@@ -16,8 +16,9 @@ from genda.assimilation.posterior import PosteriorSettings, observation_fit
 from genda.cli import app
 from genda.grid import Grid
 from genda.observations import draw_observations, read_observations, write_observations
+from genda.models.checkpoint import load_checkpoint
 from genda.orchestration.assimilate import assimilate_window
-from genda.storage import open_archive
+from genda.storage import EnsembleStore, open_archive
 
 runner = CliRunner()
 
@@ -84,7 +85,13 @@ def setup(tiny_archive: Path, tmp_path_factory) -> dict:
     precise = draw_observations(truth, Grid.from_dataset(truth), time, "radars,lidars", noise=False)
     precise["sigma"] = precise["sigma"] / 10.0
     write_observations(precise, root / "precise.parquet")
+    hourly = {}
+    for hours in (0, 1):
+        t = str(np.datetime64(time) + np.timedelta64(hours, "h"))
+        hourly[t] = root / f"obs-{hours}.parquet"
+        write_observations(draw_observations(truth, Grid.from_dataset(truth), t, "radars"), hourly[t])
     return {
+        "archive_obs": hourly,
         "precise": root / "precise.parquet",
         "root": root,
         "time": time,
@@ -124,11 +131,13 @@ def test_assimilate_writes_a_store_that_fits_the_observations(setup: dict, strat
     assert ds.sizes["member"] == 3
     np.testing.assert_allclose(ds["T_mean"].values, ds["T"].mean("member").values, rtol=1e-5)
     np.testing.assert_allclose(
-        ds["u_spread"].values, ds["u"].std("member", ddof=1).values, rtol=1e-4, atol=1e-5
+        ds["u_std"].values, ds["u"].std("member", ddof=1).values, rtol=1e-4, atol=1e-5
     )
-    assert ds.attrs["genda_method"] == "mmps"
-    assert ds.attrs["genda_checkpoint_strategy"] == strategy
-    assert len(ds.attrs["genda_observations_fingerprint"]) == 64
+    provenance = EnsembleStore.open(out).provenance(setup["time"])
+    assert provenance["method"] == "mmps"
+    assert provenance["checkpoint_strategy"] == strategy
+    assert len(provenance["observations_sha256"]) == 64
+    assert provenance["checkpoint_sha256"] == load_checkpoint(setup[strategy]).weights_sha256
     assert ds["T"].attrs["units"] == "K" and ds.attrs["Conventions"] == "CF-1.10"
     assert "training mean per level" in result.stdout
 
@@ -272,11 +281,54 @@ def test_observations_outside_the_window_are_refused(setup: dict) -> None:
     assert not out.exists()
 
 
-def test_an_existing_store_is_not_replaced_without_overwrite(setup: dict) -> None:
+def test_a_directory_that_is_not_a_store_is_refused(setup: dict) -> None:
     out = setup["root"] / "exists.zarr"
     out.mkdir()
+    (out / "notes.txt").write_text("mine")
     result = runner.invoke(app, _assimilate_args(setup, setup["obs"], out))
-    assert result.exit_code != 0 and "exists" in result.output
+    assert result.exit_code != 0 and "not a zarr v3 store" in " ".join(result.output.lower().split())
+    assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_a_window_with_other_settings_is_not_mixed_into_a_store(setup: dict) -> None:
+    out = setup["root"] / "mixed.zarr"
+    first = runner.invoke(app, _assimilate_args(setup, setup["obs"], out))
+    assert first.exit_code == 0, first.output
+    before = xr.open_zarr(out)["T"].values
+    other = runner.invoke(app, [*_assimilate_args(setup, setup["obs"], out), "--method", "dps"])
+    message = " ".join(other.output.split())
+    assert other.exit_code != 0 and "other provenance" in message and "method" in message
+    np.testing.assert_array_equal(xr.open_zarr(out)["T"].values, before)
+    rerun = runner.invoke(app, _assimilate_args(setup, setup["obs"], out))
+    assert rerun.exit_code == 0 and "already stored" in rerun.output
+    np.testing.assert_array_equal(xr.open_zarr(out)["T"].values, before)
+
+
+def test_windows_accumulate_in_one_store_and_query_reads_them(setup: dict) -> None:
+    out = setup["root"] / "cycle.zarr"
+    first = np.datetime64(setup["time"])
+    times = [str(first + np.timedelta64(h, "h")) for h in (0, 1)]
+    for t in times:
+        args = _assimilate_args(setup, setup["archive_obs"][t], out, time=t)
+        result = runner.invoke(app, [*args, "--members", "3"])
+        assert result.exit_code == 0, result.output
+    store = EnsembleStore.open(out)
+    assert [str(t) for t in store.windows()] == times and store.validate() == []
+    csv = setup["root"] / "t.csv"
+    queried = runner.invoke(
+        app, ["query", str(out), "--var", "T", "--alt", "90", "--stat", "q95", "--out", str(csv)]
+    )
+    assert queried.exit_code == 0, queried.output
+    table = pd.read_csv(csv)
+    ds = xr.open_zarr(out)
+    level = int(np.abs(ds["altitude"].values - 90.0).argmin())
+    assert len(table) == 2 * ds.sizes["latitude"] * ds.sizes["longitude"]
+    expected = np.quantile(ds["T"].values[:, :, level].astype(np.float64), 0.95, axis=1)
+    np.testing.assert_allclose(
+        table["T_q95"].to_numpy().reshape(expected.shape), expected, rtol=1e-6
+    )
+    wrong = runner.invoke(app, ["query", str(out), "--var", "w", "--alt", "90"])
+    assert wrong.exit_code != 0 and "'w'" in wrong.output
 
 
 def test_baseline_command_writes_a_store_scored_like_the_posterior(setup: dict) -> None:
@@ -307,7 +359,8 @@ def test_baseline_command_writes_a_store_scored_like_the_posterior(setup: dict) 
     )
     assert result.exit_code == 0, result.output
     ds = xr.open_zarr(out)
-    assert ds.sizes["member"] == 4 and ds.attrs["genda_method"] == "enkf"
+    assert ds.sizes["member"] == 4
+    assert EnsembleStore.open(out).provenance(setup["time"])["method"] == "enkf"
     bad = runner.invoke(
         app,
         [

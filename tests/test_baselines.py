@@ -28,6 +28,7 @@ from genda.grid import Grid
 from genda.observations.operators import ObservationOperator
 from genda.observations.table import ObservationError, validate_observations, write_observations
 from genda.orchestration.baseline import baseline_window
+from genda.storage import EnsembleStore
 
 TINY = Grid.gaussian(4, 8, 2)
 MEAN = np.array([10.0, 0.0, 200.0])  # u, v, T
@@ -362,20 +363,22 @@ def test_baseline_window_writes_stores_that_fit_the_observations(window: dict) -
             warnings.simplefilter("ignore")
             ds = xr.open_zarr(out)
         assert ds.sizes["member"] == (1 if method == "oi" else 8)
-        assert ds.attrs["genda_method"] == method
-        assert ds.attrs["genda_window_time"] == str(np.datetime64(window["time"], "s"))
-        assert len(ds.attrs["genda_observations_fingerprint"]) == 64
-        times = pd.to_datetime(json.loads(ds.attrs["genda_climatology_times"]))
+        store = EnsembleStore.open(out)
+        assert store.windows() == [np.datetime64(window["time"], "s")]
+        provenance = store.provenance(window["time"])
+        assert provenance["method"] == method and store.is_finalized(window["time"])
+        assert len(provenance["observations_sha256"]) == 64
+        times = pd.to_datetime(provenance["climatology_times"])
         assert np.all(np.abs(times - pd.Timestamp(window["time"])) > pd.Timedelta(hours=48))
-        stores[method] = (summary, ds)
+        stores[method] = (summary, ds, provenance)
 
     for method in ("oi", "enkf"):
         fit = stores[method][0]["fit"]["rms_normalised_innovation"]
         climatological = stores[method][0]["climatology_fit"]["rms_normalised_innovation"]
         assert fit < 0.5 * climatological
     # The climatology baseline is the background of the EnKF members (same draw).
-    clim_times = json.loads(stores["climatology"][1].attrs["genda_climatology_times"])
-    enkf_times = json.loads(stores["enkf"][1].attrs["genda_climatology_times"])
+    clim_times = stores["climatology"][2]["climatology_times"]
+    enkf_times = stores["enkf"][2]["climatology_times"]
     assert clim_times == enkf_times[:8]
     # Reproducible for a seed.
     again = baseline_window(

@@ -8,7 +8,10 @@
 - a Ray already initialised in this process (a notebook, a test, a Prefect
   task) is used as it is and left running;
 - otherwise a local cluster is started with the CPUs asked for, and shut
-  down on leaving. It and its dashboard (when asked for) listen on 127.0.0.1 only.
+  down on leaving. Its dashboard, when asked for, listens on 127.0.0.1 only.
+  Ray 2.60 binds its own gRPC ports on every interface (it rewrites a
+  loopback node address to the host's), so the cluster keeps Ray's token
+  authentication, on by default: genda never turns it off.
 """
 
 from __future__ import annotations
@@ -72,7 +75,6 @@ def ray_session(
                 num_gpus=num_gpus,
                 include_dashboard=dashboard,
                 dashboard_host="127.0.0.1",
-                _node_ip_address="127.0.0.1",  # a local cluster listens on loopback only
                 logging_level="WARNING",
                 _temp_dir=temp_dir,
             )
