@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
+from genda.cli import app
 from genda.orchestration.simulate import simulate_archive
 from genda.simulator import SimulatorConfig
 from genda.threads import cpu_threads
@@ -29,3 +31,48 @@ def tiny_archive(tmp_path_factory) -> Path:
             chunk_hours=TINY_ARCHIVE_CHUNK_HOURS,
         )
     return out
+
+
+def train_tiny_prior(archive: Path, out: Path, strategy: str) -> Path:
+    """A prior of a few thousand parameters trained for 20 steps (seconds): for plumbing, not skill."""
+    result = CliRunner().invoke(
+        app,
+        [
+            "train",
+            "--data",
+            str(archive),
+            "--out",
+            str(out),
+            "--strategy",
+            strategy,
+            "--no-progress",
+            "--base-channels",
+            "8",
+            "--channel-mult",
+            "1,2",
+            "--val-gap-hours",
+            "2",
+            "--steps",
+            "20",
+            "--batch-size",
+            "4",
+            "--warmup-steps",
+            "2",
+            "--lr",
+            "2e-3",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_prior(tiny_archive: Path, tmp_path_factory) -> Path:
+    """A ``joint3d`` checkpoint of :func:`train_tiny_prior` on :func:`tiny_archive` (made once)."""
+    return train_tiny_prior(tiny_archive, tmp_path_factory.mktemp("prior") / "joint3d", "joint3d")
+
+
+@pytest.fixture(scope="session")
+def train_prior():
+    """:func:`train_tiny_prior`, for modules that train their own (e.g. ``layer2d``)."""
+    return train_tiny_prior

@@ -15,48 +15,16 @@ from typer.testing import CliRunner
 from genda.assimilation.posterior import PosteriorSettings, observation_fit
 from genda.cli import app
 from genda.grid import Grid
-from genda.observations import draw_observations, read_observations, write_observations
 from genda.models.checkpoint import load_checkpoint
+from genda.observations import draw_observations, read_observations, write_observations
 from genda.orchestration.assimilate import assimilate_window
 from genda.storage import EnsembleStore, open_archive
 
 runner = CliRunner()
 
 
-def _train(archive: Path, out: Path, strategy: str) -> Path:
-    result = runner.invoke(
-        app,
-        [
-            "train",
-            "--data",
-            str(archive),
-            "--out",
-            str(out),
-            "--strategy",
-            strategy,
-            "--no-progress",
-            "--base-channels",
-            "8",
-            "--channel-mult",
-            "1,2",
-            "--val-gap-hours",
-            "2",
-            "--steps",
-            "20",
-            "--batch-size",
-            "4",
-            "--warmup-steps",
-            "2",
-            "--lr",
-            "2e-3",
-        ],
-    )
-    assert result.exit_code == 0, result.output
-    return out
-
-
 @pytest.fixture(scope="module")
-def setup(tiny_archive: Path, tmp_path_factory) -> dict:
+def setup(tiny_archive: Path, tiny_prior: Path, train_prior, tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("assimilate")
     time = str(open_archive(tiny_archive).time.values[30])[:19]
     observed = runner.invoke(
@@ -89,7 +57,9 @@ def setup(tiny_archive: Path, tmp_path_factory) -> dict:
     for hours in (0, 1):
         t = str(np.datetime64(time) + np.timedelta64(hours, "h"))
         hourly[t] = root / f"obs-{hours}.parquet"
-        write_observations(draw_observations(truth, Grid.from_dataset(truth), t, "radars"), hourly[t])
+        write_observations(
+            draw_observations(truth, Grid.from_dataset(truth), t, "radars"), hourly[t]
+        )
     return {
         "archive_obs": hourly,
         "precise": root / "precise.parquet",
@@ -98,8 +68,8 @@ def setup(tiny_archive: Path, tmp_path_factory) -> dict:
         "archive": tiny_archive,
         "obs": root / "obs.parquet",
         "withheld": root / "obs-withheld.parquet",
-        "joint3d": _train(tiny_archive, root / "joint3d", "joint3d"),
-        "layer2d": _train(tiny_archive, root / "layer2d", "layer2d"),
+        "joint3d": tiny_prior,
+        "layer2d": train_prior(tiny_archive, root / "layer2d", "layer2d"),
     }
 
 
@@ -286,7 +256,9 @@ def test_a_directory_that_is_not_a_store_is_refused(setup: dict) -> None:
     out.mkdir()
     (out / "notes.txt").write_text("mine")
     result = runner.invoke(app, _assimilate_args(setup, setup["obs"], out))
-    assert result.exit_code != 0 and "not a zarr v3 store" in " ".join(result.output.lower().split())
+    assert result.exit_code != 0 and "not a zarr v3 store" in " ".join(
+        result.output.lower().split()
+    )
     assert (out / "notes.txt").read_text() == "mine"
 
 

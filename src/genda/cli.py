@@ -537,9 +537,7 @@ def query(
     time_: Annotated[
         str | None, typer.Option("--time", help="One window (ISO); default: every window.")
     ] = None,
-    stat: Annotated[
-        str, typer.Option(help="mean, std, q05, q50, q95, or members.")
-    ] = "mean",
+    stat: Annotated[str, typer.Option(help="mean, std, q05, q50, q95, or members.")] = "mean",
     out: Annotated[
         Path | None, typer.Option(help="Write the result to .csv or .nc; else print a summary.")
     ] = None,

@@ -116,7 +116,9 @@ def posterior_denoiser(
     if obs is None:
         return prior.denoiser
     likelihood = likelihood_for(prior, obs, device)
-    return guided_denoiser(prior.denoiser, likelihood, settings.method, **settings.guidance_options())
+    return guided_denoiser(
+        prior.denoiser, likelihood, settings.method, **settings.guidance_options()
+    )
 
 
 def sample_members(

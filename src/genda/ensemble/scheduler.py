@@ -161,8 +161,8 @@ def run_tasks(
                 else:
                     report.tasks += 1
                     report.written += len(done.written)
-                    report.by_worker[done.worker] = (
-                        report.by_worker.get(done.worker, 0) + len(done.written)
+                    report.by_worker[done.worker] = report.by_worker.get(done.worker, 0) + len(
+                        done.written
                     )
                     bar.update(len(members))
                     if on_report is not None:

@@ -108,7 +108,9 @@ def complete_window(
             )
         started = ActorPool.start(spec, workers)
         try:
-            job, report = _run_on(started, job, missing, auto_batch, progress, on_report, max_retries)
+            job, report = _run_on(
+                started, job, missing, auto_batch, progress, on_report, max_retries
+            )
         finally:
             started.shutdown()
     store.finalize(job.time)

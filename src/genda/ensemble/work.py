@@ -56,38 +56,52 @@ class WindowJob:
     @property
     def key(self) -> tuple[Any, ...]:
         """What the guided denoiser depends on."""
-        return (self.observations_fingerprint, self.settings.method, self.settings.guidance_options())
+        return (
+            self.observations_fingerprint,
+            self.settings.method,
+            self.settings.guidance_options(),
+        )
 
 
-def member_blocks(members: Sequence[int], batch_size: int, members_per_shard: int) -> list[list[int]]:
-    """Split members into the batches they are always sampled in, ascending.
+def task_span(batch_size: int, members_per_shard: int) -> int:
+    """Consecutive member indices per writer task: whole shards, at least one batch.
 
-    A block holds the given members that share ``m // batch_size`` and
-    ``m // members_per_shard``: aligned to absolute indices, so the block of a
-    member is the same in a first run, a retry and a resumed run.
+    ``members_per_shard * ceil(batch_size / members_per_shard)``: a task never
+    shares a shard with another (zarr-python issue 3682) and keeps a worker busy.
     """
     if batch_size < 1 or members_per_shard < 1:
-        raise ValueError(f"batch_size and members_per_shard must be >= 1, got {batch_size}, {members_per_shard}")
-    blocks: dict[tuple[int, int], list[int]] = {}
-    for m in sorted({int(m) for m in members}):
-        blocks.setdefault((m // batch_size, m // members_per_shard), []).append(m)
-    return [blocks[k] for k in sorted(blocks)]
+        raise ValueError(
+            f"batch_size and members_per_shard must be >= 1, got {batch_size}, {members_per_shard}"
+        )
+    return members_per_shard * -(-batch_size // members_per_shard)
 
 
-def writer_tasks(members: Sequence[int], batch_size: int, members_per_shard: int) -> list[list[int]]:
-    """Split members into tasks, each for one writer, ascending.
-
-    A task spans ``members_per_shard * ceil(batch_size / members_per_shard)``
-    consecutive indices: whole shards (so no two writers ever share one,
-    zarr-python issue 3682) and at least one batch (so a worker is kept busy).
-    """
-    if batch_size < 1 or members_per_shard < 1:
-        raise ValueError(f"batch_size and members_per_shard must be >= 1, got {batch_size}, {members_per_shard}")
-    span = members_per_shard * -(-batch_size // members_per_shard)
+def writer_tasks(
+    members: Sequence[int], batch_size: int, members_per_shard: int
+) -> list[list[int]]:
+    """Split members into tasks of :func:`task_span` aligned indices, each for one writer, ascending."""
+    span = task_span(batch_size, members_per_shard)
     tasks: dict[int, list[int]] = {}
     for m in sorted({int(m) for m in members}):
         tasks.setdefault(m // span, []).append(m)
     return [tasks[k] for k in sorted(tasks)]
+
+
+def member_blocks(
+    members: Sequence[int], batch_size: int, members_per_shard: int
+) -> list[list[int]]:
+    """Split members into the batches they are always sampled in, ascending.
+
+    A block holds the given members that share ``m // batch_size`` and the
+    task (:func:`task_span`): aligned to absolute indices, so the block of a
+    member is the same in a first run, a retry and a resumed run, and never
+    spans two writers.
+    """
+    span = task_span(batch_size, members_per_shard)
+    blocks: dict[tuple[int, int], list[int]] = {}
+    for m in sorted({int(m) for m in members}):
+        blocks.setdefault((m // span, m // batch_size), []).append(m)
+    return [blocks[k] for k in sorted(blocks)]
 
 
 @dataclass
@@ -130,7 +144,9 @@ class MemberGenerator:
     def denoiser(self, job: WindowJob) -> Any:
         """The job's (guided) denoiser, built once per observation set and method."""
         if self._denoiser_key != job.key:
-            self._denoiser = posterior_denoiser(self.prior, job.observations, job.settings, self.device)
+            self._denoiser = posterior_denoiser(
+                self.prior, job.observations, job.settings, self.device
+            )
             self._denoiser_key = job.key
         return self._denoiser
 
@@ -163,7 +179,9 @@ class MemberGenerator:
                 written.extend(block)
         return TaskReport(list(members), written, clock.perf_counter() - started, worker)
 
-    def probe_batch_size(self, job: WindowJob, memory_fraction: float = 0.8, largest: int = 256) -> int:
+    def probe_batch_size(
+        self, job: WindowJob, memory_fraction: float = 0.8, largest: int = 256
+    ) -> int:
         """Members per batch that fit this device: measured on a GPU, the settings' on a CPU.
 
         On CUDA one denoiser call (the guided one: MMPS's solver and the
@@ -210,5 +228,6 @@ __all__ = [
     "WindowJob",
     "member_blocks",
     "set_layers_per_batch",
+    "task_span",
     "writer_tasks",
 ]

@@ -32,9 +32,10 @@ shard file is replaced atomically (Zarr's local store writes a temporary
 file and renames it), so a member flagged complete has its data on disk; a
 member whose flag is unset is recomputed by a rerun (:meth:`missing`), and
 writing it again is harmless because a member's data depend only on its
-seed. Metadata (new windows, provenance, finalisation) is written by one
-coordinating process: :meth:`add_window` and :meth:`finalize` are not for
-concurrent use, :meth:`write_members` is.
+seed. Metadata updates (new windows, provenance, finalisation) take the
+store's lock (:meth:`EnsembleStore.metadata_lock`), so several drivers may
+add and finalise windows of one store at once; :meth:`write_members` needs
+no lock.
 
 Window provenance lives in the ``genda_windows`` global attribute, a JSON
 object keyed by ISO time: ``{"provenance": {...}, "finalized": bool}``.
@@ -42,11 +43,13 @@ object keyed by ISO time: ``{"provenance": {...}, "finalized": bool}``.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import math
 import os
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -96,6 +99,11 @@ AUTO_SHARD_MIN_MEMBERS = 32
 AUTO_MEMBERS_PER_SHARD = 16
 AUTO_SHARD_MAX_BYTES = 256 * 2**20
 """Upper bound of one shard file chosen by default (a writer holds one in memory)."""
+
+LOCK_FILE = ".genda-metadata.lock"
+"""File that serialises metadata updates (:meth:`EnsembleStore.metadata_lock`). It lives
+in the ``complete`` array's directory: Zarr lists only a group's directory for
+members, so there it is invisible to readers (at the root Zarr warns of it)."""
 
 FINALIZE_MEMORY_BYTES = 256 * 2**20
 """Working memory of :meth:`EnsembleStore.finalize` (float64 copies of an altitude block)."""
@@ -404,6 +412,22 @@ class EnsembleStore:
             )
         return store
 
+    @contextmanager
+    def metadata_lock(self) -> Iterator[None]:
+        """Hold the store's metadata lock: one window registration or finalisation at a time.
+
+        An exclusive ``flock`` on :data:`LOCK_FILE`, so windows may be added
+        and finalised from several threads or processes (concurrent cycles);
+        member writes need no lock (the writer rule). ``flock`` holds on
+        local file systems and on NFS v4 and Lustre mounted with locking.
+        """
+        with open(self.path / COMPLETE / LOCK_FILE, "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
     # ------------------------------------------------------------------ windows
     def _windows(self, group: zarr.Group | None = None) -> dict[str, dict[str, Any]]:
         group = group if group is not None else _open_group(self.path, "r")
@@ -483,8 +507,8 @@ class EnsembleStore:
         The slot is added in this order: every array grows by one (the ``time``
         coordinate last), the time value is written, the provenance recorded.
         A registration cut short leaves a last slot without provenance, which
-        the next call reuses (and :meth:`validate` reports meanwhile). Only one
-        process may add windows at a time.
+        the next call reuses (and :meth:`validate` reports meanwhile). The
+        store's metadata lock makes concurrent registrations wait their turn.
         """
         t = _as_time(time)
         key = _iso(t)
@@ -493,6 +517,11 @@ class EnsembleStore:
                 f"provenance must be a mapping, got {type(provenance).__name__}"
             )
         record = _canonical(dict(provenance), f"provenance of window {key}")
+        with self.metadata_lock():
+            return self._add_window(t, record)
+
+    def _add_window(self, t: np.datetime64, record: dict[str, Any]) -> int:
+        key = _iso(t)
         group = _open_group(self.path, "r+")
         arrays = self._time_arrays(group)
         length = max(a.shape[0] for a in arrays)
@@ -682,7 +711,10 @@ class EnsembleStore:
             EnsembleStoreError: members are missing (they are named), or a member
                 flagged complete has NaN or missing data (nothing is written then).
         """
-        t = _as_time(time)
+        with self.metadata_lock():
+            self._finalize(_as_time(time))
+
+    def _finalize(self, t: np.datetime64) -> None:
         key = _iso(t)
         group = _open_group(self.path, "r+")
         index = self._locate(group, t)
@@ -708,7 +740,9 @@ class EnsembleStore:
                 out["std"][block] = (
                     members.std(axis=0, ddof=1)
                     if self.n_members > 1
-                    else np.full_like(members[0], np.nan)  # one member has no spread (the scores' NaN)
+                    else np.full_like(
+                        members[0], np.nan
+                    )  # one member has no spread (the scores' NaN)
                 )
                 q = np.quantile(members, [QUANTILES[s] for s in ("q05", "q50", "q95")], axis=0)
                 for i, stat in enumerate(("q05", "q50", "q95")):

@@ -1,0 +1,290 @@
+"""Posterior ensembles on a real local Ray cluster: identical members, lost actors, lost drivers.
+
+Every test compares with members made in one process without Ray: each
+member's noise comes from its own seed and each batch's composition from the
+member indices (genda.ensemble.work), so the comparisons are bit-for-bit.
+The references use one torch thread, as the actors do: CPU kernels sum in
+another order with another thread count (differences ~1e-6 relative).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time as clock
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from genda.assimilation.posterior import PosteriorSettings
+from genda.ensemble import ActorPool, WorkerSpec, member_blocks, writer_tasks
+from genda.grid import Grid
+from genda.observations import draw_observations, write_observations
+from genda.orchestration.assimilate import assimilate_window
+from genda.storage import EnsembleStore, open_archive
+from genda.threads import cpu_threads
+
+ray = pytest.importorskip("ray")
+
+SETTINGS = PosteriorSettings(steps=3, batch_size=2)
+MEMBERS = 8
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A local Ray cluster of 4 CPUs for the module (token auth off: loopback tests only)."""
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    # Short: Ray's socket paths must fit in 107 characters.
+    temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
+    ray.init(num_cpus=4, include_dashboard=False, _temp_dir=temp_dir, logging_level="ERROR")
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def window(tiny_archive: Path, tiny_prior: Path, tmp_path_factory) -> dict:
+    """Observations of one window and a reference store made in this process, without Ray."""
+    root = tmp_path_factory.mktemp("ray")
+    truth = open_archive(tiny_archive)
+    time = str(truth.time.values[30])[:19]
+    obs = root / "obs.parquet"
+    write_observations(draw_observations(truth, Grid.from_dataset(truth), time, "radars"), obs)
+    reference = root / "reference.zarr"
+    with cpu_threads(1):
+        assimilate_window(
+            tiny_prior, obs, time, reference, members=MEMBERS, settings=SETTINGS, progress=False
+        )
+    return {
+        "root": root,
+        "time": time,
+        "obs": obs,
+        "prior": tiny_prior,
+        "reference": EnsembleStore.open(reference).read_members(time),
+    }
+
+
+def _pool(window: dict, count: int) -> ActorPool:
+    return ActorPool.start(WorkerSpec(str(window["prior"]), "cpu", threads=1), count)
+
+
+def test_blocks_and_tasks_follow_member_indices_and_shards() -> None:
+    assert member_blocks([5, 0, 1, 2, 7], batch_size=2, members_per_shard=1) == [
+        [0, 1],
+        [2],
+        [5],
+        [7],
+    ]
+    # A batch never crosses a shard, and a task always holds whole shards.
+    assert member_blocks(range(8), batch_size=3, members_per_shard=4) == [
+        [0, 1, 2],
+        [3],
+        [4, 5],
+        [6, 7],
+    ]
+    tasks = writer_tasks(range(12), batch_size=6, members_per_shard=4)
+    assert tasks == [list(range(8)), list(range(8, 12))]
+    shards = [{m // 4 for m in task} for task in tasks]
+    assert not shards[0] & shards[1]
+    with pytest.raises(ValueError, match="batch_size"):
+        member_blocks([0], batch_size=0, members_per_shard=1)
+
+
+def test_two_actors_make_the_members_one_process_makes(cluster: str, window: dict) -> None:
+    pool = _pool(window, 2)
+    try:
+        out = window["root"] / "two-actors.zarr"
+        summary = assimilate_window(
+            window["prior"],
+            window["obs"],
+            window["time"],
+            out,
+            members=MEMBERS,
+            settings=SETTINGS,
+            pool=pool,
+            progress=False,
+        )
+    finally:
+        pool.shutdown()
+    assert summary["written"] == MEMBERS and summary["failures_retried"] == 0
+    assert len(summary["by_worker"]) == 2, summary["by_worker"]  # both actors took tasks
+    store = EnsembleStore.open(out)
+    np.testing.assert_array_equal(store.read_members(window["time"]), window["reference"])
+    assert store.is_finalized(window["time"]) and store.validate() == []
+
+
+def test_an_actor_killed_mid_window_loses_no_member(cluster: str, window: dict) -> None:
+    out = window["root"] / "killed-actor.zarr"
+    settings = PosteriorSettings(steps=3, batch_size=1)  # many small tasks: the kill lands mid-run
+    reference = window["root"] / "killed-reference.zarr"
+    with cpu_threads(1):
+        assimilate_window(
+            window["prior"], window["obs"], window["time"], reference,
+            members=MEMBERS, settings=settings, progress=False,
+        )  # fmt: skip
+    pool = _pool(window, 2)
+    killed = threading.Event()
+
+    def kill_after_two_members() -> None:
+        deadline = clock.monotonic() + 120
+        while clock.monotonic() < deadline:
+            if out.exists() and EnsembleStore.open(out).windows():
+                if EnsembleStore.open(out).complete(window["time"]).sum() >= 2:
+                    ray.kill(pool.actors[0])
+                    killed.set()
+                    return
+            clock.sleep(0.02)
+
+    killer = threading.Thread(target=kill_after_two_members, daemon=True)
+    killer.start()
+    try:
+        summary = assimilate_window(
+            window["prior"],
+            window["obs"],
+            window["time"],
+            out,
+            members=MEMBERS,
+            settings=settings,
+            pool=pool,
+            progress=False,
+        )
+    finally:
+        killer.join(timeout=5)
+        pool.shutdown()
+    assert killed.is_set()
+    assert summary["failures_retried"] >= 1, summary
+    store = EnsembleStore.open(out)
+    assert store.missing(window["time"]) == [] and store.validate() == []
+    # Each member once: members written add up to at most the ensemble (a
+    # block the dead actor finished is not made twice), and every value is
+    # the undisturbed run's.
+    assert sum(summary["by_worker"].values()) <= MEMBERS
+    np.testing.assert_array_equal(
+        store.read_members(window["time"]),
+        EnsembleStore.open(reference).read_members(window["time"]),
+    )
+
+
+def test_a_killed_driver_is_resumed_with_only_the_missing_members(
+    cluster: str, window: dict
+) -> None:
+    out = window["root"] / "killed-driver.zarr"
+    members = 12
+    reference = window["root"] / "driver-reference.zarr"
+    with cpu_threads(1):
+        assimilate_window(
+            window["prior"], window["obs"], window["time"], reference,
+            members=members, settings=SETTINGS, progress=False,
+        )  # fmt: skip
+    genda = Path(sys.executable).with_name("genda")
+    command = [
+        str(genda), "assimilate", "--checkpoint", str(window["prior"]), "--obs", str(window["obs"]),
+        "--time", window["time"], "--out", str(out), "--members", str(members),
+        "--steps", str(SETTINGS.steps), "--batch-size", str(SETTINGS.batch_size),
+        "--workers", "2", "--ray-address", cluster, "--no-progress",
+    ]  # fmt: skip
+    driver = subprocess.Popen(
+        command,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "RAY_AUTH_MODE": "disabled"},
+    )
+    done_at_kill = 0
+    deadline = clock.monotonic() + 180
+    try:
+        while clock.monotonic() < deadline and driver.poll() is None:
+            if out.exists() and EnsembleStore.open(out).windows():
+                done_at_kill = int(EnsembleStore.open(out).complete(window["time"]).sum())
+                if done_at_kill >= 2:
+                    driver.send_signal(signal.SIGKILL)
+                    break
+            clock.sleep(0.02)
+    finally:
+        driver.kill()
+        driver.wait(timeout=30)
+    assert driver.returncode == -signal.SIGKILL, "the driver finished before it could be killed"
+    store = EnsembleStore.open(out)
+    missing = store.missing(window["time"])
+    assert 0 < len(missing) < members
+    assert not store.is_finalized(window["time"])
+
+    with cpu_threads(1):
+        summary = assimilate_window(
+            window["prior"],
+            window["obs"],
+            window["time"],
+            out,
+            members=members,
+            settings=SETTINGS,
+            progress=False,
+        )
+    assert summary["written"] == len(missing)
+    assert summary["already_complete"] == members - len(missing)
+    assert store.validate() == [] and store.is_finalized(window["time"])
+    np.testing.assert_array_equal(
+        store.read_members(window["time"]),
+        EnsembleStore.open(reference).read_members(window["time"]),
+    )
+
+
+def test_two_windows_written_concurrently_do_not_corrupt_each_other(
+    cluster: str, window: dict, tiny_archive: Path
+) -> None:
+    truth = open_archive(tiny_archive)
+    later = str(np.datetime64(window["time"]) + np.timedelta64(1, "h"))
+    later_obs = window["root"] / "obs-later.parquet"
+    write_observations(
+        draw_observations(truth, Grid.from_dataset(truth), later, "radars,lidars"), later_obs
+    )
+    later_reference = window["root"] / "later-reference.zarr"
+    with cpu_threads(1):
+        assimilate_window(
+            window["prior"], later_obs, later, later_reference,
+            members=MEMBERS, settings=SETTINGS, progress=False,
+        )  # fmt: skip
+    out = window["root"] / "concurrent.zarr"
+    # Sharded, two members per shard: the writer rule is what keeps this safe.
+    EnsembleStore.create(out, Grid.from_dataset(truth), MEMBERS, members_per_shard=2)
+    pools = [_pool(window, 1), _pool(window, 1)]
+    errors: list[BaseException] = []
+
+    def run(pool: ActorPool, obs: Path, time: str) -> None:
+        try:
+            assimilate_window(
+                window["prior"],
+                obs,
+                time,
+                out,
+                members=MEMBERS,
+                settings=SETTINGS,
+                pool=pool,
+                progress=False,
+            )
+        except BaseException as error:  # re-raised in the test thread
+            errors.append(error)
+
+    threads = [
+        threading.Thread(target=run, args=(pools[0], window["obs"], window["time"])),
+        threading.Thread(target=run, args=(pools[1], later_obs, later)),
+    ]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=300)
+    finally:
+        for pool in pools:
+            pool.shutdown()
+    assert not errors, errors
+    store = EnsembleStore.open(out)
+    assert sorted(str(t) for t in store.windows()) == sorted([window["time"], later])
+    assert store.validate() == []
+    assert all(store.is_finalized(t) for t in store.windows())
+    np.testing.assert_array_equal(store.read_members(window["time"]), window["reference"])
+    np.testing.assert_array_equal(
+        store.read_members(later), EnsembleStore.open(later_reference).read_members(later)
+    )
