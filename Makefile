@@ -39,6 +39,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/sampling.py
 	$(BIN)/python benchmarks/training.py
 	$(BIN)/python benchmarks/posterior_gaussian.py
+	$(BIN)/python benchmarks/ensemble.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -80,6 +80,8 @@ class RunReport:
         failures_retried: tasks whose actor died and that were handed out again.
         seconds: wall time of the run.
         by_worker: members written per worker (``host:pid``).
+        peak_memory_mib: the largest peak a worker reported
+            (:func:`genda.ensemble.work.peak_memory_mib`).
     """
 
     members: int = 0
@@ -88,6 +90,14 @@ class RunReport:
     failures_retried: int = 0
     seconds: float = 0.0
     by_worker: dict[str, int] = field(default_factory=dict)
+    peak_memory_mib: float = 0.0
+
+    def add(self, done: TaskReport) -> None:
+        """Count a finished task."""
+        self.tasks += 1
+        self.written += len(done.written)
+        self.by_worker[done.worker] = self.by_worker.get(done.worker, 0) + len(done.written)
+        self.peak_memory_mib = max(self.peak_memory_mib, done.peak_memory_mib)
 
     @property
     def members_per_second(self) -> float:
@@ -159,11 +169,7 @@ def run_tasks(
                 except RayTaskError as failed:
                     raise failed.as_instanceof_cause() from None
                 else:
-                    report.tasks += 1
-                    report.written += len(done.written)
-                    report.by_worker[done.worker] = report.by_worker.get(done.worker, 0) + len(
-                        done.written
-                    )
+                    report.add(done)
                     bar.update(len(members))
                     if on_report is not None:
                         on_report(done)

@@ -137,9 +137,7 @@ def _run_here(
     with tqdm(total=len(missing), desc="members", unit="member", disable=not progress) as bar:
         for task in tasks:
             done = generator.generate(job, task, worker="driver")
-            report.tasks += 1
-            report.written += len(done.written)
-            report.by_worker[done.worker] = report.by_worker.get(done.worker, 0) + len(done.written)
+            report.add(done)
             bar.update(len(task))
             if on_report is not None:
                 on_report(done)

@@ -17,6 +17,7 @@ this is what makes a regenerated member bit-identical to the lost one.
 
 from __future__ import annotations
 
+import resource
 import time as clock
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -106,12 +107,29 @@ def member_blocks(
 
 @dataclass
 class TaskReport:
-    """What one task did: members written (others were complete already) and time spent."""
+    """What one task did.
+
+    Attributes:
+        members: the task's members.
+        written: those sampled and written (the others were complete already).
+        seconds: wall time of the task.
+        worker: ``host:pid`` of the worker.
+        peak_memory_mib: the worker's peak so far: CUDA memory allocated by
+            torch on a GPU, the process's peak resident set on a CPU.
+    """
 
     members: list[int]
     written: list[int]
     seconds: float
     worker: str = ""
+    peak_memory_mib: float = 0.0
+
+
+def peak_memory_mib(device: str) -> float:
+    """Peak memory of this worker: torch's CUDA peak on a GPU, the process's peak RSS on a CPU."""
+    if torch.device(device).type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 class MemberGenerator:
@@ -177,7 +195,8 @@ class MemberGenerator:
                 )
                 store.write_members(job.time, block, fields.numpy())
                 written.extend(block)
-        return TaskReport(list(members), written, clock.perf_counter() - started, worker)
+        elapsed = clock.perf_counter() - started
+        return TaskReport(list(members), written, elapsed, worker, peak_memory_mib(self.device))
 
     def probe_batch_size(
         self, job: WindowJob, memory_fraction: float = 0.8, largest: int = 256
@@ -227,6 +246,7 @@ __all__ = [
     "TaskReport",
     "WindowJob",
     "member_blocks",
+    "peak_memory_mib",
     "set_layers_per_batch",
     "task_span",
     "writer_tasks",

@@ -220,6 +220,7 @@ def assimilate_window(
         "members_per_second": run.members_per_second,
         "failures_retried": run.failures_retried,
         "by_worker": run.by_worker,
+        "peak_memory_mib": run.peak_memory_mib,
         "observations": 0 if obs is None else len(obs),
     }
     if obs is not None:
