@@ -288,3 +288,40 @@ def test_two_windows_written_concurrently_do_not_corrupt_each_other(
     np.testing.assert_array_equal(
         store.read_members(later), EnsembleStore.open(later_reference).read_members(later)
     )
+
+
+def test_the_command_uses_a_running_cluster_and_leaves_it_running(
+    cluster: str, window: dict
+) -> None:
+    out = window["root"] / "command.zarr"
+    genda = Path(sys.executable).with_name("genda")
+    command = [
+        str(genda), "assimilate", "--checkpoint", str(window["prior"]), "--obs", str(window["obs"]),
+        "--time", window["time"], "--out", str(out), "--members", "4", "--steps", "2",
+        "--workers", "2", "--no-progress",
+    ]  # fmt: skip
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_ADDRESS": cluster}
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    text = " ".join(result.stdout.split())
+    assert "2 Ray workers on" in text and cluster in text
+    assert EnsembleStore.open(out).is_finalized(window["time"])
+    # The cluster the command connected to is still up and serving.
+    assert ray.get(ray.remote(lambda: 41 + 1).remote(), timeout=60) == 42
+    assert ray.cluster_resources().get("CPU") == 4
+
+
+def test_workers_the_cluster_cannot_hold_are_refused(cluster: str, window: dict) -> None:
+    with pytest.raises(ValueError, match=r"need 6 CPUs.*has 4"):
+        assimilate_window(
+            window["prior"],
+            window["obs"],
+            window["time"],
+            window["root"] / "too-many.zarr",
+            members=4,
+            settings=SETTINGS,
+            workers=3,
+            threads_per_worker=2,
+            progress=False,
+        )
+    assert ray.is_initialized()  # a Ray it did not start is left as it was
