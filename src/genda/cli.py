@@ -575,6 +575,47 @@ def query(
 
 
 @app.command()
+def cycle(
+    config: Annotated[Path, typer.Option(help="Cycle configuration (YAML, docs/cycles.md).")],
+) -> None:
+    """Run an assimilation cycle now: every window of the configuration, as Prefect flows."""
+    from genda.orchestration.config import ConfigError, load_cycle_config
+
+    try:
+        settings = load_cycle_config(config)
+    except ConfigError as error:
+        raise _fail(str(error)) from error
+    from genda.orchestration.flows import assimilation_cycle
+
+    results = assimilation_cycle(settings)
+    table = Table(title=f"cycle {config.name}", header_style="bold")
+    for name in ("window", "observations", "members made", "members/s", "retried", "result"):
+        table.add_column(name)
+    failed = 0
+    for result in results:
+        if "error" in result:
+            failed += 1
+            table.add_row(result["time"], "", "", "", "", f"[red]{result['error']}[/red]")
+            continue
+        ensemble = result["ensemble"]
+        outcome = "stored"
+        if result["evaluation"]:
+            outcome = f"report {Path(result['evaluation']['metrics_path']).parent}"
+        table.add_row(
+            result["time"],
+            str(result["observations"]),
+            f"{ensemble['written']} (+{ensemble['already_complete']} stored)",
+            f"{ensemble['members_per_second']:.2f}" if ensemble["written"] else "-",
+            str(ensemble["failures_retried"]),
+            outcome,
+        )
+    console.print(table)
+    console.print(f"store  {settings.store}")
+    if failed:
+        raise _fail(f"{failed} of {len(results)} windows failed; rerun to resume them")
+
+
+@app.command()
 def evaluate(
     ensemble: Annotated[Path, typer.Option(help="Ensemble store (Zarr) to verify.")],
     truth: Annotated[Path, typer.Option(help="Truth archive or model output.")],

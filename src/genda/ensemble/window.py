@@ -78,6 +78,9 @@ def complete_window(
     store = job.store
     missing = store.missing(job.time)
     already = store.n_members - len(missing)
+    if not missing:  # a finished window: no workers to start
+        store.finalize(job.time)
+        return WindowReport(RunReport(), 0, job.settings.batch_size, already)
     if workers == 0 and pool is None:
         if generator is None:
             raise ValueError("workers=0 samples in this process and needs a MemberGenerator")

@@ -1,0 +1,179 @@
+"""The typed configuration of an assimilation cycle, read from YAML.
+
+Example (``docs/cycles.md`` explains every key)::
+
+    checkpoint: default
+    observations: obs/{time:%Y%m%dT%H%M}.parquet   # one table per window
+    start: 2000-02-10T00:00
+    end: 2000-02-10T06:00
+    every_hours: 3
+    members: 16
+    method: mmps
+    steps: 16
+    store: cycle.zarr
+    truth: heldout.zarr          # optional: evaluate each window against it
+    ray:
+      workers: 2                 # 0: sample in the flow's process
+      address: null              # a running cluster; else RAY_ADDRESS, else a local one
+
+Unknown keys, wrong types, an ``end`` before ``start`` or an observation
+pattern without ``{time}`` are errors that name the key
+(:func:`load_cycle_config`).
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from genda.assimilation.posterior import PosteriorSettings
+
+
+class ConfigError(ValueError):
+    """A cycle configuration that cannot be used; the message names every problem."""
+
+
+class RayConfig(BaseModel):
+    """Where the members are made."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    workers: int = Field(0, ge=0, description="Ray actors; 0 samples in the flow's process.")
+    address: str | None = Field(None, description="A running cluster (else RAY_ADDRESS).")
+    threads_per_worker: int = Field(1, ge=1, description="CPU actors: torch threads each.")
+    device: Literal["cpu", "cuda"] = "cpu"
+
+
+class CycleConfig(BaseModel):
+    """One assimilation cycle: windows from ``start`` to ``end`` every ``every_hours``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    checkpoint: str = Field("default", description="Checkpoint directory or shipped name.")
+    observations: str = Field(
+        description="Observation table per window: a path pattern with {time:...} (strftime)."
+    )
+    start: datetime
+    end: datetime
+    every_hours: float = Field(1.0, gt=0)
+    window_hours: float = Field(1.0, ge=0)
+    members: int = Field(16, ge=1)
+    method: Literal["mmps", "dps", "sda"] = "mmps"
+    steps: int = Field(32, ge=1)
+    sampler: Literal["heun", "euler", "stochastic"] = "heun"
+    batch_size: int | Literal["auto"] = 8
+    seed: int = 0
+    store: Path
+    truth: Path | None = Field(None, description="Model data to evaluate each window against.")
+    withheld: str | None = Field(None, description="Withheld observations per window (pattern).")
+    reports: Path | None = Field(None, description="Folder of the per-window reports.")
+    ray: RayConfig = Field(default_factory=RayConfig)
+
+    @field_validator("observations", "withheld")
+    @classmethod
+    def _has_time_field(cls, value: str | None) -> str | None:
+        if value is not None and "{time" not in value:
+            raise ValueError(
+                "must contain {time} or {time:<strftime format>}, e.g. obs/{time:%Y%m%dT%H}.parquet"
+            )
+        return value
+
+    @field_validator("start", "end")
+    @classmethod
+    def _naive_utc(cls, value: datetime) -> datetime:
+        """Times are naive UTC throughout genda: an aware time is converted."""
+        if value.tzinfo is not None:
+            value = value.astimezone(UTC).replace(tzinfo=None)
+        return value
+
+    @field_validator("batch_size")
+    @classmethod
+    def _positive_batch(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and value < 1:
+            raise ValueError("must be >= 1 or 'auto'")
+        return value
+
+    @model_validator(mode="after")
+    def _ordered(self) -> CycleConfig:
+        if self.end < self.start:
+            raise ValueError(f"end ({self.end}) is before start ({self.start})")
+        return self
+
+    def windows(self) -> list[np.datetime64]:
+        """Centres of the cycle's windows, ``start`` to ``end`` inclusive."""
+        step = timedelta(hours=self.every_hours)
+        times, t = [], self.start
+        while t <= self.end:
+            times.append(np.datetime64(t.replace(microsecond=0), "s"))
+            t += step
+        return times
+
+    def observation_path(self, time: np.datetime64) -> Path:
+        """The observation table of the window at ``time``."""
+        return _expand(self.observations, time)
+
+    def withheld_path(self, time: np.datetime64) -> Path | None:
+        return None if self.withheld is None else _expand(self.withheld, time)
+
+    def settings(self) -> PosteriorSettings:
+        """The sampling settings (an ``auto`` batch size starts at 8 and is probed on GPUs)."""
+        batch = 8 if self.batch_size == "auto" else int(self.batch_size)
+        return PosteriorSettings(
+            method=self.method, steps=self.steps, sampler=self.sampler, batch_size=batch
+        )
+
+
+def _expand(pattern: str, time: np.datetime64) -> Path:
+    when = datetime.fromisoformat(str(np.datetime64(time, "s")))
+    return Path(os.path.expanduser(pattern.format(time=when)))
+
+
+def load_cycle_config(path: str | os.PathLike[str]) -> CycleConfig:
+    """Read and validate a cycle configuration; relative paths are taken from the file's folder.
+
+    Raises:
+        ConfigError: the file is missing or not YAML, or keys are unknown,
+            missing or of the wrong type (each named with its location).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"no cycle configuration at {path}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML ({error})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys, got {type(data).__name__}")
+    try:
+        config = CycleConfig.model_validate(data)
+    except ValidationError as error:
+        problems = [
+            f"{'.'.join(str(p) for p in e['loc']) or '<top>'}: {e['msg']}" for e in error.errors()
+        ]
+        raise ConfigError(f"{path}: " + "; ".join(problems)) from None
+    base = path.resolve().parent
+
+    def here(value: Path | None) -> Path | None:
+        return None if value is None or value.is_absolute() else base / value
+
+    updates: dict[str, object] = {
+        "store": here(config.store) or config.store,
+        "truth": here(config.truth) or config.truth,
+        "reports": here(config.reports) or config.reports,
+    }
+    for key in ("observations", "withheld"):
+        pattern = getattr(config, key)
+        if pattern is not None and not os.path.isabs(os.path.expanduser(pattern)):
+            updates[key] = str(base / pattern)
+    if not Path(config.checkpoint).is_absolute() and (base / config.checkpoint).exists():
+        updates["checkpoint"] = str(base / config.checkpoint)
+    return config.model_copy(update=updates)
+
+
+__all__ = ["ConfigError", "CycleConfig", "RayConfig", "load_cycle_config"]

@@ -1,0 +1,217 @@
+"""Prefect flows: one assimilation window, and a cycle of windows.
+
+``assimilate_window_flow`` runs one window as four thin tasks around library
+functions: check the observations (fail fast, before any actor starts),
+make the ensemble (:func:`genda.orchestration.assimilate.assimilate_window`:
+Ray actors created inside the task, members straight into the store, the
+window's statistics), evaluate it against model data when the configuration
+names some (:func:`genda.evaluation.report.evaluate_paths`), and publish a
+markdown artifact with the scores and the plot paths. Tasks pass store
+paths, window times and small summaries, never arrays.
+
+The ensemble task retries on failure; a retry, like a rerun of the flow,
+resumes the window: members already in the store are not made again.
+
+``assimilation_cycle`` runs the windows from ``start`` to ``end`` one after
+the other. A window passes nothing to the next but the store they share:
+the prior is climatological (trained on model states, not conditioned on
+the previous analysis), so windows are independent draws and a failed
+window does not spoil the ones after it; it is reported and the cycle goes
+on.
+
+Prefect runs offline by default (:func:`prefect_environment`): no
+telemetry, ``PREFECT_HOME`` under the working directory unless set.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from genda.orchestration.config import CycleConfig
+
+
+def prefect_environment(home: str | os.PathLike[str] | None = None) -> None:
+    """Offline defaults for Prefect, set before it is imported; the user's settings win.
+
+    ``PREFECT_HOME`` goes under ``home`` (default: ``./.prefect``), analytics
+    and update checks are off, a temporary server listens on 127.0.0.1.
+    """
+    os.environ.setdefault("PREFECT_HOME", str(Path(home or Path.cwd() / ".prefect").resolve()))
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_SERVER_API_HOST", "127.0.0.1")
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+
+
+prefect_environment()
+
+from prefect import flow, get_run_logger, task  # noqa: E402  (after the environment)
+from prefect.artifacts import create_markdown_artifact  # noqa: E402
+from prefect.cache_policies import NONE  # noqa: E402
+
+
+@task(name="check observations", cache_policy=NONE)
+def check_observations(config: CycleConfig, time: str) -> dict[str, Any]:
+    """Read and validate the window's table against the prior's grid; count and fingerprint."""
+    from genda.grid import Grid
+    from genda.models.checkpoint import read_checkpoint
+    from genda.orchestration.assimilate import load_window_observations, observation_fingerprint
+
+    path = config.observation_path(np.datetime64(time))
+    grid = Grid.from_dict(read_checkpoint(config.checkpoint).config["grid"])
+    obs = load_window_observations(path, grid, np.datetime64(time), config.window_hours)
+    return {"path": str(path), "count": len(obs), "sha256": observation_fingerprint(obs)}
+
+
+@task(name="ensemble", retries=2, retry_delay_seconds=5, cache_policy=NONE)
+def make_ensemble(config: CycleConfig, time: str) -> dict[str, Any]:
+    """The window's members and statistics in the store (resumes what a failed try left)."""
+    from genda.orchestration.assimilate import assimilate_window
+
+    summary = assimilate_window(
+        config.checkpoint,
+        config.observation_path(np.datetime64(time)),
+        time,
+        config.store,
+        members=config.members,
+        settings=config.settings(),
+        seed=config.seed,
+        window_hours=config.window_hours,
+        device=config.ray.device,
+        workers=config.ray.workers,
+        threads_per_worker=config.ray.threads_per_worker,
+        ray_address=config.ray.address,
+        auto_batch=config.batch_size == "auto",
+        progress=False,
+    )
+    get_run_logger().info(
+        "window %s: %d members made, %d already stored, %.2f members/s, %d retried",
+        time,
+        summary["written"],
+        summary["already_complete"],
+        summary["members_per_second"],
+        summary["failures_retried"],
+    )
+    return summary
+
+
+@task(name="evaluate", cache_policy=NONE)
+def evaluate_window(config: CycleConfig, time: str) -> dict[str, Any]:
+    """Scores against ``config.truth``: ``metrics.json`` and PNGs in the window's report folder."""
+    from genda.evaluation.report import evaluate_paths
+    from genda.evaluation.scores import SCORE_NAMES
+
+    assert config.truth is not None  # the flow checks
+    out = report_dir(config, time)
+    metrics = evaluate_paths(
+        config.store,
+        config.truth,
+        out,
+        time=time,
+        obs_path=config.observation_path(np.datetime64(time)),
+        withheld_path=config.withheld_path(np.datetime64(time)),
+    )
+    return {
+        "metrics_path": str(out / "metrics.json"),
+        "plots": {k: str(v) for k, v in metrics["plots"].items()},
+        "scores": {  # the table's numbers; the rank histograms stay in metrics.json
+            name: {k: v for k, v in entry["total"].items() if k in SCORE_NAMES}
+            for name, entry in metrics["ensemble"]["variables"].items()
+        },
+        "units": {name: entry["units"] for name, entry in metrics["ensemble"]["variables"].items()},
+    }
+
+
+def report_dir(config: CycleConfig, time: str) -> Path:
+    """Where a window's report goes: ``reports/<time>`` (beside the store by default)."""
+    base = config.reports or config.store.with_name(config.store.stem + "-reports")
+    return base / str(np.datetime64(time, "s")).replace(":", "")
+
+
+def markdown_report(time: str, ensemble: dict[str, Any], evaluation: dict[str, Any] | None) -> str:
+    """The window's artifact: what was made, the fit, the scores and the plot paths."""
+    lines = [
+        f"# Window {time}",
+        "",
+        f"- store: `{ensemble['store']}`",
+        f"- members: {ensemble['members']} ({ensemble['written']} made now, "
+        f"{ensemble['already_complete']} already stored), {ensemble['method']}, "
+        f"{ensemble['steps']} steps, {ensemble['strategy']}",
+        f"- workers: {ensemble['workers'] or 'in process'}, "
+        + (f"{ensemble['members_per_second']:.2f} members/s, " if ensemble["written"] else "")
+        + f"{ensemble['failures_retried']} tasks retried",
+    ]
+    if "fit" in ensemble:
+        lines.append(
+            f"- fit to the {ensemble['observations']} observations, rms (y - Hx)/sigma: "
+            f"{ensemble['fit']['rms_normalised_innovation']:.2f} (training mean per level: "
+            f"{ensemble['level_mean_fit']['rms_normalised_innovation']:.2f})"
+        )
+    if evaluation:
+        names = list(next(iter(evaluation["scores"].values())))
+        lines += [
+            "",
+            "| variable | units | " + " | ".join(names) + " |",
+            "|---|---|" + "---|" * len(names),
+        ]
+        for variable, scores in evaluation["scores"].items():
+            cells = " | ".join(f"{scores[n]:.3g}" for n in names)
+            lines.append(f"| {variable} | {evaluation['units'][variable]} | {cells} |")
+        lines += ["", f"metrics: `{evaluation['metrics_path']}`", ""]
+        lines += [f"- {name}: `{path}`" for name, path in evaluation["plots"].items()]
+    return "\n".join(lines) + "\n"
+
+
+@flow(name="assimilate-window", log_prints=True)
+def assimilate_window_flow(config: CycleConfig, time: str) -> dict[str, Any]:
+    """One window: observations -> ensemble (+ statistics) -> evaluation -> artifact."""
+    time = str(np.datetime64(time, "s"))
+    checked = check_observations(config, time)
+    ensemble = make_ensemble(config, time)
+    evaluation = evaluate_window(config, time) if config.truth is not None else None
+    key = "window-" + time.lower().replace(":", "").replace("t", "-")
+    create_markdown_artifact(
+        markdown_report(time, ensemble, evaluation), key=key, description=f"window {time}"
+    )
+    return {
+        "time": time,
+        "store": str(config.store),
+        "observations": checked["count"],
+        "ensemble": ensemble,
+        "evaluation": evaluation,
+    }
+
+
+@flow(name="assimilation-cycle", log_prints=True)
+def assimilation_cycle(config: CycleConfig) -> list[dict[str, Any]]:
+    """Every window of the configuration, in time order; a failed window is reported, not fatal."""
+    from contextlib import nullcontext
+
+    from genda.ensemble.cluster import ray_session
+
+    results = []
+    # One Ray for the whole cycle: each window's actors then start in seconds
+    # instead of each window starting (and stopping) a local cluster.
+    workers = config.ray
+    cpus = workers.workers * workers.threads_per_worker if workers.device == "cpu" else None
+    with ray_session(workers.address, num_cpus=cpus) if workers.workers else nullcontext():
+        for when in config.windows():
+            time = str(when)
+            try:
+                results.append(assimilate_window_flow(config, time))
+            except Exception as error:  # the cycle goes on; the summary names the failure
+                get_run_logger().error("window %s failed: %s", time, error)
+                results.append({"time": time, "error": f"{type(error).__name__}: {error}"})
+    return results
+
+
+__all__ = [
+    "assimilate_window_flow",
+    "assimilation_cycle",
+    "markdown_report",
+    "prefect_environment",
+    "report_dir",
+]

@@ -1,0 +1,218 @@
+"""Cycle configuration and the Prefect flows (under prefect_test_harness, in-process and on Ray)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from genda.cli import app
+from genda.grid import Grid
+from genda.observations import draw_observations, write_observations
+from genda.observations.networks import split_withheld
+from genda.orchestration.config import ConfigError, load_cycle_config
+from genda.storage import EnsembleStore, open_archive
+
+runner = CliRunner()
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+# ---------------------------------------------------------------------------- configuration
+def test_a_config_reads_windows_and_resolves_paths_beside_it(tmp_path: Path) -> None:
+    config = load_cycle_config(
+        _write(
+            tmp_path / "cycle.yaml",
+            "observations: obs/{time:%Y%m%dT%H}.parquet\n"
+            "start: 2000-01-02T06:00\nend: 2000-01-02T12:00\nevery_hours: 3\n"
+            "store: out/cycle.zarr\nbatch_size: auto\nray: {workers: 2}\n",
+        )
+    )
+    assert [str(t) for t in config.windows()] == [
+        "2000-01-02T06:00:00",
+        "2000-01-02T09:00:00",
+        "2000-01-02T12:00:00",
+    ]
+    assert config.observation_path(np.datetime64("2000-01-02T09:00")) == (
+        tmp_path / "obs" / "20000102T09.parquet"
+    )
+    assert config.store == tmp_path / "out" / "cycle.zarr"
+    assert config.ray.workers == 2 and config.settings().batch_size == 8
+
+
+@pytest.mark.parametrize(
+    ("text", "needles"),
+    [
+        ("observations: o.csv\nstart: 2000-01-01\nend: 2000-01-02\nstore: s.zarr\n", ["{time"]),
+        (
+            "observations: o{time}.csv\nstart: 2000-01-02\nend: 2000-01-01\nstore: s.zarr\n",
+            ["before start"],
+        ),
+        (
+            "observations: o{time}.csv\nstart: 2000-01-01\nend: 2000-01-01\nstore: s.zarr\n"
+            "membres: 4\nmethod: kalman\n",
+            ["membres", "method"],
+        ),
+        ("start: 2000-01-01\nend: x\n", ["observations", "store", "end"]),
+        (
+            "observations: o{time}.csv\nstart: 2000-01-01\nend: 2000-01-01\nstore: s.zarr\n"
+            "ray: {workers: -1}\nbatch_size: 0\n",
+            ["ray.workers", "batch_size"],
+        ),
+        ("- a list\n", ["mapping"]),
+        ("observations: [unclosed\n", ["not valid YAML"]),
+    ],
+)
+def test_bad_configs_name_every_problem(tmp_path: Path, text: str, needles: list[str]) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_cycle_config(_write(tmp_path / "bad.yaml", text))
+    for needle in needles:
+        assert needle in str(caught.value), str(caught.value)
+
+
+def test_the_cycle_command_refuses_a_bad_config(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["cycle", "--config", str(tmp_path / "absent.yaml")])
+    assert result.exit_code != 0 and "no cycle configuration" in result.output
+
+
+# ---------------------------------------------------------------------------- flows
+@pytest.fixture(scope="module")
+def harness(tmp_path_factory):
+    """One Prefect test harness (temporary database and server) for the module."""
+    os.environ.setdefault("PREFECT_HOME", str(tmp_path_factory.mktemp("prefect-home")))
+    os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(scope="module")
+def cycle_files(tiny_archive: Path, tiny_prior: Path, tmp_path_factory) -> dict:
+    """Observations of two hourly windows of the tiny archive, and a config for them."""
+    root = tmp_path_factory.mktemp("cycle")
+    truth = open_archive(tiny_archive)
+    grid = Grid.from_dataset(truth)
+    first = np.datetime64(str(truth.time.values[30])[:19])
+    times = [first, first + np.timedelta64(1, "h")]
+    for t in times:
+        name = str(t).replace(":", "")
+        kept, withheld = split_withheld(
+            draw_observations(truth, grid, t, "radars,lidars"), ["Collm"]
+        )
+        write_observations(kept, root / f"obs-{name}.parquet")
+        write_observations(withheld, root / f"withheld-{name}.parquet")
+    text = (
+        f"checkpoint: {tiny_prior}\n"
+        "observations: obs-{time:%Y-%m-%dT%H%M%S}.parquet\n"
+        "withheld: withheld-{time:%Y-%m-%dT%H%M%S}.parquet\n"
+        f"start: {times[0]}\nend: {times[1]}\nevery_hours: 1\n"
+        "members: 3\nsteps: 2\nbatch_size: 2\nstore: cycle.zarr\n"
+        f"truth: {tiny_archive}\n"
+    )
+    return {"root": root, "config": _write(root / "cycle.yaml", text), "times": times}
+
+
+def test_a_cycle_runs_every_window_and_a_rerun_makes_nothing_twice(
+    harness, cycle_files: dict
+) -> None:
+    from genda.orchestration.flows import assimilation_cycle
+
+    config = load_cycle_config(cycle_files["config"])
+    first = assimilation_cycle(config)
+    assert [r["time"] for r in first] == [str(t) for t in cycle_files["times"]]
+    assert all("error" not in r for r in first), first
+    assert [r["ensemble"]["written"] for r in first] == [3, 3]
+    store = EnsembleStore.open(config.store)
+    assert store.windows() == cycle_files["times"] and store.validate() == []
+    for result in first:
+        metrics = json.loads(Path(result["evaluation"]["metrics_path"]).read_text())
+        assert metrics["ensemble"]["variables"]["u"]["total"]["crps"] > 0
+        assert metrics["withheld"]  # the withheld station is scored
+        assert all(Path(p).is_file() for p in result["evaluation"]["plots"].values())
+    before = store.read_members(cycle_files["times"][1])
+
+    again = assimilation_cycle(config)
+    assert [r["ensemble"]["written"] for r in again] == [0, 0]
+    assert [r["ensemble"]["already_complete"] for r in again] == [3, 3]
+    np.testing.assert_array_equal(store.read_members(cycle_files["times"][1]), before)
+
+
+def test_a_window_flow_publishes_its_scores_as_an_artifact(harness, cycle_files: dict) -> None:
+    from prefect.client.orchestration import get_client
+
+    from genda.orchestration.flows import assimilate_window_flow
+
+    config = load_cycle_config(cycle_files["config"]).model_copy(
+        update={"store": cycle_files["root"] / "artifact.zarr"}
+    )
+    time = str(cycle_files["times"][0])
+    result = assimilate_window_flow(config, time)
+    assert result["observations"] > 0 and result["ensemble"]["written"] == 3
+
+    async def markdown() -> str:
+        async with get_client() as client:
+            artifacts = await client.read_artifacts()
+        found = [
+            a
+            for a in artifacts
+            if a.key == "window-" + time.lower().replace(":", "").replace("t", "-")
+        ]
+        return found[0].data
+
+    import asyncio
+
+    text = asyncio.run(markdown())
+    assert f"# Window {time}" in text and "| u |" in text and "crps" in text
+    assert "metrics.json" in text
+
+
+def test_a_bad_window_is_reported_and_the_cycle_goes_on(harness, cycle_files: dict) -> None:
+    from genda.orchestration.flows import assimilation_cycle
+
+    root = cycle_files["root"]
+    times = cycle_files["times"]
+    config = load_cycle_config(cycle_files["config"]).model_copy(
+        update={
+            "store": root / "partial.zarr",
+            "end": (times[1] + np.timedelta64(1, "h")).astype(object),
+            "truth": None,
+        }
+    )
+    results = assimilation_cycle(config)
+    assert [("error" in r) for r in results] == [False, False, True]
+    assert "FileNotFoundError" in results[2]["error"] or "no such" in results[2]["error"].lower()
+    assert EnsembleStore.open(root / "partial.zarr").windows() == times
+
+
+def test_a_window_flow_on_ray_actors_matches_the_in_process_one(harness, cycle_files: dict) -> None:
+    """The flow makes Ray actors inside its task, on a local cluster it starts and stops."""
+    from genda.orchestration.config import RayConfig
+    from genda.orchestration.flows import assimilate_window_flow
+    from genda.threads import cpu_threads
+
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    base = load_cycle_config(cycle_files["config"]).model_copy(update={"truth": None})
+    time = str(cycle_files["times"][0])
+    here = base.model_copy(update={"store": cycle_files["root"] / "here.zarr"})
+    on_ray = base.model_copy(
+        update={"store": cycle_files["root"] / "ray.zarr", "ray": RayConfig(workers=2)}
+    )
+    with cpu_threads(1):  # as the actors: the same summation order, bit for bit
+        assimilate_window_flow(here, time)
+    result = assimilate_window_flow(on_ray, time)
+    assert result["ensemble"]["workers"] == 2 and len(result["ensemble"]["by_worker"]) == 2
+    import ray
+
+    assert not ray.is_initialized()  # the cluster it started is gone
+    np.testing.assert_array_equal(
+        EnsembleStore.open(on_ray.store).read_members(time),
+        EnsembleStore.open(here.store).read_members(time),
+    )
