@@ -216,3 +216,46 @@ def test_a_window_flow_on_ray_actors_matches_the_in_process_one(harness, cycle_f
         EnsembleStore.open(on_ray.store).read_members(time),
         EnsembleStore.open(here.store).read_members(time),
     )
+
+
+def test_the_demo_simulates_observes_assimilates_and_scores(
+    harness, tiny_prior: Path, tmp_path: Path
+) -> None:
+    from genda.orchestration import run_demo
+    from genda.simulator import SimulatorConfig
+
+    result = run_demo(
+        tmp_path / "demo",
+        checkpoint=str(tiny_prior),
+        members=3,
+        steps=2,
+        workers=0,
+        spinup_days=0.5,
+        days=2,
+        simulator=SimulatorConfig(nlat=16, nlon=32, layers=4, levels=4),
+        progress=False,
+    )
+    window = result.window
+    assert window["time"].endswith("T12:00:00")
+    assert window["observations"] > 0 and window["ensemble"]["written"] == 3
+    store = EnsembleStore.open(result.store)
+    assert store.validate() == [] and store.is_finalized(window["time"])
+    evaluation = window["evaluation"]
+    assert set(evaluation["baselines"]) == {"enkf"}
+    for scores in (evaluation["scores"], evaluation["baselines"]["enkf"]):
+        assert all(np.isfinite(scores[v]["crps"]) for v in ("u", "v", "T"))
+    assert result.withheld is not None and result.withheld.is_file()
+    assert all(Path(p).stat().st_size > 10_000 for p in evaluation["plots"].values())
+    # Running it again replaces the earlier demo rather than mixing into it.
+    again = run_demo(
+        tmp_path / "demo",
+        checkpoint=str(tiny_prior),
+        members=3,
+        steps=2,
+        workers=0,
+        spinup_days=0.5,
+        days=2,
+        simulator=SimulatorConfig(nlat=16, nlon=32, layers=4, levels=4),
+        progress=False,
+    )
+    assert again.window["ensemble"]["written"] == 3

@@ -738,52 +738,60 @@ def demo(
     out: Annotated[Path, typer.Option(help="Directory for the demo's files.")] = Path(
         "outputs/demo"
     ),
-    days: Annotated[float, typer.Option(help="Days of output after the spin-up.")] = 2.0,
-    spinup_days: Annotated[float, typer.Option(help="Model days before the first output.")] = 10.0,
-    seed: Annotated[int, typer.Option(help="Seed of the model's stochastic forcing.")] = 1,
+    members: Annotated[int, typer.Option(help="Ensemble size.")] = 16,
+    steps: Annotated[int, typer.Option(help="Sampler steps.")] = 16,
+    workers: Annotated[int, typer.Option(help="Ray actors; 0: in this process.")] = 2,
+    seed: Annotated[int, typer.Option(help="Seed of the truth run and the observations.")] = 2,
 ) -> None:
-    """Run the main job on the embedded default and print what it made."""
+    """The main job on the embedded default: simulate, observe, assimilate, evaluate."""
+    from genda.orchestration.flows import prefect_environment
+
+    prefect_environment()
     from genda.orchestration import run_demo
 
     start = time.perf_counter()
-    result = run_demo(out, days=days, spinup_days=spinup_days, seed=seed)
+    result = run_demo(out, members=members, steps=steps, workers=workers, seed=seed)
     wall = time.perf_counter() - start
-    console.print(
-        render_summary(
-            summarize(open_archive(result.archive), source=str(result.archive)), wall_seconds=wall
-        )
+    window = result.window
+    ensemble, evaluation = window["ensemble"], window["evaluation"]
+    facts = Table.grid(padding=(0, 2))
+    facts.add_column(style="bold")
+    facts.add_column(overflow="fold")
+    facts.add_row("window", f"{window['time']} ({window['observations']} observations)")
+    facts.add_row(
+        "ensemble",
+        f"{ensemble['members']} members, {ensemble['method']}, {ensemble['steps']} steps, "
+        f"{ensemble['strategy']} prior, {ensemble['workers'] or 'no'} Ray workers",
     )
-    m = result.metrics
-    table = Table(title="circulation in the archive (northern winter)", header_style="bold")
-    for name in ("km", "W max", "W min", "S max", "S min", "DW1 u", "SW2 u", "DW1 T", "T", "slope"):
-        table.add_column(name, justify="right")
-    for i, alt in enumerate(m["altitude_km"]):
-        table.add_row(
-            f"{alt:.0f}",
-            *(
-                f"{m[key][i]:.1f}"
-                for key in (
-                    "winter_jet_max_m_s",
-                    "winter_jet_min_m_s",
-                    "summer_jet_max_m_s",
-                    "summer_jet_min_m_s",
-                    "diurnal_u_m_s",
-                    "semidiurnal_u_m_s",
-                    "diurnal_T_K",
-                    "temperature_mean_K",
-                )
-            ),
-            f"{m['spectral_slope_l4_14'][i]:.2f}",
-        )
-    console.print(table)
+    fit = ensemble["fit"]["rms_normalised_innovation"]
+    reference = ensemble["level_mean_fit"]["rms_normalised_innovation"]
+    facts.add_row("fit", f"rms (y - Hx)/sigma {fit:.2f} (training mean per level {reference:.2f})")
+    facts.add_row("wall time", f"{wall:.0f} s")
+    console.print(facts)
+    scores = Table(title="against the truth (global)", header_style="bold")
+    for name in ("variable", "ensemble", "CRPS", "RMSE", "spread", "spread/skill"):
+        scores.add_column(name, justify="left" if name in ("variable", "ensemble") else "right")
+    rows = [("genda", evaluation["scores"]), *evaluation["baselines"].items()]
+    for variable, units in evaluation["units"].items():
+        for label, table in rows:
+            s = table[variable]
+            scores.add_row(
+                f"{variable} ({units})",
+                label,
+                f"{s['crps']:.2f}",
+                f"{s['rmse']:.2f}",
+                f"{s['spread']:.2f}",
+                f"{s['spread_skill']:.2f}",
+            )
+    console.print(scores)
+    report = Path(evaluation["metrics_path"]).parent
     console.print(
-        "W / S: extremes of zonal-mean u (m/s) in the winter (north) and summer (south) "
-        "hemispheres; DW1 / SW2: migrating diurnal (|lat| < 35) and semidiurnal (35-65) tide "
-        "amplitudes (m/s, K); T: mean temperature (K); slope: kinetic-energy spectrum over "
-        "wavenumbers 4-14"
-    )
-    console.print(
-        f"archive  {result.archive}\nfigure   {result.figure}\nmetrics  {result.metrics_path}"
+        f"truth         {result.truth}\n"
+        f"observations  {result.observations}"
+        + (f" (withheld: {result.withheld})" if result.withheld else "")
+        + f"\nensemble      {result.store}   (xarray.open_zarr; genda query)\n"
+        f"baseline      {result.baseline}\n"
+        f"report        {report} (metrics.json and the plots)"
     )
 
 

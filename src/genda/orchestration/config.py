@@ -12,6 +12,7 @@ Example (``docs/cycles.md`` explains every key)::
     steps: 16
     store: cycle.zarr
     truth: heldout.zarr          # optional: evaluate each window against it
+    baselines: {enkf: enkf.zarr} # optional: baseline stores scored beside it
     ray:
       workers: 2                 # 0: sample in the flow's process
       address: null              # a running cluster; else RAY_ADDRESS, else a local one
@@ -73,6 +74,9 @@ class CycleConfig(BaseModel):
     truth: Path | None = Field(None, description="Model data to evaluate each window against.")
     withheld: str | None = Field(None, description="Withheld observations per window (pattern).")
     reports: Path | None = Field(None, description="Folder of the per-window reports.")
+    baselines: dict[str, Path] = Field(
+        default_factory=dict, description="Baseline ensemble stores scored beside each window."
+    )
     ray: RayConfig = Field(default_factory=RayConfig)
 
     @field_validator("observations", "withheld")
@@ -163,6 +167,7 @@ def load_cycle_config(path: str | os.PathLike[str]) -> CycleConfig:
         return None if value is None or value.is_absolute() else base / value
 
     updates: dict[str, object] = {
+        "baselines": {name: here(p) or p for name, p in config.baselines.items()},
         "store": here(config.store) or config.store,
         "truth": here(config.truth) or config.truth,
         "reports": here(config.reports) or config.reports,

@@ -1,119 +1,146 @@
 """The main job on the embedded default (``genda demo``).
 
-Until the assimilation pipeline lands, the demo exercises what exists end to
-end: it spins up the built-in model on the default 32 x 64 x 8 grid, writes a
-short training archive, reopens it with plain xarray, and reports the
-circulation it holds (jets, tides, spectrum) next to a map.
+1. The built-in model makes a held-out truth on the default 32 x 64 x 8
+   grid (another seed than the shipped prior's training run).
+2. Observations of one window are drawn from it: the real meteor-radar and
+   lidar catalogue plus the MLS-like limb track, with their errors; two
+   radars (Collm, Davis) are withheld for verification.
+3. An EnKF baseline (climatological ensemble from the truth run's other
+   days, at least ``exclude_hours`` away) is made for the same window.
+4. The window is assimilated with the shipped ``default`` prior through the
+   Prefect flow (:func:`genda.orchestration.flows.assimilation_cycle`) on a
+   local Ray cluster, written to the Zarr store and evaluated against the
+   truth, the withheld radars and the baseline.
+
+Everything lands under ``out_dir``; :class:`DemoResult` says where.
 """
 
 from __future__ import annotations
 
-import json
+import shutil
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
-import xarray as xr
-
-from genda.evaluation.circulation import band_amplitude, jet_extremes, spectral_slopes
-from genda.evaluation.spectra import kinetic_energy_spectrum
-from genda.evaluation.tides import tidal_harmonics
-from genda.grid import Grid
+from genda.observations.networks import observe_to_file
+from genda.orchestration.baseline import baseline_window
+from genda.orchestration.config import CycleConfig, RayConfig
 from genda.orchestration.simulate import simulate_archive
 from genda.simulator import SimulatorConfig
+from genda.storage import open_archive
+
+DEMO_NETWORKS = "radars,lidars,mls"
+DEMO_WITHHELD = ("Collm", "Davis")
 
 
 @dataclass
 class DemoResult:
-    """Where the demo wrote its files and what it measured."""
+    """Where the demo wrote its files and what the window's flow returned."""
 
-    archive: Path
-    figure: Path
-    metrics_path: Path
-    metrics: dict[str, Any] = field(default_factory=dict)
-
-
-def circulation_metrics(ds: xr.Dataset) -> dict[str, Any]:
-    """Per-level jets, migrating-tide amplitudes and the spectral slope of an archive."""
-    grid = Grid.from_dataset(ds, ("u", "v", "T"))
-    u = ds["u"].transpose("time", "altitude", "latitude", "longitude").values
-    v = ds["v"].transpose("time", "altitude", "latitude", "longitude").values
-    temp = ds["T"].transpose("time", "altitude", "latitude", "longitude").values
-    lat = grid.latitude
-    tides_u = tidal_harmonics(u, longitude_deg=grid.longitude)
-    tides_t = tidal_harmonics(temp, longitude_deg=grid.longitude)
-    spectrum = kinetic_energy_spectrum(u, v, grid).mean(0)
-    jets = jet_extremes(u, lat)
-    return {
-        "altitude_km": grid.altitude.tolist(),
-        "winter_jet_max_m_s": jets["northern_max"],
-        "winter_jet_min_m_s": jets["northern_min"],
-        "summer_jet_max_m_s": jets["southern_max"],
-        "summer_jet_min_m_s": jets["southern_min"],
-        "diurnal_u_m_s": band_amplitude(tides_u, 1, lat).round(1).tolist(),
-        "semidiurnal_u_m_s": band_amplitude(tides_u, 2, lat).round(1).tolist(),
-        "diurnal_T_K": band_amplitude(tides_t, 1, lat).round(1).tolist(),
-        "temperature_mean_K": temp.mean(axis=(0, 2, 3)).round(1).tolist(),
-        "spectral_slope_l4_14": [round(x, 2) for x in spectral_slopes(spectrum, slice(4, 15))],
-    }
+    out_dir: Path
+    truth: Path
+    observations: Path
+    withheld: Path | None
+    store: Path
+    baseline: Path
+    window: dict[str, Any] = field(default_factory=dict)
 
 
 def run_demo(
-    out_dir: Path,
+    out_dir: str | Path,
+    *,
+    checkpoint: str = "default",
+    members: int = 16,
+    steps: int = 16,
+    workers: int = 2,
+    spinup_days: float = 8.0,
     days: float = 2.0,
-    spinup_days: float = 10.0,
-    seed: int = 1,
+    seed: int = 2,
+    exclude_hours: float = 12.0,
+    simulator: SimulatorConfig | None = None,
     progress: bool = True,
-    config: SimulatorConfig | None = None,
 ) -> DemoResult:
-    """Simulate, write, reopen and summarise; files go under ``out_dir``.
+    """Run the demo (module docstring) into ``out_dir``, replacing an earlier demo there.
 
-    ``days`` must be at least 2 (the tidal analysis needs two whole days).
+    Args:
+        checkpoint: the prior; its grid must be the simulator's.
+        members, steps: ensemble size and sampler steps.
+        workers: Ray actors (one torch thread each); 0 samples in this process.
+        spinup_days, days: the truth run (the window is at 12 UTC of its last day).
+        seed: of the truth run and the observation errors.
+        exclude_hours: the baseline's climatology keeps this far from the window.
+        simulator: the model's grid and settings (default: the default grid).
     """
-    out_dir.mkdir(parents=True, exist_ok=True)
-    archive = simulate_archive(
-        out_dir / "archive.zarr",
-        config or SimulatorConfig(),
+    out = Path(out_dir)
+    for name in ("truth.zarr", "obs", "ensemble.zarr", "enkf.zarr", "reports"):
+        path = out / name
+        if path.is_dir():
+            shutil.rmtree(path)
+    out.mkdir(parents=True, exist_ok=True)
+    truth = simulate_archive(
+        out / "truth.zarr",
+        simulator or SimulatorConfig(),
         days=days,
         seed=seed,
         spinup_days=spinup_days,
-        overwrite=True,
         progress=progress,
-        history=f"genda demo (days={days}, spinup_days={spinup_days}, seed={seed})",
+        history=f"genda demo truth (spinup_days={spinup_days}, days={days}, seed={seed})",
     )
-    ds = xr.open_zarr(archive)  # plain xarray, as a user would
-    metrics = circulation_metrics(ds)
-    metrics_path = out_dir / "circulation.json"
-    metrics_path.write_text(json.dumps(metrics, indent=2) + "\n")
+    last = np.datetime64(str(open_archive(truth).time.values[-1])[:19], "s")
+    time = last.astype("datetime64[D]") + np.timedelta64(12, "h")  # 12 UTC of the last day
+    if time > last:
+        time -= np.timedelta64(1, "D")
+    time = time.astype("datetime64[s]")
+    stamp = str(time).replace(":", "")
+    obs_path = out / "obs" / f"obs-{stamp}.parquet"
+    observed = observe_to_file(truth, time, DEMO_NETWORKS, obs_path, seed, DEMO_WITHHELD)
+    withheld = observed["paths"]["withheld"]
+    baseline = out / "enkf.zarr"
+    baseline_window(
+        truth,
+        obs_path,
+        time,
+        baseline,
+        method="enkf",
+        members=members,
+        climatology_size=max(members, 24),
+        exclude_hours=exclude_hours,
+        seed=seed,
+    )
+    config = CycleConfig(
+        checkpoint=checkpoint,
+        observations=str(out / "obs" / "obs-{time:%Y-%m-%dT%H%M%S}.parquet"),
+        withheld=(
+            str(out / "obs" / "obs-{time:%Y-%m-%dT%H%M%S}-withheld.parquet") if withheld else None
+        ),
+        start=datetime.fromisoformat(str(time)),
+        end=datetime.fromisoformat(str(time)),
+        members=members,
+        steps=steps,
+        store=out / "ensemble.zarr",
+        truth=truth,
+        reports=out / "reports",
+        baselines={"enkf": baseline},
+        seed=seed,
+        ray=RayConfig(workers=workers),
+    )
+    from genda.orchestration.flows import assimilation_cycle  # imports Prefect
 
-    level = 95.0
-    snap = ds.isel(time=-1).sel(altitude=level, method="nearest")
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4), constrained_layout=True)
-    snap["T"].plot(ax=axes[0], cmap="RdBu_r", cbar_kwargs={"label": "T (K)"})
-    step = max(1, ds.sizes["longitude"] // 21)
-    axes[0].quiver(
-        snap.longitude[::step],
-        snap.latitude[::step],
-        snap["u"].values[::step, ::step],
-        snap["v"].values[::step, ::step],
-        scale=1500,
+    (window,) = assimilation_cycle(config)
+    if "error" in window:
+        raise RuntimeError(f"the demo window failed: {window['error']}")
+    return DemoResult(
+        out,
+        truth,
+        obs_path,
+        Path(withheld) if withheld else None,
+        config.store,
+        baseline,
+        window,
     )
-    axes[0].set_title(f"T and wind at {float(snap.altitude):.0f} km, {str(snap.time.values)[:16]}")
-    zonal = ds["u"].mean(("time", "longitude"))
-    zonal.plot.contourf(
-        ax=axes[1],
-        x="latitude",
-        y="altitude",
-        levels=17,
-        cmap="RdBu_r",
-        cbar_kwargs={"label": "zonal-mean u (m/s)"},
-    )
-    axes[1].set_title("zonal-mean zonal wind (northern winter)")
-    figure = out_dir / "demo_map.png"
-    fig.savefig(figure, dpi=110)
-    plt.close(fig)
-    return DemoResult(archive, figure, metrics_path, metrics)
+
+
+__all__ = ["DemoResult", "run_demo"]

@@ -113,6 +113,7 @@ def evaluate_window(config: CycleConfig, time: str) -> dict[str, Any]:
         time=time,
         obs_path=config.observation_path(np.datetime64(time)),
         withheld_path=config.withheld_path(np.datetime64(time)),
+        baseline_paths=config.baselines,
     )
     return {
         "metrics_path": str(out / "metrics.json"),
@@ -122,6 +123,13 @@ def evaluate_window(config: CycleConfig, time: str) -> dict[str, Any]:
             for name, entry in metrics["ensemble"]["variables"].items()
         },
         "units": {name: entry["units"] for name, entry in metrics["ensemble"]["variables"].items()},
+        "baselines": {
+            baseline: {
+                name: {k: v for k, v in entry["total"].items() if k in SCORE_NAMES}
+                for name, entry in scores["variables"].items()
+            }
+            for baseline, scores in metrics["baselines"].items()
+        },
     }
 
 
@@ -160,6 +168,11 @@ def markdown_report(time: str, ensemble: dict[str, Any], evaluation: dict[str, A
         for variable, scores in evaluation["scores"].items():
             cells = " | ".join(f"{scores[n]:.3g}" for n in names)
             lines.append(f"| {variable} | {evaluation['units'][variable]} | {cells} |")
+        for baseline, table in evaluation.get("baselines", {}).items():
+            for variable, scores in table.items():
+                cells = " | ".join(f"{scores[n]:.3g}" for n in names)
+                units = evaluation["units"][variable]
+                lines.append(f"| {variable} ({baseline}) | {units} | {cells} |")
         lines += ["", f"metrics: `{evaluation['metrics_path']}`", ""]
         lines += [f"- {name}: `{path}`" for name, path in evaluation["plots"].items()]
     return "\n".join(lines) + "\n"
