@@ -259,3 +259,99 @@ def test_the_demo_simulates_observes_assimilates_and_scores(
         progress=False,
     )
     assert again.window["ensemble"]["written"] == 3
+
+
+def test_a_scheduled_run_takes_the_next_due_window(cycle_files: dict, tmp_path: Path) -> None:
+    from genda.orchestration.flows import next_window
+
+    config = load_cycle_config(cycle_files["config"]).model_copy(
+        update={"store": tmp_path / "next.zarr"}
+    )
+    first, second = cycle_files["times"]
+    assert next_window(config) == first
+    assert next_window(config, now=first - np.timedelta64(1, "s")) is None  # not due yet
+    grid = Grid.from_dataset(open_archive(config.truth))
+    store = EnsembleStore.create(config.store, grid, config.members)
+    store.add_window(first, {"test": 1})
+    assert next_window(config) == first  # registered but not finalised
+    store.write_members(first, range(3), np.zeros((3, *grid.shape), np.float32))
+    store.finalize(first)
+    assert next_window(config) == second
+    missing = config.model_copy(update={"observations": str(tmp_path / "none-{time}.csv")})
+    assert next_window(missing) is None  # observations not there yet
+
+
+def test_serve_builds_cron_and_interval_schedules() -> None:
+    from genda.orchestration.flows import scheduled_window
+
+    hourly = scheduled_window.to_deployment(
+        name="t", cron="0 * * * *", parameters={"config_path": "c.yaml"}
+    )
+    assert hourly.schedules[0].schedule.cron == "0 * * * *"
+    assert hourly.parameters == {"config_path": "c.yaml"}
+    every = scheduled_window.to_deployment(name="t", interval=30)
+    assert every.schedules[0].schedule.interval.total_seconds() == 30
+    result = runner.invoke(app, ["serve", "--config", "x.yaml", "--cron", "* * * * *"])
+    assert result.exit_code != 0 and "no cycle configuration" in result.output
+
+
+def test_genda_serve_owns_a_server_whose_schedule_runs_a_window(
+    cycle_files: dict, tmp_path: Path
+) -> None:
+    """`genda serve` starts `prefect server start` on 127.0.0.1; the schedule fires; stop is clean."""
+    import signal
+    import subprocess
+    import sys
+    import time as clock
+    import urllib.request
+
+    config = tmp_path / "served.yaml"
+    text = cycle_files["config"].read_text().replace("store: cycle.zarr", "store: served.zarr")
+    text = text.replace("truth:", "# truth:")
+    root = cycle_files["root"]
+    config.write_text(
+        text.replace("obs-{time", f"{root}/obs-{{time").replace(
+            "withheld-{time", f"{root}/withheld-{{time"
+        )
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_API", "RAY_ADDRESS"))}
+    env["PREFECT_HOME"] = str(tmp_path / "prefect")
+    log = tmp_path / "server.log"
+    genda = Path(sys.executable).with_name("genda")
+    served = subprocess.Popen(
+        [str(genda), "serve", "--config", str(config), "--interval", "5", "--server-log", str(log)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
+    store = tmp_path / "served.zarr"
+    first = cycle_files["times"][0]
+    url = None
+    try:
+        line = served.stdout.readline()
+        assert line.startswith("serving deployment"), line
+        url = line.split(" on ")[-1].strip()
+        assert url.startswith("http://127.0.0.1:")
+        deadline = clock.monotonic() + 240
+        while clock.monotonic() < deadline:
+            if store.exists():
+                opened = EnsembleStore.open(store)
+                if first in opened.windows() and opened.is_finalized(first):
+                    break
+            assert served.poll() is None, served.stdout.read()
+            clock.sleep(1)
+        else:
+            raise AssertionError(f"no scheduled run finished a window; server log: {log}")
+    finally:
+        os.killpg(served.pid, signal.SIGINT)
+        try:
+            served.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(served.pid, signal.SIGKILL)
+            served.wait()
+    assert EnsembleStore.open(store).validate() == []
+    # The server `genda serve` started is gone with it.
+    with pytest.raises(OSError):
+        urllib.request.urlopen(f"{url}/health", timeout=2)

@@ -616,6 +616,33 @@ def cycle(
 
 
 @app.command()
+def serve(
+    config: Annotated[Path, typer.Option(help="Cycle configuration (YAML, docs/cycles.md).")],
+    cron: Annotated[
+        str | None, typer.Option(help="Cron schedule, e.g. '0 * * * *' (hourly).")
+    ] = None,
+    interval: Annotated[
+        float | None, typer.Option(help="Or a schedule every INTERVAL seconds.")
+    ] = None,
+    name: Annotated[str, typer.Option(help="Deployment name.")] = "genda-cycle",
+    server_log: Annotated[
+        Path | None, typer.Option(help="Output of a Prefect server started here.")
+    ] = None,
+) -> None:
+    """Serve a cycle as a scheduled Prefect deployment: each run takes the next due window."""
+    from genda.orchestration.config import ConfigError
+    from genda.orchestration.flows import prefect_environment
+
+    prefect_environment()
+    from genda.orchestration.serve import serve_cycle
+
+    try:
+        serve_cycle(config, cron=cron, interval_seconds=interval, name=name, log=server_log)
+    except (ConfigError, ValueError, RuntimeError) as error:
+        raise _fail(str(error)) from error
+
+
+@app.command()
 def evaluate(
     ensemble: Annotated[Path, typer.Option(help="Ensemble store (Zarr) to verify.")],
     truth: Annotated[Path, typer.Option(help="Truth archive or model output.")],

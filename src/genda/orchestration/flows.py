@@ -26,6 +26,7 @@ telemetry, ``PREFECT_HOME`` under the working directory unless set.
 from __future__ import annotations
 
 import os
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -221,10 +222,52 @@ def assimilation_cycle(config: CycleConfig) -> list[dict[str, Any]]:
     return results
 
 
+def next_window(config: CycleConfig, now: np.datetime64 | None = None) -> np.datetime64 | None:
+    """The window a scheduled run takes: the earliest not yet finalised whose observations exist.
+
+    Windows after ``now`` (default: the current UTC time) are not due yet; a
+    window whose observation file is absent waits for a later run.
+    """
+    from genda.storage.ensemble_store import EnsembleStore, EnsembleStoreError
+
+    now = now if now is not None else np.datetime64(datetime.now(UTC).replace(tzinfo=None), "s")
+    done: set[np.datetime64] = set()
+    if config.store.exists():
+        try:
+            store = EnsembleStore.open(config.store)
+            done = {t for t in store.windows() if store.is_finalized(t)}
+        except EnsembleStoreError:
+            pass  # the window's flow reports a store it cannot use
+    for when in config.windows():
+        if when > now:
+            return None
+        if when not in done and config.observation_path(when).is_file():
+            return when
+    return None
+
+
+@flow(name="scheduled-window", log_prints=True)
+def scheduled_window(config_path: str) -> dict[str, Any] | None:
+    """One scheduled step of a cycle: the next due window (:func:`next_window`), if any.
+
+    The configuration is read at each run, so edits take effect at the next one.
+    """
+    from genda.orchestration.config import load_cycle_config
+
+    config = load_cycle_config(config_path)
+    when = next_window(config)
+    if when is None:
+        get_run_logger().info("no window is due: every due window is done or lacks observations")
+        return None
+    return assimilate_window_flow(config, str(when))
+
+
 __all__ = [
     "assimilate_window_flow",
     "assimilation_cycle",
     "markdown_report",
+    "next_window",
     "prefect_environment",
     "report_dir",
+    "scheduled_window",
 ]
