@@ -771,6 +771,9 @@ def demo(
     seed: Annotated[int, typer.Option(help="Seed of the truth run and the observations.")] = 2,
 ) -> None:
     """The main job on the embedded default: simulate, observe, assimilate, evaluate."""
+    import os
+
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")  # the summary below says it all
     from genda.orchestration.flows import prefect_environment
 
     prefect_environment()
