@@ -106,7 +106,7 @@ def run_demo(
         baseline,
         method="enkf",
         members=members,
-        climatology_size=max(members, 24),
+        climatology_size=max(members, 20),
         exclude_hours=exclude_hours,
         seed=seed,
     )
