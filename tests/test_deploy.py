@@ -7,7 +7,6 @@ import copy
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -18,6 +17,8 @@ import jsonschema
 import numpy as np
 import pytest
 import yaml
+
+from genda.orchestration.serve import stop_process_group
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -136,16 +137,6 @@ def _ray_node(*args: str, env: dict[str, str]) -> subprocess.Popen:
     )
 
 
-def _stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-
-
 def test_a_window_runs_on_a_two_node_cluster_started_with_ray_start(
     tiny_archive: Path, tiny_prior: Path, tmp_path: Path
 ) -> None:
@@ -215,6 +206,6 @@ def test_a_window_runs_on_a_two_node_cluster_started_with_ray_start(
         assert status.returncode == 0 and status.stdout.count("node_") >= 2
     finally:
         if worker is not None:
-            _stop(worker)
-        _stop(head)
+            stop_process_group(worker)
+        stop_process_group(head)
         shutil.rmtree(temp_dir, ignore_errors=True)

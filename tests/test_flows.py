@@ -224,17 +224,20 @@ def test_the_demo_simulates_observes_assimilates_and_scores(
     from genda.orchestration import run_demo
     from genda.simulator import SimulatorConfig
 
-    result = run_demo(
-        tmp_path / "demo",
-        checkpoint=str(tiny_prior),
-        members=3,
-        steps=2,
-        workers=0,
-        spinup_days=0.5,
-        days=2,
-        simulator=SimulatorConfig(nlat=16, nlon=32, layers=4, levels=4),
-        progress=False,
-    )
+    def tiny_demo():
+        return run_demo(
+            tmp_path / "demo",
+            checkpoint=str(tiny_prior),
+            members=3,
+            steps=2,
+            workers=0,
+            spinup_days=0.5,
+            days=2,
+            simulator=SimulatorConfig(nlat=16, nlon=32, layers=4, levels=4),
+            progress=False,
+        )
+
+    result = tiny_demo()
     window = result.window
     assert window["time"].endswith("T12:00:00")
     assert window["observations"] > 0 and window["ensemble"]["written"] == 3
@@ -247,17 +250,7 @@ def test_the_demo_simulates_observes_assimilates_and_scores(
     assert result.withheld is not None and result.withheld.is_file()
     assert all(Path(p).stat().st_size > 10_000 for p in evaluation["plots"].values())
     # Running it again replaces the earlier demo rather than mixing into it.
-    again = run_demo(
-        tmp_path / "demo",
-        checkpoint=str(tiny_prior),
-        members=3,
-        steps=2,
-        workers=0,
-        spinup_days=0.5,
-        days=2,
-        simulator=SimulatorConfig(nlat=16, nlon=32, layers=4, levels=4),
-        progress=False,
-    )
+    again = tiny_demo()
     assert again.window["ensemble"]["written"] == 3
 
 
@@ -305,6 +298,8 @@ def test_genda_serve_owns_a_server_whose_schedule_runs_a_window(
     import time as clock
     import urllib.request
 
+    from genda.orchestration.serve import stop_process_group
+
     config = tmp_path / "served.yaml"
     text = cycle_files["config"].read_text().replace("store: cycle.zarr", "store: served.zarr")
     text = text.replace("truth:", "# truth:")
@@ -345,12 +340,7 @@ def test_genda_serve_owns_a_server_whose_schedule_runs_a_window(
         else:
             raise AssertionError(f"no scheduled run finished a window; server log: {log}")
     finally:
-        os.killpg(served.pid, signal.SIGINT)
-        try:
-            served.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(served.pid, signal.SIGKILL)
-            served.wait()
+        stop_process_group(served, signal.SIGINT)
     assert EnsembleStore.open(store).validate() == []
     # The server `genda serve` started is gone with it.
     with pytest.raises(OSError):

@@ -26,6 +26,7 @@ telemetry, ``PREFECT_HOME`` under the working directory unless set.
 from __future__ import annotations
 
 import os
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -86,7 +87,7 @@ def make_ensemble(config: CycleConfig, time: str) -> dict[str, Any]:
         threads_per_worker=config.ray.threads_per_worker,
         ray_address=config.ray.address,
         auto_batch=config.batch_size == "auto",
-        progress=False,
+        progress=sys.stderr.isatty(),  # a bar for a person watching, not in logs
     )
     get_run_logger().info(
         "window %s: %d members made, %d already stored, %.2f members/s, %d retried",

@@ -39,6 +39,19 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+def stop_process_group(
+    process: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 60
+) -> None:
+    """Stop a process started with ``start_new_session=True`` and its children; KILL if it lingers."""
+    if process.poll() is None:
+        os.killpg(process.pid, sig)
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
 def _healthy(url: str) -> bool:
     try:
         with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
@@ -94,13 +107,7 @@ def prefect_server(log: Path | None = None, port: int | None = None) -> Iterator
     finally:
         if os.environ.get("PREFECT_API_URL") == url:
             del os.environ["PREFECT_API_URL"]
-        if server.poll() is None:
-            os.killpg(server.pid, signal.SIGTERM)
-            try:
-                server.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(server.pid, signal.SIGKILL)
-                server.wait()
+        stop_process_group(server, signal.SIGTERM, timeout=20)
         if sink is not subprocess.DEVNULL:
             sink.close()
 
@@ -149,4 +156,4 @@ def serve_cycle(
         serve(deployment)
 
 
-__all__ = ["free_port", "prefect_server", "serve_cycle"]
+__all__ = ["free_port", "prefect_server", "serve_cycle", "stop_process_group"]
