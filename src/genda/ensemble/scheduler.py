@@ -175,8 +175,13 @@ def run_tasks(
                         on_report(done)
                 hand_out(slot)
         finally:
+            # Stopping early (an error above): the other tasks' members would
+            # be written for nothing. Their actors are killed by the caller.
             for ref in in_flight:
-                ray.cancel(ref, force=False)
+                try:
+                    ray.cancel(ref, force=False)
+                except Exception:  # already finished or its actor is gone
+                    pass
     report.seconds = clock.perf_counter() - started
     return report
 
