@@ -325,3 +325,22 @@ def test_workers_the_cluster_cannot_hold_are_refused(cluster: str, window: dict)
             progress=False,
         )
     assert ray.is_initialized()  # a Ray it did not start is left as it was
+
+
+def test_a_cluster_address_nobody_answers_fails_fast_and_writes_nothing(window: dict) -> None:
+    out = window["root"] / "nobody.zarr"
+    started = clock.monotonic()
+    with pytest.raises(ConnectionError, match=r"no Ray cluster answers at 127\.0\.0\.1:1"):
+        assimilate_window(
+            window["prior"],
+            window["obs"],
+            window["time"],
+            out,
+            members=2,
+            settings=SETTINGS,
+            workers=2,
+            ray_address="127.0.0.1:1",
+            progress=False,
+        )
+    assert clock.monotonic() - started < 30  # Ray alone would retry for minutes
+    assert not out.exists()

@@ -497,7 +497,7 @@ def assimilate(
         EnsembleStoreError,
         EnsembleRunError,
         ObservationError,
-        OSError,
+        OSError,  # ConnectionError: no Ray cluster at the address
         ValueError,
     ) as error:
         raise _fail(str(error)) from error

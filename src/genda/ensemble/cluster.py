@@ -43,6 +43,33 @@ def ray_address(address: str | None) -> str | None:
     return address or os.environ.get("RAY_ADDRESS") or None
 
 
+def check_reachable(address: str | None, timeout: float = 5.0) -> None:
+    """Fail fast when no Ray cluster answers at ``host:port``; Ray itself retries for minutes.
+
+    ``None`` (start a local cluster) and ``"auto"`` (Ray finds the local one)
+    are not checked.
+
+    Raises:
+        ConnectionError: nothing accepts connections at the address, or it is malformed.
+    """
+    import socket
+
+    if address is None or address == "auto":
+        return
+    target = address.removeprefix("ray://")
+    host, sep, port = target.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ConnectionError(f"Ray address {address!r} is not host:port")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            pass
+    except OSError as error:
+        raise ConnectionError(
+            f"no Ray cluster answers at {address} ({error}); start one (`ray start --head`) "
+            "or leave --ray-address and RAY_ADDRESS unset to start a local one"
+        ) from None
+
+
 @contextmanager
 def ray_session(
     address: str | None = None,
@@ -67,6 +94,7 @@ def ray_session(
     owned = connected = False
     if not ray.is_initialized():
         if target is not None:
+            check_reachable(target)
             ray.init(address=target, logging_level="WARNING")
             connected = True
         else:
@@ -94,4 +122,4 @@ def ray_session(
             ray.shutdown()
 
 
-__all__ = ["RaySession", "ray_address", "ray_session"]
+__all__ = ["RaySession", "check_reachable", "ray_address", "ray_session"]

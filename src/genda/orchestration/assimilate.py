@@ -22,6 +22,8 @@ import torch
 from genda import __version__
 from genda.assimilation.posterior import PosteriorSettings, fit_of_values, window_seed
 from genda.ensemble import MemberGenerator, WindowJob, WorkerSpec, complete_window
+from genda.ensemble.cluster import check_reachable
+from genda.ensemble.cluster import ray_address as ray_address_of
 from genda.ensemble.scheduler import ActorPool
 from genda.ensemble.work import set_layers_per_batch
 from genda.models.checkpoint import LoadedPrior, load_checkpoint
@@ -174,6 +176,8 @@ def assimilate_window(
     spec = None
     if not in_process:
         spec = WorkerSpec(str(prior.path), device, threads_per_worker, layers_per_batch)
+        if pool is None:  # a named cluster must answer before the store is touched
+            check_reachable(ray_address_of(ray_address))
 
     title = "genda posterior ensemble" if obs is not None else "genda prior ensemble"
     store = EnsembleStore.open_or_create(
