@@ -46,6 +46,15 @@ def cluster():
     ray.shutdown()
 
 
+def _one_process(
+    prior: Path, obs: Path, time: str, out: Path, members: int, settings
+) -> np.ndarray:
+    """The members made in this process with one torch thread, as an actor makes them."""
+    with cpu_threads(1):
+        assimilate_window(prior, obs, time, out, members=members, settings=settings, progress=False)
+    return EnsembleStore.open(out).read_members(time)
+
+
 @pytest.fixture(scope="module")
 def window(tiny_archive: Path, tiny_prior: Path, tmp_path_factory) -> dict:
     """Observations of one window and a reference store made in this process, without Ray."""
@@ -54,17 +63,14 @@ def window(tiny_archive: Path, tiny_prior: Path, tmp_path_factory) -> dict:
     time = str(truth.time.values[30])[:19]
     obs = root / "obs.parquet"
     write_observations(draw_observations(truth, Grid.from_dataset(truth), time, "radars"), obs)
-    reference = root / "reference.zarr"
-    with cpu_threads(1):
-        assimilate_window(
-            tiny_prior, obs, time, reference, members=MEMBERS, settings=SETTINGS, progress=False
-        )
     return {
         "root": root,
         "time": time,
         "obs": obs,
         "prior": tiny_prior,
-        "reference": EnsembleStore.open(reference).read_members(time),
+        "reference": _one_process(
+            tiny_prior, obs, time, root / "reference.zarr", MEMBERS, SETTINGS
+        ),
     }
 
 
@@ -120,12 +126,10 @@ def test_two_actors_make_the_members_one_process_makes(cluster: str, window: dic
 def test_an_actor_killed_mid_window_loses_no_member(cluster: str, window: dict) -> None:
     out = window["root"] / "killed-actor.zarr"
     settings = PosteriorSettings(steps=3, batch_size=1)  # many small tasks: the kill lands mid-run
-    reference = window["root"] / "killed-reference.zarr"
-    with cpu_threads(1):
-        assimilate_window(
-            window["prior"], window["obs"], window["time"], reference,
-            members=MEMBERS, settings=settings, progress=False,
-        )  # fmt: skip
+    reference = _one_process(
+        window["prior"], window["obs"], window["time"], window["root"] / "killed-reference.zarr",
+        MEMBERS, settings,
+    )  # fmt: skip
     pool = _pool(window, 2)
     killed = threading.Event()
 
@@ -165,7 +169,7 @@ def test_an_actor_killed_mid_window_loses_no_member(cluster: str, window: dict) 
     assert sum(summary["by_worker"].values()) <= MEMBERS
     np.testing.assert_array_equal(
         store.read_members(window["time"]),
-        EnsembleStore.open(reference).read_members(window["time"]),
+        reference,
     )
 
 
@@ -174,12 +178,10 @@ def test_a_killed_driver_is_resumed_with_only_the_missing_members(
 ) -> None:
     out = window["root"] / "killed-driver.zarr"
     members = 12
-    reference = window["root"] / "driver-reference.zarr"
-    with cpu_threads(1):
-        assimilate_window(
-            window["prior"], window["obs"], window["time"], reference,
-            members=members, settings=SETTINGS, progress=False,
-        )  # fmt: skip
+    reference = _one_process(
+        window["prior"], window["obs"], window["time"], window["root"] / "driver-reference.zarr",
+        members, SETTINGS,
+    )  # fmt: skip
     genda = Path(sys.executable).with_name("genda")
     command = [
         str(genda), "assimilate", "--checkpoint", str(window["prior"]), "--obs", str(window["obs"]),
@@ -227,7 +229,7 @@ def test_a_killed_driver_is_resumed_with_only_the_missing_members(
     assert store.validate() == [] and store.is_finalized(window["time"])
     np.testing.assert_array_equal(
         store.read_members(window["time"]),
-        EnsembleStore.open(reference).read_members(window["time"]),
+        reference,
     )
 
 
@@ -240,12 +242,10 @@ def test_two_windows_written_concurrently_do_not_corrupt_each_other(
     write_observations(
         draw_observations(truth, Grid.from_dataset(truth), later, "radars,lidars"), later_obs
     )
-    later_reference = window["root"] / "later-reference.zarr"
-    with cpu_threads(1):
-        assimilate_window(
-            window["prior"], later_obs, later, later_reference,
-            members=MEMBERS, settings=SETTINGS, progress=False,
-        )  # fmt: skip
+    later_reference = _one_process(
+        window["prior"], later_obs, later, window["root"] / "later-reference.zarr",
+        MEMBERS, SETTINGS,
+    )  # fmt: skip
     out = window["root"] / "concurrent.zarr"
     # Sharded, two members per shard: the writer rule is what keeps this safe.
     EnsembleStore.create(out, Grid.from_dataset(truth), MEMBERS, members_per_shard=2)
@@ -285,9 +285,7 @@ def test_two_windows_written_concurrently_do_not_corrupt_each_other(
     assert store.validate() == []
     assert all(store.is_finalized(t) for t in store.windows())
     np.testing.assert_array_equal(store.read_members(window["time"]), window["reference"])
-    np.testing.assert_array_equal(
-        store.read_members(later), EnsembleStore.open(later_reference).read_members(later)
-    )
+    np.testing.assert_array_equal(store.read_members(later), later_reference)
 
 
 def test_the_command_uses_a_running_cluster_and_leaves_it_running(

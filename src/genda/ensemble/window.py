@@ -77,49 +77,77 @@ def complete_window(
     """
     store = job.store
     missing = store.missing(job.time)
-    already = store.n_members - len(missing)
+    result = WindowReport(RunReport(), 0, job.settings.batch_size, store.n_members - len(missing))
     if not missing:  # a finished window: no workers to start
-        store.finalize(job.time)
-        return WindowReport(RunReport(), 0, job.settings.batch_size, already)
-    if workers == 0 and pool is None:
+        pass
+    elif workers == 0 and pool is None:
         if generator is None:
             raise ValueError("workers=0 samples in this process and needs a MemberGenerator")
         if auto_batch:
             job = _with_batch_size(job, generator.probe_batch_size(job))
-        report = _run_here(generator, job, missing, progress, on_report)
-        store.finalize(job.time)
-        return WindowReport(report, 0, job.settings.batch_size, already)
-    if pool is not None:
-        job, report = _run_on(pool, job, missing, auto_batch, progress, on_report, max_retries)
-        store.finalize(job.time)
-        return WindowReport(report, len(pool.actors), job.settings.batch_size, already)
+        result.run = _run_here(generator, job, missing, progress, on_report)
+    elif pool is not None:
+        job, result.run = _run_on(pool, job, missing, auto_batch, progress, on_report, max_retries)
+        result.workers = len(pool.actors)
+    else:
+        job, result = _run_on_new_actors(
+            job,
+            missing,
+            result,
+            workers,
+            spec,
+            address,
+            auto_batch,
+            progress,
+            on_report,
+            max_retries,
+        )
+    result.batch_size = job.settings.batch_size
+    store.finalize(job.time)
+    return result
+
+
+def _run_on_new_actors(
+    job: WindowJob,
+    missing: list[int],
+    result: WindowReport,
+    workers: int,
+    spec: WorkerSpec | None,
+    address: str | None,
+    auto_batch: bool,
+    progress: bool,
+    on_report: Callable[[TaskReport], None] | None,
+    max_retries: int,
+) -> tuple[WindowJob, WindowReport]:
+    """Start ``workers`` actors on the session's cluster, run the window, stop them."""
     if spec is None:
         raise ValueError("workers > 0 needs a WorkerSpec to start actors")
     if workers < 1:
         raise ValueError(f"--workers must be >= 0, got {workers}")
     # A local cluster gets exactly the CPUs the actors reserve: more would
     # only oversubscribe a small machine, fewer would leave actors pending.
-    cpus = workers * spec.threads if spec.device == "cpu" else None
-    with ray_session(address, num_cpus=cpus) as session:
-        needed = workers * spec.threads if spec.device == "cpu" else workers
-        have = session.cpus if spec.device == "cpu" else session.gpus
+    cpu = spec.device == "cpu"
+    needed = workers * spec.threads if cpu else workers
+    with ray_session(address, num_cpus=needed if cpu else None) as session:
+        have = session.cpus if cpu else session.gpus
         if needed > have:
-            unit = "CPUs" if spec.device == "cpu" else "GPUs"
             raise ValueError(
-                f"{workers} {spec.device} workers need {needed:g} {unit}; the Ray cluster at "
-                f"{session.address} has {have:g}"
+                f"{workers} {spec.device} workers need {needed:g} {'CPUs' if cpu else 'GPUs'}; "
+                f"the Ray cluster at {session.address} has {have:g}"
             )
         started = ActorPool.start(spec, workers)
         try:
-            job, report = _run_on(
+            job, result.run = _run_on(
                 started, job, missing, auto_batch, progress, on_report, max_retries
             )
         finally:
             started.shutdown()
-    store.finalize(job.time)
-    return WindowReport(
-        report, workers, job.settings.batch_size, already, session.address, session.started
+    result.workers, result.cluster, result.started_cluster = (
+        workers,
+        session.address,
+        session.started,
     )
+    return job, result
 
 
 def _with_batch_size(job: WindowJob, batch_size: int) -> WindowJob:
