@@ -12,6 +12,8 @@ from typing import Any
 import torch
 from rich.console import Console
 from rich.table import Table
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import flop_registry
 
 import genda
 
@@ -73,3 +75,27 @@ def print_table(title: str, rows: list[dict[str, Any]]) -> None:
     for row in rows:
         table.add_row(*(f"{v:.4g}" if isinstance(v, float) else str(v) for v in row.values()))
     Console(width=max(200, Console().width)).print(table)
+
+
+class FlopCount(TorchDispatchMode):
+    """Count the FLOPs of the torch operators run inside, including those of ``autograd.grad``.
+
+    ``torch.utils.flop_counter.FlopCounterMode`` attributes FLOPs to modules
+    with hooks that ``torch.autograd.grad`` refuses (MMPS guidance calls it
+    inside the denoiser); this mode counts the same operators
+    (``torch.utils.flop_counter.flop_registry``: matrix products and
+    convolutions, forward and backward) without attributing them. ``total``
+    holds the count.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.total = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        counter = flop_registry.get(func._overloadpacket)
+        if counter is not None:
+            self.total += int(counter(*args, **kwargs, out_val=out))
+        return out

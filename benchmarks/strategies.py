@@ -1,0 +1,644 @@
+"""The 3D-versus-layers study: memory, time and quality of posterior members per strategy.
+
+    python benchmarks/strategies.py [--grids 16x32,32x64] [--levels 8,16,32,64]
+        [--variants joint3d,layer2d-w0,layer2d-w1,layer2d-w2] [--budget-s 120]
+        [--members 8] [--steps 12] [--jobs 2] [--device cpu|cuda] [--work DIR] [--quick]
+
+For every horizontal grid and number of levels ``L``, one small prior per
+variant is trained on the built-in model with the same budget of wall-clock
+training time (``--budget-s`` on one device or CPU thread: the step time is
+measured first, then the cosine schedule is set to the number of steps that
+fits). Every prior then makes a posterior ensemble of one window from the
+same observations (MMPS guidance), and each ensemble is measured:
+
+* **time** per posterior member (wall time of the sampling over ``--members``);
+* **memory** per member: the peak above the loaded model while sampling,
+  divided by the members sampled at once (CUDA: ``max_memory_allocated``;
+  CPU: the process's peak RSS);
+* **FLOPs** per member (``torch.utils.flop_counter``, one member counted
+  separately) and the achieved rate;
+* **quality** against the truth (the held-out run at the window time): CRPS
+  over the grid divided by the model data's standard deviation, averaged over
+  u, v and T (``crps_norm``), and the spread-skill ratio (``ssr``); against
+  model data (the held-out run): the error of the vertical correlation of
+  eddies (``vcorr_error``) and of the kinetic-energy spectra (``spectrum_error``),
+  :mod:`genda.evaluation.structure`.
+
+Data. The built-in model runs once per horizontal grid with 32 isentropic
+layers and writes 64 output levels (80-115 km): a training run (seed 1) and a
+held-out run (seed 2, the truth and the model data). The archives for fewer
+levels are the same runs interpolated linearly in altitude, so every ``L``
+sees the same atmosphere; the observations (meteor radars, lidars, an
+MLS-like limb track; two stations withheld) are drawn once per grid from the
+64-level truth and are the same for every ``L`` and variant.
+
+Variants: ``joint3d`` (variables x levels as channels) and ``layer2d-wK``
+(one layer at a time seeing ``K`` neighbours each side; ``K = 0`` has no
+vertical coupling in the network). The U-Net is the same small one for all
+(``UNET``). Each stage runs in its own process (``--jobs`` at a time, one
+CPU thread each) and is cached under ``--work``: a rerun only does what is
+missing (``--fresh`` redoes everything).
+
+Writes ``benchmarks/results/strategies-<machine>.json``, a markdown table
+``strategies-<machine>.md`` beside it and PNG plots under
+``docs/figures/strategies/`` (``--figures``), and prints the table.
+``--quick`` is a tiny study for tests (one grid, two ``L``, short budget),
+written under ``--work`` only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from _common import RESULTS, FlopCount, machine, machine_tag, print_table
+
+ROOT = Path(__file__).resolve().parent.parent
+FIGURES = ROOT / "docs" / "figures" / "strategies"
+
+GRIDS: tuple[tuple[int, int], ...] = ((16, 32), (32, 64))
+LEVELS: tuple[int, ...] = (8, 16, 32, 64)
+VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "joint3d": ("joint3d", {}),
+    "layer2d-w0": ("layer2d", {"window": 0}),
+    "layer2d-w1": ("layer2d", {"window": 1}),
+    "layer2d-w2": ("layer2d", {"window": 2}),
+}
+UNET: dict[str, Any] = {"base_channels": 16, "channel_mult": [1, 2, 2], "noise_embedding_dim": 64}
+"""The same small U-Net for every variant."""
+MODEL_LAYERS = 32
+"""Isentropic layers of the built-in model runs (its vertical resolution)."""
+SOURCE_LEVELS = 64
+"""Output levels of the runs; fewer levels are interpolated from these."""
+DATA = {"spinup_days": 8.0, "train_days": 16.0, "train_every_hours": 2.0, "heldout_days": 2.0}
+HELDOUT_EVERY_HOURS = 3.0
+WINDOW_HOURS = 24.0
+"""The assimilated window is this far into the held-out run."""
+NETWORKS = "radars,lidars,limb"
+WITHHOLD = ("Collm", "Davis")
+LAYER_SAMPLES_PER_STEP = 64
+"""layer2d batches ``max(1, 64 // L)`` fields per step (about 64 layer samples), joint3d 16 fields."""
+JOINT_BATCH = 16
+QUICK = {
+    "grids": ((16, 32),),
+    "levels": (4, 8),
+    "budget_s": 6.0,
+    "members": 4,
+    "steps": 4,
+    "data": {"spinup_days": 1.0, "train_days": 2.0, "train_every_hours": 3.0, "heldout_days": 2.0},
+    "source_levels": 8,
+    "model_layers": 8,
+}
+TABLE_COLUMNS = (
+    "grid",
+    "levels",
+    "variant",
+    "parameters",
+    "train_steps",
+    "s_per_member",
+    "mib_per_member",
+    "gflop_per_member",
+    "crps_norm",
+    "ssr",
+    "vcorr_error",
+    "spectrum_error",
+    "obs_fit",
+)
+
+
+# ------------------------------------------------------------------------ helpers
+def _grid_tag(nlat: int, nlon: int) -> str:
+    return f"{nlat}x{nlon}"
+
+
+def _rss_now_mib() -> float:
+    """Resident set size of this process now (Linux ``/proc``)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise OSError("VmRSS not found in /proc/self/status")
+
+
+def _peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _run_child(stage: str, spec: dict[str, Any], log: Path) -> dict[str, Any]:
+    """Run ``stage`` of this script in its own process; its last stdout line is JSON."""
+    command = [sys.executable, __file__, "--child", stage, json.dumps(spec)]
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("w") as err:
+        done = subprocess.run(command, stdout=subprocess.PIPE, stderr=err, text=True)
+    if done.returncode:
+        tail = log.read_text()[-3000:]
+        raise RuntimeError(f"{stage} {spec.get('name', '')} failed (log {log}):\n{tail}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _parallel(jobs: int, tasks: list[tuple[str, Callable[[], Any]]], desc: str) -> dict[str, Any]:
+    """Run ``(name, thunk)`` tasks ``jobs`` at a time, with a progress bar."""
+    results: dict[str, Any] = {}
+    with ThreadPoolExecutor(max_workers=jobs) as pool, tqdm(total=len(tasks), desc=desc) as bar:
+        futures = {pool.submit(thunk): name for name, thunk in tasks}
+        for future in futures:
+            results[futures[future]] = future.result()
+            bar.update()
+    return results
+
+
+# -------------------------------------------------------------------------- data
+def make_data(spec: dict[str, Any]) -> dict[str, Any]:
+    """Child: the two model runs of one horizontal grid, every ``L`` and the observations."""
+    from genda.grid import Grid
+    from genda.observations import observe_to_file
+    from genda.orchestration.simulate import simulate_archive
+    from genda.simulator import SimulatorConfig, Snapshot
+    from genda.storage import open_archive, write_archive
+
+    work = Path(spec["dir"])
+    nlat, nlon = spec["grid"]
+    data = spec["data"]
+    config = SimulatorConfig(
+        nlat=nlat, nlon=nlon, layers=spec["model_layers"], levels=spec["source_levels"]
+    )
+    runs = {
+        "train": (1, data["train_days"], data["train_every_hours"]),
+        "heldout": (2, data["heldout_days"], HELDOUT_EVERY_HOURS),
+    }
+    source: dict[str, Path] = {}
+    for name, (seed, days, every) in runs.items():
+        path = work / f"{name}-L{spec['source_levels']}.zarr"
+        if not path.exists():
+            simulate_archive(
+                path,
+                config,
+                days=days,
+                seed=seed,
+                spinup_days=data["spinup_days"],
+                every_hours=every,
+                progress=False,
+            )
+        source[name] = path
+    for levels in spec["levels"]:
+        grid = Grid.gaussian(nlat, nlon, levels)
+        for name, path in source.items():
+            out = work / f"{name}-L{levels}.zarr"
+            if out.exists():
+                continue
+            ds = open_archive(path)
+            attrs = dict(ds.attrs)
+            attrs["history"] = (
+                f"{attrs.get('history', '')}; interpolated linearly in altitude "
+                f"from {spec['source_levels']} to {levels} levels"
+            )
+            low = ds[list(grid.variables)].interp(altitude=grid.altitude)
+            values = np.stack([low[v].values for v in grid.variables], axis=1)
+            snapshots = (
+                Snapshot(t, torch.from_numpy(values[i])) for i, t in enumerate(ds["time"].values)
+            )
+            write_archive(out, snapshots, grid, attrs=attrs, progress=False)
+    heldout = open_archive(source["heldout"])
+    when = heldout["time"].values[0] + np.timedelta64(int(WINDOW_HOURS * 3600), "s")
+    obs = work / "obs.parquet"
+    drawn = observe_to_file(source["heldout"], when, NETWORKS, obs, seed=0, withhold=WITHHOLD)
+    return {
+        "time": str(np.datetime64(when, "s")),
+        "observations": drawn["observations"],
+        "withheld": drawn["withheld"],
+    }
+
+
+# ---------------------------------------------------------------------- training
+def _train_config(strategy: str, levels: int, steps: int, device: str) -> Any:
+    from genda.models.training import TrainConfig
+
+    batch = JOINT_BATCH if strategy == "joint3d" else max(1, LAYER_SAMPLES_PER_STEP // levels)
+    return TrainConfig(
+        steps=steps,
+        batch_size=batch,
+        lr=1e-3,
+        warmup_steps=max(1, steps // 10),
+        val_every=steps,
+        val_samples=8,
+        log_every=max(1, steps // 20),
+        checkpoint_every=steps,
+        device=device,
+    )
+
+
+def time_training_step(
+    strategy: str, options: dict[str, Any], grid: Any, unet: dict[str, Any], device: str
+) -> float:
+    """Median seconds of one optimisation step of this variant (synthetic batch)."""
+    from genda.models.diffusion import EDMDenoiser
+    from genda.models.strategies import build_backbone, get_strategy
+    from genda.models.training import EMA, optimization_step, resolve_device
+
+    config = _train_config(strategy, grid.nlevels, 1000, device)
+    target = resolve_device(device)
+    torch.manual_seed(0)
+    model = EDMDenoiser(build_backbone(get_strategy(strategy, **options), grid, **unet))
+    model = model.to(target).train()
+    ema = EMA(model, config)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr)
+    x0 = torch.randn((config.batch_size, *grid.shape)).to(target)
+    slots = list(range(config.batch_size))
+    times = []
+    for index in range(5):
+        tick = time.perf_counter()
+        optimization_step(model, model, optimizer, ema, x0, slots, index, config, target)
+        if target.type == "cuda":
+            torch.cuda.synchronize(target)
+        times.append(time.perf_counter() - tick)
+    return float(np.median(times[1:]))
+
+
+def train_variant(spec: dict[str, Any]) -> dict[str, Any]:
+    """Child: train one variant for the wall-clock budget and write its checkpoint."""
+    from genda.grid import Grid
+    from genda.orchestration.train import train_prior
+
+    torch.set_num_threads(1)
+    strategy, options = VARIANTS[spec["variant"]]
+    nlat, nlon = spec["grid"]
+    grid = Grid.gaussian(nlat, nlon, spec["levels"])
+    step_s = time_training_step(strategy, options, grid, spec["unet"], spec["device"])
+    steps = max(10, int(spec["budget_s"] / step_s))
+    config = _train_config(strategy, spec["levels"], steps, spec["device"])
+    tick = time.perf_counter()
+    run = train_prior(
+        spec["archive"],
+        spec["out"],
+        strategy=strategy,
+        strategy_options=options,
+        architecture=spec["unet"],
+        config=config,
+        val_gap_hours=12.0,
+        overwrite=True,
+        progress=False,
+    )
+    result = run.result
+    return {
+        "step_s": step_s,
+        "train_steps": steps,
+        "train_batch": config.batch_size,
+        "train_wall_s": time.perf_counter() - tick,
+        "train_loop_s": result.wall_seconds,
+        "val_loss_start": result.initial_val_loss,
+        "val_loss": result.val_loss,
+    }
+
+
+# ------------------------------------------------------------------------ posterior
+def sample_variant(spec: dict[str, Any]) -> dict[str, Any]:
+    """Child: sample the posterior members of one variant; time, memory, FLOPs and quality."""
+    from genda.assimilation.posterior import (
+        PosteriorSettings,
+        observation_fit,
+        posterior_members,
+        window_seed,
+    )
+    from genda.evaluation.scores import score_members
+    from genda.evaluation.structure import spectrum_error, vertical_correlation_error
+    from genda.models.checkpoint import load_checkpoint
+    from genda.observations import read_observations, validate_observations
+    from genda.storage import open_archive
+
+    torch.set_num_threads(1)
+    device = torch.device(spec["device"])
+    cuda = device.type == "cuda"
+    prior = load_checkpoint(spec["checkpoint"], device=device)
+    grid = prior.grid
+    obs = validate_observations(read_observations(spec["obs"]), grid)
+    when = np.datetime64(spec["time"])
+    seed = window_seed(0, when)
+    members = list(range(spec["members"]))
+    settings = PosteriorSettings(method="mmps", steps=spec["steps"], batch_size=len(members))
+
+    # warm-up on one member (allocator, kernels) before measuring
+    posterior_members(
+        prior, obs, [0], seed, PosteriorSettings(steps=2, batch_size=1), device=device
+    )
+    if cuda:
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    base_mib = torch.cuda.memory_allocated(device) / 2**20 if cuda else _rss_now_mib()
+    tick = time.perf_counter()
+    fields = posterior_members(prior, obs, members, seed, settings, device=device)
+    if cuda:
+        torch.cuda.synchronize(device)
+    wall = time.perf_counter() - tick
+    peak_mib = torch.cuda.max_memory_allocated(device) / 2**20 if cuda else _peak_rss_mib()
+    with FlopCount() as counter:
+        posterior_members(
+            prior,
+            obs,
+            [0],
+            seed,
+            PosteriorSettings(method="mmps", steps=spec["steps"], batch_size=1),
+            device=device,
+        )
+    flops = counter.total
+
+    heldout = open_archive(spec["heldout"])
+    truth = heldout.sel(time=when)
+    weights = grid.area_weights()[:, None]
+    quality: dict[str, Any] = {}
+    crps_norm = []
+    ssr = []
+    members_np = fields.double().numpy()
+    for index, name in enumerate(grid.variables):
+        scale = float(heldout[name].std())
+        scores = score_members(members_np[:, index], truth[name].values, weights)
+        quality[f"{name}_crps"] = scores["crps"]
+        quality[f"{name}_ssr"] = scores["spread_skill"]
+        crps_norm.append(scores["crps"] / scale)
+        ssr.append(scores["spread_skill"])
+    model = {name: heldout[name].values for name in grid.variables}
+    sampled = {name: members_np[:, i] for i, name in enumerate(grid.variables)}
+    vcorr = vertical_correlation_error(sampled, model, grid)
+    spectra = spectrum_error(sampled["u"], sampled["v"], model["u"], model["v"], grid)
+    fit = observation_fit(fields, obs, grid)
+    return {
+        "parameters": sum(p.numel() for p in prior.denoiser.parameters()),
+        "members": len(members),
+        "sampling_steps": spec["steps"],
+        "s_per_member": wall / len(members),
+        "peak_above_model_mib": peak_mib - base_mib,
+        "mib_per_member": (peak_mib - base_mib) / len(members),
+        "peak_kind": "cuda_max_allocated" if cuda else "process_peak_rss",
+        "gflop_per_member": flops / 1e9,
+        "gflop_per_s": flops / 1e9 / (wall / len(members)),
+        "crps_norm": float(np.mean(crps_norm)),
+        "ssr": float(np.mean(ssr)),
+        "vcorr_error": float(np.mean(list(vcorr.values()))),
+        "vcorr_error_by_variable": vcorr,
+        "spectrum_error": spectra,
+        "obs_fit": fit["rms_normalised_innovation"],
+        **quality,
+    }
+
+
+CHILDREN: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+    "data": make_data,
+    "train": train_variant,
+    "sample": sample_variant,
+}
+
+
+# ------------------------------------------------------------------------ report
+def markdown_table(rows: list[dict[str, Any]], columns: Iterable[str] = TABLE_COLUMNS) -> str:
+    """The rows as a GitHub markdown table (numbers to 3-4 significant digits)."""
+    columns = list(columns)
+
+    def cell(value: Any) -> str:
+        if isinstance(value, float):
+            return "-" if math.isnan(value) else f"{value:.3g}"
+        return str(value)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(row.get(c, "-")) for c in columns) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+PLOTS = (
+    ("mib_per_member", "peak memory per member (MiB)", True),
+    ("s_per_member", "time per member (s)", True),
+    ("crps_norm", "CRPS / model std", False),
+    ("ssr", "spread-skill ratio", False),
+    ("vcorr_error", "vertical correlation error", False),
+    ("spectrum_error", "spectrum error |ln ratio|", False),
+)
+
+
+def plot(rows: list[dict[str, Any]], out: Path) -> list[Path]:
+    """One PNG per quantity: value against levels, a panel per grid, a line per variant."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    grids = sorted({r["grid"] for r in rows}, key=lambda g: int(g.split("x")[0]))
+    variants = list(dict.fromkeys(r["variant"] for r in rows))
+    paths = []
+    for key, label, log in PLOTS:
+        fig, axes = plt.subplots(1, len(grids), figsize=(4.2 * len(grids), 3.4), squeeze=False)
+        for ax, grid in zip(axes[0], grids, strict=True):
+            for variant in variants:
+                points = sorted(
+                    (r["levels"], r[key])
+                    for r in rows
+                    if r["grid"] == grid and r["variant"] == variant
+                )
+                if points:
+                    ax.plot(*zip(*points, strict=True), marker="o", label=variant)
+            ax.set_xscale("log", base=2)
+            if log:
+                ax.set_yscale("log")
+            if key == "ssr":
+                ax.axhline(1.0, color="0.5", lw=0.8, ls="--")
+            ax.set_xlabel("levels L")
+            ax.set_title(f"{grid} grid")
+            ax.set_ylabel(label)
+        axes[0][0].legend(fontsize=8)
+        fig.tight_layout()
+        path = out / f"{key}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+# --------------------------------------------------------------------------- main
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--grids", default=",".join(_grid_tag(*g) for g in GRIDS))
+    parser.add_argument("--levels", default=",".join(str(n) for n in LEVELS))
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--budget-s", type=float, default=120.0, help="training seconds per prior")
+    parser.add_argument("--members", type=int, default=8, help="posterior members per prior")
+    parser.add_argument("--steps", type=int, default=12, help="sampler steps")
+    parser.add_argument("--jobs", type=int, default=2, help="stages run at once")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--work", type=Path, default=ROOT / "outputs" / "strategies")
+    parser.add_argument("--figures", type=Path, default=FIGURES)
+    parser.add_argument("--fresh", action="store_true", help="redo every cached stage")
+    parser.add_argument("--quick", action="store_true", help="a tiny study (tests)")
+    parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        stage, spec = args.child
+        print(json.dumps(CHILDREN[stage](json.loads(spec))))
+        return
+
+    if args.quick:
+        grids = list(QUICK["grids"])
+        levels = list(QUICK["levels"])
+        args.budget_s, args.members, args.steps = (
+            QUICK["budget_s"],
+            QUICK["members"],
+            QUICK["steps"],
+        )
+        data, source_levels, model_layers = (
+            QUICK["data"],
+            QUICK["source_levels"],
+            QUICK["model_layers"],
+        )
+    else:
+        grids = [tuple(int(n) for n in g.split("x")) for g in args.grids.split(",")]
+        levels = [int(n) for n in args.levels.split(",")]
+        data, source_levels, model_layers = DATA, SOURCE_LEVELS, MODEL_LAYERS
+    variants = args.variants.split(",")
+    unknown = sorted(set(variants) - set(VARIANTS))
+    if unknown:
+        parser.error(f"unknown variants {unknown}; known: {list(VARIANTS)}")
+    if max(levels) > source_levels:
+        parser.error(f"at most {source_levels} levels")
+    work: Path = args.work
+    if args.fresh and work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True, exist_ok=True)
+    logs = work / "logs"
+
+    # 1. data: one child per horizontal grid
+    data_tasks = []
+    for nlat, nlon in grids:
+        tag = _grid_tag(nlat, nlon)
+        spec = {
+            "name": tag,
+            "dir": str(work / tag),
+            "grid": [nlat, nlon],
+            "levels": levels,
+            "data": data,
+            "source_levels": source_levels,
+            "model_layers": model_layers,
+        }
+        data_tasks.append(
+            (tag, lambda s=spec: _run_child("data", s, logs / f"data-{s['name']}.log"))
+        )
+    windows = _parallel(args.jobs, data_tasks, "model runs")
+
+    # 2. training: one child per (grid, L, variant), cached by its result file
+    def cached(path: Path, stage: str, spec: dict[str, Any]) -> dict[str, Any]:
+        if path.exists():
+            return json.loads(path.read_text())
+        result = _run_child(stage, spec, logs / f"{stage}-{spec['name']}.log")
+        path.write_text(json.dumps(result, indent=1))
+        return result
+
+    configs = [(_grid_tag(*g), n, v) for g in grids for n in levels for v in variants]
+
+    def name(tag: str, n: int, v: str) -> str:
+        return f"{tag}-L{n}-{v}"
+
+    train_tasks = []
+    for tag, n, v in configs:
+        spec = {
+            "name": name(tag, n, v),
+            "variant": v,
+            "grid": [int(x) for x in tag.split("x")],
+            "levels": n,
+            "unet": UNET,
+            "budget_s": args.budget_s,
+            "device": args.device,
+            "archive": str(work / tag / f"train-L{n}.zarr"),
+            "out": str(work / tag / "priors" / f"L{n}-{v}"),
+        }
+        result = work / tag / "priors" / f"L{n}-{v}.json"
+        result.parent.mkdir(parents=True, exist_ok=True)
+        train_tasks.append((spec["name"], lambda r=result, s=spec: cached(r, "train", s)))
+    trained = _parallel(args.jobs, train_tasks, "priors")
+
+    # 3. posterior ensembles: one child per prior
+    sample_tasks = []
+    for tag, n, v in configs:
+        spec = {
+            "name": name(tag, n, v),
+            "checkpoint": str(work / tag / "priors" / f"L{n}-{v}"),
+            "obs": str(work / tag / "obs.parquet"),
+            "heldout": str(work / tag / f"heldout-L{n}.zarr"),
+            "time": windows[tag]["time"],
+            "members": args.members,
+            "steps": args.steps,
+            "device": args.device,
+        }
+        result = work / tag / "posteriors" / f"L{n}-{v}.json"
+        result.parent.mkdir(parents=True, exist_ok=True)
+        sample_tasks.append((spec["name"], lambda r=result, s=spec: cached(r, "sample", s)))
+    sampled = _parallel(args.jobs, sample_tasks, "posteriors")
+
+    rows = []
+    for tag, n, v in configs:
+        key = name(tag, n, v)
+        strategy, options = VARIANTS[v]
+        rows.append(
+            {
+                "grid": tag,
+                "levels": n,
+                "variant": v,
+                "strategy": strategy,
+                "strategy_options": options,
+                **trained[key],
+                **sampled[key],
+            }
+        )
+    settings = {
+        "grids": [_grid_tag(*g) for g in grids],
+        "levels": levels,
+        "variants": variants,
+        "unet": UNET,
+        "budget_s": args.budget_s,
+        "members": args.members,
+        "sampling_steps": args.steps,
+        "guidance": "mmps",
+        "device": args.device,
+        "cpu_threads_per_stage": 1,
+        "jobs": args.jobs,
+        "data": data,
+        "source_levels": source_levels,
+        "model_layers": model_layers,
+        "windows": windows,
+    }
+    payload = {
+        "benchmark": "strategies",
+        "measured": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "machine": machine(),
+        "device_name": torch.cuda.get_device_name(0)
+        if torch.device(args.device).type == "cuda"
+        else machine()["cpu"],
+        "settings": settings,
+        "rows": rows,
+    }
+    tag = machine_tag() if torch.device(args.device).type == "cuda" else "cpu"
+    out_dir = work if args.quick else RESULTS
+    out_json = out_dir / f"strategies-{tag}.json"
+    out_json.write_text(json.dumps(payload, indent=2, default=float) + "\n")
+    title = (
+        f"strategies ({args.device}, {payload['device_name']}; budget {args.budget_s:g} s, "
+        f"{args.members} members, {args.steps} MMPS steps)"
+    )
+    (out_dir / f"strategies-{tag}.md").write_text(f"{title}\n\n{markdown_table(rows)}")
+    figures = plot(rows, work / "figures" if args.quick else args.figures)
+    print_table(title, [{c: row.get(c) for c in TABLE_COLUMNS} for row in rows])
+    print(f"wrote {out_json} and {len(figures)} figures")
+
+
+if __name__ == "__main__":
+    main()
