@@ -34,12 +34,16 @@ lint: $(STAMP)
 test: $(STAMP) lint
 	$(BIN)/python -m pytest -q
 
+# every benchmark, then benchmarks/results/<machine>.json and .md (hours on a CPU)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/simulator.py
-	$(BIN)/python benchmarks/sampling.py
 	$(BIN)/python benchmarks/training.py
+	$(BIN)/python benchmarks/sampling.py
 	$(BIN)/python benchmarks/posterior_gaussian.py
+	$(BIN)/python benchmarks/osse.py
 	$(BIN)/python benchmarks/ensemble.py
+	$(BIN)/python benchmarks/strategies.py
+	$(BIN)/python benchmarks/summary.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -49,6 +49,7 @@ written under ``--work`` only.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import resource
@@ -93,16 +94,18 @@ WITHHOLD = ("Collm", "Davis")
 LAYER_SAMPLES_PER_STEP = 64
 """layer2d batches ``max(1, 64 // L)`` fields per step (about 64 layer samples), joint3d 16 fields."""
 JOINT_BATCH = 16
-QUICK = {
-    "grids": ((16, 32),),
-    "levels": (4, 8),
-    "budget_s": 6.0,
-    "members": 4,
-    "steps": 4,
-    "data": {"spinup_days": 1.0, "train_days": 2.0, "train_every_hours": 3.0, "heldout_days": 2.0},
-    "source_levels": 8,
-    "model_layers": 8,
-}
+CHUNK_COLUMNS = (
+    "grid",
+    "levels",
+    "variant",
+    "layers_per_batch",
+    "s_per_member",
+    "mib_per_member",
+    "peak_above_model_mib",
+    "gflop_per_member",
+)
+QUICK_DATA = {"spinup_days": 1.0, "train_days": 2.0, "train_every_hours": 3.0, "heldout_days": 2.0}
+"""The model runs of ``--quick`` (8 levels from 8 layers)."""
 TABLE_COLUMNS = (
     "grid",
     "levels",
@@ -175,6 +178,10 @@ def make_data(spec: dict[str, Any]) -> dict[str, Any]:
     config = SimulatorConfig(
         nlat=nlat, nlon=nlon, layers=spec["model_layers"], levels=spec["source_levels"]
     )
+    # 32 layers are thinner than the model's default 8: half its automatic step keeps
+    # them positive (at 32 x 64 the automatic step thins the top layer away in 20 days)
+    if spec["model_layers"] > 16:
+        config = dataclasses.replace(config, dt_seconds=config.time_step / 2)
     runs = {
         "train": (1, data["train_days"], data["train_every_hours"]),
         "heldout": (2, data["heldout_days"], HELDOUT_EVERY_HOURS),
@@ -322,6 +329,8 @@ def sample_variant(spec: dict[str, Any]) -> dict[str, Any]:
     device = torch.device(spec["device"])
     cuda = device.type == "cuda"
     prior = load_checkpoint(spec["checkpoint"], device=device)
+    if spec.get("layers_per_batch"):
+        prior.strategy.layers_per_batch = spec["layers_per_batch"]  # type: ignore[attr-defined]
     grid = prior.grid
     obs = validate_observations(read_observations(spec["obs"]), grid)
     when = np.datetime64(spec["time"])
@@ -469,18 +478,46 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--grids", default=",".join(_grid_tag(*g) for g in GRIDS))
-    parser.add_argument("--levels", default=",".join(str(n) for n in LEVELS))
+    full = {
+        "grids": ",".join(_grid_tag(*g) for g in GRIDS),
+        "levels": ",".join(str(n) for n in LEVELS),
+        "budget_s": 120.0,
+        "members": 8,
+        "steps": 12,
+        "chunks": "16,4",
+        "chunk_members": 4,
+    }
+    quick = {
+        "grids": "16x32",
+        "levels": "4,8",
+        "budget_s": 3.0,
+        "members": 4,
+        "steps": 4,
+        "chunks": "2",
+        "chunk_members": 2,
+    }
+    parser.add_argument("--grids", help=f"nlat x nlon, comma-separated ({full['grids']})")
+    parser.add_argument("--levels", help=f"level counts ({full['levels']}; at most 64)")
     parser.add_argument("--variants", default=",".join(VARIANTS))
-    parser.add_argument("--budget-s", type=float, default=120.0, help="training seconds per prior")
-    parser.add_argument("--members", type=int, default=8, help="posterior members per prior")
-    parser.add_argument("--steps", type=int, default=12, help="sampler steps")
+    parser.add_argument("--budget-s", type=float, help="training seconds per prior (120)")
+    parser.add_argument("--members", type=int, help="posterior members per prior (8)")
+    parser.add_argument("--steps", type=int, help="sampler steps (12)")
+    parser.add_argument(
+        "--chunks",
+        help="layer2d-w1 layer samples per network call measured at the most levels "
+        "('16,4'; '' for none)",
+    )
+    parser.add_argument("--chunk-members", type=int, help="members in the chunk runs (4)")
     parser.add_argument("--jobs", type=int, default=2, help="stages run at once")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--work", type=Path, default=ROOT / "outputs" / "strategies")
     parser.add_argument("--figures", type=Path, default=FIGURES)
     parser.add_argument("--fresh", action="store_true", help="redo every cached stage")
-    parser.add_argument("--quick", action="store_true", help="a tiny study (tests)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a tiny study for tests (short runs, small defaults; results stay under --work)",
+    )
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -488,23 +525,14 @@ def main() -> None:
         print(json.dumps(CHILDREN[stage](json.loads(spec))))
         return
 
-    if args.quick:
-        grids = list(QUICK["grids"])
-        levels = list(QUICK["levels"])
-        args.budget_s, args.members, args.steps = (
-            QUICK["budget_s"],
-            QUICK["members"],
-            QUICK["steps"],
-        )
-        data, source_levels, model_layers = (
-            QUICK["data"],
-            QUICK["source_levels"],
-            QUICK["model_layers"],
-        )
-    else:
-        grids = [tuple(int(n) for n in g.split("x")) for g in args.grids.split(",")]
-        levels = [int(n) for n in args.levels.split(",")]
-        data, source_levels, model_layers = DATA, SOURCE_LEVELS, MODEL_LAYERS
+    for key, value in (quick if args.quick else full).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    grids = [tuple(int(n) for n in g.split("x")) for g in args.grids.split(",")]
+    levels = [int(n) for n in args.levels.split(",")]
+    data, source_levels, model_layers = (
+        (QUICK_DATA, 8, 8) if args.quick else (DATA, SOURCE_LEVELS, MODEL_LAYERS)
+    )
     variants = args.variants.split(",")
     unknown = sorted(set(variants) - set(VARIANTS))
     if unknown:
@@ -584,6 +612,43 @@ def main() -> None:
         sample_tasks.append((spec["name"], lambda r=result, s=spec: cached(r, "sample", s)))
     sampled = _parallel(args.jobs, sample_tasks, "posteriors")
 
+    # 4. layer2d's memory knob: layer samples per network call, at the most levels
+    chunk_configs = []
+    if "layer2d-w1" in variants and args.chunks:
+        top = max(levels)
+        for tag in (_grid_tag(*g) for g in grids):
+            for chunk in [0, *(int(c) for c in args.chunks.split(","))]:
+                chunk_configs.append((tag, top, chunk))
+    chunk_tasks = []
+    for tag, n, chunk in chunk_configs:
+        spec = {
+            "name": f"{name(tag, n, 'layer2d-w1')}-chunk{chunk}",
+            "checkpoint": str(work / tag / "priors" / f"L{n}-layer2d-w1"),
+            "obs": str(work / tag / "obs.parquet"),
+            "heldout": str(work / tag / f"heldout-L{n}.zarr"),
+            "time": windows[tag]["time"],
+            "members": args.chunk_members,
+            "steps": args.steps,
+            "device": args.device,
+            "layers_per_batch": chunk or None,
+        }
+        result = work / tag / "posteriors" / f"L{n}-layer2d-w1-chunk{chunk}.json"
+        chunk_tasks.append((spec["name"], lambda r=result, s=spec: cached(r, "sample", s)))
+    chunked = _parallel(args.jobs, chunk_tasks, "layer2d chunks") if chunk_tasks else {}
+    chunk_rows = []
+    for (tag, n, chunk), (task, _) in zip(chunk_configs, chunk_tasks, strict=True):
+        found = chunked[task]
+        chunk_rows.append(
+            {
+                "grid": tag,
+                "levels": n,
+                "variant": "layer2d-w1",
+                "layers_per_batch": chunk or args.chunk_members * n,
+                **{k: found[k] for k in CHUNK_COLUMNS[4:] if k in found},
+                "crps_norm": found["crps_norm"],
+            }
+        )
+
     rows = []
     for tag, n, v in configs:
         key = name(tag, n, v)
@@ -615,6 +680,7 @@ def main() -> None:
         "source_levels": source_levels,
         "model_layers": model_layers,
         "windows": windows,
+        "chunk_members": args.chunk_members,
     }
     payload = {
         "benchmark": "strategies",
@@ -625,6 +691,7 @@ def main() -> None:
         else machine()["cpu"],
         "settings": settings,
         "rows": rows,
+        "chunking": chunk_rows,
     }
     tag = machine_tag() if torch.device(args.device).type == "cuda" else "cpu"
     out_dir = work if args.quick else RESULTS
@@ -634,9 +701,17 @@ def main() -> None:
         f"strategies ({args.device}, {payload['device_name']}; budget {args.budget_s:g} s, "
         f"{args.members} members, {args.steps} MMPS steps)"
     )
-    (out_dir / f"strategies-{tag}.md").write_text(f"{title}\n\n{markdown_table(rows)}")
+    text = f"{title}\n\n{markdown_table(rows)}"
+    if chunk_rows:
+        text += (
+            f"\nlayer2d-w1, {args.chunk_members} members at once, by layer samples per "
+            f"network call\n\n{markdown_table(chunk_rows, CHUNK_COLUMNS)}"
+        )
+    (out_dir / f"strategies-{tag}.md").write_text(text)
     figures = plot(rows, work / "figures" if args.quick else args.figures)
     print_table(title, [{c: row.get(c) for c in TABLE_COLUMNS} for row in rows])
+    if chunk_rows:
+        print_table("layer2d-w1 by layer samples per call", chunk_rows)
     print(f"wrote {out_json} and {len(figures)} figures")
 
 

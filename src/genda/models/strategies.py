@@ -35,6 +35,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from genda.grid import Grid, GridMismatchError
 from genda.models.padding import pole_signs
@@ -132,7 +133,12 @@ class Strategy(ABC):
             preconditioning, whose factors are per-field scalars, the denoiser
             is ``c_skip * x + c_out * strategy.denoise(F, c_in * x, c_noise, levels)``.
             Backbone calls are split into chunks of :meth:`chunk_size` network
-            samples (the memory knob). Every sample gets bit-identical inputs
+            samples (the memory knob). Under autograd (training, and the
+            guidance's vector-Jacobian products) each chunk is checkpointed
+            (``torch.utils.checkpoint``, non-reentrant): only its inputs are
+            kept and its activations are recomputed chunk by chunk in each
+            backward pass, so the knob bounds the memory there too, for one
+            extra forward pass per backward. Every sample gets bit-identical inputs
             whatever the chunking, so the result is bit-identical whenever the
             backbone's output for a sample does not depend on the batch it is
             computed in. Stock kernels do not promise that: CPU ``sgemm``
@@ -145,10 +151,15 @@ class Strategy(ABC):
         x_net, cond = self.to_network(x, levels)
         c_net = self.network_noise(_noise_per_sample(c_noise, shape[0], x), shape)
         size = self.chunk_size() or x_net.shape[0]
+        checkpointed = torch.is_grad_enabled() and size < x_net.shape[0]
         outputs = []
         for start in range(0, x_net.shape[0], size):
             part = slice(start, start + size)
-            out = backbone(x_net[part], c_net[part], None if cond is None else cond[part])
+            args = (x_net[part], c_net[part], None if cond is None else cond[part])
+            if checkpointed:
+                out = checkpoint(backbone, *args, use_reentrant=False)
+            else:
+                out = backbone(*args)
             outputs.append(out)
         y = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=0)
         return self.from_network(y, shape)
