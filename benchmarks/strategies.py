@@ -37,7 +37,8 @@ Variants: ``joint3d`` (variables x levels as channels) and ``layer2d-wK``
 vertical coupling in the network). The U-Net is the same small one for all
 (``UNET``). Each stage runs in its own process (``--jobs`` at a time, one
 CPU thread each) and is cached under ``--work``: a rerun only does what is
-missing (``--fresh`` redoes everything).
+missing; the file names hold the budget, members and steps, so other
+settings make new results (``--fresh`` redoes everything).
 
 Writes ``benchmarks/results/strategies-<machine>.json``, a markdown table
 ``strategies-<machine>.md`` beside it and PNG plots under
@@ -52,7 +53,6 @@ import argparse
 import dataclasses
 import json
 import math
-import resource
 import shutil
 import subprocess
 import sys
@@ -66,7 +66,15 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from _common import RESULTS, FlopCount, machine, machine_tag, print_table
+from _common import (
+    RESULTS,
+    FlopCount,
+    machine,
+    machine_tag,
+    peak_rss_mib,
+    print_table,
+    rss_now_mib,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 FIGURES = ROOT / "docs" / "figures" / "strategies"
@@ -118,7 +126,9 @@ TABLE_COLUMNS = (
     "crps_norm",
     "ssr",
     "vcorr_error",
+    "vcorr_error_truth",
     "spectrum_error",
+    "spectrum_error_truth",
     "obs_fit",
 )
 
@@ -126,18 +136,6 @@ TABLE_COLUMNS = (
 # ------------------------------------------------------------------------ helpers
 def _grid_tag(nlat: int, nlon: int) -> str:
     return f"{nlat}x{nlon}"
-
-
-def _rss_now_mib() -> float:
-    """Resident set size of this process now (Linux ``/proc``)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise OSError("VmRSS not found in /proc/self/status")
-
-
-def _peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _run_child(stage: str, spec: dict[str, Any], log: Path) -> dict[str, Any]:
@@ -176,7 +174,11 @@ def make_data(spec: dict[str, Any]) -> dict[str, Any]:
     nlat, nlon = spec["grid"]
     data = spec["data"]
     config = SimulatorConfig(
-        nlat=nlat, nlon=nlon, layers=spec["model_layers"], levels=spec["source_levels"]
+        nlat=nlat,
+        nlon=nlon,
+        layers=spec["model_layers"],
+        levels=spec["source_levels"],
+        device=spec["device"],
     )
     # 32 layers are thinner than the model's default 8: half its automatic step keeps
     # them positive (at 32 x 64 the automatic step thins the top layer away in 20 days)
@@ -337,31 +339,39 @@ def sample_variant(spec: dict[str, Any]) -> dict[str, Any]:
     seed = window_seed(0, when)
     members = list(range(spec["members"]))
     settings = PosteriorSettings(method="mmps", steps=spec["steps"], batch_size=len(members))
+    precision = spec.get("precision", "fp32")
+    set_precision(precision)
+    if spec.get("compile"):
+        network = prior.denoiser.backbone.network  # type: ignore[union-attr]
+        prior.denoiser.backbone.network = torch.compile(network, mode=spec["compile"])  # type: ignore[union-attr]
 
-    # warm-up on one member (allocator, kernels) before measuring
-    posterior_members(
-        prior, obs, [0], seed, PosteriorSettings(steps=2, batch_size=1), device=device
-    )
+    def run(indices: list[int], run_settings: PosteriorSettings) -> torch.Tensor:
+        with autocast(device, precision):
+            return posterior_members(prior, obs, indices, seed, run_settings, device=device)
+
+    # warm-up before measuring (allocator, kernels, compilation): on the CPU one member,
+    # so that the peak RSS of the measured run is its own
+    run(members if cuda else [0], dataclasses.replace(settings, steps=2, batch_size=len(members)))
     if cuda:
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
-    base_mib = torch.cuda.memory_allocated(device) / 2**20 if cuda else _rss_now_mib()
+    base_mib = torch.cuda.memory_allocated(device) / 2**20 if cuda else rss_now_mib() or 0.0
     tick = time.perf_counter()
-    fields = posterior_members(prior, obs, members, seed, settings, device=device)
+    fields = run(members, settings)
     if cuda:
         torch.cuda.synchronize(device)
     wall = time.perf_counter() - tick
-    peak_mib = torch.cuda.max_memory_allocated(device) / 2**20 if cuda else _peak_rss_mib()
+    peak_mib = torch.cuda.max_memory_allocated(device) / 2**20 if cuda else peak_rss_mib()
     with FlopCount() as counter:
-        posterior_members(
-            prior,
-            obs,
-            [0],
-            seed,
-            PosteriorSettings(method="mmps", steps=spec["steps"], batch_size=1),
-            device=device,
-        )
+        run([0], dataclasses.replace(settings, batch_size=1))
     flops = counter.total
+    largest = None
+    if cuda and spec.get("max_batch"):
+        largest = largest_fitting(
+            lambda n: run(list(range(n)), dataclasses.replace(settings, steps=2, batch_size=n)),
+            start=len(members),
+            limit=spec["max_batch"],
+        )
 
     heldout = open_archive(spec["heldout"])
     truth = heldout.sel(time=when)
@@ -392,6 +402,10 @@ def sample_variant(spec: dict[str, Any]) -> dict[str, Any]:
         "peak_kind": "cuda_max_allocated" if cuda else "process_peak_rss",
         "gflop_per_member": flops / 1e9,
         "gflop_per_s": flops / 1e9 / (wall / len(members)),
+        "precision": precision,
+        "compile": spec.get("compile"),
+        "fraction_of_bf16_peak": fraction_of_peak(flops * len(members) / wall, device),
+        "max_members_per_batch": largest,
         "crps_norm": float(np.mean(crps_norm)),
         "ssr": float(np.mean(ssr)),
         "vcorr_error": float(np.mean(list(vcorr.values()))),
@@ -399,6 +413,102 @@ def sample_variant(spec: dict[str, Any]) -> dict[str, Any]:
         "spectrum_error": spectra,
         "obs_fit": fit["rms_normalised_innovation"],
         **quality,
+    }
+
+
+# --------------------------------------------------------------------------- GPU
+BF16_PEAK_TFLOPS: dict[str, float] = {
+    "H100 PCIe": 756.0,
+    "H100": 989.4,
+    "H200": 989.4,
+    "A100": 312.0,
+    "L40S": 362.1,
+}
+"""Dense bf16 tensor-core peak by device name (NVIDIA data sheets; SXM unless named)."""
+
+
+def fraction_of_peak(flop_per_s: float, device: torch.device) -> float | None:
+    """Achieved FLOP/s over the device's dense bf16 peak; ``None`` off CUDA or for an unknown GPU."""
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    for key, peak in BF16_PEAK_TFLOPS.items():  # "H100 PCIe" before "H100"
+        if key in name:
+            return flop_per_s / (peak * 1e12)
+    return None
+
+
+def set_precision(precision: str) -> None:
+    """``fp32`` (full float32 matrix products), ``tf32`` (TF32 tensor cores) or ``bf16`` (autocast)."""
+    if precision not in ("fp32", "tf32", "bf16"):
+        raise ValueError(f"precision must be fp32, tf32 or bf16, got {precision!r}")
+    torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
+    torch.backends.cudnn.allow_tf32 = precision == "tf32"
+
+
+def autocast(device: torch.device, precision: str) -> Any:
+    """bf16 autocast of the denoiser's operators for ``precision == "bf16"``, else nothing."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def largest_fitting(attempt: Callable[[int], Any], start: int, limit: int) -> int:
+    """The largest ``n <= limit`` for which ``attempt(n)`` does not run out of memory.
+
+    Doubles from ``start`` until an attempt fails, then bisects; ``attempt``
+    is assumed monotone (fits for every smaller ``n``). Returns 0 if even 1
+    does not fit.
+    """
+
+    def fits(n: int) -> bool:
+        try:
+            attempt(n)
+            return True
+        except torch.OutOfMemoryError:
+            return False
+        finally:
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+
+    low, high = 0, None  # low fits (0 trivially), high does not
+    n = max(1, min(start, limit))
+    while high is None:
+        if fits(n):
+            low = n
+            if n >= limit:
+                return n
+            n = min(2 * n, limit)
+        else:
+            high = n
+    while high - low > 1:
+        middle = (low + high) // 2
+        if fits(middle):
+            low = middle
+        else:
+            high = middle
+    return low
+
+
+def truth_reference(heldout: Path, when: str) -> dict[str, float]:
+    """The structure scores of the truth itself: the floor a perfect ensemble would reach.
+
+    One field at the window time against all the model data, with the
+    definitions of :mod:`genda.evaluation.structure`: how far one true field
+    is from the model data's statistics, the sampling noise of the scores.
+    """
+    from genda.evaluation.structure import spectrum_error, vertical_correlation_error
+    from genda.grid import Grid
+    from genda.storage import open_archive
+
+    ds = open_archive(heldout)
+    grid = Grid.from_dataset(ds)
+    model = {name: ds[name].values for name in grid.variables}
+    truth = {name: ds[name].sel(time=np.datetime64(when)).values[None] for name in grid.variables}
+    vcorr = vertical_correlation_error(truth, model, grid)
+    return {
+        "vcorr_error_truth": float(np.mean(list(vcorr.values()))),
+        "spectrum_error_truth": spectrum_error(
+            truth["u"], truth["v"], model["u"], model["v"], grid
+        ),
     }
 
 
@@ -473,6 +583,35 @@ def plot(rows: list[dict[str, Any]], out: Path) -> list[Path]:
     return paths
 
 
+def plot_chunks(rows: list[dict[str, Any]], out: Path) -> Path:
+    """Memory and time per member of layer2d against layer samples per network call."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(8.4, 3.4))
+    for grid in sorted({r["grid"] for r in rows}, key=lambda g: int(g.split("x")[0])):
+        points = sorted((r["layers_per_batch"], r) for r in rows if r["grid"] == grid)
+        chunks = [c for c, _ in points]
+        label = f"{grid} x {points[0][1]['levels']}"
+        axes[0].plot(chunks, [r["mib_per_member"] for _, r in points], marker="o", label=label)
+        axes[1].plot(chunks, [r["s_per_member"] for _, r in points], marker="o", label=label)
+    for ax, what in zip(axes, ("peak memory per member (MiB)", "time per member (s)"), strict=True):
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("layer samples per network call")
+        ax.set_ylabel(what)
+    axes[0].legend(fontsize=8)
+    fig.suptitle("layer2d-w1, MMPS: the memory knob", fontsize=10)
+    fig.tight_layout()
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "layer2d_chunks.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 # --------------------------------------------------------------------------- main
 def main() -> None:
     parser = argparse.ArgumentParser(
@@ -508,6 +647,23 @@ def main() -> None:
         "('16,4'; '' for none)",
     )
     parser.add_argument("--chunk-members", type=int, help="members in the chunk runs (4)")
+    parser.add_argument(
+        "--precision",
+        choices=("fp32", "tf32", "bf16"),
+        default="fp32",
+        help="sampling arithmetic: float32, TF32 tensor cores, or bf16 autocast",
+    )
+    parser.add_argument(
+        "--compile",
+        choices=("default", "reduce-overhead", "max-autotune"),
+        help="torch.compile the network in this mode (reduce-overhead uses CUDA graphs)",
+    )
+    parser.add_argument(
+        "--max-batch",
+        type=int,
+        default=0,
+        help="CUDA: also find the most members per batch that fit, up to this many (0: skip)",
+    )
     parser.add_argument("--jobs", type=int, default=2, help="stages run at once")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--work", type=Path, default=ROOT / "outputs" / "strategies")
@@ -557,13 +713,17 @@ def main() -> None:
             "data": data,
             "source_levels": source_levels,
             "model_layers": model_layers,
+            "device": args.device,
         }
         data_tasks.append(
             (tag, lambda s=spec: _run_child("data", s, logs / f"data-{s['name']}.log"))
         )
     windows = _parallel(args.jobs, data_tasks, "model runs")
 
-    # 2. training: one child per (grid, L, variant), cached by its result file
+    # 2. training: one child per (grid, L, variant), cached by its result file; the
+    # file names hold the settings, so other settings never reuse a stale result
+    budget = f"-b{args.budget_s:g}"
+
     def cached(path: Path, stage: str, spec: dict[str, Any]) -> dict[str, Any]:
         if path.exists():
             return json.loads(path.read_text())
@@ -587,27 +747,37 @@ def main() -> None:
             "budget_s": args.budget_s,
             "device": args.device,
             "archive": str(work / tag / f"train-L{n}.zarr"),
-            "out": str(work / tag / "priors" / f"L{n}-{v}"),
+            "out": str(work / tag / "priors" / f"L{n}-{v}{budget}"),
         }
-        result = work / tag / "priors" / f"L{n}-{v}.json"
+        result = work / tag / "priors" / f"L{n}-{v}{budget}.json"
         result.parent.mkdir(parents=True, exist_ok=True)
         train_tasks.append((spec["name"], lambda r=result, s=spec: cached(r, "train", s)))
     trained = _parallel(args.jobs, train_tasks, "priors")
 
-    # 3. posterior ensembles: one child per prior
-    sample_tasks = []
-    for tag, n, v in configs:
-        spec = {
+    # 3. posterior ensembles: one child per prior (cached per arithmetic)
+    flavour = "" if args.precision == "fp32" else f"-{args.precision}"
+    flavour += f"-compile-{args.compile}" if args.compile else ""
+    sampling = f"-m{args.members}-s{args.steps}{flavour}"
+    fast = {"precision": args.precision, "compile": args.compile, "max_batch": args.max_batch}
+
+    def sample_spec(tag: str, n: int, v: str, members: int, **extra: Any) -> dict[str, Any]:
+        return {
             "name": name(tag, n, v),
-            "checkpoint": str(work / tag / "priors" / f"L{n}-{v}"),
+            "checkpoint": str(work / tag / "priors" / f"L{n}-{v}{budget}"),
             "obs": str(work / tag / "obs.parquet"),
             "heldout": str(work / tag / f"heldout-L{n}.zarr"),
             "time": windows[tag]["time"],
-            "members": args.members,
+            "members": members,
             "steps": args.steps,
             "device": args.device,
+            **fast,
+            **extra,
         }
-        result = work / tag / "posteriors" / f"L{n}-{v}.json"
+
+    sample_tasks = []
+    for tag, n, v in configs:
+        spec = sample_spec(tag, n, v, args.members)
+        result = work / tag / "posteriors" / f"L{n}-{v}{budget}{sampling}.json"
         result.parent.mkdir(parents=True, exist_ok=True)
         sample_tasks.append((spec["name"], lambda r=result, s=spec: cached(r, "sample", s)))
     sampled = _parallel(args.jobs, sample_tasks, "posteriors")
@@ -621,18 +791,16 @@ def main() -> None:
                 chunk_configs.append((tag, top, chunk))
     chunk_tasks = []
     for tag, n, chunk in chunk_configs:
-        spec = {
-            "name": f"{name(tag, n, 'layer2d-w1')}-chunk{chunk}",
-            "checkpoint": str(work / tag / "priors" / f"L{n}-layer2d-w1"),
-            "obs": str(work / tag / "obs.parquet"),
-            "heldout": str(work / tag / f"heldout-L{n}.zarr"),
-            "time": windows[tag]["time"],
-            "members": args.chunk_members,
-            "steps": args.steps,
-            "device": args.device,
-            "layers_per_batch": chunk or None,
-        }
-        result = work / tag / "posteriors" / f"L{n}-layer2d-w1-chunk{chunk}.json"
+        spec = sample_spec(
+            tag, n, "layer2d-w1", args.chunk_members, layers_per_batch=chunk or None, max_batch=0
+        )
+        spec["name"] += f"-chunk{chunk}"
+        result = (
+            work
+            / tag
+            / "posteriors"
+            / f"L{n}-layer2d-w1{budget}-m{args.chunk_members}-s{args.steps}-chunk{chunk}{flavour}.json"
+        )
         chunk_tasks.append((spec["name"], lambda r=result, s=spec: cached(r, "sample", s)))
     chunked = _parallel(args.jobs, chunk_tasks, "layer2d chunks") if chunk_tasks else {}
     chunk_rows = []
@@ -649,6 +817,10 @@ def main() -> None:
             }
         )
 
+    references = {
+        (tag, n): truth_reference(work / tag / f"heldout-L{n}.zarr", windows[tag]["time"])
+        for tag, n in dict.fromkeys((tag, n) for tag, n, _ in configs)
+    }
     rows = []
     for tag, n, v in configs:
         key = name(tag, n, v)
@@ -662,6 +834,7 @@ def main() -> None:
                 "strategy_options": options,
                 **trained[key],
                 **sampled[key],
+                **references[(tag, n)],
             }
         )
     settings = {
@@ -673,6 +846,8 @@ def main() -> None:
         "members": args.members,
         "sampling_steps": args.steps,
         "guidance": "mmps",
+        "precision": args.precision,
+        "compile": args.compile,
         "device": args.device,
         "cpu_threads_per_stage": 1,
         "jobs": args.jobs,
@@ -695,7 +870,7 @@ def main() -> None:
     }
     tag = machine_tag() if torch.device(args.device).type == "cuda" else "cpu"
     out_dir = work if args.quick else RESULTS
-    out_json = out_dir / f"strategies-{tag}.json"
+    out_json = out_dir / f"strategies-{tag}{flavour}.json"
     out_json.write_text(json.dumps(payload, indent=2, default=float) + "\n")
     title = (
         f"strategies ({args.device}, {payload['device_name']}; budget {args.budget_s:g} s, "
@@ -707,8 +882,11 @@ def main() -> None:
             f"\nlayer2d-w1, {args.chunk_members} members at once, by layer samples per "
             f"network call\n\n{markdown_table(chunk_rows, CHUNK_COLUMNS)}"
         )
-    (out_dir / f"strategies-{tag}.md").write_text(text)
-    figures = plot(rows, work / "figures" if args.quick else args.figures)
+    out_json.with_suffix(".md").write_text(text)
+    figure_dir = (work / "figures" if args.quick else args.figures) / flavour.removeprefix("-")
+    figures = plot(rows, figure_dir)
+    if chunk_rows:
+        figures.append(plot_chunks(chunk_rows, figure_dir))
     print_table(title, [{c: row.get(c) for c in TABLE_COLUMNS} for row in rows])
     if chunk_rows:
         print_table("layer2d-w1 by layer samples per call", chunk_rows)

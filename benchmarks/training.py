@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -48,7 +47,7 @@ from typing import Any
 
 import torch
 
-from _common import RESULTS, machine, machine_tag, print_table
+from _common import RESULTS, machine, machine_tag, peak_rss_mib, print_table, rss_now_mib
 
 STRATEGIES = ("joint3d", "layer2d")
 GRIDS = ((32, 64, 8), (32, 64, 16))
@@ -76,23 +75,6 @@ TABLE_COLUMNS = (
     "layer_samples_per_s",
     "peak_memory_mib",
 )
-
-
-def _rss_now_mib() -> float | None:
-    """Resident set size of this process now (Linux ``/proc``; ``None`` elsewhere)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
-
-
-def _peak_rss_mib() -> float:
-    """Peak resident set size of this process so far (``ru_maxrss``: KiB on Linux, bytes on macOS)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**20 if sys.platform == "darwin" else peak / 1024
 
 
 def measure(
@@ -143,7 +125,7 @@ def measure(
     if cuda:
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
-    rss_before = _rss_now_mib()
+    rss_before = rss_now_mib()
     torch.manual_seed(0)
     denoiser = EDMDenoiser(build_backbone(strategy, grid, **unet)).to(device).train()
     parameters = sum(p.numel() for p in denoiser.parameters())
@@ -223,7 +205,7 @@ def measure(
             "peak_kind": "cuda_max_allocated",
         }
     else:
-        peak = _peak_rss_mib()
+        peak = peak_rss_mib()
         row |= {
             # without /proc the baseline is unknown: the absolute peak stands in
             "peak_memory_mib": peak - rss_before if rss_before is not None else peak,

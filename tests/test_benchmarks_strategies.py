@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "strategies.py"
@@ -46,4 +51,42 @@ def test_quick_strategies_study(tmp_path: Path) -> None:
     table = (work / "strategies-cpu.md").read_text()
     assert table.count("| 16x32 | 4 |") == 4
     figures = sorted(p.name for p in (work / "figures").glob("*.png"))
-    assert "mib_per_member.png" in figures and "vcorr_error.png" in figures
+    assert {"mib_per_member.png", "vcorr_error.png", "layer2d_chunks.png"} <= set(figures)
+
+
+def _study_module() -> Any:
+    """The benchmark script as a module (it imports ``_common`` from its own folder)."""
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        spec = importlib.util.spec_from_file_location("strategies_study", SCRIPT)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+
+
+@pytest.mark.parametrize(
+    ("capacity", "start", "limit", "expected"),
+    [
+        (37, 8, 1000, 37),
+        (37, 64, 1000, 37),
+        (37, 8, 20, 20),
+        (1, 8, 100, 1),
+        (0, 8, 100, 0),
+    ],
+)
+def test_largest_fitting_batch(capacity: int, start: int, limit: int, expected: int) -> None:
+    study = _study_module()
+    tried: list[int] = []
+
+    def attempt(n: int) -> None:
+        tried.append(n)
+        if n > capacity:
+            raise torch.OutOfMemoryError(f"{n} members do not fit")
+
+    assert study.largest_fitting(attempt, start=start, limit=limit) == expected
+    assert max(tried) <= limit
+    # doubling then bisection: logarithmically many attempts
+    assert len(tried) <= 2 * math.ceil(math.log2(limit)) + 2

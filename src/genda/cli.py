@@ -426,7 +426,11 @@ def assimilate(
         str, typer.Option(help="Members per denoiser batch, or 'auto' (probe each GPU).")
     ] = "8",
     layers_per_batch: Annotated[
-        int | None, typer.Option(help="layer2d: layers per network call (memory knob).")
+        int | None,
+        typer.Option(
+            help="layer2d: layer samples per network call, the memory knob (also under "
+            "guidance: each call's activations are recomputed in the backward passes)."
+        ),
     ] = None,
     window_hours: Annotated[
         float, typer.Option(help="Observations within time +- window/2 are used.")
