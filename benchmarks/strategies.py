@@ -664,6 +664,12 @@ def main() -> None:
         default=0,
         help="CUDA: also find the most members per batch that fit, up to this many (0: skip)",
     )
+    parser.add_argument(
+        "--skip",
+        default="",
+        help="configurations to leave out, comma-separated GRID-LLEVELS-VARIANT "
+        "(e.g. 32x64-L64-layer2d-w2)",
+    )
     parser.add_argument("--jobs", type=int, default=2, help="stages run at once")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--work", type=Path, default=ROOT / "outputs" / "strategies")
@@ -731,7 +737,14 @@ def main() -> None:
         path.write_text(json.dumps(result, indent=1))
         return result
 
-    configs = [(_grid_tag(*g), n, v) for g in grids for n in levels for v in variants]
+    skipped = {item for item in args.skip.split(",") if item}
+    configs = [
+        (_grid_tag(*g), n, v)
+        for g in grids
+        for n in levels
+        for v in variants
+        if f"{_grid_tag(*g)}-L{n}-{v}" not in skipped
+    ]
 
     def name(tag: str, n: int, v: str) -> str:
         return f"{tag}-L{n}-{v}"
@@ -856,6 +869,7 @@ def main() -> None:
         "model_layers": model_layers,
         "windows": windows,
         "chunk_members": args.chunk_members,
+        "skipped": sorted(skipped),
     }
     payload = {
         "benchmark": "strategies",
