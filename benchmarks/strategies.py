@@ -647,6 +647,7 @@ def main() -> None:
         "('16,4'; '' for none)",
     )
     parser.add_argument("--chunk-members", type=int, help="members in the chunk runs (4)")
+    parser.add_argument("--chunk-grids", help="grids of the chunk runs (default: all)")
     parser.add_argument(
         "--precision",
         choices=("fp32", "tf32", "bf16"),
@@ -799,7 +800,10 @@ def main() -> None:
     chunk_configs = []
     if "layer2d-w1" in variants and args.chunks:
         top = max(levels)
+        chunk_grids = args.chunk_grids.split(",") if args.chunk_grids else None
         for tag in (_grid_tag(*g) for g in grids):
+            if chunk_grids is not None and tag not in chunk_grids:
+                continue
             for chunk in [0, *(int(c) for c in args.chunks.split(","))]:
                 chunk_configs.append((tag, top, chunk))
     chunk_tasks = []
