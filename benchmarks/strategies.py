@@ -2,7 +2,9 @@
 
     python benchmarks/strategies.py [--grids 16x32,32x64] [--levels 8,16,32,64]
         [--variants joint3d,layer2d-w0,layer2d-w1,layer2d-w2] [--budget-s 120]
-        [--members 8] [--steps 12] [--jobs 2] [--device cpu|cuda] [--work DIR] [--quick]
+        [--members 8] [--steps 12] [--chunks 16,4] [--chunk-members 4] [--chunk-grids G]
+        [--skip GRID-LN-VARIANT,...] [--jobs 2] [--device cpu|cuda]
+        [--precision fp32|tf32|bf16] [--compile MODE] [--max-batch N] [--work DIR] [--quick]
 
 For every horizontal grid and number of levels ``L``, one small prior per
 variant is trained on the built-in model with the same budget of wall-clock
@@ -15,8 +17,9 @@ same observations (MMPS guidance), and each ensemble is measured:
 * **memory** per member: the peak above the loaded model while sampling,
   divided by the members sampled at once (CUDA: ``max_memory_allocated``;
   CPU: the process's peak RSS);
-* **FLOPs** per member (``torch.utils.flop_counter``, one member counted
-  separately) and the achieved rate;
+* **FLOPs** per member (``_common.FlopCount`` over one member sampled
+  separately, forward and backward) and the achieved rate; on CUDA also its
+  fraction of the device's dense bf16 peak;
 * **quality** against the truth (the held-out run at the window time): CRPS
   over the grid divided by the model data's standard deviation, averaged over
   u, v and T (``crps_norm``), and the spread-skill ratio (``ssr``); against
@@ -39,6 +42,13 @@ vertical coupling in the network). The U-Net is the same small one for all
 CPU thread each) and is cached under ``--work``: a rerun only does what is
 missing; the file names hold the budget, members and steps, so other
 settings make new results (``--fresh`` redoes everything).
+
+layer2d's memory knob: ``layer2d-w1`` at the most levels is sampled again
+with ``--chunks`` layer samples per network call (and unchunked), with
+``--chunk-members`` members. GPU: ``--precision`` (TF32 matrix products or
+bf16 autocast), ``--compile`` (``torch.compile`` of the network;
+``reduce-overhead`` uses CUDA graphs) and ``--max-batch`` (the most members
+per batch that fit, searched by doubling and bisection).
 
 Writes ``benchmarks/results/strategies-<machine>.json``, a markdown table
 ``strategies-<machine>.md`` beside it and PNG plots under
