@@ -331,6 +331,7 @@ def sample_variant(spec: dict[str, Any]) -> dict[str, Any]:
         posterior_members,
         window_seed,
     )
+    from genda.ensemble.work import set_layers_per_batch
     from genda.evaluation.scores import score_members
     from genda.evaluation.structure import spectrum_error, vertical_correlation_error
     from genda.models.checkpoint import load_checkpoint
@@ -342,7 +343,7 @@ def sample_variant(spec: dict[str, Any]) -> dict[str, Any]:
     cuda = device.type == "cuda"
     prior = load_checkpoint(spec["checkpoint"], device=device)
     if spec.get("layers_per_batch"):
-        prior.strategy.layers_per_batch = spec["layers_per_batch"]  # type: ignore[attr-defined]
+        set_layers_per_batch(prior, spec["layers_per_batch"])
     grid = prior.grid
     obs = validate_observations(read_observations(spec["obs"]), grid)
     when = np.datetime64(spec["time"])
