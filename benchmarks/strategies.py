@@ -3,7 +3,7 @@
     python benchmarks/strategies.py [--grids 16x32,32x64] [--levels 8,16,32,64]
         [--variants joint3d,layer2d-w0,layer2d-w1,layer2d-w2] [--budget-s 120]
         [--members 8] [--steps 12] [--chunks 16,4] [--chunk-members 4] [--chunk-grids G]
-        [--skip GRID-LN-VARIANT,...] [--jobs 2] [--device cpu|cuda]
+        [--skip GRID-LN-VARIANT,...] [--denoiser-skip scalar|gaussian] [--jobs 2] [--device cpu|cuda]
         [--precision fp32|tf32|bf16] [--compile MODE] [--max-batch N] [--work DIR] [--quick]
 
 For every horizontal grid and number of levels ``L``, one small prior per
@@ -38,7 +38,9 @@ MLS-like limb track; two stations withheld) are drawn once per grid from the
 Variants: ``joint3d`` (variables x levels as channels) and ``layer2d-wK``
 (one layer at a time seeing ``K`` neighbours each side; ``K = 0`` has no
 vertical coupling in the network). The U-Net is the same small one for all
-(``UNET``). Each stage runs in its own process (``--jobs`` at a time, one
+(``UNET``), with EDM's scalar skip (the results in ``benchmarks/results``
+were made so) or, with ``--denoiser-skip gaussian``, the Gaussian skip of
+:mod:`genda.models.gaussian_skip`. Each stage runs in its own process (``--jobs`` at a time, one
 CPU thread each) and is cached under ``--work``: a rerun only does what is
 missing; the file names hold the budget, members and steps, so other
 settings make new results (``--fresh`` redoes everything).
@@ -307,6 +309,7 @@ def train_variant(spec: dict[str, Any]) -> dict[str, Any]:
         architecture=spec["unet"],
         config=config,
         val_gap_hours=12.0,
+        skip=spec.get("skip", "scalar"),
         overwrite=True,
         progress=False,
     )
@@ -682,6 +685,12 @@ def main() -> None:
         help="configurations to leave out, comma-separated GRID-LLEVELS-VARIANT "
         "(e.g. 32x64-L64-layer2d-w2)",
     )
+    parser.add_argument(
+        "--denoiser-skip",
+        choices=("scalar", "gaussian"),
+        default="scalar",
+        help="the priors' skip: EDM's scalar c_skip (as in the results) or the Gaussian skip",
+    )
     parser.add_argument("--jobs", type=int, default=2, help="stages run at once")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--work", type=Path, default=ROOT / "outputs" / "strategies")
@@ -740,7 +749,7 @@ def main() -> None:
 
     # 2. training: one child per (grid, L, variant), cached by its result file; the
     # file names hold the settings, so other settings never reuse a stale result
-    budget = f"-b{args.budget_s:g}"
+    budget = f"-b{args.budget_s:g}" + ("-gauss" if args.denoiser_skip == "gaussian" else "")
 
     def cached(path: Path, stage: str, spec: dict[str, Any]) -> dict[str, Any]:
         if path.exists():
@@ -770,6 +779,7 @@ def main() -> None:
             "levels": n,
             "unet": UNET,
             "budget_s": args.budget_s,
+            "skip": args.denoiser_skip,
             "device": args.device,
             "archive": str(work / tag / f"train-L{n}.zarr"),
             "out": str(work / tag / "priors" / f"L{n}-{v}{budget}"),
@@ -871,6 +881,7 @@ def main() -> None:
         "variants": variants,
         "unet": UNET,
         "budget_s": args.budget_s,
+        "denoiser_skip": args.denoiser_skip,
         "members": args.members,
         "sampling_steps": args.steps,
         "guidance": "mmps",

@@ -28,6 +28,7 @@ from genda.models.checkpoint import (
     save_checkpoint,
 )
 from genda.models.diffusion import EDMDenoiser
+from genda.models.gaussian_skip import GaussianSkip
 from genda.models.strategies import Joint3D, Layer2D, Strategy, build_backbone
 from genda.normalization import Normalization
 from genda.threads import cpu_threads
@@ -49,10 +50,14 @@ def normalization() -> Normalization:
     )
 
 
-def denoiser(strategy: Strategy, seed: int = 0) -> EDMDenoiser:
-    """A tiny denoiser with random (non-zero) weights everywhere."""
+def denoiser(strategy: Strategy, seed: int = 0, skip: bool = False) -> EDMDenoiser:
+    """A tiny denoiser with random (non-zero) weights everywhere (and a fitted Gaussian skip)."""
     torch.manual_seed(seed)
-    model = EDMDenoiser(build_backbone(strategy, GRID, **TINY), sigma_data=0.5)
+    gaussian = None
+    if skip:
+        fields = torch.randn(6, *GRID.shape, generator=torch.Generator().manual_seed(seed))
+        gaussian = GaussianSkip(GRID).fit([fields])
+    model = EDMDenoiser(build_backbone(strategy, GRID, **TINY), sigma_data=0.5, skip=gaussian)
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.05 * torch.randn_like(p))
@@ -60,7 +65,8 @@ def denoiser(strategy: Strategy, seed: int = 0) -> EDMDenoiser:
 
 
 def save(path: Path, model: EDMDenoiser, **kwargs) -> Path:
-    ema = denoiser(model.backbone.strategy, seed=1)  # distinct EMA weights
+    # distinct EMA weights
+    ema = denoiser(model.backbone.strategy, seed=1, skip=model.skip is not None)
     defaults = {
         "grid": GRID,
         "normalization": normalization(),
@@ -84,11 +90,15 @@ def rewrite_config(path: Path, change) -> None:
     (path / "config.json").write_text(json.dumps(config))
 
 
-@pytest.mark.parametrize("strategy", [Joint3D(), Layer2D(window=1)], ids=["joint3d", "layer2d"])
-def test_round_trip_is_bit_identical(tmp_path, strategy: Strategy) -> None:
-    model = denoiser(strategy)
+@pytest.mark.parametrize(
+    ("strategy", "skip"),
+    [(Joint3D(), False), (Layer2D(window=1), False), (Joint3D(), True)],
+    ids=["joint3d", "layer2d", "joint3d-gaussian-skip"],
+)
+def test_round_trip_is_bit_identical(tmp_path, strategy: Strategy, skip: bool) -> None:
+    model = denoiser(strategy, skip=skip)
     path = save(tmp_path / "ckpt", model)
-    ema = denoiser(strategy, seed=1)
+    ema = denoiser(strategy, seed=1, skip=skip)
 
     prior = load_checkpoint(path, expected_grid=GRID)
     assert prior.step == 3 and prior.path == path and prior.fingerprint == "abc123"
@@ -116,6 +126,10 @@ def test_round_trip_is_bit_identical(tmp_path, strategy: Strategy) -> None:
     assert config["format"] == "genda-checkpoint" and config["format_version"] == 1
     assert config["genda_version"] == genda.__version__
     assert config["architecture"]["config"]["base_channels"] == 8
+    assert config["skip"] == (
+        {"kind": "gaussian-sht", "truncation": 16, "channels": 12} if skip else None
+    )
+    assert isinstance(prior.denoiser.skip, GaussianSkip) == skip
     assert config["training"] == {"steps": 3, "lr": 1e-3}
     digest = hashlib.sha256((path / "model.safetensors").read_bytes()).hexdigest()
     assert config["files"]["model.safetensors"]["sha256"] == digest
@@ -244,6 +258,22 @@ def test_grid_mismatch_names_the_differences(saved) -> None:
             lambda p: rewrite_config(p, lambda c: c.update(sigma_data=-1)),
             "sigma_data must be a positive number",
         ),
+        (
+            lambda p: rewrite_config(p, lambda c: c.update(skip={"kind": "wiener"})),
+            "unknown skip.*'wiener'.*builds 'gaussian-sht'",
+        ),
+        (
+            lambda p: rewrite_config(
+                p, lambda c: c.update(skip={"kind": "gaussian-sht", "truncation": 99})
+            ),
+            "invalid skip.*truncation must be in 1..16, got 99",
+        ),
+        (
+            lambda p: rewrite_config(
+                p, lambda c: c.update(skip={"kind": "gaussian-sht", "truncation": 16})
+            ),
+            "missing.*skip.eigenvalues",
+        ),
     ],
     ids=[
         "truncated-json",
@@ -255,6 +285,9 @@ def test_grid_mismatch_names_the_differences(saved) -> None:
         "keys",
         "strategy",
         "sigma",
+        "skip-kind",
+        "skip-truncation",
+        "skip-without-its-statistics",
     ],
 )
 def test_damaged_checkpoints_are_rejected_clearly(saved, damage, pattern) -> None:
@@ -262,6 +295,18 @@ def test_damaged_checkpoints_are_rejected_clearly(saved, damage, pattern) -> Non
     damage(path)
     with pytest.raises(CheckpointError, match=pattern):
         load_checkpoint(path)
+
+
+def test_a_checkpoint_without_a_skip_entry_has_the_scalar_skip(saved) -> None:
+    path, model = saved
+    rewrite_config(path, lambda c: c.pop("skip"))  # as written before the Gaussian skip
+    prior = load_checkpoint(path, weights="model")
+    assert prior.denoiser.skip is None
+    x = torch.randn(2, *GRID.shape, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        assert torch.equal(
+            prior.denoiser(x, torch.tensor([0.3, 2.0])), model.eval()(x, torch.tensor([0.3, 2.0]))
+        )
 
 
 def test_shipped_names_resolve_inside_the_package(tmp_path, monkeypatch) -> None:

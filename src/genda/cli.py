@@ -231,6 +231,13 @@ def train_command(
     resume: Annotated[
         Path | None, typer.Option(help="Checkpoint to continue (settings default to its own).")
     ] = None,
+    skip: Annotated[
+        str | None,
+        typer.Option(
+            help="scalar (EDM's c_skip; default) or gaussian (posterior mean of a "
+            "Gaussian fitted to the data; docs/training.md)."
+        ),
+    ] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing --out.")] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
@@ -272,6 +279,7 @@ def train_command(
             val_fraction=val_fraction,
             val_gap_hours=val_gap_hours,
             resume=resume,
+            skip=skip,
             overwrite=overwrite,
             progress=progress,
             command=_command_line(ctx),

@@ -11,6 +11,9 @@ A checkpoint is a directory::
 ``config.json`` holds the format name and version, the genda version, the grid
 (:meth:`genda.grid.Grid.to_dict`), the strategy (name and options), the
 architecture (:attr:`genda.models.unet.UNet.config`), ``sigma_data``, the
+skip (``null`` for EDM's scalar ``c_skip``, or the settings of a
+:class:`genda.models.gaussian_skip.GaussianSkip`, whose statistics are
+buffers among the weights; absent in older checkpoints, read as ``null``), the
 normalisation statistics (:meth:`genda.normalization.Normalization.to_dict`),
 the training configuration, the step count, a description of the archive with
 its fingerprint (:func:`genda.models.data.archive_fingerprint`), and the
@@ -53,6 +56,7 @@ import genda
 from genda.atomic import partial_path, publish_directory, remove_path
 from genda.grid import Grid, GridMismatchError
 from genda.models.diffusion import EDMDenoiser
+from genda.models.gaussian_skip import SKIP_KIND, GaussianSkip
 from genda.models.strategies import Strategy, StrategyBackbone, build_backbone, get_strategy
 from genda.models.unet import UNet
 from genda.normalization import Normalization
@@ -181,16 +185,49 @@ def describe_denoiser(denoiser: EDMDenoiser) -> tuple[Strategy, UNet, StrategyBa
     return backbone.strategy, backbone.network, backbone
 
 
+def _skip_config(denoiser: EDMDenoiser) -> dict[str, Any] | None:
+    """``config.json``'s ``"skip"``: ``None`` for EDM's scalar ``c_skip``."""
+    skip = denoiser.skip
+    if skip is None:
+        return None
+    if not isinstance(skip, GaussianSkip):
+        raise TypeError(f"checkpoints describe a GaussianSkip or none, not {type(skip).__name__}")
+    return skip.config()
+
+
+def build_skip(grid: Grid, config: Mapping[str, Any] | None) -> GaussianSkip | None:
+    """The (unfitted) skip module that ``config.json``'s ``"skip"`` describes.
+
+    Raises:
+        CheckpointError: an unknown kind, or settings that do not fit ``grid``.
+    """
+    if config is None:
+        return None
+    if not isinstance(config, Mapping) or config.get("kind") != SKIP_KIND:
+        raise CheckpointError(f"unknown skip {config!r}; this genda builds {SKIP_KIND!r} or none")
+    try:
+        return GaussianSkip(
+            grid, truncation=config.get("truncation"), channels=config.get("channels")
+        )
+    except (TypeError, ValueError) as error:
+        raise CheckpointError(f"invalid skip {dict(config)}: {error}") from error
+
+
 def build_denoiser(
-    strategy: Strategy, grid: Grid, architecture: Mapping[str, Any], sigma_data: float = 1.0
+    strategy: Strategy,
+    grid: Grid,
+    architecture: Mapping[str, Any],
+    sigma_data: float = 1.0,
+    skip: Mapping[str, Any] | None = None,
 ) -> EDMDenoiser:
     """``EDMDenoiser(build_backbone(strategy, grid, ...))`` from a stored ``UNet.config``.
 
     The channel counts, ``cond_dim`` and ``pole_sign`` of ``architecture`` must
-    be those that ``strategy`` gives on ``grid``.
+    be those that ``strategy`` gives on ``grid``. ``skip`` is the stored skip
+    configuration (``None``: EDM's scalar ``c_skip``); its buffers come with the weights.
 
     Raises:
-        CheckpointError: the architecture does not fit the strategy and grid,
+        CheckpointError: the architecture or skip does not fit the strategy and grid,
             or is not a valid U-Net configuration.
     """
     fixed = ("in_channels", "out_channels", "cond_dim", "pole_sign")
@@ -209,7 +246,7 @@ def build_denoiser(
     if wrong or missing:
         details = "; ".join(wrong + [f"{k}: missing" for k in missing])
         raise CheckpointError(f"architecture does not match strategy and grid: {details}")
-    return EDMDenoiser(backbone, sigma_data=sigma_data)
+    return EDMDenoiser(backbone, sigma_data=sigma_data, skip=build_skip(grid, skip))
 
 
 def _jsonish(value: Any) -> Any:
@@ -406,6 +443,7 @@ def save_checkpoint(
         "strategy": {"name": strategy.name, "options": strategy.options()},
         "architecture": {"backbone": "unet", "config": network.config},
         "sigma_data": denoiser.sigma_data,
+        "skip": _skip_config(denoiser),
         "normalization": normalization.to_dict(),
         "training": dict(training or {}),
         "run": dict(run or {}),
@@ -674,7 +712,9 @@ def _objects_from_config(
             f"{config_file}: sigma_data must be a positive number, got {sigma_data!r}"
         )
     try:
-        denoiser = build_denoiser(strategy, grid, arch["config"], float(sigma_data))
+        denoiser = build_denoiser(
+            strategy, grid, arch["config"], float(sigma_data), config.get("skip")
+        )
     except CheckpointError as error:
         raise CheckpointError(f"{config_file}: {error}") from error
     return grid, normalization, strategy, denoiser

@@ -144,12 +144,21 @@ class EDMDenoiser(nn.Module):
     in its own parameter dtype (mixed precision), as in NVlabs/edm ``EDMPrecond``.
 
     It satisfies :class:`genda.models.sampling.Denoiser`.
+
+    ``skip``: a module ``skip(x, sigma) -> (B, ...)`` that replaces ``c_skip x``,
+    e.g. :class:`genda.models.gaussian_skip.GaussianSkip` (the posterior mean of
+    a Gaussian fitted to the data, which for steep spectra removes the noise
+    at scales the scalar skip keeps). ``c_in``, ``c_out``, ``c_noise`` and the
+    loss weight stay EDM's.
     """
 
-    def __init__(self, backbone: nn.Module, sigma_data: float = 1.0) -> None:
+    def __init__(
+        self, backbone: nn.Module, sigma_data: float = 1.0, skip: nn.Module | None = None
+    ) -> None:
         super().__init__()
         self.backbone = backbone
         self.precond = EDMPreconditioning(sigma_data)
+        self.skip = skip
 
     @property
     def sigma_data(self) -> float:
@@ -172,7 +181,12 @@ class EDMDenoiser(nn.Module):
             out = self.backbone(x_in, c_noise)
         else:
             out = self.backbone(x_in, c_noise, cond=cond)
-        return p.c_skip(s) * x + p.c_out(s) * out.to(x.dtype)
+        if self.skip is None:
+            skip = p.c_skip(s) * x
+        else:  # transforms in float32 even under mixed precision
+            with torch.autocast(device_type=x.device.type, enabled=False):
+                skip = self.skip(x, sigma)
+        return skip + p.c_out(s) * out.to(x.dtype)
 
 
 def edm_sigma_sampler(

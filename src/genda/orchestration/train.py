@@ -21,14 +21,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import xarray as xr
 
 from genda.grid import Grid
-from genda.models.checkpoint import CheckpointError, read_checkpoint
+from genda.models.checkpoint import CheckpointError, build_skip, read_checkpoint
 from genda.models.data import DEFAULT_GAP_HOURS, DEFAULT_MEMORY_LIMIT, TimeSplit, TrainingData
 from genda.models.diffusion import EDMDenoiser
+from genda.models.gaussian_skip import GaussianSkip
 from genda.models.strategies import build_backbone, get_strategy
 from genda.models.training import TrainConfig, TrainResult, resolve_device, train
 from genda.storage import open_archive
@@ -97,6 +99,38 @@ def _plain(value: Any) -> Any:
     return value
 
 
+SKIP_CHOICES = ("gaussian", "scalar")
+FIT_BATCH = 256
+"""Fields per batch when fitting the Gaussian skip (one pass over the training split)."""
+
+
+def _skip_module(
+    skip: str | None,
+    stored: Mapping[str, Any],
+    resume: str | os.PathLike[str] | None,
+    grid: Grid,
+    training_data: TrainingData,
+) -> GaussianSkip | None:
+    """The skip of a new model (fitted to the training split) or of a resumed one (unfitted)."""
+    if skip is not None and skip not in SKIP_CHOICES:
+        raise ValueError(f"unknown skip {skip!r}; choose one of {SKIP_CHOICES}")
+    if stored:
+        stored_kind = "scalar" if stored.get("skip") is None else "gaussian"
+        if skip is not None and skip != stored_kind:
+            raise CheckpointError(
+                f"{resume}: the checkpoint was trained with the {stored_kind} skip, not {skip!r}"
+            )
+        return build_skip(grid, stored.get("skip"))  # its buffers come with the weights
+    if (skip or "scalar") == "scalar":
+        return None
+    fields = training_data.train
+    batches = (
+        fields.batch(np.arange(start, min(start + FIT_BATCH, len(fields))))
+        for start in range(0, len(fields), FIT_BATCH)
+    )
+    return GaussianSkip(grid).fit(batches)
+
+
 def train_prior(
     data: str | os.PathLike[str] | xr.Dataset,
     out: str | os.PathLike[str],
@@ -109,6 +143,7 @@ def train_prior(
     val_fraction: float | None = None,
     val_gap_hours: float | None = None,
     resume: str | os.PathLike[str] | None = None,
+    skip: str | None = None,
     overwrite: bool = False,
     progress: bool = True,
     memory_limit_bytes: int = DEFAULT_MEMORY_LIMIT,
@@ -129,6 +164,10 @@ def train_prior(
         overrides: changes to ``config``, ``None`` values ignored (the CLI's options).
         val_fraction, val_gap_hours: the time split (default 0.1 and 24 h, or the resumed run's).
         resume: checkpoint to continue from.
+        skip: ``"scalar"`` (default for a new model): EDM's ``c_skip x``;
+            ``"gaussian"``: the posterior mean of a Gaussian fitted to the
+            training fields (:class:`genda.models.gaussian_skip.GaussianSkip`;
+            docs/training.md weighs the two). A resumed run keeps its checkpoint's.
         overwrite: replace an existing ``out`` when not resuming.
         progress: progress bar.
         memory_limit_bytes: splits up to this size are held in memory.
@@ -199,9 +238,10 @@ def train_prior(
     training_data = TrainingData.from_dataset(
         ds, val_fraction, val_gap_hours, grid=grid, memory_limit_bytes=memory_limit_bytes
     )
+    skip_module = _skip_module(skip, stored, resume, grid, training_data)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(run_config.seed)  # the initial weights follow the seed
-        denoiser = EDMDenoiser(build_backbone(strategy_obj, grid, **arch))
+        denoiser = EDMDenoiser(build_backbone(strategy_obj, grid, **arch), skip=skip_module)
     network_config = denoiser.backbone.network.config  # type: ignore[union-attr]
 
     with _process_group(run_config.device):
