@@ -309,7 +309,7 @@ def train_variant(spec: dict[str, Any]) -> dict[str, Any]:
         architecture=spec["unet"],
         config=config,
         val_gap_hours=12.0,
-        skip=spec.get("skip", "scalar"),
+        skip=spec["skip"],
         overwrite=True,
         progress=False,
     )

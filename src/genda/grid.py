@@ -117,6 +117,28 @@ def equiangular_latitudes(nlat: int) -> np.ndarray:
     return np.linspace(90.0, -90.0, nlat)
 
 
+def harmonic_grid_kind(grid: Grid, what: str) -> str:
+    """The torch-harmonics grid name (``"legendre-gauss"`` or ``"equiangular"``) of ``grid``.
+
+    ``what`` names the caller in the errors (e.g. ``"spectra need"``).
+
+    Raises:
+        ValueError: another latitude kind, or latitudes that are not that kind's
+            nodes (``Grid(...)`` labels any latitudes ``"legendre-gauss"`` by default).
+    """
+    kind = grid.latitude_kind
+    if kind not in ("legendre-gauss", "equiangular"):
+        raise ValueError(f"{what} a Gauss-Legendre or equiangular grid, not {kind!r}")
+    nodes = (
+        gaussian_latitudes(grid.nlat)[0]
+        if kind == "legendre-gauss"
+        else equiangular_latitudes(grid.nlat)
+    )
+    if not np.allclose(grid.latitude, nodes, rtol=0, atol=1e-6):
+        raise ValueError(f"grid latitudes are not the {kind} nodes for nlat = {grid.nlat}")
+    return kind
+
+
 def default_altitudes(levels: int, bottom_km: float = 80.0, top_km: float = 115.0) -> np.ndarray:
     """``levels`` evenly spaced log-pressure altitudes from ``bottom_km`` to ``top_km``."""
     if levels < 1:

@@ -12,26 +12,12 @@ import numpy as np
 import torch
 import torch_harmonics as th
 
-from genda.grid import Grid, GridMismatchError, equiangular_latitudes, gaussian_latitudes
+from genda.grid import Grid, GridMismatchError, harmonic_grid_kind
 from genda.threads import cpu_threads
 
 
 def _vector_transform(grid: Grid, truncation: int | None) -> th.RealVectorSHT:
-    kinds = {"legendre-gauss": "legendre-gauss", "equiangular": "equiangular"}
-    if grid.latitude_kind not in kinds:
-        raise ValueError(
-            f"spectra need a Gauss-Legendre or equiangular grid, not {grid.latitude_kind!r}"
-        )
-    # Grid(...) labels any latitudes "legendre-gauss" by default: check the nodes.
-    nodes = (
-        gaussian_latitudes(grid.nlat)[0]
-        if grid.latitude_kind == "legendre-gauss"
-        else equiangular_latitudes(grid.nlat)
-    )
-    if not np.allclose(grid.latitude, nodes, rtol=0, atol=1e-6):
-        raise ValueError(
-            f"grid latitudes are not the {grid.latitude_kind} nodes for nlat = {grid.nlat}"
-        )
+    kind = harmonic_grid_kind(grid, "spectra need")
     nmodes = (truncation if truncation is not None else (grid.nlon - 1) // 3) + 1
     previous = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
@@ -41,7 +27,7 @@ def _vector_transform(grid: Grid, truncation: int | None) -> th.RealVectorSHT:
             grid.nlon,
             lmax=nmodes,
             mmax=nmodes,
-            grid=kinds[grid.latitude_kind],
+            grid=kind,
             csphase=False,
         )
     finally:

@@ -57,39 +57,16 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
-import numpy as np
 import torch
 import torch_harmonics as th
 from torch import Tensor, nn
 
-from genda.grid import Grid, equiangular_latitudes, gaussian_latitudes
+from genda.grid import Grid, harmonic_grid_kind
 
 __all__ = ["SKIP_KIND", "GaussianSkip"]
 
 SKIP_KIND = "gaussian-sht"
 """The name of this skip in a checkpoint's ``config.json``."""
-
-_TRANSFORM_GRIDS = {"legendre-gauss": "legendre-gauss", "equiangular": "equiangular"}
-
-
-def _check_sphere_grid(grid: Grid) -> str:
-    """The torch-harmonics grid name of ``grid``; raises unless its latitudes are its nodes."""
-    kind = grid.latitude_kind
-    if kind not in _TRANSFORM_GRIDS:
-        raise ValueError(
-            f"the Gaussian skip needs a Gauss-Legendre or equiangular grid, not {kind!r}"
-        )
-    nodes = (
-        gaussian_latitudes(grid.nlat)[0]
-        if kind == "legendre-gauss"
-        else equiangular_latitudes(grid.nlat)
-    )
-    if not np.allclose(grid.latitude, nodes, rtol=0, atol=1e-6):
-        raise ValueError(
-            f"the Gaussian skip needs the {kind} latitudes for nlat = {grid.nlat}; "
-            "these are not (regrid the data first)"
-        )
-    return _TRANSFORM_GRIDS[kind]
 
 
 class GaussianSkip(nn.Module):
@@ -114,7 +91,7 @@ class GaussianSkip(nn.Module):
 
     def __init__(self, grid: Grid, truncation: int | None = None, channels: int | None = None):
         super().__init__()
-        kind = _check_sphere_grid(grid)
+        kind = harmonic_grid_kind(grid, "the Gaussian skip needs")
         nlat, nlon = grid.nlat, grid.nlon
         t = int(truncation) if truncation is not None else nlat
         if not 1 <= t <= nlat or t > nlon // 2 + 1:
