@@ -15,16 +15,34 @@ import time
 from pathlib import Path
 from typing import Annotated
 
+import click
 import numpy as np
 import typer
 from rich.console import Console, Group
 from rich.table import Table
+from typer.core import TyperGroup
 
 import genda
-from genda.storage import ArchiveError, ArchiveSummary, open_archive, summarize
+from genda.errors import GendaError
+from genda.storage import ArchiveSummary, open_archive, summarize
+
+
+class GendaGroup(TyperGroup):
+    """The command group: an error genda raises on purpose is one sentence and exit code 1.
+
+    Anything else is a bug and keeps its traceback.
+    """
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except GendaError as error:
+            raise _fail(str(error)) from error
+
 
 app = typer.Typer(
     name="genda",
+    cls=GendaGroup,
     help="Generative data assimilation for the mesosphere and lower thermosphere.",
     no_args_is_help=True,
     add_completion=False,
@@ -99,7 +117,7 @@ def simulate(
 ) -> None:
     """Run the built-in MLT model and write a training archive."""
     from genda.orchestration import simulate_archive
-    from genda.simulator import SimulationError, SimulatorConfig
+    from genda.simulator import SimulatorConfig
 
     history = (
         f"genda simulate --out {out} --days {days} --seed {seed} --nlat {nlat} --nlon {nlon} "
@@ -107,24 +125,21 @@ def simulate(
         f"--every-hours {every_hours} --device {device}"
     )
     start = time.perf_counter()
-    try:
-        config = SimulatorConfig(
-            nlat=nlat, nlon=nlon, levels=levels, layers=layers or levels, device=device
-        )
-        path = simulate_archive(
-            out,
-            config,
-            days=days,
-            seed=seed,
-            spinup_days=spinup_days,
-            every_hours=every_hours,
-            overwrite=overwrite,
-            progress=progress,
-            chunk_hours=chunk_hours,
-            history=history,
-        )
-    except (FileExistsError, ValueError, SimulationError) as error:
-        raise _fail(str(error)) from error
+    config = SimulatorConfig(
+        nlat=nlat, nlon=nlon, levels=levels, layers=layers or levels, device=device
+    )
+    path = simulate_archive(
+        out,
+        config,
+        days=days,
+        seed=seed,
+        spinup_days=spinup_days,
+        every_hours=every_hours,
+        overwrite=overwrite,
+        progress=progress,
+        chunk_hours=chunk_hours,
+        history=history,
+    )
     wall = time.perf_counter() - start
     console.print(
         render_summary(summarize(open_archive(path), source=str(path)), wall_seconds=wall)
@@ -139,13 +154,10 @@ def summary(
 ) -> None:
     """Print shape, time range and per-variable min/mean/max of an archive."""
     start = time.perf_counter()
-    try:
-        ds = open_archive(path)
-        table = render_summary(
-            summarize(ds, source=str(path)), wall_seconds=time.perf_counter() - start
-        )
-    except ArchiveError as error:
-        raise _fail(str(error)) from error
+    ds = open_archive(path)
+    table = render_summary(
+        summarize(ds, source=str(path)), wall_seconds=time.perf_counter() - start
+    )
     console.print(table)
 
 
@@ -268,25 +280,21 @@ def train_command(
         "mixed_precision": True if mixed_precision else None,
         "compile": True if compile else None,
     }
-    try:
-        run = train_prior(
-            data,
-            out,
-            strategy=strategy,
-            strategy_options=strategy_options,
-            architecture=architecture,
-            overrides=overrides,
-            val_fraction=val_fraction,
-            val_gap_hours=val_gap_hours,
-            resume=resume,
-            skip=skip,
-            overwrite=overwrite,
-            progress=progress,
-            command=_command_line(ctx),
-        )
-    except (FileExistsError, ValueError, KeyError, TypeError, FloatingPointError) as error:
-        message = error.args[0] if isinstance(error, KeyError) and error.args else error
-        raise _fail(str(message)) from error
+    run = train_prior(
+        data,
+        out,
+        strategy=strategy,
+        strategy_options=strategy_options,
+        architecture=architecture,
+        overrides=overrides,
+        val_fraction=val_fraction,
+        val_gap_hours=val_gap_hours,
+        resume=resume,
+        skip=skip,
+        overwrite=overwrite,
+        progress=progress,
+        command=_command_line(ctx),
+    )
     r = run.result
     facts = Table.grid(padding=(0, 2))
     facts.add_column(style="bold")
@@ -332,27 +340,23 @@ def fidelity(
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
     """Compare unconditional samples of a prior with held-out model data."""
-    from genda.models.checkpoint import CheckpointError
     from genda.orchestration.fidelity import prior_fidelity
 
     if method not in ("heun", "euler", "stochastic"):
         raise _fail(f"unknown sampling method {method!r}; use heun, euler or stochastic")
-    try:
-        run = prior_fidelity(
-            checkpoint,
-            data,
-            out,
-            members=members,
-            steps=steps,
-            method=method,
-            seed=seed,  # type: ignore[arg-type]
-            batch_size=batch_size,
-            device=device,
-            save_samples=save_samples,
-            progress=progress,
-        )
-    except (CheckpointError, ArchiveError, ValueError, KeyError) as error:
-        raise _fail(str(error)) from error
+    run = prior_fidelity(
+        checkpoint,
+        data,
+        out,
+        members=members,
+        steps=steps,
+        method=method,
+        seed=seed,  # type: ignore[arg-type]
+        batch_size=batch_size,
+        device=device,
+        save_samples=save_samples,
+        progress=progress,
+    )
     console.print(run.report.summary(), highlight=False)
     console.print(
         f"{'PASSED' if run.report.passed else 'FAILED'}: the acceptance criteria of the prior"
@@ -376,13 +380,10 @@ def observe(
     ] = "",
 ) -> None:
     """Draw synthetic observations (with their errors) from a truth archive."""
-    from genda.observations import ObservationError, observe_to_file
+    from genda.observations import observe_to_file
 
     stations = [name.strip() for name in withhold.split(",") if name.strip()]
-    try:
-        result = observe_to_file(truth, time_, network, out, seed, withhold=stations)
-    except (ArchiveError, ObservationError, ValueError, KeyError) as error:
-        raise _fail(str(error)) from error
+    result = observe_to_file(truth, time_, network, out, seed, withhold=stations)
     table = Table(title=f"observations at {result['time']}", header_style="bold")
     table.add_column("network")
     table.add_column("variables")
@@ -465,54 +466,40 @@ def assimilate(
 ) -> None:
     """Sample a posterior ensemble for one window into a Zarr store; a rerun fills what is missing."""
     from genda.assimilation.posterior import PosteriorSettings
-    from genda.ensemble import EnsembleRunError
-    from genda.models.checkpoint import CheckpointError
-    from genda.observations import ObservationError
     from genda.orchestration.assimilate import assimilate_window
-    from genda.storage import EnsembleStoreError
 
     if not time_:
         raise _fail("--time is required (the centre of the window, e.g. 2000-02-10T12:00)")
     size, auto_batch = _batch_size(batch_size)
-    try:
-        settings = PosteriorSettings(
-            method=method,
-            steps=steps,
-            sampler=sampler,
-            iterations=iterations,
-            zeta=zeta,
-            gamma=gamma,
-            corrections=corrections,
-            batch_size=size,
-        )
-        result = assimilate_window(
-            checkpoint,
-            obs,
-            time_,
-            out,
-            members=members,
-            settings=settings,
-            seed=seed,
-            window_hours=window_hours,
-            layers_per_batch=layers_per_batch,
-            device=device,
-            workers=workers,
-            threads_per_worker=threads_per_worker,
-            ray_address=ray_address,
-            auto_batch=auto_batch,
-            members_per_shard=members_per_shard,
-            overwrite=overwrite,
-            progress=progress,
-        )
-    except (
-        CheckpointError,
-        EnsembleStoreError,
-        EnsembleRunError,
-        ObservationError,
-        OSError,  # ConnectionError: no Ray cluster at the address
-        ValueError,
-    ) as error:
-        raise _fail(str(error)) from error
+    settings = PosteriorSettings(
+        method=method,
+        steps=steps,
+        sampler=sampler,
+        iterations=iterations,
+        zeta=zeta,
+        gamma=gamma,
+        corrections=corrections,
+        batch_size=size,
+    )
+    result = assimilate_window(
+        checkpoint,
+        obs,
+        time_,
+        out,
+        members=members,
+        settings=settings,
+        seed=seed,
+        window_hours=window_hours,
+        layers_per_batch=layers_per_batch,
+        device=device,
+        workers=workers,
+        threads_per_worker=threads_per_worker,
+        ray_address=ray_address,
+        auto_batch=auto_batch,
+        members_per_shard=members_per_shard,
+        overwrite=overwrite,
+        progress=progress,
+    )
     table = Table(title=f"{result['method']} ensemble", header_style="bold", show_header=False)
     table.add_row("store", f"{result['store']} (window {result['time']})")
     table.add_row("members", f"{result['members']} ({result['strategy']}, {result['steps']} steps)")
@@ -555,16 +542,12 @@ def query(
     ] = None,
 ) -> None:
     """One variable of an ensemble store at one level: a statistic or the members."""
-    from genda.storage import EnsembleStoreError
     from genda.storage import query as query_store
     from genda.storage.ensemble_store import to_file
 
-    try:
-        da = query_store(store, var, alt, time=time_, stat=stat)  # type: ignore[arg-type]
-        if out is not None:
-            to_file(da, out)
-    except (EnsembleStoreError, FileNotFoundError, KeyError, ValueError) as error:
-        raise _fail(str(error.args[0] if isinstance(error, KeyError) else error)) from error
+    da = query_store(store, var, alt, time=time_, stat=stat)  # type: ignore[arg-type]
+    if out is not None:
+        to_file(da, out)
     values = da.values
     table = Table(
         title=f"{var} {stat} at {float(da['altitude']):g} km",
@@ -591,12 +574,9 @@ def cycle(
     config: Annotated[Path, typer.Option(help="Cycle configuration (YAML, docs/cycles.md).")],
 ) -> None:
     """Run an assimilation cycle now: every window of the configuration, as Prefect flows."""
-    from genda.orchestration.config import ConfigError, load_cycle_config
+    from genda.orchestration.config import load_cycle_config
 
-    try:
-        settings = load_cycle_config(config)
-    except ConfigError as error:
-        raise _fail(str(error)) from error
+    settings = load_cycle_config(config)
     from genda.orchestration.flows import assimilation_cycle
 
     results = assimilation_cycle(settings)
@@ -642,16 +622,12 @@ def serve(
     ] = None,
 ) -> None:
     """Serve a cycle as a scheduled Prefect deployment: each run takes the next due window."""
-    from genda.orchestration.config import ConfigError
     from genda.orchestration.flows import prefect_environment
 
     prefect_environment()
     from genda.orchestration.serve import serve_cycle
 
-    try:
-        serve_cycle(config, cron=cron, interval_seconds=interval, name=name, log=server_log)
-    except (ConfigError, ValueError, RuntimeError) as error:
-        raise _fail(str(error)) from error
+    serve_cycle(config, cron=cron, interval_seconds=interval, name=name, log=server_log)
 
 
 @app.command()
@@ -677,7 +653,6 @@ def evaluate(
     """Score an ensemble against the truth: CRPS, RMSE, spread, spread-skill, rank histograms."""
     from genda.evaluation.report import evaluate_paths
     from genda.evaluation.scores import format_table
-    from genda.observations import ObservationError
 
     baselines: dict[str, str] = {}
     for item in baseline or []:
@@ -685,19 +660,16 @@ def evaluate(
         if not sep or not name or not path:
             raise _fail(f"--baseline takes NAME=STORE, got {item!r}")
         baselines[name] = path
-    try:
-        metrics = evaluate_paths(
-            ensemble,
-            truth,
-            out,
-            time=time_,
-            obs_path=obs,
-            withheld_path=withheld,
-            baseline_paths=baselines,
-            level_km=level,
-        )
-    except (ArchiveError, ObservationError, FileNotFoundError, KeyError, ValueError) as error:
-        raise _fail(str(error)) from error
+    metrics = evaluate_paths(
+        ensemble,
+        truth,
+        out,
+        time=time_,
+        obs_path=obs,
+        withheld_path=withheld,
+        baseline_paths=baselines,
+        level_km=level,
+    )
     console.print(format_table(metrics["ensemble"], title=f"{ensemble.name} against the truth"))
     for name, scores in metrics["baselines"].items():
         console.print(format_table(scores, title=f"baseline {name}"))
@@ -737,27 +709,23 @@ def baseline(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing store.")] = False,
 ) -> None:
     """Classical baselines on the same footing: climatology, localised OI, EnKF."""
-    from genda.observations import ObservationError
     from genda.orchestration.baseline import baseline_window
 
-    try:
-        result = baseline_window(
-            archive,
-            obs,
-            time_,
-            out,
-            method=method,
-            members=members,
-            climatology_size=climatology_size,
-            seed=seed,
-            window_hours=window_hours,
-            horizontal_km=horizontal_km,
-            vertical_km=vertical_km,
-            exclude_hours=exclude_hours,
-            overwrite=overwrite,
-        )
-    except (ArchiveError, ObservationError, OSError, ValueError) as error:
-        raise _fail(str(error)) from error
+    result = baseline_window(
+        archive,
+        obs,
+        time_,
+        out,
+        method=method,
+        members=members,
+        climatology_size=climatology_size,
+        seed=seed,
+        window_hours=window_hours,
+        horizontal_km=horizontal_km,
+        vertical_km=vertical_km,
+        exclude_hours=exclude_hours,
+        overwrite=overwrite,
+    )
     table = Table(title=f"{result['method']} baseline", header_style="bold", show_header=False)
     table.add_row("store", result["store"])
     table.add_row("members", str(result["members"]))

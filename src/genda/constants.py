@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from genda.errors import InvalidValueError
+
 EARTH_RADIUS_M = 6.371e6
 """Mean Earth radius (m)."""
 EARTH_ROTATION_RATE = 7.292e-5
@@ -32,7 +34,7 @@ def pressure_to_altitude_km(pressure_pa: np.ndarray | float) -> np.ndarray:
     """Log-pressure altitude ``H ln(p0 / p)`` in km for pressures in Pa."""
     pressure = np.asarray(pressure_pa, dtype=np.float64)
     if np.any(pressure <= 0):
-        raise ValueError("pressure must be positive to convert to log-pressure altitude")
+        raise InvalidValueError("pressure must be positive to convert to log-pressure altitude")
     return SCALE_HEIGHT_KM * np.log(REFERENCE_PRESSURE_PA / pressure)
 
 

@@ -27,13 +27,15 @@ import numpy as np
 import torch
 import xarray as xr
 
+from genda.errors import GendaError, InvalidValueError, UnknownNameError
+
 LatitudeKind = Literal["legendre-gauss", "equiangular", "irregular"]
 
 DIMS = ("time", "altitude", "latitude", "longitude")
 """Dimension names of a field in a Dataset, per variable."""
 
 
-class GridMismatchError(ValueError):
+class GridMismatchError(GendaError, ValueError):
     """Raised when a field or dataset does not live on the expected grid."""
 
 
@@ -75,7 +77,7 @@ def lookup_variable(name: str) -> Variable:
         return VARIABLES[name]
     except KeyError:
         known = ", ".join(sorted(VARIABLES))
-        raise KeyError(f"unknown variable {name!r}; known variables: {known}") from None
+        raise UnknownNameError(f"unknown variable {name!r}; known variables: {known}") from None
 
 
 VARIABLES_ATTR = "genda_variables"
@@ -128,21 +130,21 @@ def harmonic_grid_kind(grid: Grid, what: str) -> str:
     """
     kind = grid.latitude_kind
     if kind not in ("legendre-gauss", "equiangular"):
-        raise ValueError(f"{what} a Gauss-Legendre or equiangular grid, not {kind!r}")
+        raise InvalidValueError(f"{what} a Gauss-Legendre or equiangular grid, not {kind!r}")
     nodes = (
         gaussian_latitudes(grid.nlat)[0]
         if kind == "legendre-gauss"
         else equiangular_latitudes(grid.nlat)
     )
     if not np.allclose(grid.latitude, nodes, rtol=0, atol=1e-6):
-        raise ValueError(f"grid latitudes are not the {kind} nodes for nlat = {grid.nlat}")
+        raise InvalidValueError(f"grid latitudes are not the {kind} nodes for nlat = {grid.nlat}")
     return kind
 
 
 def default_altitudes(levels: int, bottom_km: float = 80.0, top_km: float = 115.0) -> np.ndarray:
     """``levels`` evenly spaced log-pressure altitudes from ``bottom_km`` to ``top_km``."""
     if levels < 1:
-        raise ValueError(f"levels must be >= 1, got {levels}")
+        raise InvalidValueError(f"levels must be >= 1, got {levels}")
     if levels == 1:
         return np.array([0.5 * (bottom_km + top_km)])
     return np.linspace(bottom_km, top_km, levels)
@@ -261,7 +263,7 @@ class Grid:
         try:
             return self.variables.index(name)
         except ValueError:
-            raise KeyError(
+            raise UnknownNameError(
                 f"variable {name!r} is not on this grid (variables: {self.variables})"
             ) from None
 

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import xarray as xr
 
+from genda.errors import InvalidValueError, UnknownNameError
 from genda.grid import Grid, GridMismatchError
 
 MEAN_ATTR = "genda_normalization_mean"
@@ -45,13 +46,13 @@ class Normalization:
                 f"normalisation mean {mean.shape} / std {std.shape} do not match (V={len(self.variables)}, L)"
             )
         if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(std))):
-            raise ValueError("normalisation statistics contain NaN or infinite values")
+            raise InvalidValueError("normalisation statistics contain NaN or infinite values")
         # A constant field's computed std is round-off (~1e-15 of its mean), not 0;
         # below 1e-10 |mean| no archive (float32: ~6e-8) resolves any variation.
         degenerate = std <= 1e-10 * np.abs(mean)
         if np.any(degenerate):
             bad = [self.variables[i] for i in sorted(set(np.nonzero(degenerate)[0]))]
-            raise ValueError(
+            raise InvalidValueError(
                 f"normalisation std is not positive for variables {bad} (constant field?)"
             )
         object.__setattr__(self, "mean", mean)
@@ -121,7 +122,7 @@ class Normalization:
         for name in variables:
             attrs = ds[name].attrs
             if MEAN_ATTR not in attrs or STD_ATTR not in attrs:
-                raise KeyError(
+                raise UnknownNameError(
                     f"variable {name!r} carries no normalisation statistics; "
                     "compute them with Normalization.from_dataset"
                 )

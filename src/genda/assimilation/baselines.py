@@ -54,6 +54,7 @@ import scipy.linalg
 import xarray as xr
 
 from genda.constants import EARTH_RADIUS_M
+from genda.errors import InvalidValueError
 from genda.grid import Grid
 from genda.observations.operators import ObservationOperator
 
@@ -82,7 +83,7 @@ def gaspari_cohn(distance: np.ndarray | float, half_width: float) -> np.ndarray:
         Values in ``[0, 1]``, float64, the shape of ``distance``.
     """
     if not half_width > 0:
-        raise ValueError(f"the localisation half-width must be > 0, got {half_width}")
+        raise InvalidValueError(f"the localisation half-width must be > 0, got {half_width}")
     r = np.abs(np.asarray(distance, dtype=np.float64)) / half_width
     out = np.zeros_like(r)
     inner = r <= 1.0
@@ -136,7 +137,7 @@ class Localization:
         for name in ("horizontal_km", "vertical_km"):
             value = getattr(self, name)
             if not (isinstance(value, int | float) and value > 0):
-                raise ValueError(f"localisation {name} must be a number > 0, got {value!r}")
+                raise InvalidValueError(f"localisation {name} must be a number > 0, got {value!r}")
 
     def grid_to_obs(self, grid: Grid, obs: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         """Factors of ``rho(grid point, observation)``.
@@ -219,19 +220,21 @@ def climatology_indices(
         ValueError: fewer than ``size`` eligible times.
     """
     if size < 1:
-        raise ValueError(f"the climatological ensemble needs at least one state, got size={size}")
+        raise InvalidValueError(
+            f"the climatological ensemble needs at least one state, got size={size}"
+        )
     if not exclude_hours >= 0:
-        raise ValueError(f"exclude_hours must be >= 0, got {exclude_hours}")
+        raise InvalidValueError(f"exclude_hours must be >= 0, got {exclude_hours}")
     t = np.asarray(times).astype("datetime64[ns]")
     if np.isnat(t).any():
-        raise ValueError(
+        raise InvalidValueError(
             "the archive has missing (NaT) times; cannot tell which are near the window"
         )
     centre = np.datetime64(time, "ns")
     offset = np.abs((t - centre).astype(np.int64)) / 3.6e12  # hours
     eligible = np.flatnonzero(offset > exclude_hours)
     if eligible.size < size:
-        raise ValueError(
+        raise InvalidValueError(
             f"only {eligible.size} of the archive's {t.size} times lie more than {exclude_hours:g} h "
             f"from the window at {np.datetime_as_string(centre, unit='s')}; {size} are needed "
             "(use a longer archive, a smaller climatology size or a smaller exclude_hours)"
@@ -263,9 +266,9 @@ def draw_climatology(
         The states ``(K, V, L, H, W)`` float32 and their times.
     """
     if "time" not in ds.coords or ds["time"].size == 0:
-        raise ValueError("the archive has no time values to draw climatological states from")
+        raise InvalidValueError("the archive has no time values to draw climatological states from")
     if not np.issubdtype(ds["time"].dtype, np.datetime64):
-        raise ValueError(
+        raise InvalidValueError(
             f"the archive's time coordinate has dtype {ds['time'].dtype}, not datetime64 "
             "(non-standard calendars are not supported here)"
         )
@@ -278,7 +281,7 @@ def draw_climatology(
     states = np.empty_like(fields, dtype=np.float32)
     states[order] = fields
     if not np.all(np.isfinite(states)):
-        raise ValueError("the drawn archive states contain NaN or infinite values")
+        raise InvalidValueError("the drawn archive states contain NaN or infinite values")
     return ClimatologicalDraw(states, np.asarray(times[drawn], dtype="datetime64[ns]"))
 
 
@@ -357,14 +360,14 @@ def localized_analysis(
     states = np.asarray(states)
     grid.check_shape(states.shape, what="climatological states")
     if states.ndim != 5:
-        raise ValueError(f"states must be (K, V, L, H, W), got shape {states.shape}")
+        raise InvalidValueError(f"states must be (K, V, L, H, W), got shape {states.shape}")
     k = states.shape[0]
     if k < 2:
-        raise ValueError(f"a sample covariance needs at least 2 states, got {k}")
+        raise InvalidValueError(f"a sample covariance needs at least 2 states, got {k}")
     if not 0 <= members <= k:
-        raise ValueError(f"members must lie in [0, K = {k}], got {members}")
+        raise InvalidValueError(f"members must lie in [0, K = {k}], got {members}")
     if members > 0 and rng is None:
-        raise ValueError(
+        raise InvalidValueError(
             "the EnKF members need a random generator for their perturbed observations"
         )
     localization = localization or Localization()
@@ -432,7 +435,7 @@ def enkf_analysis(
 ) -> np.ndarray:
     """``(members, V, L, H, W)`` float32 stochastic EnKF members (:func:`localized_analysis`)."""
     if members < 1:
-        raise ValueError(f"members must be >= 1, got {members}")
+        raise InvalidValueError(f"members must be >= 1, got {members}")
     return localized_analysis(
         states, obs, grid, members=members, rng=rng, localization=localization
     ).members

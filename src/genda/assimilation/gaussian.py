@@ -26,6 +26,7 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
+from genda.errors import InvalidValueError
 from genda.grid import Grid
 from genda.observations.operators import ObservationOperator
 
@@ -58,10 +59,10 @@ class GaussianFieldPrior(nn.Module):
         super().__init__()
         n = math.prod(field_shape)
         if covariance.shape != (n, n):
-            raise ValueError(f"covariance must be ({n}, {n}) for fields {field_shape}")
+            raise InvalidValueError(f"covariance must be ({n}, {n}) for fields {field_shape}")
         lam, q = torch.linalg.eigh(covariance.double())
         if lam.min() <= 0:
-            raise ValueError("covariance is not positive definite")
+            raise InvalidValueError("covariance is not positive definite")
         self.field_shape = tuple(field_shape)
         self.register_buffer("eigenvalues", lam)
         self.register_buffer("eigenvectors", q)

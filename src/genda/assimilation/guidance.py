@@ -54,6 +54,7 @@ from azula.linalg.covariance import DiagonalCovariance
 from azula.noise import Schedule
 from torch import Tensor, nn
 
+from genda.errors import InvalidValueError
 from genda.models.sampling import Denoiser
 from genda.observations.operators import ObservationOperator
 
@@ -78,11 +79,11 @@ class GaussianLikelihood:
     def __post_init__(self) -> None:
         m = self.operator.n_obs
         if self.y.shape != (m,) or self.sigma.shape != (m,):
-            raise ValueError(
+            raise InvalidValueError(
                 f"y {tuple(self.y.shape)} and sigma {tuple(self.sigma.shape)} must both be ({m},)"
             )
         if not torch.all(self.sigma > 0):
-            raise ValueError("observation errors sigma must be strictly positive")
+            raise InvalidValueError("observation errors sigma must be strictly positive")
 
     def to(self, device: torch.device | str, dtype: torch.dtype) -> GaussianLikelihood:
         return GaussianLikelihood(
@@ -144,7 +145,7 @@ class MMPSGuidance(nn.Module):
     ) -> None:
         super().__init__()
         if iterations < 1:
-            raise ValueError(f"MMPS needs at least one solver iteration, got {iterations}")
+            raise InvalidValueError(f"MMPS needs at least one solver iteration, got {iterations}")
         self.mmps = MMPSDenoiser(
             _AzulaView(denoiser),
             y=likelihood.y,
@@ -199,7 +200,7 @@ class DPSGuidance(_GradientGuidance):
     ) -> None:
         super().__init__(denoiser, likelihood)
         if zeta < 0:
-            raise ValueError(f"zeta must be non-negative, got {zeta}")
+            raise InvalidValueError(f"zeta must be non-negative, got {zeta}")
         self.zeta = float(zeta)
 
     def penalty(self, innovation: Tensor, sigma: Tensor) -> Tensor:
@@ -215,7 +216,7 @@ class SDAGuidance(_GradientGuidance):
     ) -> None:
         super().__init__(denoiser, likelihood)
         if gamma < 0:
-            raise ValueError(f"gamma must be non-negative, got {gamma}")
+            raise InvalidValueError(f"gamma must be non-negative, got {gamma}")
         self.gamma = float(gamma)
         weight = likelihood.operator.weight
         self.register_buffer(
@@ -241,4 +242,4 @@ def guided_denoiser(
         return DPSGuidance(denoiser, likelihood, **options)
     if method == "sda":
         return SDAGuidance(denoiser, likelihood, **options)
-    raise ValueError(f"unknown guidance method {method!r}; choose one of {GUIDANCE_METHODS}")
+    raise InvalidValueError(f"unknown guidance method {method!r}; choose one of {GUIDANCE_METHODS}")

@@ -26,6 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from genda.assimilation.guidance import GUIDANCE_METHODS, GaussianLikelihood, guided_denoiser
+from genda.errors import InvalidValueError
 from genda.grid import Grid
 from genda.models.checkpoint import LoadedPrior
 from genda.models.data import stable_seed
@@ -62,11 +63,13 @@ class PosteriorSettings:
 
     def __post_init__(self) -> None:
         if self.method not in GUIDANCE_METHODS:
-            raise ValueError(f"unknown method {self.method!r}; choose one of {GUIDANCE_METHODS}")
+            raise InvalidValueError(
+                f"unknown method {self.method!r}; choose one of {GUIDANCE_METHODS}"
+            )
         if self.sampler not in SAMPLERS:
-            raise ValueError(f"unknown sampler {self.sampler!r}; choose one of {SAMPLERS}")
+            raise InvalidValueError(f"unknown sampler {self.sampler!r}; choose one of {SAMPLERS}")
         if self.steps < 1 or self.batch_size < 1:
-            raise ValueError(
+            raise InvalidValueError(
                 f"steps and batch_size must be >= 1, got {self.steps}, {self.batch_size}"
             )
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from genda.ensemble.work import MemberGenerator, TaskReport, WindowJob
+from genda.errors import InvalidValueError
 
 
 class EnsembleWorker:
@@ -74,9 +75,9 @@ class WorkerSpec:
 
     def __post_init__(self) -> None:
         if self.device not in ("cpu", "cuda"):
-            raise ValueError(f"workers run on 'cpu' or 'cuda', got device {self.device!r}")
+            raise InvalidValueError(f"workers run on 'cpu' or 'cuda', got device {self.device!r}")
         if self.threads < 1:
-            raise ValueError(f"threads per worker must be >= 1, got {self.threads}")
+            raise InvalidValueError(f"threads per worker must be >= 1, got {self.threads}")
 
     def start(self) -> Any:
         """A new actor (a Ray actor handle); it loads the checkpoint in the background."""
@@ -94,7 +95,7 @@ class WorkerSpec:
         import ray
 
         if count < 1:
-            raise ValueError(f"--workers must be >= 1, got {count}")
+            raise InvalidValueError(f"--workers must be >= 1, got {count}")
         actors = [self.start() for _ in range(count)]
         try:
             ray.get([a.describe.remote() for a in actors])

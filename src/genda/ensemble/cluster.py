@@ -21,6 +21,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from genda.errors import GendaError
+
+
+class ClusterConnectionError(GendaError, ConnectionError):
+    """No Ray cluster answers at the given address, or the address is malformed."""
+
 
 @dataclass(frozen=True)
 class RaySession:
@@ -59,12 +65,12 @@ def check_reachable(address: str | None, timeout: float = 5.0) -> None:
     target = address.removeprefix("ray://")
     host, sep, port = target.rpartition(":")
     if not sep or not host or not port.isdigit():
-        raise ConnectionError(f"Ray address {address!r} is not host:port")
+        raise ClusterConnectionError(f"Ray address {address!r} is not host:port")
     try:
         with socket.create_connection((host, int(port)), timeout=timeout):
             pass
     except OSError as error:
-        raise ConnectionError(
+        raise ClusterConnectionError(
             f"no Ray cluster answers at {address} ({error}); start one (`ray start --head`) "
             "or leave --ray-address and RAY_ADDRESS unset to start a local one"
         ) from None

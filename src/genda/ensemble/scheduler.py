@@ -26,9 +26,10 @@ from tqdm.auto import tqdm
 
 from genda.ensemble.actors import WorkerSpec
 from genda.ensemble.work import TaskReport, WindowJob
+from genda.errors import GendaError
 
 
-class EnsembleRunError(RuntimeError):
+class EnsembleRunError(GendaError, RuntimeError):
     """A window could not be completed (a task lost its actor too often)."""
 
 

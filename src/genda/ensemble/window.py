@@ -22,6 +22,7 @@ from genda.ensemble.actors import WorkerSpec
 from genda.ensemble.cluster import ray_session
 from genda.ensemble.scheduler import ActorPool, RunReport, run_tasks
 from genda.ensemble.work import MemberGenerator, TaskReport, WindowJob, writer_tasks
+from genda.errors import InvalidValueError
 
 
 @dataclass
@@ -82,7 +83,7 @@ def complete_window(
         pass
     elif workers == 0 and pool is None:
         if generator is None:
-            raise ValueError("workers=0 samples in this process and needs a MemberGenerator")
+            raise InvalidValueError("workers=0 samples in this process and needs a MemberGenerator")
         if auto_batch:
             job = _with_batch_size(job, generator.probe_batch_size(job))
         result.run = _run_here(generator, job, missing, progress, on_report)
@@ -121,9 +122,9 @@ def _run_on_new_actors(
 ) -> tuple[WindowJob, WindowReport]:
     """Start ``workers`` actors on the session's cluster, run the window, stop them."""
     if spec is None:
-        raise ValueError("workers > 0 needs a WorkerSpec to start actors")
+        raise InvalidValueError("workers > 0 needs a WorkerSpec to start actors")
     if workers < 1:
-        raise ValueError(f"--workers must be >= 0, got {workers}")
+        raise InvalidValueError(f"--workers must be >= 0, got {workers}")
     # A local cluster gets exactly the CPUs the actors reserve: more would
     # only oversubscribe a small machine, fewer would leave actors pending.
     cpu = spec.device == "cpu"
@@ -131,7 +132,7 @@ def _run_on_new_actors(
     with ray_session(address, num_cpus=needed if cpu else None) as session:
         have = session.cpus if cpu else session.gpus
         if needed > have:
-            raise ValueError(
+            raise InvalidValueError(
                 f"{workers} {spec.device} workers need {needed:g} {'CPUs' if cpu else 'GPUs'}; "
                 f"the Ray cluster at {session.address} has {have:g}"
             )

@@ -28,6 +28,7 @@ import pandas as pd
 import torch
 
 from genda.assimilation.posterior import PosteriorSettings, posterior_denoiser, sample_members
+from genda.errors import InvalidValueError
 from genda.models.checkpoint import LoadedPrior, load_checkpoint
 from genda.storage.ensemble_store import EnsembleStore
 from genda.threads import cpu_threads
@@ -71,7 +72,7 @@ def task_span(batch_size: int, members_per_shard: int) -> int:
     shares a shard with another (zarr-python issue 3682) and keeps a worker busy.
     """
     if batch_size < 1 or members_per_shard < 1:
-        raise ValueError(
+        raise InvalidValueError(
             f"batch_size and members_per_shard must be >= 1, got {batch_size}, {members_per_shard}"
         )
     return members_per_shard * -(-batch_size // members_per_shard)
@@ -235,9 +236,11 @@ class MemberGenerator:
 def set_layers_per_batch(prior: LoadedPrior, layers_per_batch: int) -> None:
     """Set a ``layer2d`` prior's layers per network call; a clear error for other strategies."""
     if layers_per_batch < 1:
-        raise ValueError(f"--layers-per-batch must be >= 1, got {layers_per_batch}")
+        raise InvalidValueError(f"--layers-per-batch must be >= 1, got {layers_per_batch}")
     if not hasattr(prior.strategy, "layers_per_batch"):
-        raise ValueError(f"--layers-per-batch applies to layer2d priors, not {prior.strategy.name}")
+        raise InvalidValueError(
+            f"--layers-per-batch applies to layer2d priors, not {prior.strategy.name}"
+        )
     prior.strategy.layers_per_batch = layers_per_batch  # type: ignore[attr-defined]
 
 

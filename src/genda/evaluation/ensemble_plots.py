@@ -19,6 +19,7 @@ import pandas as pd
 import xarray as xr
 from matplotlib.axes import Axes
 
+from genda.errors import InvalidValueError, UnknownNameError
 from genda.evaluation.plots import hide_unused, new_figure, panel_grid, save_figure
 from genda.evaluation.scores import units_of
 
@@ -105,7 +106,9 @@ def plot_maps(
 def _as_array(data: xr.Dataset | xr.DataArray, variable: str) -> xr.DataArray:
     if isinstance(data, xr.Dataset):
         if variable not in data.data_vars:
-            raise KeyError(f"no variable {variable!r} to map (present: {list(data.data_vars)})")
+            raise UnknownNameError(
+                f"no variable {variable!r} to map (present: {list(data.data_vars)})"
+            )
         return data[variable]
     return data
 
@@ -116,14 +119,14 @@ def _level_field(
     """``(latitude, longitude)`` at the level nearest ``altitude``; clear errors otherwise."""
     da = _as_array(data, variable)
     if set(da.dims) != {"altitude", "latitude", "longitude"}:
-        raise ValueError(
+        raise InvalidValueError(
             f"the {what} of {variable!r} has dims {da.dims}; expected (altitude, latitude, longitude)"
         )
     levels = np.asarray(da["altitude"].values, dtype=np.float64)
     index = int(np.argmin(np.abs(levels - altitude)))
     low, high = _layer(levels, index)
     if not low <= altitude <= high:
-        raise ValueError(
+        raise InvalidValueError(
             f"altitude {altitude:g} km is outside the levels {levels.min():g}..{levels.max():g} km"
         )
     return da.isel(altitude=index).transpose("latitude", "longitude").load()
@@ -144,7 +147,7 @@ def _overplot(
     """Mark the rows of ``table`` in the layer ``[low, high]``; a note when none were."""
     missing = [c for c in ("lat", "lon", "alt_km") if c not in table.columns]
     if missing:
-        raise KeyError(f"the {label} table lacks column(s) {missing}")
+        raise UnknownNameError(f"the {label} table lacks column(s) {missing}")
     inside = table[(table["alt_km"] >= low) & (table["alt_km"] <= high)]
     note = None
     if inside.empty:
@@ -322,7 +325,7 @@ def plot_profiles(
     """
     values = np.asarray(member_values, dtype=np.float64)
     if values.ndim != 2 or values.shape[1] != len(obs):
-        raise ValueError(
+        raise InvalidValueError(
             f"member_values {values.shape} does not match the {len(obs)} observation rows"
         )
     table = obs.reset_index(drop=True)

@@ -65,6 +65,7 @@ import numpy as np
 import xarray as xr
 from matplotlib import colormaps
 
+from genda.errors import InvalidValueError, UnknownNameError
 from genda.evaluation.plots import file_stem, hide_unused, new_figure, panel_grid, save_figure
 from genda.evaluation.spectra import kinetic_energy_spectrum
 from genda.evaluation.tides import tidal_harmonics
@@ -118,10 +119,14 @@ class AcceptanceThresholds:
     def __post_init__(self) -> None:
         for name in ("spectrum", "mean", "vertical_correlation"):
             if not getattr(self, name) > 0:
-                raise ValueError(f"threshold {name} must be positive, got {getattr(self, name)}")
+                raise InvalidValueError(
+                    f"threshold {name} must be positive, got {getattr(self, name)}"
+                )
         low, high = (float(x) for x in self.std_ratio)
         if not 0 <= low < high:
-            raise ValueError(f"std_ratio must be an interval 0 <= low < high, got {self.std_ratio}")
+            raise InvalidValueError(
+                f"std_ratio must be an interval 0 <= low < high, got {self.std_ratio}"
+            )
         object.__setattr__(self, "std_ratio", (low, high))
 
     def bounds(self, criterion: str) -> tuple[float | None, float | None]:
@@ -130,7 +135,7 @@ class AcceptanceThresholds:
             return self.std_ratio
         if criterion in CRITERIA:
             return None, float(getattr(self, criterion))
-        raise KeyError(f"unknown criterion {criterion!r}; criteria: {CRITERIA}")
+        raise UnknownNameError(f"unknown criterion {criterion!r}; criteria: {CRITERIA}")
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -495,9 +500,9 @@ class FidelityReport:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> FidelityReport:
         if data.get("format") != FORMAT:
-            raise ValueError(f"not a {FORMAT} (format: {data.get('format')!r})")
+            raise InvalidValueError(f"not a {FORMAT} (format: {data.get('format')!r})")
         if data.get("version") != FORMAT_VERSION:
-            raise ValueError(
+            raise InvalidValueError(
                 f"{FORMAT} version {data.get('version')!r} is not supported (expected {FORMAT_VERSION})"
             )
         return cls(
@@ -602,7 +607,7 @@ def fidelity_report(
     if truncation is None:
         truncation = (grid.nlon - 1) // 3
     if not 1 <= truncation < min(grid.nlat, grid.nlon // 2 + 1):
-        raise ValueError(
+        raise InvalidValueError(
             f"truncation {truncation} is not resolved by the grid ({grid.nlat} x {grid.nlon})"
         )
     notes: list[str] = []
@@ -670,7 +675,7 @@ def compare_strategies(reports: Iterable[FidelityReport]) -> dict[str, dict[str,
     for report in reports:
         name = report.strategy or "samples"
         if name in table:
-            raise ValueError(f"two reports for strategy {name!r}; name them apart")
+            raise InvalidValueError(f"two reports for strategy {name!r}; name them apart")
         table[name] = {"passed": report.passed, **report.criteria()}
     return table
 
@@ -679,7 +684,7 @@ def _sample_dims(ds: xr.Dataset, grid: Grid, what: str) -> tuple[str, ...]:
     """The sample dims of ``ds`` (in :data:`SAMPLE_DIMS` order) after checking it against ``grid``."""
     missing = [name for name in grid.variables if name not in ds.data_vars]
     if missing:
-        raise KeyError(
+        raise UnknownNameError(
             f"{what} lack variable(s) {missing} of the grid (present: {list(ds.data_vars)})"
         )
     grid.check_same(Grid.from_dataset(ds, grid.variables), what=what)
@@ -700,7 +705,7 @@ def _sample_dims(ds: xr.Dataset, grid: Grid, what: str) -> tuple[str, ...]:
     assert found is not None  # a Grid has at least one variable
     count = math.prod(ds.sizes[d] for d in found)
     if count < 2:
-        raise ValueError(f"{what} need at least 2 fields along {found}, got {count}")
+        raise InvalidValueError(f"{what} need at least 2 fields along {found}, got {count}")
     return found
 
 
@@ -744,7 +749,7 @@ def _statistics(
     if block_size is None:
         block_size = max(1, BLOCK_BYTES // (8 * len(arrays) * levels * nlat * nlon))
     if block_size < 1:
-        raise ValueError(f"block_size must be >= 1, got {block_size}")
+        raise InvalidValueError(f"block_size must be >= 1, got {block_size}")
     shift: dict[str, np.ndarray] = {}
     first: dict[str, np.ndarray] = {}
     cross: dict[str, np.ndarray] = {}
@@ -755,7 +760,7 @@ def _statistics(
         for name, array in arrays.items():
             values = np.asarray(array[start:stop], dtype=np.float64)
             if not np.isfinite(values).all():
-                raise ValueError(
+                raise InvalidValueError(
                     f"{what} variable {name!r} contains NaN or infinite values "
                     f"(fields {start}..{stop - 1} along {dims})"
                 )

@@ -16,6 +16,8 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from genda.errors import InvalidValueError
+
 __all__ = ["file_stem", "hide_unused", "new_figure", "panel_grid", "save_figure"]
 
 DPI = 110
@@ -38,7 +40,7 @@ def new_figure(
 def panel_grid(count: int, max_columns: int = 4) -> tuple[int, int]:
     """``(nrows, ncols)`` of a grid with room for ``count`` panels, at most ``max_columns`` wide."""
     if count < 1:
-        raise ValueError(f"need at least one panel, got {count}")
+        raise InvalidValueError(f"need at least one panel, got {count}")
     ncols = min(count, max_columns)
     return math.ceil(count / ncols), ncols
 

@@ -34,6 +34,7 @@ import pandas as pd
 import torch
 import xarray as xr
 
+from genda.errors import InvalidValueError, MissingInputError, UnknownNameError
 from genda.evaluation.ensemble_plots import (
     plot_maps,
     plot_profiles,
@@ -92,7 +93,7 @@ def member_values(
             out = operator(torch.from_numpy(fields))
         out = np.asarray(out.detach().cpu().numpy() if torch.is_tensor(out) else out)
         if out.ndim != 2 or out.shape[0] != fields.shape[0]:
-            raise ValueError(
+            raise InvalidValueError(
                 f"the observation operator returned shape {out.shape} for fields "
                 f"{fields.shape}; expected ({fields.shape[0]}, M)"
             )
@@ -143,7 +144,7 @@ def evaluate_ensemble(
     grid = Grid.from_dataset(ensemble, list(scores["variables"]))
     ensemble, truth, _ = align_time(ensemble, truth)
     if "time" in ensemble.dims:
-        raise ValueError(
+        raise InvalidValueError(
             f"the ensemble has {ensemble.sizes['time']} times; the report maps one, select it first"
         )
     if level_km is None:
@@ -205,7 +206,7 @@ def _check_level(grid: Grid, level_km: float) -> None:
     """The maps' altitude must lie within half a level spacing of the grid's levels."""
     half = 0.5 * float(np.diff(grid.altitude).max()) if grid.nlevels > 1 else np.inf
     if not grid.altitude[0] - half <= level_km <= grid.altitude[-1] + half:
-        raise ValueError(
+        raise InvalidValueError(
             f"altitude {level_km:g} km is outside the levels "
             f"{grid.altitude[0]:g}..{grid.altitude[-1]:g} km"
         )
@@ -274,7 +275,7 @@ def evaluate_paths(
     for name, data in baselines.items():
         theirs = _times(data)
         if theirs and verified and not set(theirs) & set(verified):
-            raise ValueError(
+            raise InvalidValueError(
                 f"baseline {name!r} is for {[str(t) for t in theirs]}, the ensemble for "
                 f"{[str(t) for t in verified]}: a baseline must be of the same window"
             )
@@ -309,11 +310,11 @@ def _times(ds: xr.Dataset) -> list[np.datetime64]:
 def _open_ensemble(path: str | os.PathLike[str]) -> xr.Dataset:
     """The registered variables (u, v, T, ...) of an ensemble store; a clear error without them."""
     if not Path(path).exists():
-        raise FileNotFoundError(f"no ensemble store at {path}")
+        raise MissingInputError(f"no ensemble store at {path}")
     ds = xr.open_zarr(path)
     names = list(Grid.from_dataset(ds).variables)
     if not names:
-        raise KeyError(f"{path} holds no known variables (present: {list(ds.data_vars)})")
+        raise UnknownNameError(f"{path} holds no known variables (present: {list(ds.data_vars)})")
     if MEMBER_DIM not in ds[names[0]].dims:
-        raise ValueError(f"{path}: variable {names[0]!r} has no {MEMBER_DIM!r} dimension")
+        raise InvalidValueError(f"{path}: variable {names[0]!r} has no {MEMBER_DIM!r} dimension")
     return ds[names]

@@ -96,6 +96,7 @@ from scores.continuous import additive_bias, mse
 from scores.probability import crps_for_ensemble, rank_histogram
 from scores.processing import aggregate
 
+from genda.errors import InvalidValueError, UnknownNameError
 from genda.grid import VARIABLES, Grid, GridMismatchError
 
 __all__ = [
@@ -161,12 +162,12 @@ def score_members(
     members = np.asarray(members, dtype=np.float64)
     truth = np.asarray(truth, dtype=np.float64)
     if members.shape[1:] != truth.shape:
-        raise ValueError(
+        raise InvalidValueError(
             f"members {members.shape} do not match the truth {truth.shape}: expected (N, *truth.shape)"
         )
     n = members.shape[0]
     if n < 1:
-        raise ValueError("the ensemble has no members")
+        raise InvalidValueError("the ensemble has no members")
     case_dims = tuple(f"case{i}" for i in range(truth.ndim))
     fcst = xr.DataArray(members, dims=(MEMBER_DIM, *case_dims))
     obs = xr.DataArray(truth, dims=case_dims)
@@ -282,12 +283,12 @@ def align_time(
         if ensemble_times is not None and "time" in truth.coords:
             truth = _select_time(truth, list(ensemble_times), "truth")
         elif truth.sizes["time"] != 1 and truth.sizes["time"] != ensemble.sizes.get("time", 1):
-            raise ValueError(
+            raise InvalidValueError(
                 f"the truth has {truth.sizes['time']} times and the ensemble says none of its own; "
                 f"pass time= (truth covers {_time_range(truth)})"
             )
     elif ensemble.sizes.get("time", 1) > 1:
-        raise ValueError(
+        raise InvalidValueError(
             f"the ensemble has {ensemble.sizes['time']} times but the truth has no time axis"
         )
     if ensemble.sizes.get("time", 1) == 1 and "time" in ensemble.dims:
@@ -295,7 +296,7 @@ def align_time(
     if truth.sizes.get("time", 1) == 1 and "time" in truth.dims:
         truth = truth.isel(time=0)
     if ("time" in ensemble.dims) != ("time" in truth.dims):
-        raise ValueError(
+        raise InvalidValueError(
             f"time axes differ: ensemble {ensemble.sizes.get('time', 0)}, "
             f"truth {truth.sizes.get('time', 0)} times"
         )
@@ -308,7 +309,7 @@ def align_time(
 
 def _select_time(ds: xr.Dataset, times: list[Any], what: str) -> xr.Dataset:
     if "time" not in ds.coords:
-        raise ValueError(f"the {what} has a time axis without values; cannot select {times}")
+        raise InvalidValueError(f"the {what} has a time axis without values; cannot select {times}")
     if np.issubdtype(ds["time"].dtype, np.datetime64):
         try:  # strings, datetimes and datetime64 of any unit alike
             times = list(pd.to_datetime(times).to_numpy())
@@ -318,7 +319,9 @@ def _select_time(ds: xr.Dataset, times: list[Any], what: str) -> xr.Dataset:
         return ds.sel(time=times)
     except (KeyError, TypeError, ValueError):
         wanted = ", ".join(_iso(t) for t in times)
-        raise ValueError(f"the {what} has no time {wanted}; it covers {_time_range(ds)}") from None
+        raise InvalidValueError(
+            f"the {what} has no time {wanted}; it covers {_time_range(ds)}"
+        ) from None
 
 
 def _time_range(ds: xr.Dataset) -> str:
@@ -343,7 +346,7 @@ def _check_dataset(ds: xr.Dataset, grid: Grid, what: str, member: bool) -> None:
     missing = [name for name in grid.variables if name not in ds.data_vars]
     if missing:
         present = [str(name) for name in ds.data_vars]
-        raise KeyError(f"the {what} lacks variable(s) {missing} (present: {present})")
+        raise UnknownNameError(f"the {what} lacks variable(s) {missing} (present: {present})")
     grid.check_same(Grid.from_dataset(ds, grid.variables), what=f"the {what}")
     expected = {*SPACE_DIMS, *((MEMBER_DIM,) if member else ())}
     for name in grid.variables:
@@ -396,7 +399,7 @@ def ensemble_scores(
     if grid is None:
         grid = Grid.from_dataset(ensemble)
         if not grid.variables:
-            raise KeyError(
+            raise UnknownNameError(
                 f"the ensemble has no known variables (present: {list(ensemble.data_vars)}; "
                 f"known: {sorted(VARIABLES)})"
             )
@@ -416,7 +419,7 @@ def ensemble_scores(
             y = np.asarray(obs.isel(altitude=level).values, dtype=np.float64)
             for what, values in (("ensemble", x), ("truth", y)):
                 if not np.isfinite(values).all():
-                    raise ValueError(
+                    raise InvalidValueError(
                         f"the {what}'s variable {name!r} has NaN or infinite values "
                         f"at {altitude:g} km"
                     )
@@ -473,17 +476,21 @@ def point_scores(
     """
     values = np.asarray(member_values, dtype=np.float64)
     if values.ndim != 2:
-        raise ValueError(f"member_values must be (N members, M points), got shape {values.shape}")
+        raise InvalidValueError(
+            f"member_values must be (N members, M points), got shape {values.shape}"
+        )
     missing = [c for c in REQUIRED_COLUMNS if c not in obs.columns]
     if missing:
-        raise ValueError(
+        raise InvalidValueError(
             f"the observation table lacks column(s) {missing} (columns: {list(obs.columns)})"
         )
     n, m = values.shape
     if m != len(obs):
-        raise ValueError(f"member_values has {m} points but the observation table {len(obs)} rows")
+        raise InvalidValueError(
+            f"member_values has {m} points but the observation table {len(obs)} rows"
+        )
     if m == 0:
-        raise ValueError("the observation table is empty")
+        raise InvalidValueError("the observation table is empty")
     observed = obs["value"].to_numpy(dtype=np.float64)
     sigma = obs["sigma"].to_numpy(dtype=np.float64)
     for what, bad in (
@@ -493,7 +500,7 @@ def point_scores(
     ):
         if bad.any():
             row = obs.index[int(np.argmax(bad))]
-            raise ValueError(f"observation row {row!r}: {what}")
+            raise InvalidValueError(f"observation row {row!r}: {what}")
     rng = np.random.default_rng(seed)
     perturbed = values + rng.standard_normal(values.shape) * sigma  # one draw per (member, row)
     names = obs["variable"].astype(str).to_numpy()
@@ -544,7 +551,7 @@ def format_table(metrics: Mapping[str, Any], title: str | None = None) -> Table:
     point scores each variable has a second row with the observation error.
     """
     if "variables" not in metrics:
-        raise KeyError(
+        raise UnknownNameError(
             "metrics has no 'variables'; expected ensemble_scores or point_scores output"
         )
     points = metrics.get("format") == POINT_FORMAT

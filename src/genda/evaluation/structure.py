@@ -23,6 +23,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from genda.errors import InvalidValueError, UnknownNameError
 from genda.evaluation.spectra import kinetic_energy_spectrum
 from genda.grid import Grid, GridMismatchError
 
@@ -35,7 +36,7 @@ def _fields(values: np.ndarray, grid: Grid, what: str) -> np.ndarray:
             f"{what} must be (N, L, H, W) = (N, *{expected}), got {array.shape}"
         )
     if not np.isfinite(array).all():
-        raise ValueError(f"{what} contain NaN or infinite values")
+        raise InvalidValueError(f"{what} contain NaN or infinite values")
     return array
 
 
@@ -73,7 +74,7 @@ def vertical_correlation_error(
     off_diagonal = ~np.eye(grid.nlevels, dtype=bool)
     for name in grid.variables:
         if name not in samples or name not in model:
-            raise KeyError(
+            raise UnknownNameError(
                 f"variable {name!r} of the grid is missing from the samples or the model data"
             )
         difference = np.abs(

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from genda.errors import InvalidValueError
+
 
 @dataclass(frozen=True)
 class TidalAnalysis:
@@ -42,7 +44,9 @@ def tidal_harmonics(
     ntime = series.shape[0]
     days = ntime / samples_per_day
     if abs(days - round(days)) > 1e-9 or days < 2:
-        raise ValueError(f"need a whole number (>= 2) of days of samples, got {days:.3f} days")
+        raise InvalidValueError(
+            f"need a whole number (>= 2) of days of samples, got {days:.3f} days"
+        )
     days = round(days)
     anomaly = series - series.mean(axis=0, keepdims=True)
     coeffs = np.fft.rfft(anomaly, axis=0) * (2.0 / ntime)  # amplitude of each line

@@ -54,6 +54,7 @@ from torch import nn
 
 import genda
 from genda.atomic import partial_path, publish_directory, remove_path
+from genda.errors import GendaError, InvalidValueError, OutputExistsError
 from genda.grid import Grid, GridMismatchError
 from genda.models.diffusion import EDMDenoiser
 from genda.models.gaussian_skip import SKIP_KIND, GaussianSkip
@@ -119,7 +120,7 @@ REQUIRED_KEYS = (
 )
 
 
-class CheckpointError(ValueError):
+class CheckpointError(GendaError, ValueError):
     """A checkpoint is missing, corrupt, inconsistent or does not fit; the message says which file and why."""
 
 
@@ -271,7 +272,7 @@ def optimizer_tensors(
     for group in optimizer.param_groups:
         for param in group["params"]:
             if id(param) not in names:
-                raise ValueError("the optimizer holds a parameter that is not in the model")
+                raise InvalidValueError("the optimizer holds a parameter that is not in the model")
             for key, value in optimizer.state.get(param, {}).items():
                 if not isinstance(value, torch.Tensor):
                     raise TypeError(
@@ -349,7 +350,7 @@ def check_replaceable(path: str | os.PathLike[str]) -> None:
         return
     if path.is_dir() and ((path / CONFIG_FILE).is_file() or not any(path.iterdir())):
         return
-    raise FileExistsError(
+    raise OutputExistsError(
         f"{path} exists and is not a genda checkpoint (no {CONFIG_FILE}); "
         "refusing to replace it: choose another directory"
     )
@@ -459,7 +460,9 @@ def save_checkpoint(
     text = _compact_number_lists(json.dumps(_json_clean(config), indent=2, allow_nan=False)) + "\n"
     for name in extra_files or {}:
         if name in (CONFIG_FILE, MODEL_FILE, OPTIMIZER_FILE) or Path(name).name != name:
-            raise ValueError(f"extra file name {name!r} is reserved or not a plain file name")
+            raise InvalidValueError(
+                f"extra file name {name!r} is reserved or not a plain file name"
+            )
 
     path = Path(os.path.abspath(path))
     check_replaceable(path)
@@ -737,7 +740,7 @@ def restore_denoiser(
         contents.config, config_file, expected_grid
     )
     if weights not in ("ema", "model"):
-        raise ValueError(f"weights must be 'ema' or 'model', got {weights!r}")
+        raise InvalidValueError(f"weights must be 'ema' or 'model', got {weights!r}")
     model_file = contents.path / MODEL_FILE
     check_tensors(contents.ema, denoiser, "EMA", model_file)
     check_tensors(contents.model, denoiser, "raw", model_file)

@@ -43,6 +43,7 @@ import torch
 import xarray as xr
 from torch.utils.data import Dataset, Sampler
 
+from genda.errors import InvalidValueError
 from genda.grid import Grid, GridMismatchError
 from genda.normalization import Normalization
 
@@ -141,13 +142,13 @@ def split_by_time(
     """
     t = np.asarray(times).astype("datetime64[ns]")
     if t.ndim != 1 or t.size == 0:
-        raise ValueError(f"need a non-empty 1-D array of times, got shape {t.shape}")
+        raise InvalidValueError(f"need a non-empty 1-D array of times, got shape {t.shape}")
     if t.size > 1 and not np.all(np.diff(t) > np.timedelta64(0, "ns")):
-        raise ValueError("times must be strictly increasing")
+        raise InvalidValueError("times must be strictly increasing")
     if not 0.0 <= val_fraction < 1.0:
-        raise ValueError(f"val_fraction must lie in [0, 1), got {val_fraction}")
+        raise InvalidValueError(f"val_fraction must lie in [0, 1), got {val_fraction}")
     if not (math.isfinite(gap_hours) and gap_hours >= 0):
-        raise ValueError(f"gap_hours must be finite and >= 0, got {gap_hours}")
+        raise InvalidValueError(f"gap_hours must be finite and >= 0, got {gap_hours}")
     count = t.size
     n_val = math.ceil(val_fraction * count) if val_fraction > 0 else 0
     if n_val == 0:
@@ -156,7 +157,7 @@ def split_by_time(
     gap = np.timedelta64(round(gap_hours * 3600e9), "ns")
     n_train = int(np.searchsorted(t[:first_val], t[first_val] - gap, side="right"))
     if n_train == 0:
-        raise ValueError(
+        raise InvalidValueError(
             f"the archive's {count} times ({_time_text(t[0])} .. {_time_text(t[-1])}) leave no "
             f"training time after holding out {n_val} for validation (val_fraction={val_fraction}) "
             f"and a gap of {gap_hours} h before them; lower val_fraction or gap_hours, "
@@ -296,7 +297,7 @@ class FieldDataset(Dataset[torch.Tensor]):
         if idx.ndim != 1 or (idx.size and (idx.min() < 0 or idx.max() >= count)):
             raise IndexError(f"time indices must be 1-D within [0, {count}), got {idx}")
         if idx.size > 1 and not np.all(np.diff(idx) > 0):
-            raise ValueError("time indices must be strictly increasing")
+            raise InvalidValueError("time indices must be strictly increasing")
         self.indices = idx
         self._ds = ds[list(self.grid.variables)]
         self.times = np.asarray(ds["time"].values)[idx]
@@ -397,7 +398,7 @@ class ChunkShuffleSampler(Sampler[int]):
     def __init__(self, chunk_ids: Sequence[int] | np.ndarray, seed: int = 0, group_chunks: int = 1):
         self.chunk_ids = np.asarray(chunk_ids, dtype=np.int64)
         if group_chunks < 1:
-            raise ValueError(f"group_chunks must be >= 1, got {group_chunks}")
+            raise InvalidValueError(f"group_chunks must be >= 1, got {group_chunks}")
         self.seed = int(seed)
         self.group_chunks = int(group_chunks)
         self.epoch = 0
@@ -433,9 +434,9 @@ class StepBatches:
 
     def __init__(self, sampler: ChunkShuffleSampler, batch_size: int) -> None:
         if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+            raise InvalidValueError(f"batch_size must be >= 1, got {batch_size}")
         if len(sampler) == 0:
-            raise ValueError("cannot draw batches from an empty dataset")
+            raise InvalidValueError("cannot draw batches from an empty dataset")
         self.sampler = sampler
         self.batch_size = int(batch_size)
         self._epoch: int | None = None

@@ -42,6 +42,8 @@ from typing import Protocol
 import torch
 from torch import Tensor, nn
 
+from genda.errors import InvalidValueError
+
 __all__ = [
     "Backbone",
     "EDMDenoiser",
@@ -76,7 +78,7 @@ def _batch_sigma(sigma: Tensor | float, x: Tensor) -> Tensor:
     if sigma.ndim == 0:
         return sigma.expand(x.shape[0])
     if sigma.shape != (x.shape[0],):
-        raise ValueError(
+        raise InvalidValueError(
             f"sigma must be a scalar or have shape (B,) = ({x.shape[0]},), got {tuple(sigma.shape)}"
         )
     return sigma
@@ -109,7 +111,9 @@ class EDMPreconditioning:
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.sigma_data) and self.sigma_data > 0):
-            raise ValueError(f"sigma_data must be positive and finite, got {self.sigma_data}")
+            raise InvalidValueError(
+                f"sigma_data must be positive and finite, got {self.sigma_data}"
+            )
 
     def c_skip(self, sigma: Tensor) -> Tensor:
         sd2 = self.sigma_data**2
@@ -270,13 +274,13 @@ def karras_sigmas(
     with the zero, ``(steps,)`` without. ``steps = 1`` gives ``[sigma_max(, 0)]``.
     """
     if steps < 1:
-        raise ValueError(f"steps must be at least 1, got {steps}")
+        raise InvalidValueError(f"steps must be at least 1, got {steps}")
     if not (0 < sigma_min <= sigma_max):
-        raise ValueError(
+        raise InvalidValueError(
             f"need 0 < sigma_min <= sigma_max, got sigma_min={sigma_min}, sigma_max={sigma_max}"
         )
     if rho <= 0:
-        raise ValueError(f"rho must be positive, got {rho}")
+        raise InvalidValueError(f"rho must be positive, got {rho}")
     ramp = torch.linspace(0, 1, steps, dtype=torch.float64)
     lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
     sigmas = (hi + ramp * (lo - hi)) ** rho

@@ -61,6 +61,7 @@ import torch
 import torch_harmonics as th
 from torch import Tensor, nn
 
+from genda.errors import InvalidValueError
 from genda.grid import Grid, harmonic_grid_kind
 
 __all__ = ["SKIP_KIND", "GaussianSkip"]
@@ -95,7 +96,7 @@ class GaussianSkip(nn.Module):
         nlat, nlon = grid.nlat, grid.nlon
         t = int(truncation) if truncation is not None else nlat
         if not 1 <= t <= nlat or t > nlon // 2 + 1:
-            raise ValueError(f"truncation must be in 1..{min(nlat, nlon // 2 + 1)}, got {t}")
+            raise InvalidValueError(f"truncation must be in 1..{min(nlat, nlon // 2 + 1)}, got {t}")
         c = int(channels) if channels is not None else len(grid.variables) * grid.nlevels
         self.truncation, self.channels = t, c
         self.field_shape = (nlat, nlon)
@@ -144,13 +145,15 @@ class GaussianSkip(nn.Module):
         for batch in batches:
             x = self._flatten(batch.detach().to("cpu", torch.float64))
             if not torch.isfinite(x).all():
-                raise ValueError("the fields for the Gaussian skip hold NaN or infinite values")
+                raise InvalidValueError(
+                    "the fields for the Gaussian skip hold NaN or infinite values"
+                )
             a = sht(x).permute(0, 2, 3, 1)  # (B, T, M, C)
             total += a.sum(dim=0)
             outer += torch.einsum("btmc,btmd->tmcd", a, a.conj())
             count += a.shape[0]
         if count < 2:
-            raise ValueError(f"the Gaussian skip needs at least 2 fields, got {count}")
+            raise InvalidValueError(f"the Gaussian skip needs at least 2 fields, got {count}")
         mu = total / count
         covariance = (outer - count * mu[..., :, None] * mu[..., None, :].conj()) / (count - 1)
         covariance = 0.5 * (covariance + covariance.mH)  # Hermitian up to round-off
@@ -167,7 +170,7 @@ class GaussianSkip(nn.Module):
     # ------------------------------------------------------------------ applying
     def _flatten(self, x: Tensor) -> Tensor:
         if x.shape[-2:] != self.field_shape or math.prod(x.shape[1:-2]) != self.channels:
-            raise ValueError(
+            raise InvalidValueError(
                 f"expected fields (B, ..., {self.field_shape[0]}, {self.field_shape[1]}) "
                 f"with {self.channels} channels, got {tuple(x.shape)}"
             )

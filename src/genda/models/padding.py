@@ -33,6 +33,8 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import nn
 
+from genda.errors import InvalidValueError
+
 VECTOR_COMPONENTS: frozenset[str] = frozenset({"u", "v"})
 """Variables that are horizontal vector components (they change sign across a pole)."""
 
@@ -51,9 +53,9 @@ def _as_sign_tensor(pole_sign: Sequence[float] | torch.Tensor | None) -> torch.T
         return None
     sign = torch.as_tensor(pole_sign, dtype=torch.float32).reshape(-1)
     if sign.numel() == 0:
-        raise ValueError("pole_sign must have one entry per channel, got an empty sequence")
+        raise InvalidValueError("pole_sign must have one entry per channel, got an empty sequence")
     if not bool(torch.all((sign == 1.0) | (sign == -1.0))):
-        raise ValueError(f"pole_sign entries must be +1 or -1, got {sign.tolist()}")
+        raise InvalidValueError(f"pole_sign entries must be +1 or -1, got {sign.tolist()}")
     return sign
 
 
@@ -75,24 +77,26 @@ def spherical_pad(x: torch.Tensor, pad: int, pole_sign: torch.Tensor | None = No
         continuation of the across-pole rows).
     """
     if x.ndim != 4:
-        raise ValueError(f"spherical padding expects (N, C, H, W), got shape {tuple(x.shape)}")
+        raise InvalidValueError(
+            f"spherical padding expects (N, C, H, W), got shape {tuple(x.shape)}"
+        )
     if pad == 0:
         return x
     _, c, h, w = x.shape
     if pad < 0:
-        raise ValueError(f"pad must be >= 0, got {pad}")
+        raise InvalidValueError(f"pad must be >= 0, got {pad}")
     if w % 2:
-        raise ValueError(
+        raise InvalidValueError(
             f"spherical padding needs an even number of longitudes (the point across "
             f"the pole is W/2 columns away), got W={w}"
         )
     if pad > h or pad > w:
-        raise ValueError(f"pad={pad} exceeds the grid (H={h}, W={w})")
+        raise InvalidValueError(f"pad={pad} exceeds the grid (H={h}, W={w})")
     north = x[:, :, :pad].flip(-2).roll(w // 2, dims=-1)
     south = x[:, :, h - pad :].flip(-2).roll(w // 2, dims=-1)
     if pole_sign is not None:
         if pole_sign.numel() != c:
-            raise ValueError(f"pole_sign has {pole_sign.numel()} entries for {c} channels")
+            raise InvalidValueError(f"pole_sign has {pole_sign.numel()} entries for {c} channels")
         sign = pole_sign.to(device=x.device, dtype=x.dtype).reshape(1, c, 1, 1)
         north = north * sign
         south = south * sign
@@ -116,7 +120,7 @@ class SphericalPad2d(nn.Module):
     def __init__(self, pad: int, pole_sign: Sequence[float] | torch.Tensor | None = None) -> None:
         super().__init__()
         if pad < 0:
-            raise ValueError(f"pad must be >= 0, got {pad}")
+            raise InvalidValueError(f"pad must be >= 0, got {pad}")
         self.pad = int(pad)
         self.register_buffer("pole_sign", _as_sign_tensor(pole_sign), persistent=False)
 
@@ -145,9 +149,9 @@ class SphericalConv2d(nn.Module):
     ) -> None:
         super().__init__()
         if kernel_size % 2 != 1:
-            raise ValueError(f"kernel_size must be odd, got {kernel_size}")
+            raise InvalidValueError(f"kernel_size must be odd, got {kernel_size}")
         if pole_sign is not None and len(torch.as_tensor(pole_sign).reshape(-1)) != in_channels:
-            raise ValueError(
+            raise InvalidValueError(
                 f"pole_sign has {len(torch.as_tensor(pole_sign).reshape(-1))} entries "
                 f"for {in_channels} input channels"
             )

@@ -55,6 +55,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from genda.errors import InvalidTypeError, InvalidValueError
 from genda.models.diffusion import RHO, SIGMA_MAX, SIGMA_MIN, karras_sigmas
 
 __all__ = [
@@ -91,9 +92,9 @@ def member_seed(window_seed: int, member: int) -> int:
     """
     for name, value in (("window_seed", window_seed), ("member", member)):
         if isinstance(value, bool) or not isinstance(value, int):
-            raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+            raise InvalidTypeError(f"{name} must be an int, got {type(value).__name__}")
     if member < 0:
-        raise ValueError(f"member index must be non-negative, got {member}")
+        raise InvalidValueError(f"member index must be non-negative, got {member}")
     digest = hashlib.blake2b(
         f"genda-member:{window_seed}:{member}".encode(), digest_size=8
     ).digest()
@@ -187,15 +188,15 @@ def sample(
         ``(len(members), *shape_per_member)`` samples in ``dtype`` on ``device``.
     """
     if method not in METHODS:
-        raise ValueError(f"unknown sampling method {method!r}; choose one of {METHODS}")
+        raise InvalidValueError(f"unknown sampling method {method!r}; choose one of {METHODS}")
     members = [int(m) for m in members]
     if len(set(members)) != len(members):
         duplicates = sorted({m for m in members if members.count(m) > 1})
-        raise ValueError(f"members must be distinct; repeated: {duplicates}")
+        raise InvalidValueError(f"members must be distinct; repeated: {duplicates}")
     if corrections < 0 or tau <= 0:
-        raise ValueError(f"corrections must be >= 0 and tau > 0, got {corrections}, {tau}")
+        raise InvalidValueError(f"corrections must be >= 0 and tau > 0, got {corrections}, {tau}")
     if churn < 0 or s_noise < 0:
-        raise ValueError(f"churn and s_noise must be non-negative, got {churn}, {s_noise}")
+        raise InvalidValueError(f"churn and s_noise must be non-negative, got {churn}, {s_noise}")
     levels = _noise_levels(sigmas, steps, sigma_min, sigma_max, rho)
     n_steps = len(levels) - 1
     shape = tuple(int(n) for n in shape_per_member)
@@ -247,9 +248,9 @@ def _noise_levels(
         return karras_sigmas(steps, sigma_min, sigma_max, rho).tolist()
     levels = [float(s) for s in (sigmas.tolist() if isinstance(sigmas, Tensor) else sigmas)]
     if len(levels) < 2:
-        raise ValueError(f"sigmas needs at least 2 levels, got {len(levels)}")
+        raise InvalidValueError(f"sigmas needs at least 2 levels, got {len(levels)}")
     if levels[0] <= 0 or any(b >= a for a, b in itertools.pairwise(levels)):
-        raise ValueError("sigmas must be strictly decreasing from a positive first level")
+        raise InvalidValueError("sigmas must be strictly decreasing from a positive first level")
     if levels[-1] < 0:
-        raise ValueError(f"sigmas must end at a level >= 0, got {levels[-1]}")
+        raise InvalidValueError(f"sigmas must end at a level >= 0, got {levels[-1]}")
     return levels

@@ -37,6 +37,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from genda.errors import InvalidTypeError, InvalidValueError, UnknownNameError
 from genda.grid import Grid, GridMismatchError
 from genda.models.padding import pole_signs
 from genda.models.unet import UNet
@@ -54,7 +55,7 @@ def _altitudes(levels: Levels) -> np.ndarray:
         altitude = altitude.detach().cpu().numpy()
     values = np.array(altitude, dtype=np.float64).reshape(-1)  # a writable copy
     if values.size == 0 or not np.all(np.isfinite(values)):
-        raise ValueError("levels must be a non-empty sequence of finite altitudes (km)")
+        raise InvalidValueError("levels must be a non-empty sequence of finite altitudes (km)")
     return values
 
 
@@ -72,7 +73,7 @@ def _noise_per_sample(c_noise: torch.Tensor | float, batch: int, x: torch.Tensor
     if c.numel() == 1:
         c = c.expand(batch)
     if c.numel() != batch:
-        raise ValueError(f"c_noise has {c.numel()} entries for a batch of {batch} fields")
+        raise InvalidValueError(f"c_noise has {c.numel()} entries for a batch of {batch} fields")
     return c
 
 
@@ -195,7 +196,7 @@ class Joint3D(Strategy):
     def from_network(self, y: torch.Tensor, field_shape: Sequence[int]) -> torch.Tensor:
         b, v, lev, h, w = field_shape
         if tuple(y.shape) != (b, v * lev, h, w):
-            raise ValueError(
+            raise InvalidValueError(
                 f"joint3d network output has shape {tuple(y.shape)}, expected {(b, v * lev, h, w)}"
             )
         return y.reshape(b, v, lev, h, w)
@@ -252,20 +253,20 @@ class Layer2D(Strategy):
         altitude_frequencies: int = 2,
     ) -> None:
         if int(window) != window or window < 0:
-            raise ValueError(f"layer2d window must be an integer >= 0, got {window!r}")
+            raise InvalidValueError(f"layer2d window must be an integer >= 0, got {window!r}")
         if layers_per_batch is not None and (
             int(layers_per_batch) != layers_per_batch or layers_per_batch < 1
         ):
-            raise ValueError(
+            raise InvalidValueError(
                 f"layer2d layers_per_batch must be None or an integer >= 1, got {layers_per_batch!r}"
             )
         lo, hi = (float(a) for a in altitude_range)
         if not (math.isfinite(lo) and math.isfinite(hi) and hi > lo):
-            raise ValueError(
+            raise InvalidValueError(
                 f"altitude_range must be (low, high) km with high > low, got {altitude_range}"
             )
         if int(altitude_frequencies) != altitude_frequencies or altitude_frequencies < 0:
-            raise ValueError(
+            raise InvalidValueError(
                 f"altitude_frequencies must be an integer >= 0, got {altitude_frequencies!r}"
             )
         self.window = int(window)
@@ -333,7 +334,7 @@ class Layer2D(Strategy):
         """The centre layer's channels of a network input: ``(N, (2w+1) V, H, W) -> (N, V, H, W)``."""
         width = 2 * self.window + 1
         if x_net.ndim != 4 or x_net.shape[1] % width:
-            raise ValueError(
+            raise InvalidValueError(
                 f"layer2d network input must be (N, (2*{self.window}+1) V, H, W), got {tuple(x_net.shape)}"
             )
         v = x_net.shape[1] // width
@@ -342,7 +343,7 @@ class Layer2D(Strategy):
     def from_network(self, y: torch.Tensor, field_shape: Sequence[int]) -> torch.Tensor:
         b, v, lev, h, w = field_shape
         if tuple(y.shape) != (b * lev, v, h, w):
-            raise ValueError(
+            raise InvalidValueError(
                 f"layer2d network output has shape {tuple(y.shape)}, expected {(b * lev, v, h, w)}"
             )
         return y.reshape(b, lev, v, h, w).transpose(1, 2)
@@ -361,11 +362,11 @@ def get_strategy(name: str, **options: Any) -> Strategy:
         cls = STRATEGIES[name]
     except KeyError:
         known = ", ".join(sorted(STRATEGIES))
-        raise KeyError(f"unknown strategy {name!r}; known strategies: {known}") from None
+        raise UnknownNameError(f"unknown strategy {name!r}; known strategies: {known}") from None
     try:
         return cls(**options)
     except TypeError as error:
-        raise TypeError(
+        raise InvalidTypeError(
             f"invalid options {sorted(options)} for strategy {name!r}: {error}"
         ) from None
 
@@ -395,7 +396,7 @@ class StrategyBackbone(nn.Module):
         self, x_in: torch.Tensor, c_noise: torch.Tensor, cond: torch.Tensor | None = None
     ) -> torch.Tensor:
         if cond is not None:
-            raise ValueError(
+            raise InvalidValueError(
                 f"strategy {self.strategy.name!r} makes the network's conditioning itself; "
                 "a field-level cond is not supported"
             )
@@ -410,7 +411,7 @@ def build_backbone(strategy: Strategy, grid: Grid, **unet_options: Any) -> Strat
     """
     fixed = {"in_channels", "out_channels", "cond_dim", "pole_sign"} & set(unet_options)
     if fixed:
-        raise TypeError(f"{sorted(fixed)} are set by the strategy, not by unet_options")
+        raise InvalidTypeError(f"{sorted(fixed)} are set by the strategy, not by unet_options")
     in_channels, out_channels, cond_dim = strategy.network_channels(grid)
     network = UNet(
         in_channels,

@@ -58,6 +58,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from genda.errors import DeviceError, GendaError, InvalidValueError, OutputExistsError
 from genda.grid import Grid
 from genda.models.checkpoint import (
     MODEL_FILE,
@@ -85,6 +86,10 @@ __all__ = [
 LOSS_CSV = "loss.csv"
 LOSS_PNG = "loss.png"
 CSV_COLUMNS = ("step", "train_loss", "val_loss", "lr", "wall_s")
+
+
+class TrainingDivergedError(GendaError, FloatingPointError):
+    """The training loss became NaN or infinite."""
 
 
 @dataclass(frozen=True)
@@ -150,35 +155,37 @@ class TrainConfig:
         for name in (*positive, "checkpoint_every"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+                raise InvalidValueError(f"{name} must be an integer >= 1, got {value!r}")
         if not (math.isfinite(self.lr) and self.lr > 0):
-            raise ValueError(f"lr must be positive, got {self.lr}")
+            raise InvalidValueError(f"lr must be positive, got {self.lr}")
         if self.lr_schedule not in ("cosine", "constant"):
-            raise ValueError(
+            raise InvalidValueError(
                 f"lr_schedule must be 'cosine' or 'constant', got {self.lr_schedule!r}"
             )
         if self.warmup_steps < 0:
-            raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
+            raise InvalidValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
         if not 0.0 <= self.final_lr_fraction <= 1.0:
-            raise ValueError(f"final_lr_fraction must lie in [0, 1], got {self.final_lr_fraction}")
+            raise InvalidValueError(
+                f"final_lr_fraction must lie in [0, 1], got {self.final_lr_fraction}"
+            )
         if self.weight_decay < 0:
-            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+            raise InvalidValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
         if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
-            raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas}")
+            raise InvalidValueError(f"betas must be two numbers in [0, 1), got {self.betas}")
         if not 0.0 <= self.ema_decay < 1.0:
-            raise ValueError(f"ema_decay must lie in [0, 1), got {self.ema_decay}")
+            raise InvalidValueError(f"ema_decay must lie in [0, 1), got {self.ema_decay}")
         if self.ema_halflife_samples is not None and self.ema_halflife_samples <= 0:
-            raise ValueError(
+            raise InvalidValueError(
                 f"ema_halflife_samples must be positive, got {self.ema_halflife_samples}"
             )
         if self.ema_rampup is not None and self.ema_rampup <= 0:
-            raise ValueError(f"ema_rampup must be positive or None, got {self.ema_rampup}")
+            raise InvalidValueError(f"ema_rampup must be positive or None, got {self.ema_rampup}")
         if self.grad_clip is not None and self.grad_clip <= 0:
-            raise ValueError(f"grad_clip must be positive or None, got {self.grad_clip}")
+            raise InvalidValueError(f"grad_clip must be positive or None, got {self.grad_clip}")
         if self.p_std <= 0:
-            raise ValueError(f"p_std must be positive, got {self.p_std}")
+            raise InvalidValueError(f"p_std must be positive, got {self.p_std}")
         if not self.val_sigmas or not all(math.isfinite(s) and s > 0 for s in self.val_sigmas):
-            raise ValueError(f"val_sigmas must be positive numbers, got {self.val_sigmas}")
+            raise InvalidValueError(f"val_sigmas must be positive numbers, got {self.val_sigmas}")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable fields."""
@@ -197,7 +204,7 @@ class TrainConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:
-            raise ValueError(f"unknown training options {unknown}; known: {sorted(names)}")
+            raise InvalidValueError(f"unknown training options {unknown}; known: {sorted(names)}")
         return cls(**dict(data))
 
     def replace(self, **changes: Any) -> TrainConfig:
@@ -229,7 +236,10 @@ def resolve_device(device: str | torch.device) -> torch.device:
     resolved = torch.device(device)
     if resolved.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"device {device!r} requested but CUDA is not available")
+            raise DeviceError(
+                f"device {device!r} requested but CUDA is not available in this torch build "
+                "or on this machine; use device cpu"
+            )
         if resolved.index is None:  # an explicit index: DDP and the RNG fork need one
             index = int(os.environ.get("LOCAL_RANK", torch.cuda.current_device()))
             resolved = torch.device("cuda", index)
@@ -571,16 +581,16 @@ def train(
     strategy, _, backbone = describe_denoiser(denoiser)
     grid = data.grid
     if not np.allclose(backbone.altitudes, grid.altitude, atol=1e-6, rtol=0):
-        raise ValueError(
+        raise InvalidValueError(
             f"the model's levels {backbone.altitudes.tolist()} km are not the data's "
             f"{grid.altitude.tolist()} km"
         )
     checkpoint_dir = Path(checkpoint_dir)
     rank, world = _distributed()
     if config.batch_size % world:
-        raise ValueError(f"batch_size {config.batch_size} is not divisible by {world} ranks")
+        raise InvalidValueError(f"batch_size {config.batch_size} is not divisible by {world} ranks")
     if resume is None and checkpoint_dir.exists() and not overwrite:
-        raise FileExistsError(
+        raise OutputExistsError(
             f"{checkpoint_dir} exists; pass overwrite=True (--overwrite) to replace it "
             "or resume=... (--resume) to continue it"
         )
@@ -738,7 +748,7 @@ def train(
                         dist.all_reduce(total)
                     train_loss = float(total) / (running_count * world)
                     if not math.isfinite(train_loss):
-                        raise FloatingPointError(
+                        raise TrainingDivergedError(
                             f"training loss is {train_loss} at step {step}; nothing was saved "
                             "after the last checkpoint (lower the learning rate, check the data)"
                         )

@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from genda.errors import InvalidValueError
 from genda.models.padding import SphericalConv2d
 
 
@@ -60,7 +61,7 @@ class NoiseEmbedding(nn.Module):
     def __init__(self, dim: int, max_positions: float = 10_000.0) -> None:
         super().__init__()
         if dim < 2 or dim % 2:
-            raise ValueError(f"noise_embedding_dim must be even and >= 2, got {dim}")
+            raise InvalidValueError(f"noise_embedding_dim must be even and >= 2, got {dim}")
         half = dim // 2
         freqs = (1.0 / max_positions) ** (torch.arange(half, dtype=torch.float32) / half)
         self.register_buffer("freqs", freqs, persistent=False)
@@ -209,25 +210,27 @@ class UNet(nn.Module):
         channel_mult = tuple(int(m) for m in channel_mult)
         attention_levels = tuple(sorted({int(a) for a in attention_levels}))
         if in_channels < 1 or out_channels < 1 or base_channels < 1:
-            raise ValueError("in_channels, out_channels and base_channels must be >= 1")
+            raise InvalidValueError("in_channels, out_channels and base_channels must be >= 1")
         if not channel_mult or min(channel_mult) < 1:
-            raise ValueError(
+            raise InvalidValueError(
                 f"channel_mult must be a non-empty sequence of >= 1, got {channel_mult}"
             )
         if blocks_per_level < 1:
-            raise ValueError(f"blocks_per_level must be >= 1, got {blocks_per_level}")
+            raise InvalidValueError(f"blocks_per_level must be >= 1, got {blocks_per_level}")
         bad = [a for a in attention_levels if not 0 <= a < len(channel_mult)]
         if bad:
-            raise ValueError(
+            raise InvalidValueError(
                 f"attention_levels {bad} outside the levels 0..{len(channel_mult) - 1}"
             )
         if cond_dim < 0:
-            raise ValueError(f"cond_dim must be >= 0, got {cond_dim}")
+            raise InvalidValueError(f"cond_dim must be >= 0, got {cond_dim}")
         if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must lie in [0, 1), got {dropout}")
+            raise InvalidValueError(f"dropout must lie in [0, 1), got {dropout}")
         signs = None if pole_sign is None else [float(s) for s in pole_sign]
         if signs is not None and len(signs) != in_channels:
-            raise ValueError(f"pole_sign has {len(signs)} entries for in_channels={in_channels}")
+            raise InvalidValueError(
+                f"pole_sign has {len(signs)} entries for in_channels={in_channels}"
+            )
 
         self.config: dict[str, Any] = {
             "in_channels": int(in_channels),
@@ -312,13 +315,13 @@ class UNet(nn.Module):
     def check_input_shape(self, shape: Sequence[int]) -> None:
         """Raise a clear ``ValueError`` if ``(B, C, H, W)`` does not suit this network."""
         if len(shape) != 4:
-            raise ValueError(f"UNet expects x_in of shape (B, C, H, W), got {tuple(shape)}")
+            raise InvalidValueError(f"UNet expects x_in of shape (B, C, H, W), got {tuple(shape)}")
         _, c, h, w = shape
         if c != self.in_channels:
-            raise ValueError(f"UNet expects {self.in_channels} input channels, got {c}")
+            raise InvalidValueError(f"UNet expects {self.in_channels} input channels, got {c}")
         factor = self.downsampling_factor
         if h % factor or w % (2 * factor):
-            raise ValueError(
+            raise InvalidValueError(
                 f"grid (H, W) = ({h}, {w}) does not suit a U-Net with {self.levels} levels: "
                 f"H must be divisible by 2**{self.levels - 1} = {factor} and W by "
                 f"2**{self.levels} = {2 * factor} (the coarsest grid needs an even number "
@@ -335,18 +338,18 @@ class UNet(nn.Module):
         if c_noise.numel() == 1:
             c_noise = c_noise.expand(batch)
         if c_noise.numel() != batch:
-            raise ValueError(f"c_noise has {c_noise.numel()} entries for a batch of {batch}")
+            raise InvalidValueError(f"c_noise has {c_noise.numel()} entries for a batch of {batch}")
         emb = self.noise_embedding(c_noise.to(x_in.dtype)).to(x_in.dtype)
         if self.cond_embedding is not None:
             if cond is None:
-                raise ValueError(f"this UNet needs cond of shape (B, {self.cond_dim})")
+                raise InvalidValueError(f"this UNet needs cond of shape (B, {self.cond_dim})")
             if tuple(cond.shape) != (batch, self.cond_dim):
-                raise ValueError(
+                raise InvalidValueError(
                     f"cond has shape {tuple(cond.shape)}, expected ({batch}, {self.cond_dim})"
                 )
             emb = emb + self.cond_embedding(cond.to(emb.dtype))
         elif cond is not None:
-            raise ValueError("cond given to a UNet built with cond_dim=0")
+            raise InvalidValueError("cond given to a UNet built with cond_dim=0")
         emb = self.embedding_mlp(emb)
 
         h = self.conv_in(x_in)

@@ -55,6 +55,7 @@ import torch
 import xarray as xr
 
 from genda.constants import EARTH_RADIUS_M
+from genda.errors import InvalidValueError, UnknownNameError
 from genda.grid import Grid, default_altitudes
 from genda.observations.operators import ObservationOperator
 from genda.observations.table import (
@@ -101,13 +102,13 @@ class ErrorModel:
 
     def __post_init__(self) -> None:
         if len(self.knots_km) != len(self.sigmas) or not self.knots_km:
-            raise ValueError(f"{len(self.knots_km)} knots for {len(self.sigmas)} sigmas")
+            raise InvalidValueError(f"{len(self.knots_km)} knots for {len(self.sigmas)} sigmas")
         if any(b <= a for a, b in zip(self.knots_km, self.knots_km[1:], strict=False)):
-            raise ValueError(f"knots must increase, got {self.knots_km}")
+            raise InvalidValueError(f"knots must increase, got {self.knots_km}")
         if any(s <= 0 for s in self.sigmas):
-            raise ValueError(f"sigmas must be positive, got {self.sigmas}")
+            raise InvalidValueError(f"sigmas must be positive, got {self.sigmas}")
         if self.fwhm_km is not None and self.fwhm_km <= 0:
-            raise ValueError(f"fwhm_km must be positive, got {self.fwhm_km}")
+            raise InvalidValueError(f"fwhm_km must be positive, got {self.fwhm_km}")
 
     def sigma(self, altitude_km: np.ndarray | float) -> np.ndarray:
         """Error standard deviations at ``altitude_km`` (km), same shape."""
@@ -197,7 +198,7 @@ def station(name: str) -> Station:
         if entry.name.lower() == name.strip().lower():
             return entry
     known = ", ".join(s.name for s in STATIONS)
-    raise KeyError(f"unknown station {name!r}; the catalog holds {known}")
+    raise UnknownNameError(f"unknown station {name!r}; the catalog holds {known}")
 
 
 # ---------------------------------------------------------------------------- limb sounders
@@ -287,7 +288,7 @@ def orbit_positions(
         yaw: which side a sideways-looking sounder views.
     """
     if yaw not in ("north", "south"):
-        raise ValueError(f"yaw must be 'north' or 'south', got {yaw!r}")
+        raise InvalidValueError(f"yaw must be 'north' or 'south', got {yaw!r}")
     times = np.asarray(times, dtype="datetime64[ns]")
     seconds = _seconds_since_epoch(times)
     arg = 2.0 * np.pi * seconds / (instrument.period_min * 60.0)
@@ -317,7 +318,7 @@ def limb_profile_times(
     :data:`ORBIT_EPOCH`, so overlapping windows share their profiles.
     """
     if half_window_minutes < 0:
-        raise ValueError(f"half_window_minutes must be >= 0, got {half_window_minutes}")
+        raise InvalidValueError(f"half_window_minutes must be >= 0, got {half_window_minutes}")
     centre = _seconds_since_epoch(np.array([as_datetime64(time)]))[0]
     step = instrument.profile_interval_s
     first = math.ceil((centre - 60.0 * half_window_minutes) / step)
@@ -353,7 +354,7 @@ def limb_track(
     try:
         instrument = LIMB_INSTRUMENTS[kind]
     except KeyError:
-        raise ValueError(
+        raise InvalidValueError(
             f"unknown limb sounder {kind!r}; known: {sorted(LIMB_INSTRUMENTS)}"
         ) from None
     altitudes = _levels(
@@ -511,12 +512,14 @@ def _network_names(networks: str | Sequence[str]) -> list[str]:
     for item in items:
         name = item.strip().lower()
         if name not in NETWORKS:
-            raise ValueError(f"unknown network {item!r}; known networks: {', '.join(NETWORKS)}")
+            raise InvalidValueError(
+                f"unknown network {item!r}; known networks: {', '.join(NETWORKS)}"
+            )
         name = "mls" if name == "limb" else name
         if name not in names:
             names.append(name)
     if not names:
-        raise ValueError("no network given")
+        raise InvalidValueError("no network given")
     return names
 
 
@@ -536,19 +539,19 @@ def select_time(truth: xr.Dataset, time: TimeLike, source: str = "truth") -> xr.
     if "time" not in truth.coords:
         if truth.sizes["time"] == 1:
             return truth.isel(time=0)
-        raise ValueError(f"{source} has {truth.sizes['time']} times but no time values")
+        raise InvalidValueError(f"{source} has {truth.sizes['time']} times but no time values")
     try:
         times = np.asarray(truth["time"].values, dtype="datetime64[ns]")
     except (TypeError, ValueError):
-        raise ValueError(
+        raise InvalidValueError(
             f"{source}: time values of type {truth['time'].dtype} (a non-standard calendar?) "
             "cannot be compared with UTC times"
         ) from None
     found = np.flatnonzero(times == when)
     if found.size == 0:
         if times.size == 0:
-            raise ValueError(f"{source} holds no times; {_iso(when)} is not in it")
-        raise ValueError(
+            raise InvalidValueError(f"{source} holds no times; {_iso(when)} is not in it")
+        raise InvalidValueError(
             f"time {_iso(when)} is not in {source}, which holds {times.size} time(s) "
             f"from {_iso(times.min())} to {_iso(times.max())}"
         )
@@ -600,7 +603,7 @@ def draw_observations(
     for name in names:
         absent = [v for v in NETWORKS[name] if v not in grid.variables]
         if absent:
-            raise ValueError(
+            raise InvalidValueError(
                 f"network {name!r} observes {', '.join(absent)}, which the grid does not carry "
                 f"(grid variables: {', '.join(grid.variables)})"
             )
@@ -622,7 +625,7 @@ def draw_observations(
             parts.append(track)
     parts = [part for part in parts if len(part)]
     if not parts:
-        raise ValueError(
+        raise InvalidValueError(
             f"networks {names} observe nothing on this grid (altitudes "
             f"{grid.altitude.min():g}-{grid.altitude.max():g} km)"
         )
@@ -651,13 +654,15 @@ def split_withheld(obs: pd.DataFrame, stations: Sequence[str]) -> tuple[pd.DataF
         ValueError: a name that no row of ``obs`` has, listing the stations present.
     """
     if "station" not in obs.columns:
-        raise ValueError("the table has no 'station' column to withhold stations by")
+        raise InvalidValueError("the table has no 'station' column to withhold stations by")
     present = obs["station"].astype(str).str.lower()
     wanted = [s.strip().lower() for s in stations if s.strip()]
     unknown = [s for s in wanted if not (present == s).any()]
     if unknown:
         have = ", ".join(sorted(set(obs["station"].astype(str)) - {""}))
-        raise ValueError(f"no observations from station(s) {unknown}; stations present: {have}")
+        raise InvalidValueError(
+            f"no observations from station(s) {unknown}; stations present: {have}"
+        )
     mask = present.isin(wanted).to_numpy()
     return obs[~mask].reset_index(drop=True), obs[mask].reset_index(drop=True)
 
@@ -711,7 +716,7 @@ def observe_to_file(
     obs = draw_observations(snapshot, grid, when, networks, seed)
     assimilated, withheld = split_withheld(obs, withhold) if withhold else (obs, obs.iloc[:0])
     if assimilated.empty:
-        raise ValueError(f"withholding {list(withhold)} leaves no observation to assimilate")
+        raise InvalidValueError(f"withholding {list(withhold)} leaves no observation to assimilate")
     out = Path(out)
     paths: dict[str, str | None] = {"observations": str(out), "withheld": None}
     if not withheld.empty:

@@ -43,6 +43,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from genda.errors import InvalidValueError
 from genda.grid import Grid
 from genda.normalization import Normalization
 
@@ -80,7 +81,7 @@ def _horizontal(grid: Grid, lat: float, lon: float) -> list[tuple[int, int, floa
             return ring(i, 1.0, 1.0)
         far = (abs(lat) - edge) / (2.0 * (90.0 - edge))
         if nlon % 2:
-            raise ValueError(
+            raise InvalidValueError(
                 f"interpolation across the pole needs an even number of longitudes, got {nlon}"
             )
         return ring(i, 1.0, 1.0 - far) + ring(i, -1.0, far, shift=nlon // 2)
@@ -155,12 +156,14 @@ class ObservationOperator:
         """
         spacing = np.diff(np.append(grid.longitude, grid.longitude[0] + 360.0))
         if not np.allclose(spacing, 360.0 / grid.nlon, rtol=0, atol=1e-6):
-            raise ValueError(
+            raise InvalidValueError(
                 "the observation operator needs evenly spaced longitudes covering 360 degrees; "
                 f"the grid's spacing ranges {spacing.min():.4g}-{spacing.max():.4g} degrees"
             )
         if len(obs) == 0:
-            raise ValueError("the observation table is empty: nothing to build an operator from")
+            raise InvalidValueError(
+                "the observation table is empty: nothing to build an operator from"
+            )
         _, nlev, nlat, nlon = grid.shape
         has_fwhm = "fwhm_km" in obs.columns
         rows: list[dict[int, float]] = []
@@ -209,7 +212,7 @@ class ObservationOperator:
 
     def _check(self, x: torch.Tensor) -> None:
         if tuple(x.shape[-4:]) != self.field_shape:
-            raise ValueError(
+            raise InvalidValueError(
                 f"fields of shape (..., V, L, H, W) = (..., {', '.join(map(str, self.field_shape))}) "
                 f"expected, got {tuple(x.shape)}"
             )
@@ -228,7 +231,7 @@ class ObservationOperator:
     def adjoint(self, r: torch.Tensor) -> torch.Tensor:
         """``H^T r``: ``(..., M) -> (..., V, L, H, W)``."""
         if r.shape[-1] != self.n_obs:
-            raise ValueError(
+            raise InvalidValueError(
                 f"{self.n_obs} observation values expected, got shape {tuple(r.shape)}"
             )
         lead = r.shape[:-1]
@@ -246,7 +249,7 @@ class ObservationOperator:
         std = torch.as_tensor(np.asarray(normalization.std), dtype=torch.float64)
         nvar, nlev, nlat, nlon = self.field_shape
         if tuple(mean.shape) != (nvar, nlev):
-            raise ValueError(
+            raise InvalidValueError(
                 f"normalisation statistics of shape {tuple(mean.shape)} do not match "
                 f"{nvar} variables x {nlev} levels"
             )

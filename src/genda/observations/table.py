@@ -45,6 +45,7 @@ import pandas as pd
 import xarray as xr
 
 from genda.atomic import partial_path, remove_path
+from genda.errors import GendaError, InvalidTypeError, InvalidValueError, MissingInputError
 from genda.grid import Grid
 
 OBSERVATION_COLUMNS: tuple[str, ...] = (
@@ -113,7 +114,7 @@ _NETCDF_ATTRS: dict[str, dict[str, str]] = {
 }
 
 
-class ObservationError(ValueError):
+class ObservationError(GendaError, ValueError):
     """An observation table or file is missing columns or has invalid rows.
 
     The message names the source (file), each problem and the rows concerned;
@@ -216,7 +217,7 @@ def validate_observations(
             (see docs/observations.md for the rules).
     """
     if not isinstance(df, pd.DataFrame):
-        raise TypeError(f"{source}: expected a pandas DataFrame, got {type(df).__name__}")
+        raise InvalidTypeError(f"{source}: expected a pandas DataFrame, got {type(df).__name__}")
     missing = [c for c in OBSERVATION_COLUMNS if c not in df.columns]
     if missing:
         raise ObservationError(
@@ -351,7 +352,7 @@ def validate_observations(
     if window is not None and times is not None:
         start, end = as_datetime64(window[0]), as_datetime64(window[1])
         if end < start:
-            raise ValueError(f"window end {end} is before its start {start}")
+            raise InvalidValueError(f"window end {end} is before its start {start}")
         t = table["time"].to_numpy()
         check(
             time_ok & ((t < start) | (t > end)),
@@ -534,7 +535,7 @@ def read_observations(path: str | os.PathLike[str]) -> pd.DataFrame:
     path = Path(path)
     reader = _READERS[_file_type(path)]
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such observation file")
+        raise MissingInputError(f"{path}: no such observation file")
     try:
         df = reader(path)
     except ObservationError:

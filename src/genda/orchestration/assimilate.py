@@ -26,6 +26,7 @@ from genda.ensemble.cluster import check_reachable
 from genda.ensemble.cluster import ray_address as ray_address_of
 from genda.ensemble.scheduler import ActorPool
 from genda.ensemble.work import set_layers_per_batch
+from genda.errors import InvalidValueError
 from genda.models.checkpoint import LoadedPrior, load_checkpoint
 from genda.observations.operators import ObservationOperator
 from genda.observations.table import (
@@ -154,13 +155,13 @@ def assimilate_window(
             checkpoint).
     """
     if members < 1:
-        raise ValueError(f"members must be >= 1, got {members}")
+        raise InvalidValueError(f"members must be >= 1, got {members}")
     if workers < 0:
-        raise ValueError(f"--workers must be >= 0, got {workers}")
+        raise InvalidValueError(f"--workers must be >= 0, got {workers}")
     if not (window_hours >= 0 and np.isfinite(window_hours)):
-        raise ValueError(f"--window-hours must be a finite number >= 0, got {window_hours}")
+        raise InvalidValueError(f"--window-hours must be a finite number >= 0, got {window_hours}")
     if layers_per_batch is not None and layers_per_batch < 1:
-        raise ValueError(f"--layers-per-batch must be >= 1, got {layers_per_batch}")
+        raise InvalidValueError(f"--layers-per-batch must be >= 1, got {layers_per_batch}")
     settings = settings or PosteriorSettings()
     when = as_datetime64(time)
     in_process = workers == 0 and pool is None

@@ -35,6 +35,7 @@ from genda.assimilation.baselines import (
     localized_analysis,
 )
 from genda.assimilation.posterior import observation_fit, window_seed
+from genda.errors import InvalidValueError
 from genda.grid import Grid
 from genda.observations.table import as_datetime64
 from genda.orchestration.assimilate import load_window_observations, observation_fingerprint
@@ -101,21 +102,21 @@ def baseline_window(
         members and of the climatological mean).
     """
     if method not in BASELINE_METHODS:
-        raise ValueError(f"unknown baseline {method!r}; choose one of {BASELINE_METHODS}")
+        raise InvalidValueError(f"unknown baseline {method!r}; choose one of {BASELINE_METHODS}")
     if members < 1:
-        raise ValueError(f"members must be >= 1, got {members}")
+        raise InvalidValueError(f"members must be >= 1, got {members}")
     if method != "climatology":
         if climatology_size < 2:
-            raise ValueError(
+            raise InvalidValueError(
                 f"climatology_size must be >= 2 for a sample covariance, got {climatology_size}"
             )
         if method == "enkf" and members > climatology_size:
-            raise ValueError(
+            raise InvalidValueError(
                 f"members ({members}) cannot exceed climatology_size ({climatology_size}): "
                 "each EnKF member is the update of one climatological state"
             )
         if observations is None:
-            raise ValueError(f"the {method!r} baseline needs observations; got none")
+            raise InvalidValueError(f"the {method!r} baseline needs observations; got none")
     localization = Localization(horizontal_km, vertical_km)
     out = Path(out)
     when = as_datetime64(time)

@@ -34,9 +34,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from genda.assimilation.posterior import PosteriorSettings
+from genda.errors import GendaError, InvalidValueError
 
 
-class ConfigError(ValueError):
+class ConfigError(GendaError, ValueError):
     """A cycle configuration that cannot be used; the message names every problem."""
 
 
@@ -83,7 +84,7 @@ class CycleConfig(BaseModel):
     @classmethod
     def _has_time_field(cls, value: str | None) -> str | None:
         if value is not None and "{time" not in value:
-            raise ValueError(
+            raise InvalidValueError(
                 "must contain {time} or {time:<strftime format>}, e.g. obs/{time:%Y%m%dT%H}.parquet"
             )
         return value
@@ -100,13 +101,13 @@ class CycleConfig(BaseModel):
     @classmethod
     def _positive_batch(cls, value: int | str) -> int | str:
         if isinstance(value, int) and value < 1:
-            raise ValueError("must be >= 1 or 'auto'")
+            raise InvalidValueError("must be >= 1 or 'auto'")
         return value
 
     @model_validator(mode="after")
     def _ordered(self) -> CycleConfig:
         if self.end < self.start:
-            raise ValueError(f"end ({self.end}) is before start ({self.start})")
+            raise InvalidValueError(f"end ({self.end}) is before start ({self.start})")
         return self
 
     def windows(self) -> list[np.datetime64]:

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from genda.errors import RunFailedError
 from genda.observations.networks import observe_to_file
 from genda.orchestration.baseline import baseline_window
 from genda.orchestration.config import CycleConfig, RayConfig
@@ -131,7 +132,7 @@ def run_demo(
 
     (window,) = assimilation_cycle(config)
     if "error" in window:
-        raise RuntimeError(f"the demo window failed: {window['error']}")
+        raise RunFailedError(f"the demo window failed: {window['error']}")
     return DemoResult(
         out,
         truth,

@@ -27,6 +27,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
+from genda.errors import InvalidValueError, RunFailedError
 from genda.orchestration.config import load_cycle_config
 
 SERVER_START_SECONDS = 120.0
@@ -91,12 +92,12 @@ def prefect_server(log: Path | None = None, port: int | None = None) -> Iterator
         deadline = clock.monotonic() + SERVER_START_SECONDS
         while not _healthy(url):
             if server.poll() is not None:
-                raise RuntimeError(
+                raise RunFailedError(
                     f"prefect server start exited with code {server.returncode}"
                     + (f"; its output is in {log}" if log else "")
                 )
             if clock.monotonic() > deadline:
-                raise RuntimeError(f"the Prefect server on {url} did not answer within 120 s")
+                raise RunFailedError(f"the Prefect server on {url} did not answer within 120 s")
             clock.sleep(0.5)
         os.environ["PREFECT_API_URL"] = url
         # Prefect may be imported already, with its settings read: override them too.
@@ -126,7 +127,7 @@ def serve_cycle(
     ``interval_seconds`` gives the schedule.
     """
     if (cron is None) == (interval_seconds is None):
-        raise ValueError("give exactly one schedule: --cron or --interval")
+        raise InvalidValueError("give exactly one schedule: --cron or --interval")
     path = Path(config_path).resolve()
     config = load_cycle_config(path)  # a bad configuration fails before any server starts
     with ExitStack() as stack:

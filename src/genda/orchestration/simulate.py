@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 import genda
 from genda.constants import SECONDS_PER_DAY
+from genda.errors import InvalidValueError, OutputExistsError
 from genda.simulator import Simulator, SimulatorConfig
 from genda.storage import write_archive
 
@@ -39,7 +40,9 @@ def fit_time_step(config: SimulatorConfig, every_hours: float) -> SimulatorConfi
         return config
     interval = every_hours * 3600.0
     if abs(interval - round(interval)) > 1e-9 or round(interval) <= 0:
-        raise ValueError(f"every_hours={every_hours} is not a positive whole number of seconds")
+        raise InvalidValueError(
+            f"every_hours={every_hours} is not a positive whole number of seconds"
+        )
     period = math.gcd(round(interval), round(SECONDS_PER_DAY))
     dt = config.time_step
     if abs(period / dt - round(period / dt)) < 1e-9:
@@ -106,19 +109,19 @@ def simulate_archive(
         (e.g. :class:`genda.simulator.SimulationError`).
     """
     if days <= 0 or spinup_days < 0 or every_hours <= 0:
-        raise ValueError(
+        raise InvalidValueError(
             f"need days > 0, spinup_days >= 0, every_hours > 0; got {days}, {spinup_days}, {every_hours}"
         )
     count = 24.0 * days / every_hours
     if abs(count - round(count)) > 1e-6:
-        raise ValueError(
+        raise InvalidValueError(
             f"{days} days is not a whole number of {every_hours}-hour output intervals"
         )
     count = round(count)
     out = Path(out)
     if (out.exists() or out.is_symlink()) and not overwrite:
         # Checked here too so that a refused run does not first spend the spin-up.
-        raise FileExistsError(f"{out} exists; pass overwrite=True (--overwrite) to replace it")
+        raise OutputExistsError(f"{out} exists; pass overwrite=True (--overwrite) to replace it")
     config = fit_time_step(config, every_hours)
     sim = Simulator(config, seed=seed)
     spin_up(sim, spinup_days, progress=progress)

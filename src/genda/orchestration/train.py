@@ -26,6 +26,7 @@ import torch
 import torch.distributed as dist
 import xarray as xr
 
+from genda.errors import InvalidValueError, OutputExistsError
 from genda.grid import Grid
 from genda.models.checkpoint import CheckpointError, build_skip, read_checkpoint
 from genda.models.data import DEFAULT_GAP_HOURS, DEFAULT_MEMORY_LIMIT, TimeSplit, TrainingData
@@ -113,7 +114,7 @@ def _skip_module(
 ) -> GaussianSkip | None:
     """The skip of a new model (fitted to the training split) or of a resumed one (unfitted)."""
     if skip is not None and skip not in SKIP_CHOICES:
-        raise ValueError(f"unknown skip {skip!r}; choose one of {SKIP_CHOICES}")
+        raise InvalidValueError(f"unknown skip {skip!r}; choose one of {SKIP_CHOICES}")
     if stored:
         stored_kind = "scalar" if stored.get("skip") is None else "gaussian"
         if skip is not None and skip != stored_kind:
@@ -185,7 +186,7 @@ def train_prior(
     out = Path(out)
     if resume is None and out.exists() and not overwrite:
         # before reading anything: a refused run should fail fast
-        raise FileExistsError(
+        raise OutputExistsError(
             f"{out} exists; pass overwrite=True (--overwrite) to replace it "
             "or resume=... (--resume) to continue it"
         )

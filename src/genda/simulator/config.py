@@ -7,6 +7,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from genda.errors import InvalidValueError
+
 
 @dataclass(frozen=True)
 class PlanetaryWave:
@@ -109,18 +111,18 @@ class SimulatorConfig:
 
     def __post_init__(self) -> None:
         if not 1 <= self.layers <= 64:
-            raise ValueError(f"layers must be between 1 and 64, got {self.layers}")
+            raise InvalidValueError(f"layers must be between 1 and 64, got {self.layers}")
         if self.nlat < 8 or self.nlon < 2 * self.nlat - 1:
-            raise ValueError(
+            raise InvalidValueError(
                 f"grid {self.nlat}x{self.nlon} too small or not ~1:2 (nlon >= 2 nlat - 1)"
             )
         if not self.bottom_km < self.output_bottom_km <= self.output_top_km < self.top_km:
-            raise ValueError(
+            raise InvalidValueError(
                 "output levels must lie strictly inside the model layers: "
                 f"{self.bottom_km} < {self.output_bottom_km} <= {self.output_top_km} < {self.top_km}"
             )
         if self.dtype not in ("float32", "float64"):
-            raise ValueError(f"dtype must be float32 or float64, got {self.dtype!r}")
+            raise InvalidValueError(f"dtype must be float32 or float64, got {self.dtype!r}")
 
     @property
     def truncation(self) -> int:

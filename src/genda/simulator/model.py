@@ -22,6 +22,7 @@ from genda.constants import (
     SCALE_HEIGHT_KM,
     SECONDS_PER_DAY,
 )
+from genda.errors import GendaError, InvalidValueError
 from genda.grid import Grid, default_altitudes
 from genda.simulator.adjustment import thickness_adjustment
 from genda.simulator.config import SimulatorConfig
@@ -35,7 +36,7 @@ START_TIME = np.datetime64("2000-01-01T00:00:00", "ns")
 """Model time zero (perpetual northern-winter solstice; midnight UTC)."""
 
 
-class SimulationError(RuntimeError):
+class SimulationError(GendaError, RuntimeError):
     """The model state became unphysical (NaN, vanishing layer)."""
 
 
@@ -185,7 +186,7 @@ class Simulator:
         """Step forward by ``seconds`` (a whole number of steps; checked once per model hour)."""
         n = round(seconds / self.dt)
         if abs(n * self.dt - seconds) > 1e-6 * max(seconds, 1.0):
-            raise ValueError(f"{seconds} s is not a whole number of {self.dt} s steps")
+            raise InvalidValueError(f"{seconds} s is not a whole number of {self.dt} s steps")
         check_every = max(1, round(3600.0 / self.dt))
         with cpu_threads(self.config.cpu_threads, self.transforms.device):
             for i in range(n):

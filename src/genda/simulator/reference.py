@@ -24,6 +24,7 @@ from genda.constants import (
     altitude_km_to_pressure,
     pressure_to_altitude_km,
 )
+from genda.errors import InvalidValueError
 
 ArrayT = TypeVar("ArrayT", np.ndarray, torch.Tensor)
 
@@ -89,6 +90,8 @@ def layer_geometry(layers: int, bottom_km: float, top_km: float) -> LayerGeometr
     temperature = reference_temperature(pressure_to_altitude_km(p_mean))
     theta = DRY_AIR_CP * temperature / mean_exner
     if layers > 1 and not np.all(np.diff(theta) > 0):
-        raise ValueError("reference state is statically unstable (theta must increase upward)")
+        raise InvalidValueError(
+            "reference state is statically unstable (theta must increase upward)"
+        )
     sigma = (p_int[:-1] - p_int[1:]) / GRAVITY
     return LayerGeometry(interface_km, p_int, theta, sigma, temperature)

@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 
 import genda
 from genda.atomic import partial_path, publish_directory, remove_path
+from genda.errors import InvalidValueError, OutputExistsError, UnknownNameError
 from genda.grid import DEFAULT_VARIABLES, VARIABLES, Grid
 from genda.normalization import MEAN_ATTR, STD_ATTR, Normalization
 from genda.storage.errors import ArchiveError
@@ -195,10 +196,10 @@ def write_archive(
     the temporary directory is removed.
     """
     if chunk_hours < 1:
-        raise ValueError(f"chunk_hours must be >= 1, got {chunk_hours}")
+        raise InvalidValueError(f"chunk_hours must be >= 1, got {chunk_hours}")
     path = Path(path)
     if (path.exists() or path.is_symlink()) and not overwrite:
-        raise FileExistsError(f"{path} exists; pass overwrite=True (--overwrite) to replace it")
+        raise OutputExistsError(f"{path} exists; pass overwrite=True (--overwrite) to replace it")
     global_attrs = provenance_attrs(attrs, grid)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = partial_path(path)
@@ -226,7 +227,7 @@ def write_archive(
             raise ArchiveError(f"no snapshots to write to {path}")
         _attach_normalization(partial, grid)
         if not overwrite and (path.exists() or path.is_symlink()):
-            raise FileExistsError(
+            raise OutputExistsError(
                 f"{path} appeared while the archive was written; not replacing it"
             )
         publish_directory(partial, path)
@@ -263,7 +264,7 @@ def read_normalization(
             order = [*DEFAULT_VARIABLES, *(v for v in VARIABLES if v not in DEFAULT_VARIABLES)]
             variables = [v for v in order if v in ds.data_vars and MEAN_ATTR in ds[v].attrs]
         if not variables:
-            raise KeyError(
+            raise UnknownNameError(
                 f"no variable carries normalisation statistics (variables: {list(ds.data_vars)})"
             )
     return Normalization.from_attrs(ds, list(variables))

@@ -59,6 +59,7 @@ import xarray as xr
 import zarr
 
 from genda.atomic import partial_path, publish_directory, remove_path
+from genda.errors import InvalidValueError, MissingInputError, OutputExistsError, UnknownNameError
 from genda.grid import Grid, lookup_variable
 from genda.storage.archive import consolidate, provenance_attrs
 from genda.storage.errors import ArchiveError
@@ -196,7 +197,7 @@ def nearest_level(altitude: np.ndarray, alt_km: float) -> int:
     """
     altitude = np.asarray(altitude, dtype=np.float64)
     if not math.isfinite(alt_km):
-        raise ValueError(f"altitude must be a finite number of km, got {alt_km}")
+        raise InvalidValueError(f"altitude must be a finite number of km, got {alt_km}")
     index = int(np.argmin(np.abs(altitude - alt_km)))
     if altitude.size == 1:
         tolerance = 1e-6
@@ -209,7 +210,7 @@ def nearest_level(altitude: np.ndarray, alt_km: float) -> int:
         tolerance = 0.5 * float(spacing) + 1e-9
     distance = abs(float(altitude[index]) - alt_km)
     if distance > tolerance:
-        raise ValueError(
+        raise InvalidValueError(
             f"altitude {alt_km:g} km is {distance:.3g} km from the nearest level "
             f"({altitude[index]:g} km); the levels span {altitude[0]:g}-{altitude[-1]:g} km and a "
             f"query must lie within half a level spacing ({tolerance:.3g} km) of one"
@@ -286,7 +287,7 @@ class EnsembleStore:
         """
         path = Path(path)
         if (path.exists() or path.is_symlink()) and not overwrite:
-            raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
+            raise OutputExistsError(f"{path} exists; pass overwrite=True to replace it")
         if isinstance(members, bool) or not isinstance(members, int | np.integer) or members < 1:
             raise EnsembleStoreError(f"members must be a positive integer, got {members!r}")
         members = int(members)
@@ -335,7 +336,7 @@ class EnsembleStore:
         """Open an existing store; a clear error when ``path`` is not a genda ensemble store."""
         path = Path(path)
         if not path.exists():
-            raise FileNotFoundError(f"no ensemble store at {path}")
+            raise MissingInputError(f"no ensemble store at {path}")
         try:
             group = _open_group(path, "r")
         except Exception as err:  # zarr raises several types for "not a v3 group"
@@ -1009,10 +1010,10 @@ def query(
             finalised (for a statistic) or absent.
     """
     if stat not in get_args(QueryStat):
-        raise ValueError(f"stat must be one of {list(get_args(QueryStat))}, got {stat!r}")
+        raise InvalidValueError(f"stat must be one of {list(get_args(QueryStat))}, got {stat!r}")
     store = EnsembleStore.open(path)
     if var not in store.grid.variables:
-        raise KeyError(
+        raise UnknownNameError(
             f"variable {var!r} is not in {path} (variables: {list(store.grid.variables)})"
         )
     level = nearest_level(store.grid.altitude, alt_km)
@@ -1022,7 +1023,7 @@ def query(
         t = _as_time(time)
         index = store.window_index(t)
         if stat != "members" and not store.is_finalized(t):
-            raise ValueError(
+            raise InvalidValueError(
                 f"window {_iso(t)} of {path} is not finalised; run finalize for its {stat}"
             )
         return da.isel(time=index)
@@ -1030,7 +1031,7 @@ def query(
     if stat != "members":
         wanted = [i for i, w in zip(wanted, store.windows(), strict=True) if store.is_finalized(w)]
         if not wanted:
-            raise ValueError(f"{path} has no finalised window; run finalize for its {stat}")
+            raise InvalidValueError(f"{path} has no finalised window; run finalize for its {stat}")
     return da.isel(time=wanted)
 
 
@@ -1042,7 +1043,9 @@ def to_file(da: xr.DataArray, path: str | os.PathLike[str]) -> Path:
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in (".csv", ".nc"):
-        raise ValueError(f"cannot write {path}: the file must end in .csv or .nc, not {suffix!r}")
+        raise InvalidValueError(
+            f"cannot write {path}: the file must end in .csv or .nc, not {suffix!r}"
+        )
     name = str(da.name) if da.name is not None else "value"
     # Zarr encodings (chunks, shards, codecs) mean nothing to CSV or NetCDF.
     clean = da.copy()

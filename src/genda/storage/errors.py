@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from genda.errors import GendaError
 
-class ArchiveError(ValueError):
+
+class ArchiveError(GendaError, ValueError):
     """An archive or model-output file is missing, incomplete or inconsistent.
 
     The message names the file and what is wrong with it.
