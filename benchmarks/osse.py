@@ -80,6 +80,7 @@ def main() -> None:
         obs,
         args.seed,
         withhold=[s for s in args.withhold.split(",") if s],
+        overwrite=True,  # the benchmark's own work folder: redrawn every run
     )
     withheld = drawn["paths"]["withheld"]
 

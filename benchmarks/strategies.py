@@ -235,7 +235,9 @@ def make_data(spec: dict[str, Any]) -> dict[str, Any]:
     heldout = open_archive(source["heldout"])
     when = heldout["time"].values[0] + np.timedelta64(int(WINDOW_HOURS * 3600), "s")
     obs = work / "obs.parquet"
-    drawn = observe_to_file(source["heldout"], when, NETWORKS, obs, seed=0, withhold=WITHHOLD)
+    drawn = observe_to_file(
+        source["heldout"], when, NETWORKS, obs, seed=0, withhold=WITHHOLD, overwrite=True
+    )
     return {
         "time": str(np.datetime64(when, "s")),
         "observations": drawn["observations"],

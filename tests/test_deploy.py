@@ -196,7 +196,7 @@ def test_a_window_runs_on_a_two_node_cluster_started_with_ray_start(
         )
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
         store = EnsembleStore.open(tmp_path / "two-nodes.zarr")
-        assert store.is_finalized(time) and store.validate() == []
+        assert store.is_finalized(time) and store.validate().ok
         # Each node has one CPU and each actor takes one: the window needed both nodes.
         # genda left the cluster it did not start running.
         status = subprocess.run(

@@ -120,7 +120,7 @@ def test_two_actors_make_the_members_one_process_makes(cluster: str, window: dic
     assert len(summary["by_worker"]) == 2, summary["by_worker"]  # both actors took tasks
     store = EnsembleStore.open(out)
     np.testing.assert_array_equal(store.read_members(window["time"]), window["reference"])
-    assert store.is_finalized(window["time"]) and store.validate() == []
+    assert store.is_finalized(window["time"]) and store.validate().ok
 
 
 def test_an_actor_killed_mid_window_loses_no_member(cluster: str, window: dict) -> None:
@@ -162,7 +162,7 @@ def test_an_actor_killed_mid_window_loses_no_member(cluster: str, window: dict) 
     assert killed.is_set()
     assert summary["failures_retried"] >= 1, summary
     store = EnsembleStore.open(out)
-    assert store.missing(window["time"]) == [] and store.validate() == []
+    assert store.missing(window["time"]) == [] and store.validate().ok
     # Each member once: members written add up to at most the ensemble (a
     # block the dead actor finished is not made twice), and every value is
     # the undisturbed run's.
@@ -226,7 +226,7 @@ def test_a_killed_driver_is_resumed_with_only_the_missing_members(
         )
     assert summary["written"] == len(missing)
     assert summary["already_complete"] == members - len(missing)
-    assert store.validate() == [] and store.is_finalized(window["time"])
+    assert store.validate().ok and store.is_finalized(window["time"])
     np.testing.assert_array_equal(
         store.read_members(window["time"]),
         reference,
@@ -282,7 +282,7 @@ def test_two_windows_written_concurrently_do_not_corrupt_each_other(
     assert not errors, errors
     store = EnsembleStore.open(out)
     assert sorted(str(t) for t in store.windows()) == sorted([window["time"], later])
-    assert store.validate() == []
+    assert store.validate().ok
     assert all(store.is_finalized(t) for t in store.windows())
     np.testing.assert_array_equal(store.read_members(window["time"]), window["reference"])
     np.testing.assert_array_equal(store.read_members(later), later_reference)

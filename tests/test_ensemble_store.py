@@ -72,7 +72,7 @@ def test_round_trip_two_windows(tmp_path):
         stored = np.stack([ds[v].isel(time=i).values for v in GRID.variables], axis=1)
         np.testing.assert_array_equal(stored, fields(range(4), t))
     assert store.missing(T0) == [] and store.missing(T1) == []
-    assert store.validate() == []
+    assert store.validate().ok
     # re-adding returns the index and changes nothing
     assert store.add_window(T0, dict(PROV)) == 0
     assert len(store.windows()) == 2
@@ -111,7 +111,7 @@ def test_two_processes_write_disjoint_shards(tmp_path):
     ds = xr.open_zarr(store.path)
     stored = np.stack([ds[v].isel(time=0).values for v in GRID.variables], axis=1)
     np.testing.assert_array_equal(stored, fields(range(8)))
-    assert store.validate() == []
+    assert store.validate().ok
 
 
 def test_crash_between_data_and_mask(tmp_path, monkeypatch):
@@ -127,12 +127,12 @@ def test_crash_between_data_and_mask(tmp_path, monkeypatch):
         store.write_members(T0, [2, 3], fields([2, 3]))
     monkeypatch.undo()
     assert store.missing(T0) == [2, 3]
-    assert store.validate() == []  # unflagged data are not a problem, only work to redo
+    assert store.validate().ok  # unflagged data are not a problem, only work to redo
     with pytest.raises(EnsembleStoreError, match=r"lacks 2 of 4 members \(2, 3\)"):
         store.finalize(T0)
     store.write_members(T0, store.missing(T0), fields([2, 3]))
     store.finalize(T0)
-    assert store.validate() == []
+    assert store.validate().ok
 
 
 def test_validate_reports_flag_without_data_and_premature_statistics(tmp_path):
@@ -142,7 +142,7 @@ def test_validate_reports_flag_without_data_and_premature_statistics(tmp_path):
     group = zarr.open_group(str(store.path), mode="r+", use_consolidated=False)
     group["complete"][0, 3] = True  # flag without data
     group["u_mean"][0] = np.zeros(GRID.shape[1:], np.float32)  # statistics too early
-    problems = store.validate()
+    problems = store.validate().problems
     assert any("member 3 is flagged complete" in p and "'u'" in p for p in problems)
     assert any("statistics present for the incomplete window" in p for p in problems)
     with pytest.raises(EnsembleStoreError, match="lacks 1 of 4 members"):
@@ -174,7 +174,7 @@ def test_statistics_match_numpy(tmp_path):
             np.testing.assert_allclose(da.isel(time=0).values, ref[v], rtol=1e-6, atol=1e-4)
     assert ds["T_mean"].attrs["cell_methods"] == "member: mean"
     assert ds["T_q95"].attrs["quantile"] == 0.95
-    assert store.validate() == []
+    assert store.validate().ok
     with pytest.raises(EnsembleStoreError, match="finalised"):
         store.write_members(T0, [0], data[:1])
     store.finalize(T0)  # a finalised window is left as it is
@@ -260,10 +260,10 @@ def test_interrupted_add_window_is_repaired(tmp_path):
     # a registration killed after growing two arrays: the slot has neither time nor provenance
     for name in ("u", "v"):
         group[name].resize((2, *group[name].shape[1:]))
-    assert any("disagree" in p for p in store.validate())
+    assert any("disagree" in p for p in store.validate().problems)
     assert store.add_window(T1, PROV) == 1
     assert store.windows() == [T0, T1]
-    assert store.validate() == []
+    assert store.validate().ok
 
 
 def test_query_and_files(tmp_path):
@@ -328,7 +328,7 @@ def test_sharding_bounds_file_count(tmp_path):
         for batch in store.shard_batches():
             store.write_members(T0, batch, data[batch])
         paths[per_shard] = store.path
-    assert EnsembleStore.open(paths[4]).validate() == []
+    assert EnsembleStore.open(paths[4]).validate().ok
     sharded, plain = paths[4], paths[1]
     # one file per (variable, shard of 4 members) of a window, and the same for the mask
     assert count(sharded / "u" / "c") == 4

@@ -131,7 +131,7 @@ def test_a_cycle_runs_every_window_and_a_rerun_makes_nothing_twice(
     assert all("error" not in r for r in first), first
     assert [r["ensemble"]["written"] for r in first] == [3, 3]
     store = EnsembleStore.open(config.store)
-    assert store.windows() == cycle_files["times"] and store.validate() == []
+    assert store.windows() == cycle_files["times"] and store.validate().ok
     for result in first:
         metrics = json.loads(Path(result["evaluation"]["metrics_path"]).read_text())
         assert metrics["ensemble"]["variables"]["u"]["total"]["crps"] > 0
@@ -242,7 +242,7 @@ def test_the_demo_simulates_observes_assimilates_and_scores(
     assert window["time"].endswith("T12:00:00")
     assert window["observations"] > 0 and window["ensemble"]["written"] == 3
     store = EnsembleStore.open(result.store)
-    assert store.validate() == [] and store.is_finalized(window["time"])
+    assert store.validate().ok and store.is_finalized(window["time"])
     evaluation = window["evaluation"]
     assert set(evaluation["baselines"]) == {"enkf"}
     for scores in (evaluation["scores"], evaluation["baselines"]["enkf"]):
@@ -341,7 +341,7 @@ def test_genda_serve_owns_a_server_whose_schedule_runs_a_window(
             raise AssertionError(f"no scheduled run finished a window; server log: {log}")
     finally:
         stop_process_group(served, signal.SIGINT)
-    assert EnsembleStore.open(store).validate() == []
+    assert EnsembleStore.open(store).validate().ok
     # The server `genda serve` started is gone with it.
     with pytest.raises(OSError):
         urllib.request.urlopen(f"{url}/health", timeout=2)

@@ -110,7 +110,8 @@ def test_longitude_wrapping(given: float, expected: float) -> None:
     ],
 )
 def test_variable_aliases(alias: str, canonical: str) -> None:
-    raw = table().iloc[[3]].assign(variable=alias)
+    # 190: plausible for a wind (m/s) and a temperature (K) alike
+    raw = table().iloc[[3]].assign(variable=alias, value=190.0)
     assert validate_observations(raw, GRID)["variable"].iloc[0] == canonical
 
 

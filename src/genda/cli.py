@@ -112,7 +112,10 @@ def simulate(
     every_hours: Annotated[float, typer.Option(help="Output interval in hours.")] = 1.0,
     device: Annotated[str, typer.Option(help="torch device of the model.")] = "cpu",
     chunk_hours: Annotated[int, typer.Option(help="Snapshots per chunk along time.")] = 24,
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing archive.")] = False,
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace an existing genda archive (nothing else).")
+    ] = False,
+    yes: Annotated[bool, typer.Option("--yes", help="Confirm a very large output.")] = False,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
     """Run the built-in MLT model and write a training archive."""
@@ -139,6 +142,7 @@ def simulate(
         progress=progress,
         chunk_hours=chunk_hours,
         history=history,
+        yes=yes,
     )
     wall = time.perf_counter() - start
     console.print(
@@ -337,6 +341,9 @@ def fidelity(
     save_samples: Annotated[
         bool, typer.Option(help="Also write the members as samples.nc.")
     ] = False,
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace an earlier fidelity report at --out (nothing else).")
+    ] = False,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
     """Compare unconditional samples of a prior with held-out model data."""
@@ -356,6 +363,7 @@ def fidelity(
         device=device,
         save_samples=save_samples,
         progress=progress,
+        overwrite=overwrite,
     )
     console.print(run.report.summary(), highlight=False)
     console.print(
@@ -378,12 +386,17 @@ def observe(
     withhold: Annotated[
         str, typer.Option(help="Comma-separated stations kept out, written to <out>-withheld.")
     ] = "",
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace existing observation tables at --out.")
+    ] = False,
 ) -> None:
     """Draw synthetic observations (with their errors) from a truth archive."""
     from genda.observations import observe_to_file
 
     stations = [name.strip() for name in withhold.split(",") if name.strip()]
-    result = observe_to_file(truth, time_, network, out, seed, withhold=stations)
+    result = observe_to_file(
+        truth, time_, network, out, seed, withhold=stations, overwrite=overwrite
+    )
     table = Table(title=f"observations at {result['time']}", header_style="bold")
     table.add_column("network")
     table.add_column("variables")
@@ -444,6 +457,16 @@ def assimilate(
     window_hours: Annotated[
         float, typer.Option(help="Observations within time +- window/2 are used.")
     ] = 1.0,
+    outlier_k: Annotated[
+        float,
+        typer.Option(
+            help="Background check: observations more than k standard deviations "
+            "(climatology and observation error) from the prior's mean are left out."
+        ),
+    ] = 5.0,  # genda.observations.qc.DEFAULT_OUTLIER_K (not imported: it loads torch)
+    keep_outliers: Annotated[
+        bool, typer.Option(help="Assimilate the observations the background check flags.")
+    ] = False,
     seed: Annotated[int, typer.Option(help="Experiment seed (hashed with the time).")] = 0,
     device: Annotated[str, typer.Option(help="torch device: cpu or cuda.")] = "cpu",
     workers: Annotated[
@@ -456,12 +479,22 @@ def assimilate(
         str | None,
         typer.Option(help="Running Ray cluster (else RAY_ADDRESS, else start a local one)."),
     ] = None,
+    insecure: Annotated[
+        bool,
+        typer.Option(
+            "--insecure",
+            help="Allow a local Ray cluster without token authentication (RAY_AUTH_MODE="
+            "disabled; its ports are open to the network; also GENDA_RAY_INSECURE=1).",
+        ),
+    ] = False,
     members_per_shard: Annotated[
         int | None, typer.Option(help="New store: members per shard file (1: no sharding).")
     ] = None,
     overwrite: Annotated[
-        bool, typer.Option(help="Replace an existing store (all its windows).")
+        bool,
+        typer.Option(help="Replace an existing genda store (all its windows; nothing else)."),
     ] = False,
+    yes: Annotated[bool, typer.Option("--yes", help="Confirm a very large store.")] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Sample a posterior ensemble for one window into a Zarr store; a rerun fills what is missing."""
@@ -490,6 +523,8 @@ def assimilate(
         settings=settings,
         seed=seed,
         window_hours=window_hours,
+        outlier_k=outlier_k,
+        keep_outliers=keep_outliers,
         layers_per_batch=layers_per_batch,
         device=device,
         workers=workers,
@@ -499,6 +534,8 @@ def assimilate(
         members_per_shard=members_per_shard,
         overwrite=overwrite,
         progress=progress,
+        yes=yes,
+        insecure=insecure,
     )
     table = Table(title=f"{result['method']} ensemble", header_style="bold", show_header=False)
     table.add_row("store", f"{result['store']} (window {result['time']})")
@@ -519,6 +556,13 @@ def assimilate(
     if "fit" in result:
         fit, clim = result["fit"], result["level_mean_fit"]
         table.add_row("observations", str(result["observations"]))
+        outliers = ", ".join(f"{k} {n}" for k, n in result["outliers_by_variable"].items())
+        table.add_row(
+            "outliers (background check)",
+            f"{result['outliers']}"
+            + (f" ({outliers})" if outliers else "")
+            + (", kept" if result["outliers_kept"] else ", left out" if outliers else ""),
+        )
         table.add_row(
             "fit (rms (y - Hx)/sigma)",
             f"{fit['rms_normalised_innovation']:.2f} ensemble mean, "
@@ -540,11 +584,15 @@ def query(
     out: Annotated[
         Path | None, typer.Option(help="Write the result to .csv or .nc; else print a summary.")
     ] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing --out file.")] = False,
 ) -> None:
     """One variable of an ensemble store at one level: a statistic or the members."""
+    from genda.ownership import check_file_replaceable
     from genda.storage import query as query_store
     from genda.storage.ensemble_store import to_file
 
+    if out is not None:
+        check_file_replaceable(out, overwrite)
     da = query_store(store, var, alt, time=time_, stat=stat)  # type: ignore[arg-type]
     if out is not None:
         to_file(da, out)
@@ -649,6 +697,9 @@ def evaluate(
     time_: Annotated[
         str | None, typer.Option("--time", help="Time to verify when the store has several.")
     ] = None,
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace an earlier report at --out (nothing else).")
+    ] = False,
 ) -> None:
     """Score an ensemble against the truth: CRPS, RMSE, spread, spread-skill, rank histograms."""
     from genda.evaluation.report import evaluate_paths
@@ -669,6 +720,7 @@ def evaluate(
         withheld_path=withheld,
         baseline_paths=baselines,
         level_km=level,
+        overwrite=overwrite,
     )
     console.print(format_table(metrics["ensemble"], title=f"{ensemble.name} against the truth"))
     for name, scores in metrics["baselines"].items():
@@ -749,6 +801,14 @@ def demo(
     steps: Annotated[int, typer.Option(help="Sampler steps.")] = 16,
     workers: Annotated[int, typer.Option(help="Ray actors; 0: in this process.")] = 2,
     seed: Annotated[int, typer.Option(help="Seed of the truth run and the observations.")] = 2,
+    insecure: Annotated[
+        bool,
+        typer.Option(
+            "--insecure",
+            help="Allow a local Ray cluster without token authentication (RAY_AUTH_MODE="
+            "disabled; its ports are open to the network; also GENDA_RAY_INSECURE=1).",
+        ),
+    ] = False,
 ) -> None:
     """The main job on the embedded default: simulate, observe, assimilate, evaluate."""
     import os
@@ -760,7 +820,9 @@ def demo(
     from genda.orchestration import run_demo
 
     start = time.perf_counter()
-    result = run_demo(out, members=members, steps=steps, workers=workers, seed=seed)
+    result = run_demo(
+        out, members=members, steps=steps, workers=workers, seed=seed, insecure=insecure
+    )
     wall = time.perf_counter() - start
     window = result.window
     ensemble, evaluation = window["ensemble"], window["evaluation"]

@@ -16,6 +16,7 @@ through it).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -68,9 +69,25 @@ class PosteriorSettings:
             )
         if self.sampler not in SAMPLERS:
             raise InvalidValueError(f"unknown sampler {self.sampler!r}; choose one of {SAMPLERS}")
-        if self.steps < 1 or self.batch_size < 1:
+        for name in ("steps", "batch_size", "iterations"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise InvalidValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if self.corrections is not None and (
+            isinstance(self.corrections, bool)
+            or not isinstance(self.corrections, int)
+            or self.corrections < 0
+        ):
             raise InvalidValueError(
-                f"steps and batch_size must be >= 1, got {self.steps}, {self.batch_size}"
+                f"corrections must be an integer >= 0, got {self.corrections!r}"
+            )
+        for name in ("zeta", "gamma"):
+            value = getattr(self, name)
+            if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
+                raise InvalidValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        if not (isinstance(self.sigma_max, int | float) and 0 < self.sigma_max < math.inf):
+            raise InvalidValueError(
+                f"sigma_max must be a finite number > 0, got {self.sigma_max!r}"
             )
 
     @property
@@ -122,6 +139,40 @@ def posterior_denoiser(
     return guided_denoiser(
         prior.denoiser, likelihood, settings.method, **settings.guidance_options()
     )
+
+
+def check_guidance(
+    prior: LoadedPrior,
+    obs: pd.DataFrame | None,
+    settings: PosteriorSettings,
+    device: torch.device | str = "cpu",
+) -> None:
+    """Build the window's denoiser and take one sampler step with one member.
+
+    Run before a store is touched, so that settings the guidance cannot work
+    with fail before a window is registered, not in every worker afterwards.
+    The step costs two or three denoiser calls of one member.
+
+    Raises:
+        InvalidValueError: the step gives non-finite values with these settings.
+    """
+    denoiser = posterior_denoiser(prior, obs, settings, device)
+    x = sample(
+        denoiser,
+        prior.grid.shape,
+        [0],
+        0,
+        steps=1,
+        method=settings.sampler,  # type: ignore[arg-type]
+        sigma_max=settings.sigma_max,
+        corrections=min(settings.langevin_corrections, 1) if obs is not None else 0,
+        device=device,
+    )
+    if not torch.isfinite(x).all():
+        raise InvalidValueError(
+            f"the {settings.method} guidance gives non-finite values with these settings "
+            f"({settings.guidance_options()}); the observations may be inconsistent with the prior"
+        )
 
 
 def sample_members(

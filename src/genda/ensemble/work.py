@@ -28,8 +28,10 @@ import pandas as pd
 import torch
 
 from genda.assimilation.posterior import PosteriorSettings, posterior_denoiser, sample_members
-from genda.errors import InvalidValueError
+from genda.errors import InvalidValueError, RunFailedError
+from genda.grid import Grid
 from genda.models.checkpoint import LoadedPrior, load_checkpoint
+from genda.observations.table import PHYSICAL_RANGES
 from genda.storage.ensemble_store import EnsembleStore
 from genda.threads import cpu_threads
 
@@ -126,6 +128,80 @@ class TaskReport:
     peak_memory_mib: float = 0.0
 
 
+class ImplausibleMemberError(RunFailedError):
+    """Sampled members hold NaN, infinite or physically impossible values; none was written."""
+
+
+def implausible_members(
+    fields: np.ndarray, grid: Grid, members: Sequence[int]
+) -> dict[int, list[str]]:
+    """What is impossible in each member of a batch: ``{member: ["T min -100 K < 80", ...]}``.
+
+    Args:
+        fields: ``(B, V, L, H, W)`` physical fields, variables in ``grid`` order.
+        grid: their grid.
+        members: ``(B,)`` member indices of the batch, in order.
+
+    Returns:
+        The members with NaN or infinite values, or values outside
+        :data:`genda.observations.table.PHYSICAL_RANGES` (the bounds observations
+        are held to; ``T`` above 0 K at the very least), each with what is wrong;
+        empty when every member is plausible.
+    """
+    found: dict[int, list[str]] = {}
+    for b, member in enumerate(members):
+        for v, name in enumerate(grid.variables):
+            values = fields[b, v]
+            finite = np.isfinite(values)
+            if not finite.all():
+                found.setdefault(int(member), []).append(
+                    f"{name} has {int(np.sum(~finite))} NaN or infinite values"
+                )
+                values = values[finite]
+                if values.size == 0:
+                    continue
+            if name not in PHYSICAL_RANGES:
+                continue
+            low, high = PHYSICAL_RANGES[name]
+            unit = "K" if name == "T" else "m/s"
+            if values.min() < low:
+                found.setdefault(int(member), []).append(
+                    f"{name} min {values.min():.4g} {unit} < {low:g}"
+                )
+            if values.max() > high:
+                found.setdefault(int(member), []).append(
+                    f"{name} max {values.max():.4g} {unit} > {high:g}"
+                )
+    return found
+
+
+def check_members(
+    fields: np.ndarray, grid: Grid, members: Sequence[int], time: object, guided: bool = True
+) -> None:
+    """Raise :class:`ImplausibleMemberError` if any member of the batch is impossible.
+
+    ``fields``: ``(B, V, L, H, W)`` physical fields of ``members``; ``time``: the
+    window, for the message; ``guided``: the members were conditioned on
+    observations (the message then points at them).
+    """
+    found = implausible_members(fields, grid, members)
+    if not found:
+        return
+    shown = "; ".join(f"member {m}: {', '.join(what)}" for m, what in list(found.items())[:5])
+    more = f" (and {len(found) - 5} more members)" if len(found) > 5 else ""
+    raise ImplausibleMemberError(
+        f"window {np.datetime64(time, 's')}: members {sorted(found)} came out impossible "
+        f"({shown}{more}); they were not written. "
+        + (
+            "The observations may be inconsistent with the prior: look for gross errors "
+            "(the background check, outlier_k; keep_outliers off) and for wrong units or "
+            "too small errors (sigma) in the table"
+            if guided
+            else "The prior itself produced them: check the checkpoint and the sampler settings"
+        )
+    )
+
+
 def peak_memory_mib(device: str) -> float:
     """Peak memory of this worker: torch's CUDA peak on a GPU, the process's peak RSS on a CPU."""
     if torch.device(device).type == "cuda":
@@ -175,6 +251,10 @@ class MemberGenerator:
         Each block is written (and flagged complete) as soon as it is sampled,
         so an interruption loses at most the block in progress. The caller
         gives one writer whole shards (:func:`writer_tasks`).
+
+        Raises:
+            ImplausibleMemberError: a block came out with NaN or impossible values
+                (:func:`check_members`); nothing of that block is written.
         """
         started = clock.perf_counter()
         store = job.store
@@ -194,7 +274,12 @@ class MemberGenerator:
                     guided=job.observations is not None,
                     device=self.device,
                 )
-                store.write_members(job.time, block, fields.numpy())
+                values = fields.numpy()
+                # A member with NaN or impossible values must never be flagged
+                # complete: the block is refused before anything of it is written.
+                guided = job.observations is not None
+                check_members(values, self.prior.grid, block, job.time, guided)
+                store.write_members(job.time, block, values)
                 written.extend(block)
         elapsed = clock.perf_counter() - started
         return TaskReport(list(members), written, elapsed, worker, peak_memory_mib(self.device))
@@ -245,9 +330,12 @@ def set_layers_per_batch(prior: LoadedPrior, layers_per_batch: int) -> None:
 
 
 __all__ = [
+    "ImplausibleMemberError",
     "MemberGenerator",
     "TaskReport",
     "WindowJob",
+    "check_members",
+    "implausible_members",
     "member_blocks",
     "peak_memory_mib",
     "set_layers_per_batch",

@@ -44,6 +44,7 @@ from genda.evaluation.ensemble_plots import (
 from genda.evaluation.plots import file_stem
 from genda.evaluation.scores import MEMBER_DIM, align_time, ensemble_scores, point_scores
 from genda.grid import DEFAULT_VARIABLES, Grid
+from genda.ownership import check_replaceable
 
 __all__ = ["PointOperator", "evaluate_ensemble", "evaluate_paths", "member_values"]
 
@@ -222,6 +223,7 @@ def evaluate_paths(
     *,
     baseline_paths: Mapping[str, str | os.PathLike[str]] | None = None,
     level_km: float | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """:func:`evaluate_ensemble` from files.
 
@@ -236,11 +238,16 @@ def evaluate_paths(
             (:func:`genda.observations.read_observations`).
         baseline_paths: name -> baseline ensemble store, opened like the ensemble.
         level_km: altitude of the maps.
+        overwrite: replace an earlier report at ``out_dir``; a file or a folder
+            that is not an evaluation report is never written into.
 
     Raises:
         ValueError: the truth lacks the ensemble's time (its range is named).
+        OutputExistsError: ``out_dir`` may not be written (checked before anything is read).
     """
     from genda.storage import open_archive
+
+    check_replaceable(out_dir, "evaluation report", overwrite)
 
     ensemble = _open_ensemble(ensemble_path)
     grid = Grid.from_dataset(ensemble)

@@ -54,6 +54,7 @@ from torch import nn
 
 import genda
 from genda.atomic import partial_path, publish_directory, remove_path
+from genda.devices import check_device
 from genda.errors import GendaError, InvalidValueError, OutputExistsError
 from genda.grid import Grid, GridMismatchError
 from genda.models.diffusion import EDMDenoiser
@@ -773,5 +774,5 @@ def load_checkpoint(
     """
     contents = read_checkpoint(name_or_path)
     denoiser, grid, normalization, strategy = restore_denoiser(contents, expected_grid, weights)
-    denoiser = denoiser.to(device).eval().requires_grad_(False)
+    denoiser = denoiser.to(check_device(device)).eval().requires_grad_(False)
     return LoadedPrior(denoiser, strategy, grid, normalization, contents.config, contents.path)

@@ -58,7 +58,8 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from genda.errors import DeviceError, GendaError, InvalidValueError, OutputExistsError
+from genda.devices import check_device
+from genda.errors import GendaError, InvalidValueError, OutputExistsError
 from genda.grid import Grid
 from genda.models.checkpoint import (
     MODEL_FILE,
@@ -233,13 +234,8 @@ def resolve_device(device: str | torch.device) -> torch.device:
         if torch.cuda.is_available():
             return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         return torch.device("cpu")
-    resolved = torch.device(device)
+    resolved = check_device(device)
     if resolved.type == "cuda":
-        if not torch.cuda.is_available():
-            raise DeviceError(
-                f"device {device!r} requested but CUDA is not available in this torch build "
-                "or on this machine; use device cpu"
-            )
         if resolved.index is None:  # an explicit index: DDP and the RNG fork need one
             index = int(os.environ.get("LOCAL_RANK", torch.cuda.current_device()))
             resolved = torch.device("cuda", index)

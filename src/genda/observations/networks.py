@@ -55,13 +55,15 @@ import torch
 import xarray as xr
 
 from genda.constants import EARTH_RADIUS_M
-from genda.errors import InvalidValueError, UnknownNameError
+from genda.errors import InvalidValueError, OutputExistsError, UnknownNameError
 from genda.grid import Grid, default_altitudes
 from genda.observations.operators import ObservationOperator
 from genda.observations.table import (
     OBSERVATION_COLUMNS,
     OPTIONAL_COLUMNS,
+    ObservationError,
     as_datetime64,
+    read_observations,
     validate_observations,
     write_observations,
 )
@@ -632,8 +634,8 @@ def draw_observations(
     geometry = pd.concat(parts, ignore_index=True)
     # The tracks' own times only placed the profiles; the values are the truth at `time`.
     geometry["time"] = when
-    geometry["value"] = 0.0
-    table = validate_observations(geometry, grid, source="observation geometry")
+    geometry["value"] = 0.0  # a placeholder: the values are drawn below
+    table = validate_observations(geometry, grid, source="observation geometry", check_values=False)
 
     field_ = grid.tensor_from_dataset(snapshot, dtype=torch.float64)
     with torch.no_grad():
@@ -684,6 +686,36 @@ def withheld_path(out: str | os.PathLike[str]) -> Path:
     return out.with_name(f"{out.stem}-withheld{out.suffix}")
 
 
+def check_table_replaceable(path: Path, overwrite: bool) -> None:
+    """Refuse to write an observation table over anything but a table, and without ``overwrite``.
+
+    Raises:
+        ObservationError: the suffix is not a table format.
+        OutputExistsError: ``path`` is a directory, or exists and ``overwrite``
+            is false, or exists and is not an observation table.
+    """
+    if path.suffix.lower() not in (".csv", ".parquet", ".pq", ".nc", ".nc4"):
+        raise ObservationError(
+            f"{path}: unknown observation file type {path.suffix!r}; "
+            "expected .csv, .parquet, .pq, .nc or .nc4"
+        )
+    if not (path.exists() or path.is_symlink()):
+        return
+    if not path.is_file():
+        raise OutputExistsError(f"{path} exists and is not a file; choose a file name")
+    if not overwrite:
+        raise OutputExistsError(f"{path} exists; set overwrite (--overwrite) to replace it")
+    try:
+        columns = read_observations(path).columns
+    except ObservationError:
+        columns = ()
+    if any(name not in columns for name in OBSERVATION_COLUMNS):
+        raise OutputExistsError(
+            f"{path} exists and is not an observation table; genda replaces only a table "
+            "it can read: choose another path, or move it away yourself"
+        )
+
+
 def observe_to_file(
     truth_path: str | os.PathLike[str],
     time: TimeLike,
@@ -691,6 +723,7 @@ def observe_to_file(
     out: str | os.PathLike[str],
     seed: int,
     withhold: Sequence[str] = (),
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Draw observations of an archive at one time and write them (``genda observe``).
 
@@ -701,6 +734,8 @@ def observe_to_file(
         out: ``.csv``, ``.parquet`` or ``.nc`` file, written atomically.
         seed: noise seed.
         withhold: stations whose rows go to :func:`withheld_path` instead.
+        overwrite: replace existing observation tables at ``out`` and its
+            withheld file (nothing that is not an observation table is replaced).
 
     Returns:
         ``{"time", "seed", "networks", "observations", "withheld", "counts",
@@ -709,6 +744,10 @@ def observe_to_file(
     """
     from genda.storage import open_archive  # a higher layer, needed only here
 
+    out = Path(out)
+    check_table_replaceable(out, overwrite)
+    # The withheld file of this table is written, or removed as stale, either way.
+    check_table_replaceable(withheld_path(out), overwrite)
     truth = open_archive(truth_path)
     grid = Grid.from_dataset(truth)
     when = as_datetime64(time)
@@ -717,7 +756,6 @@ def observe_to_file(
     assimilated, withheld = split_withheld(obs, withhold) if withhold else (obs, obs.iloc[:0])
     if assimilated.empty:
         raise InvalidValueError(f"withholding {list(withhold)} leaves no observation to assimilate")
-    out = Path(out)
     paths: dict[str, str | None] = {"observations": str(out), "withheld": None}
     if not withheld.empty:
         # The withheld file first, so that a complete main file has its withheld one.

@@ -98,6 +98,43 @@ _UNITS = {"u": _SPEED_UNITS, "v": _SPEED_UNITS, "los": _SPEED_UNITS, "T": _TEMPE
 
 _MAX_ROWS_SHOWN = 5
 
+# Physical plausibility, in the grid variables' units (m s-1, K). The bounds hold
+# from 50 to 150 km, beyond the 80-120 km of the shipped priors, with a wide margin:
+# - winds: MLT mean winds reach ~100 m/s and tides and gravity waves add as much;
+#   the largest winds measured by meteor radars, lidars and rocket trails at
+#   80-150 km are ~200-250 m/s. 400 m/s is beyond any of them: such a value is a
+#   unit or decoding error (km/h, cm/s), not weather. A line-of-sight wind is a
+#   projection of the horizontal wind, so it is bounded alike.
+# - temperature: the coldest measured mesopause (polar summer) is ~100-110 K, and at
+#   150 km the thermosphere is ~500-900 K over the solar cycle. Below 80 K or above
+#   1000 K is no MLT temperature (often degrees Celsius read as kelvin).
+PHYSICAL_RANGES: dict[str, tuple[float, float]] = {
+    "u": (-400.0, 400.0),
+    "v": (-400.0, 400.0),
+    "los": (-400.0, 400.0),
+    "T": (80.0, 1000.0),
+}
+"""Plausible ``(low, high)`` values per observed variable (m s-1 or K); also for members."""
+
+# sigma per variable: the floor keeps one observation from having (nearly) infinite
+# weight: no MLT instrument measures winds to better than ~1 m/s or temperatures to
+# better than ~0.5 K, and 1e-30 would make the guidance solve an ill-conditioned
+# system. An error above the whole plausible range says the value is unknown (and
+# its square overflows float32 beyond ~1e19).
+SIGMA_RANGES: dict[str, tuple[float, float]] = {
+    "u": (0.1, 400.0),
+    "v": (0.1, 400.0),
+    "los": (0.1, 400.0),
+    "T": (0.1, 1000.0),
+}
+"""Accepted ``(floor, ceiling)`` of ``sigma`` per observed variable (m s-1 or K)."""
+
+_UNIT_NAMES = {"u": "m/s", "v": "m/s", "los": "m/s", "T": "K"}
+
+CELSIUS_MEDIAN_K = 100.0
+"""A ``T`` column without units whose median is below this (K) looks like degrees Celsius:
+no MLT temperature profile averages below ~130 K, while Celsius values there are negative."""
+
 # Extra attributes of the columns in a NetCDF file.
 _NETCDF_ATTRS: dict[str, dict[str, str]] = {
     "time": {"standard_name": "time", "long_name": "valid time (UTC)"},
@@ -195,6 +232,8 @@ def validate_observations(
     grid: Grid,
     window: tuple[np.datetime64, np.datetime64] | None = None,
     source: str = "observations",
+    *,
+    check_values: bool = True,
 ) -> pd.DataFrame:
     """Check an observation table against a grid and return its canonical form.
 
@@ -204,6 +243,9 @@ def validate_observations(
             range and its variables (``los`` needs ``u`` and ``v``).
         window: ``(start, end)``, inclusive; rows outside are errors.
         source: what the table is (a file name), for the messages.
+        check_values: check ``value`` against :data:`PHYSICAL_RANGES` (and ``T``
+            for degrees Celsius); ``False`` only for a table of placeholder values
+            (the geometry of synthetic observations). ``sigma`` is always checked.
 
     Returns:
         A new frame with index ``0..M-1`` and columns :data:`OBSERVATION_COLUMNS`,
@@ -284,8 +326,9 @@ def validate_observations(
     table["variable"] = names.astype(str)
 
     # Units.
+    has_unit = np.zeros(n, dtype=bool)
     if "units" in table.columns:
-        _apply_units(table, names, problems)
+        has_unit = _apply_units(table, names, problems)
         table = table.drop(columns="units")
 
     # Ranges, of the finite values (the others are reported above).
@@ -294,6 +337,9 @@ def validate_observations(
     alt = table["alt_km"].to_numpy()
     sigma = table["sigma"].to_numpy()
     check(np.isfinite(sigma) & (sigma <= 0), "sigma <= 0")
+    _check_physical(
+        table["value"].to_numpy(), sigma, names, has_unit, check, problems, check_values
+    )
     check(np.isfinite(lat) & (np.abs(lat) > 90), "|lat| > 90")
     check(np.isfinite(lon) & ((lon < -180) | (lon >= 360)), "lon outside [-180, 360)")
     lo, hi = float(grid.altitude.min()), float(grid.altitude.max())
@@ -389,11 +435,68 @@ def _duplicates(table: pd.DataFrame) -> str:
     return ", ".join(pairs) + more
 
 
-def _apply_units(table: pd.DataFrame, names: pd.Series, problems: list[str]) -> None:
+def _check_physical(
+    value: np.ndarray,
+    sigma: np.ndarray,
+    names: pd.Series,
+    has_unit: np.ndarray,
+    check: Callable[[np.ndarray, str], None],
+    problems: list[str],
+    check_values: bool = True,
+) -> None:
+    """Report values and errors outside :data:`PHYSICAL_RANGES` / :data:`SIGMA_RANGES`.
+
+    ``value``, ``sigma``: ``(M,)`` in the grid variables' units; ``has_unit``:
+    ``(M,)`` rows whose ``units`` entry was given. Non-finite entries are
+    reported elsewhere and skipped here; so are the values when not ``check_values``.
+    """
+    finite = np.isfinite(value) & check_values
+    is_t = (names == "T").to_numpy()
+    celsius = _looks_like_celsius(value, is_t & finite & ~has_unit)
+    if celsius.any():
+        shown = value[celsius]
+        problems.append(
+            f"T values look like degrees Celsius, not kelvin, in {_rows(celsius)} (median "
+            f"{np.median(shown):.4g}, {int(np.sum(shown <= 0))} at or below 0 K): a T value "
+            "without a unit is read as kelvin; give the unit in a 'units' column "
+            "('degC' is converted to K)"
+        )
+    for name, (low, high) in PHYSICAL_RANGES.items():
+        rows = (names == name).to_numpy()
+        unit = _UNIT_NAMES[name]
+        check(
+            rows & finite & ~celsius & ((value < low) | (value > high)),
+            f"{name} value outside the plausible range [{low:g}, {high:g}] {unit}",
+        )
+        floor, ceiling = SIGMA_RANGES[name]
+        given = rows & np.isfinite(sigma) & (sigma > 0)
+        check(
+            given & (sigma < floor),
+            f"{name} sigma below {floor:g} {unit} (it would give one observation "
+            "almost all the weight)",
+        )
+        check(given & (sigma > ceiling), f"{name} sigma above {ceiling:g} {unit}")
+
+
+def _looks_like_celsius(value: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+    """``(M,)`` mask of the ``candidates`` (unitless ``T`` rows) that look like degrees Celsius.
+
+    All of them when their median is below :data:`CELSIUS_MEDIAN_K`, else
+    those at or below 0 (no temperature is, in kelvin).
+    """
+    if not candidates.any():
+        return np.zeros_like(candidates)
+    if np.median(value[candidates]) < CELSIUS_MEDIAN_K:
+        return candidates.copy()
+    return candidates & (value <= 0)
+
+
+def _apply_units(table: pd.DataFrame, names: pd.Series, problems: list[str]) -> np.ndarray:
     """Convert ``value`` to the grid variable's unit using the ``units`` column (in place).
 
     A missing unit (NaN or '') means the grid variable's unit already. ``sigma``
-    is a difference and only needs the scale.
+    is a difference and only needs the scale. Returns the ``(M,)`` mask of rows
+    whose unit was given.
     """
     units = _as_text(table["units"]).map(_canonical_units).astype(object)
     scale = np.ones(len(table))
@@ -418,8 +521,12 @@ def _apply_units(table: pd.DataFrame, names: pd.Series, problems: list[str]) -> 
             f"units not accepted in {_rows(rejected)}: {shown} "
             "(winds: m s-1, m/s, m s**-1; temperature: K, degC)"
         )
+    # A value in a unit not accepted cannot be converted: NaN keeps the range checks
+    # off it (the table is refused for its unit anyway).
+    offset[rejected] = np.nan
     table["value"] = table["value"].to_numpy() * scale + offset
     table["sigma"] = table["sigma"].to_numpy() * scale
+    return (units != "").to_numpy()
 
 
 # ---------------------------------------------------------------------------- files
@@ -582,9 +689,12 @@ def write_observations(df: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
 
 
 __all__ = [
+    "CELSIUS_MEDIAN_K",
     "OBSERVATION_COLUMNS",
     "OBSERVED_VARIABLES",
     "OPTIONAL_COLUMNS",
+    "PHYSICAL_RANGES",
+    "SIGMA_RANGES",
     "ObservationError",
     "read_observations",
     "validate_observations",

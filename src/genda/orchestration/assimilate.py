@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from contextlib import nullcontext
 from typing import Any
 
 import numpy as np
@@ -20,21 +21,30 @@ import pandas as pd
 import torch
 
 from genda import __version__
-from genda.assimilation.posterior import PosteriorSettings, fit_of_values, window_seed
+from genda.assimilation.posterior import (
+    PosteriorSettings,
+    check_guidance,
+    fit_of_values,
+    window_seed,
+)
+from genda.budget import check_output_size, human_bytes
+from genda.devices import check_device
 from genda.ensemble import MemberGenerator, WindowJob, WorkerSpec, complete_window
-from genda.ensemble.cluster import check_reachable
+from genda.ensemble.cluster import check_cluster, ray_session
 from genda.ensemble.cluster import ray_address as ray_address_of
 from genda.ensemble.scheduler import ActorPool
 from genda.ensemble.work import set_layers_per_batch
 from genda.errors import InvalidValueError
 from genda.models.checkpoint import LoadedPrior, load_checkpoint
 from genda.observations.operators import ObservationOperator
+from genda.observations.qc import DEFAULT_OUTLIER_K, check_outlier_k, screen_observations
 from genda.observations.table import (
     as_datetime64,
     read_observations,
     validate_observations,
     window_bounds,
 )
+from genda.ownership import check_extendable, check_replaceable
 from genda.storage.ensemble_store import EnsembleStore
 
 FIT_BLOCK_MEMBERS = 32
@@ -110,6 +120,8 @@ def assimilate_window(
     settings: PosteriorSettings | None = None,
     seed: int = 0,
     window_hours: float = 1.0,
+    outlier_k: float = DEFAULT_OUTLIER_K,
+    keep_outliers: bool = False,
     layers_per_batch: int | None = None,
     device: str = "cpu",
     workers: int = 0,
@@ -120,6 +132,8 @@ def assimilate_window(
     members_per_shard: int | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    yes: bool = False,
+    insecure: bool = False,
 ) -> dict[str, Any]:
     """Complete the window at ``time`` in the ensemble store ``out`` (created when absent).
 
@@ -134,6 +148,11 @@ def assimilate_window(
             its defaults when ``None``).
         seed: the experiment's seed; the window seed is a hash of it and ``time``.
         window_hours: observations within ``time +- window_hours / 2`` are accepted.
+        outlier_k: the background check's threshold: observations farther than
+            ``outlier_k`` standard deviations from the prior's climatology are
+            flagged (:mod:`genda.observations.qc`); finite, > 0.
+        keep_outliers: assimilate the flagged observations too (they are counted
+            either way).
         layers_per_batch: ``layer2d`` only: layers per network call (the memory knob).
         device: torch device: ``cpu`` or ``cuda`` (Ray workers take one GPU each).
         workers: Ray actors to spread the members over; 0 samples in this process.
@@ -142,8 +161,12 @@ def assimilate_window(
         pool: live Ray actors to use (overrides ``workers``; left running).
         auto_batch: probe the device for the batch size (GPUs; CPUs keep ``settings``').
         members_per_shard: sharding of a new store (``None``: automatic).
-        overwrite: replace an existing store (every window in it).
+        overwrite: replace an existing genda store (every window in it); nothing
+            that is not a genda ensemble store is ever replaced.
         progress: progress bar over members.
+        yes: confirm a store larger than :data:`genda.budget.CONFIRM_BYTES`.
+        insecure: allow a local Ray cluster without token authentication
+            (``RAY_AUTH_MODE=disabled``; :func:`genda.ensemble.cluster.check_local_cluster`).
 
     Returns:
         A summary: store, counts, timing (members/s over the members made now),
@@ -154,31 +177,53 @@ def assimilate_window(
             this window with other provenance (other observations, settings or
             checkpoint).
     """
+    # Everything is checked before the store is created, replaced or a window
+    # registered: a refused run leaves the store as it was and the window free.
     if members < 1:
         raise InvalidValueError(f"members must be >= 1, got {members}")
     if workers < 0:
-        raise InvalidValueError(f"--workers must be >= 0, got {workers}")
+        raise InvalidValueError(f"workers must be >= 0, got {workers}")
+    if threads_per_worker < 1:
+        raise InvalidValueError(f"threads_per_worker must be >= 1, got {threads_per_worker}")
     if not (window_hours >= 0 and np.isfinite(window_hours)):
-        raise InvalidValueError(f"--window-hours must be a finite number >= 0, got {window_hours}")
+        raise InvalidValueError(f"window_hours must be a finite number >= 0, got {window_hours}")
     if layers_per_batch is not None and layers_per_batch < 1:
-        raise InvalidValueError(f"--layers-per-batch must be >= 1, got {layers_per_batch}")
+        raise InvalidValueError(f"layers_per_batch must be >= 1, got {layers_per_batch}")
+    outlier_k = check_outlier_k(outlier_k)
     settings = settings or PosteriorSettings()
     when = as_datetime64(time)
+    check_device(device)
+    if overwrite:
+        check_replaceable(out, "ensemble store", overwrite=True)
+    else:
+        check_extendable(out, "ensemble store")
     in_process = workers == 0 and pool is None
     # The driver loads the prior to check the grid and the observations; it
     # samples with it only in-process (actors load their own copy).
     prior = load_checkpoint(checkpoint, device=device if in_process else "cpu")
     if layers_per_batch is not None:
         set_layers_per_batch(prior, layers_per_batch)
+    field_bytes = int(np.prod(prior.grid.shape)) * 4  # float32 members
+    check_output_size(
+        members * field_bytes, out, f"{members} members of {human_bytes(field_bytes)}", yes=yes
+    )
     obs = None
+    qc = None
     if observations is not None:
         obs = load_window_observations(observations, prior.grid, when, window_hours)
+        # The provenance fingerprints the table assimilated (after the background
+        # check): outlier_k and keep_outliers enter it through what they change,
+        # so windows made before the check, with nothing flagged, still match.
+        obs, qc = screen_observations(
+            obs, prior.grid, prior.normalization, outlier_k, keep_outliers, str(observations)
+        )
     provenance = window_provenance(prior, obs, settings, seed, when, window_hours)
+    check_guidance(prior, obs, settings, device if in_process else "cpu")
     spec = None
     if not in_process:
         spec = WorkerSpec(str(prior.path), device, threads_per_worker, layers_per_batch)
-        if pool is None:  # a named cluster must answer before the store is touched
-            check_reachable(ray_address_of(ray_address))
+        if pool is None:  # the cluster must answer, or be allowed, before the store is touched
+            check_cluster(ray_address_of(ray_address), insecure=insecure)
 
     title = "genda posterior ensemble" if obs is not None else "genda prior ensemble"
     store = EnsembleStore.open_or_create(
@@ -198,16 +243,21 @@ def assimilate_window(
         obs,
         provenance["observations_sha256"],
     )
-    report = complete_window(
-        job,
-        workers=workers,
-        spec=spec,
-        generator=MemberGenerator(str(prior.path), device, prior=prior) if in_process else None,
-        pool=pool,
-        address=ray_address,
-        auto_batch=auto_batch,
-        progress=progress,
-    )
+    # Ray is attached here so that the insecure setting reaches a local
+    # cluster; complete_window then uses the initialised Ray as it is.
+    cpus = workers * threads_per_worker if device == "cpu" else None
+    attach = spec is not None and pool is None
+    with ray_session(ray_address, num_cpus=cpus, insecure=insecure) if attach else nullcontext():
+        report = complete_window(
+            job,
+            workers=workers,
+            spec=spec,
+            generator=MemberGenerator(str(prior.path), device, prior=prior) if in_process else None,
+            pool=pool,
+            address=ray_address,
+            auto_batch=auto_batch,
+            progress=progress,
+        )
     run = report.run
     summary: dict[str, Any] = {
         "store": str(store.path),
@@ -227,6 +277,9 @@ def assimilate_window(
         "by_worker": run.by_worker,
         "peak_memory_mib": run.peak_memory_mib,
         "observations": 0 if obs is None else len(obs),
+        "outliers": 0 if qc is None else qc.n_flagged,
+        "outliers_by_variable": {} if qc is None else {k: v for k, v in qc.flagged.items() if v},
+        "outliers_kept": keep_outliers,
     }
     if obs is not None:
         operator = ObservationOperator.from_table(obs, prior.grid).to(dtype=torch.float64)

@@ -39,6 +39,7 @@ from genda.errors import InvalidValueError
 from genda.grid import Grid
 from genda.observations.table import as_datetime64
 from genda.orchestration.assimilate import load_window_observations, observation_fingerprint
+from genda.ownership import check_extendable, check_replaceable
 from genda.storage.ensemble_store import EnsembleStore
 from genda.storage.readers import open_archive
 
@@ -92,7 +93,8 @@ def baseline_window(
         horizontal_km: Gaspari-Cohn half-width in great-circle distance (support twice that).
         vertical_km: Gaspari-Cohn half-width in altitude.
         exclude_hours: archive times within this many hours of ``time`` are never drawn.
-        overwrite: replace an existing store (every window in it).
+        overwrite: replace an existing genda store (every window in it); nothing
+            that is not a genda ensemble store is ever replaced.
 
     Returns:
         A summary with the keys of ``assimilate_window``'s: ``store``,
@@ -119,6 +121,11 @@ def baseline_window(
             raise InvalidValueError(f"the {method!r} baseline needs observations; got none")
     localization = Localization(horizontal_km, vertical_km)
     out = Path(out)
+    # Before the analysis, so that a refused output costs nothing.
+    if overwrite:
+        check_replaceable(out, "ensemble store", overwrite=True)
+    else:
+        check_extendable(out, "ensemble store")
     when = as_datetime64(time)
     ds = open_archive(archive)
     grid = Grid.from_dataset(ds)

@@ -25,6 +25,7 @@ pattern without ``{time}`` are errors that name the key
 from __future__ import annotations
 
 import os
+import string
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Literal
@@ -35,6 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from genda.assimilation.posterior import PosteriorSettings
 from genda.errors import GendaError, InvalidValueError
+from genda.observations.qc import DEFAULT_OUTLIER_K
 
 
 class ConfigError(GendaError, ValueError):
@@ -50,6 +52,11 @@ class RayConfig(BaseModel):
     address: str | None = Field(None, description="A running cluster (else RAY_ADDRESS).")
     threads_per_worker: int = Field(1, ge=1, description="CPU actors: torch threads each.")
     device: Literal["cpu", "cuda"] = "cpu"
+    insecure: bool = Field(
+        False,
+        description="Allow a local cluster without Ray token authentication "
+        "(RAY_AUTH_MODE=disabled): its ports are open to the network.",
+    )
 
 
 class CycleConfig(BaseModel):
@@ -65,6 +72,13 @@ class CycleConfig(BaseModel):
     end: datetime
     every_hours: float = Field(1.0, gt=0)
     window_hours: float = Field(1.0, ge=0)
+    outlier_k: float = Field(
+        DEFAULT_OUTLIER_K,
+        gt=0,
+        allow_inf_nan=False,
+        description="Background check: observations beyond k standard deviations are flagged.",
+    )
+    keep_outliers: bool = Field(False, description="Assimilate the flagged observations too.")
     members: int = Field(16, ge=1)
     method: Literal["mmps", "dps", "sda"] = "mmps"
     steps: int = Field(32, ge=1)
@@ -83,10 +97,8 @@ class CycleConfig(BaseModel):
     @field_validator("observations", "withheld")
     @classmethod
     def _has_time_field(cls, value: str | None) -> str | None:
-        if value is not None and "{time" not in value:
-            raise InvalidValueError(
-                "must contain {time} or {time:<strftime format>}, e.g. obs/{time:%Y%m%dT%H}.parquet"
-            )
+        if value is not None:
+            check_time_pattern(value)
         return value
 
     @field_validator("start", "end")
@@ -134,6 +146,38 @@ class CycleConfig(BaseModel):
         )
 
 
+def check_time_pattern(pattern: str) -> None:
+    """Refuse a path pattern whose fields are anything but ``{time}`` or ``{time:<strftime>}``.
+
+    ``str.format`` would otherwise evaluate attribute and index access
+    (``{time.__class__}``) and fail at every window on an unknown field.
+
+    Raises:
+        InvalidValueError: the pattern names another field, uses attribute or
+            index access or a conversion, has no ``{time}``, or its format fails.
+    """
+    try:
+        parsed = list(string.Formatter().parse(pattern))
+    except ValueError as error:
+        raise InvalidValueError(f"is not a valid path pattern ({error})") from None
+    fields = [(name, spec, conversion) for _, name, spec, conversion in parsed if name is not None]
+    for name, spec, conversion in fields:
+        if name != "time" or conversion is not None or "{" in (spec or ""):
+            shown = name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "")
+            raise InvalidValueError(
+                f"has the field {{{shown}}}; only {{time}} or {{time:<strftime format>}} "
+                "is allowed, e.g. obs/{time:%Y%m%dT%H}.parquet"
+            )
+    if not fields:
+        raise InvalidValueError(
+            "must contain {time} or {time:<strftime format>}, e.g. obs/{time:%Y%m%dT%H}.parquet"
+        )
+    try:
+        pattern.format(time=datetime(2000, 1, 1))
+    except (ValueError, TypeError) as error:
+        raise InvalidValueError(f"cannot be formatted with a time ({error})") from None
+
+
 def _expand(pattern: str, time: np.datetime64) -> Path:
     when = datetime.fromisoformat(str(np.datetime64(time, "s")))
     return Path(os.path.expanduser(pattern.format(time=when)))
@@ -151,6 +195,8 @@ def load_cycle_config(path: str | os.PathLike[str]) -> CycleConfig:
         raise ConfigError(f"no cycle configuration at {path}")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text file (not UTF-8); expected YAML") from None
     except yaml.YAMLError as error:
         raise ConfigError(f"{path}: not valid YAML ({error})") from None
     if not isinstance(data, dict):

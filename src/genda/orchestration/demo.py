@@ -17,7 +17,6 @@ Everything lands under ``out_dir``; :class:`DemoResult` says where.
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -25,16 +24,46 @@ from typing import Any
 
 import numpy as np
 
-from genda.errors import RunFailedError
+from genda.atomic import remove_path
+from genda.ensemble.cluster import check_cluster, ray_address
+from genda.errors import OutputExistsError, RunFailedError
 from genda.observations.networks import observe_to_file
 from genda.orchestration.baseline import baseline_window
 from genda.orchestration.config import CycleConfig, RayConfig
 from genda.orchestration.simulate import simulate_archive
+from genda.ownership import DEMO_MARKER, Kind, check_replaceable, is_empty_directory, written_kind
 from genda.simulator import SimulatorConfig
 from genda.storage import open_archive
 
 DEMO_NETWORKS = "radars,lidars,mls"
 DEMO_WITHHELD = ("Collm", "Davis")
+
+
+DEMO_STORES: dict[str, Kind] = {
+    "truth.zarr": "archive",
+    "ensemble.zarr": "ensemble store",
+    "enkf.zarr": "ensemble store",
+}
+"""The stores a demo folder holds, replaced by every run."""
+
+
+def claim_demo_folder(out: Path) -> None:
+    """Make ``out`` a demo folder (marked by :data:`~genda.ownership.DEMO_MARKER`).
+
+    Raises:
+        OutputExistsError: ``out`` is a file, or a non-empty directory that an
+            earlier demo did not make (the demo never writes into a foreign folder).
+    """
+    if out.exists() and not is_empty_directory(out) and written_kind(out) != "demo folder":
+        what = "a file" if not out.is_dir() else "a folder that genda demo did not make"
+        raise OutputExistsError(
+            f"{out} is {what}; the demo writes only into a new or empty folder, or one "
+            "it made before: choose another folder"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    (out / DEMO_MARKER).write_text(
+        "This folder was made by genda demo; a rerun replaces its stores.\n", encoding="utf-8"
+    )
 
 
 @dataclass
@@ -63,8 +92,12 @@ def run_demo(
     exclude_hours: float = 12.0,
     simulator: SimulatorConfig | None = None,
     progress: bool = True,
+    insecure: bool = False,
 ) -> DemoResult:
     """Run the demo (module docstring) into ``out_dir``, replacing an earlier demo there.
+
+    ``out_dir`` must be new, empty, or a demo folder (:func:`claim_demo_folder`);
+    nothing the demo did not write is removed.
 
     Args:
         checkpoint: the prior; its grid must be the simulator's.
@@ -74,13 +107,19 @@ def run_demo(
         seed: of the truth run and the observation errors.
         exclude_hours: the baseline's climatology keeps this far from the window.
         simulator: the model's grid and settings (default: the default grid).
+        insecure: allow a local Ray cluster without token authentication
+            (:func:`genda.ensemble.cluster.check_local_cluster`).
     """
     out = Path(out_dir)
-    for name in ("truth.zarr", "obs", "ensemble.zarr", "enkf.zarr", "reports"):
-        path = out / name
-        if path.is_dir():
-            shutil.rmtree(path)
-    out.mkdir(parents=True, exist_ok=True)
+    if workers:  # a refused or unreachable cluster fails before minutes of simulation
+        check_cluster(ray_address(None), insecure=insecure)
+    claim_demo_folder(out)
+    # The demo's own stores are replaced whole (a stale ensemble store would be
+    # reused as complete); each is checked to be genda's of that kind first.
+    # obs/ and reports/ are never removed: only the demo's own files in them are rewritten.
+    for name, kind in DEMO_STORES.items():
+        check_replaceable(out / name, kind, overwrite=True)
+        remove_path(out / name)
     truth = simulate_archive(
         out / "truth.zarr",
         simulator or SimulatorConfig(),
@@ -97,7 +136,9 @@ def run_demo(
     time = time.astype("datetime64[s]")
     stamp = str(time).replace(":", "")
     obs_path = out / "obs" / f"obs-{stamp}.parquet"
-    observed = observe_to_file(truth, time, DEMO_NETWORKS, obs_path, seed, DEMO_WITHHELD)
+    observed = observe_to_file(
+        truth, time, DEMO_NETWORKS, obs_path, seed, DEMO_WITHHELD, overwrite=True
+    )
     withheld = observed["paths"]["withheld"]
     baseline = out / "enkf.zarr"
     baseline_window(
@@ -126,7 +167,7 @@ def run_demo(
         reports=out / "reports",
         baselines={"enkf": baseline},
         seed=seed,
-        ray=RayConfig(workers=workers),
+        ray=RayConfig(workers=workers, insecure=insecure),
     )
     from genda.orchestration.flows import assimilation_cycle  # imports Prefect
 

@@ -16,10 +16,12 @@ import torch
 import xarray as xr
 from tqdm.auto import tqdm
 
+from genda.errors import InvalidValueError
 from genda.evaluation.fidelity import FidelityReport, fidelity_report
 from genda.grid import Grid, lookup_variable
 from genda.models.checkpoint import LoadedPrior, load_checkpoint
 from genda.models.sampling import SamplingMethod, sample
+from genda.ownership import check_replaceable
 from genda.storage import open_archive
 
 
@@ -91,14 +93,28 @@ def prior_fidelity(
     device: str = "cpu",
     save_samples: bool = False,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> FidelityRun:
-    """Sample ``members`` from ``checkpoint`` and compare them with the archive ``data``."""
-    out.mkdir(parents=True, exist_ok=True)
+    """Sample ``members`` from ``checkpoint`` and compare them with the archive ``data``.
+
+    Every setting, the checkpoint, the data and ``out`` are checked before
+    anything is sampled or written; ``overwrite`` replaces an earlier fidelity
+    report at ``out`` (a file or a folder that is not one is never written into).
+    """
+    for name, value in (("members", members), ("steps", steps), ("batch_size", batch_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise InvalidValueError(f"{name} must be a positive integer, got {value!r}")
+    if members < 2:
+        raise InvalidValueError(
+            f"members must be >= 2 to estimate the samples' spread, got {members}"
+        )
+    check_replaceable(out, "fidelity report", overwrite)
     prior = load_checkpoint(checkpoint, device=device)
     reference = open_archive(data, grid=None)
     prior.grid.check_same(
         Grid.from_dataset(reference, prior.grid.variables), what=f"archive {data}"
     )
+    out.mkdir(parents=True, exist_ok=True)
     samples = sample_prior(prior, members, seed, steps, method, batch_size, device, progress)
     samples_path = None
     if save_samples:

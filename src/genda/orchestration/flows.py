@@ -82,10 +82,13 @@ def make_ensemble(config: CycleConfig, time: str) -> dict[str, Any]:
         settings=config.settings(),
         seed=config.seed,
         window_hours=config.window_hours,
+        outlier_k=config.outlier_k,
+        keep_outliers=config.keep_outliers,
         device=config.ray.device,
         workers=config.ray.workers,
         threads_per_worker=config.ray.threads_per_worker,
         ray_address=config.ray.address,
+        insecure=config.ray.insecure,
         auto_batch=config.batch_size == "auto",
         progress=sys.stderr.isatty(),  # a bar for a person watching, not in logs
     )
@@ -116,6 +119,7 @@ def evaluate_window(config: CycleConfig, time: str) -> dict[str, Any]:
         obs_path=config.observation_path(np.datetime64(time)),
         withheld_path=config.withheld_path(np.datetime64(time)),
         baseline_paths=config.baselines,
+        overwrite=True,  # the window's own report folder: a rerun evaluates it again
     )
     return {
         "metrics_path": str(out / "metrics.json"),
@@ -212,7 +216,8 @@ def assimilation_cycle(config: CycleConfig) -> list[dict[str, Any]]:
     # instead of each window starting (and stopping) a local cluster.
     workers = config.ray
     cpus = workers.workers * workers.threads_per_worker if workers.device == "cpu" else None
-    with ray_session(workers.address, num_cpus=cpus) if workers.workers else nullcontext():
+    session = ray_session(workers.address, num_cpus=cpus, insecure=workers.insecure)
+    with session if workers.workers else nullcontext():
         for when in config.windows():
             time = str(when)
             try:

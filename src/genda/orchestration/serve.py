@@ -137,7 +137,10 @@ def serve_cycle(
 
             cpus = config.ray.workers * config.ray.threads_per_worker
             session = stack.enter_context(
-                ray_session(num_cpus=cpus if config.ray.device == "cpu" else None)
+                ray_session(
+                    num_cpus=cpus if config.ray.device == "cpu" else None,
+                    insecure=config.ray.insecure,
+                )
             )
             os.environ["RAY_ADDRESS"] = session.address
         from prefect import serve

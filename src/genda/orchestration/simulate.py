@@ -17,8 +17,10 @@ from typing import Any
 from tqdm.auto import tqdm
 
 import genda
+from genda.budget import check_output_size, human_bytes
 from genda.constants import SECONDS_PER_DAY
-from genda.errors import InvalidValueError, OutputExistsError
+from genda.errors import InvalidValueError
+from genda.ownership import check_replaceable
 from genda.simulator import Simulator, SimulatorConfig
 from genda.storage import write_archive
 
@@ -87,6 +89,7 @@ def simulate_archive(
     chunk_hours: int = 24,
     history: str | None = None,
     extra_attrs: Mapping[str, Any] | None = None,
+    yes: bool = False,
 ) -> Path:
     """Spin the model up, then write ``days`` of output every ``every_hours`` to ``out``.
 
@@ -98,11 +101,12 @@ def simulate_archive(
         seed: random seed of the model's stochastic forcing.
         spinup_days: model days run before the first output.
         every_hours: output interval in hours.
-        overwrite: replace an existing archive.
+        overwrite: replace an existing genda archive (nothing else is ever replaced).
         progress: progress bars on stderr.
         chunk_hours: snapshots per chunk along time.
         history: the command line, for the ``history`` attribute.
         extra_attrs: more global attributes.
+        yes: confirm an output larger than :data:`genda.budget.CONFIRM_BYTES`.
 
     Returns:
         The archive path. Nothing is written at ``out`` if the run fails
@@ -119,10 +123,13 @@ def simulate_archive(
         )
     count = round(count)
     out = Path(out)
-    if (out.exists() or out.is_symlink()) and not overwrite:
-        # Checked here too so that a refused run does not first spend the spin-up.
-        raise OutputExistsError(f"{out} exists; pass overwrite=True (--overwrite) to replace it")
+    # Checked here too so that a refused run does not first spend the spin-up.
+    check_replaceable(out, "archive", overwrite)
     config = fit_time_step(config, every_hours)
+    field_bytes = 3 * config.levels * config.nlat * config.nlon * 4  # u, v, T in float32
+    check_output_size(
+        count * field_bytes, out, f"{count} snapshots of {human_bytes(field_bytes)}", yes=yes
+    )
     sim = Simulator(config, seed=seed)
     spin_up(sim, spinup_days, progress=progress)
     attrs = simulation_attrs(config, seed, spinup_days, history)

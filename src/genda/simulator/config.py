@@ -7,6 +7,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from genda.devices import check_device
 from genda.errors import InvalidValueError
 
 
@@ -123,6 +124,7 @@ class SimulatorConfig:
             )
         if self.dtype not in ("float32", "float64"):
             raise InvalidValueError(f"dtype must be float32 or float64, got {self.dtype!r}")
+        check_device(self.device)  # a sentence now, not a CUDA traceback at the first step
 
     @property
     def truncation(self) -> int:

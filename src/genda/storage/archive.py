@@ -37,9 +37,10 @@ from tqdm.auto import tqdm
 
 import genda
 from genda.atomic import partial_path, publish_directory, remove_path
-from genda.errors import InvalidValueError, OutputExistsError, UnknownNameError
+from genda.errors import InvalidValueError, UnknownNameError
 from genda.grid import DEFAULT_VARIABLES, VARIABLES, Grid
 from genda.normalization import MEAN_ATTR, STD_ATTR, Normalization
+from genda.ownership import check_replaceable
 from genda.storage.errors import ArchiveError
 from genda.storage.readers import VARIABLES_ATTR, open_raw
 
@@ -182,13 +183,15 @@ def write_archive(
             output) and per write; bounds the memory to one chunk.
         progress: show a progress bar over snapshots (on stderr).
         total: number of snapshots, for the progress bar only.
-        overwrite: replace an existing ``path`` (only once the new archive is complete).
+        overwrite: replace an existing genda archive at ``path`` (only once the new
+            archive is complete); anything else there is never replaced.
 
     Returns:
         ``path`` as a :class:`~pathlib.Path`.
 
     Raises:
-        FileExistsError: ``path`` exists and ``overwrite`` is false.
+        OutputExistsError: ``path`` exists and ``overwrite`` is false, or it is
+            not a genda archive (:func:`genda.ownership.check_replaceable`).
         ArchiveError: no snapshots, or times that do not increase.
         genda.grid.GridMismatchError: a snapshot not shaped like ``grid``.
 
@@ -198,8 +201,7 @@ def write_archive(
     if chunk_hours < 1:
         raise InvalidValueError(f"chunk_hours must be >= 1, got {chunk_hours}")
     path = Path(path)
-    if (path.exists() or path.is_symlink()) and not overwrite:
-        raise OutputExistsError(f"{path} exists; pass overwrite=True (--overwrite) to replace it")
+    check_replaceable(path, "archive", overwrite)  # never a foreign file or directory
     global_attrs = provenance_attrs(attrs, grid)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = partial_path(path)
@@ -226,10 +228,7 @@ def write_archive(
         if written == 0:
             raise ArchiveError(f"no snapshots to write to {path}")
         _attach_normalization(partial, grid)
-        if not overwrite and (path.exists() or path.is_symlink()):
-            raise OutputExistsError(
-                f"{path} appeared while the archive was written; not replacing it"
-            )
+        check_replaceable(path, "archive", overwrite)  # it may have appeared meanwhile
         publish_directory(partial, path)
     except BaseException:
         remove_path(partial)

@@ -52,17 +52,22 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import numpy as np
 import xarray as xr
 import zarr
 
 from genda.atomic import partial_path, publish_directory, remove_path
-from genda.errors import InvalidValueError, MissingInputError, OutputExistsError, UnknownNameError
+from genda.errors import InvalidValueError, MissingInputError, UnknownNameError
 from genda.grid import Grid, lookup_variable
+from genda.ownership import check_replaceable
 from genda.storage.archive import consolidate, provenance_attrs
+from genda.storage.damage import naming_reads, open_naming_group
 from genda.storage.errors import ArchiveError
+
+if TYPE_CHECKING:
+    from genda.storage.integrity import StoreCheck, StoreRepair
 
 MEMBER_DIM = "member"
 MEMBER_DIMS = ("time", MEMBER_DIM, "altitude", "latitude", "longitude")
@@ -188,6 +193,17 @@ def auto_members_per_shard(members: int, field_bytes: int) -> int:
     return per_shard
 
 
+def damaged_members_message(path: Path, window: str, members: Sequence[int], what: str = "") -> str:
+    """The error for members flagged complete whose data are missing or NaN."""
+    shown = ", ".join(map(str, members[:20])) + (" ..." if len(members) > 20 else "")
+    return (
+        f"window {window} of {path}: member{'s' if len(members) > 1 else ''} {shown} "
+        f"{'are' if len(members) > 1 else 'is'} flagged complete but {what or 'the'} data are "
+        f"missing or NaN (a chunk file was removed or damaged); 'genda validate --repair {path}' "
+        "clears the flags so that a rerun of the window regenerates them"
+    )
+
+
 def nearest_level(altitude: np.ndarray, alt_km: float) -> int:
     """Index of the level nearest ``alt_km``; an error if it is more than half a level spacing away.
 
@@ -219,12 +235,14 @@ def nearest_level(altitude: np.ndarray, alt_km: float) -> int:
 
 
 def _open_group(path: Path, mode: Literal["r", "r+"]) -> zarr.Group:
-    """The store's root group, read fresh from disk.
+    """The store's root group, read fresh from disk; a damaged chunk file it reads is named.
 
     Consolidated metadata is skipped: it may lag behind a window that the
     coordinator has just added, and writers must see the current shapes.
+    Arrays read through :class:`~genda.storage.damage.NamingCodecPipeline`, so
+    a file that cannot be decoded raises :class:`~genda.storage.damage.DamagedFileError`.
     """
-    return zarr.open_group(str(path), mode=mode, zarr_format=3, use_consolidated=False)
+    return open_naming_group(path, mode)
 
 
 # ---------------------------------------------------------------------------- the store
@@ -276,18 +294,18 @@ class EnsembleStore:
             members_per_shard: consecutive members per shard file; 1 turns sharding
                 off; ``None`` picks :func:`auto_members_per_shard`. See the
                 writer rule in the module docstring.
-            overwrite: replace an existing store at ``path``.
+            overwrite: replace an existing genda ensemble store at ``path``.
 
         Raises:
-            FileExistsError: ``path`` exists and ``overwrite`` is false.
+            OutputExistsError: ``path`` exists and ``overwrite`` is false, or it
+                is not a genda ensemble store (:func:`genda.ownership.check_replaceable`).
             EnsembleStoreError: bad ``members``, ``members_per_shard`` or ``attrs``.
 
         The store is built in a sibling directory and renamed into place, so a
         failed creation leaves nothing at ``path``.
         """
         path = Path(path)
-        if (path.exists() or path.is_symlink()) and not overwrite:
-            raise OutputExistsError(f"{path} exists; pass overwrite=True to replace it")
+        check_replaceable(path, "ensemble store", overwrite)  # never a foreign directory
         if isinstance(members, bool) or not isinstance(members, int | np.integer) or members < 1:
             raise EnsembleStoreError(f"members must be a positive integer, got {members!r}")
         members = int(members)
@@ -503,7 +521,8 @@ class EnsembleStore:
 
         Adding a window that exists returns its index if ``provenance`` is the
         one recorded, and raises otherwise, naming the keys that differ: members
-        sampled with other settings must not be mixed into one ensemble.
+        sampled with other settings must not be mixed into one ensemble. A
+        window without any complete member takes the new provenance instead.
 
         The slot is added in this order: every array grows by one (the ``time``
         coordinate last), the time value is written, the provenance recorded.
@@ -537,6 +556,13 @@ class EnsembleStore:
             if key in windows:
                 old = windows[key]["provenance"]
                 differ = _provenance_differences(old, record)
+                # A window no member was written for holds nothing to mix with:
+                # it is registered again under the new settings.
+                if differ and not np.any(group[COMPLETE][index]):
+                    windows[key] = {"provenance": record, "finalized": False}
+                    group.attrs[WINDOWS_ATTR] = json.dumps(windows, sort_keys=True)
+                    consolidate(self.path)
+                    return index
                 if differ:
                     details = "; ".join(
                         f"{k}: stored {old.get(k, '<absent>')!r}, given {record.get(k, '<absent>')!r}"
@@ -674,9 +700,15 @@ class EnsembleStore:
         """``(n, V, L, H, W)`` float32 members of a window (default: all), in the order given.
 
         Members not yet written read as NaN (see :meth:`missing`).
+
+        Raises:
+            DamagedFileError: a chunk or shard file cannot be decoded (it is named).
+            EnsembleStoreError: a member flagged complete has missing or NaN data
+                (:meth:`repair` clears its flag so that a rerun regenerates it).
         """
+        t = _as_time(time)
         group = _open_group(self.path, "r")
-        index = self._locate(group, _as_time(time))
+        index = self._locate(group, t)
         chosen = list(range(self.n_members)) if members is None else [int(m) for m in members]
         for member in chosen:
             self._check_member(member)
@@ -685,6 +717,11 @@ class EnsembleStore:
             array = group[name]
             for i, member in enumerate(chosen):
                 out[i, v] = array[index, member]
+        flags = np.asarray(group[COMPLETE][index], dtype=bool)
+        finite = np.isfinite(out.reshape(len(chosen), -1)).all(axis=1)
+        damaged = sorted({m for m, ok in zip(chosen, finite, strict=True) if flags[m] and not ok})
+        if damaged:
+            raise EnsembleStoreError(damaged_members_message(self.path, _iso(t), damaged))
         return out
 
     def missing(self, time: TimeLike) -> list[int]:
@@ -753,7 +790,8 @@ class EnsembleStore:
             listed = "; ".join(f"member {m} variable {v!r}" for m, v in sorted(corrupt)[:8])
             raise EnsembleStoreError(
                 f"window {key}: members flagged complete have NaN or missing data ({listed}); "
-                "rewrite them (validate() lists them), nothing was finalised"
+                "nothing was finalised: repair() (genda validate --repair) clears their flags "
+                "so that a rerun regenerates them"
             )
         for name, field in results.items():
             group[name][index] = field
@@ -763,85 +801,42 @@ class EnsembleStore:
         consolidate(self.path)
 
     # ------------------------------------------------------------------ checks
-    def validate(self) -> list[str]:
-        """Problems of the store, one sentence each (empty: the store is consistent).
+    def validate(self) -> StoreCheck:
+        """Every problem of the store, as a :class:`~genda.storage.integrity.StoreCheck`.
 
-        Reads every member: meant for checks after a run or a crash, not for a
-        loop. Members not flagged complete are not problems (a rerun writes them).
+        Never raises for damaged data: members flagged complete whose data are
+        missing, undecodable (the file is named) or not finite, damaged or
+        premature statistics, interrupted registrations, stale consolidated
+        metadata are all reported (``check.problems``, one sentence each; empty:
+        the store is consistent). Reads every member flagged complete: meant for
+        checks after a run, a crash or a copy, not for a loop. Members not
+        flagged complete are not problems (a rerun writes them).
         """
-        problems: list[str] = []
-        group = _open_group(self.path, "r")
-        arrays = self._time_arrays(group)
-        lengths = {a.basename: a.shape[0] for a in arrays}
-        if len(set(lengths.values())) > 1:
-            problems.append(
-                f"arrays disagree on the number of time slots ({lengths}); "
-                "a window registration was interrupted: add the window again"
-            )
-        times = self._times(group)
-        windows = self._windows(group)
-        seen: dict[str, int] = {}
-        slots: dict[str, int] = {}
-        for i, seconds in enumerate(times):
-            if seconds == TIME_FILL:
-                problems.append(f"time slot {i} has no time (an interrupted add_window)")
-                continue
-            key = _iso(_EPOCH + np.timedelta64(int(seconds), "s"))
-            if key in seen:
-                problems.append(f"window {key} occupies time slots {seen[key]} and {i}")
-                continue
-            seen[key] = i
-            if key not in windows:
-                problems.append(
-                    f"time slot {i} ({key}) has no provenance (an interrupted add_window)"
-                )
-            else:
-                slots[key] = i
-        for key in sorted(set(windows) - set(seen)):
-            problems.append(f"window {key} has provenance but no time slot")
-        problems.extend(self._consolidation_problems(lengths))
-        length = min(lengths.values())
-        mask = np.asarray(group[COMPLETE][:length], dtype=bool)
-        for key, index in slots.items():
-            if index >= length:
-                continue
-            flagged = np.flatnonzero(mask[index])
-            for name in self.grid.variables:
-                for batch in self.shard_batches(flagged.tolist()):
-                    for start, stop, offset in _runs(batch):
-                        data = np.asarray(group[name][index, start:stop])
-                        finite = np.isfinite(data).reshape(stop - start, -1)
-                        for j in np.flatnonzero(~finite.all(axis=1)):
-                            count = int((~finite[j]).sum())
-                            problems.append(
-                                f"window {key}: member {batch[offset + j]} is flagged complete "
-                                f"but {count} of {finite.shape[1]} values of {name!r} are "
-                                "missing or NaN"
-                            )
-            finalized = bool(windows[key].get("finalized", False))
-            present = []
-            for name in self.grid.variables:
-                for stat in STATS:
-                    field = np.asarray(group[f"{name}_{stat}"][index])
-                    one_member_std = stat == "std" and self.n_members == 1  # NaN by definition
-                    if finalized and not one_member_std and not np.isfinite(field).all():
-                        problems.append(
-                            f"window {key} is finalised but {name}_{stat} has missing or NaN values"
-                        )
-                    if not finalized and np.isfinite(field).any():
-                        present.append(f"{name}_{stat}")
-            if finalized and not mask[index].all():
-                problems.append(
-                    f"window {key} is finalised but members {np.flatnonzero(~mask[index]).tolist()} "
-                    "are not flagged complete"
-                )
-            if present:
-                state = "incomplete" if not mask[index].all() else "not finalised"
-                problems.append(
-                    f"statistics present for the {state} window {key} ({', '.join(present[:5])}"
-                    f"{' ...' if len(present) > 5 else ''})"
-                )
-        return problems
+        from genda.storage.integrity import check_store
+
+        return check_store(self)
+
+    def repair(self, check: StoreCheck | None = None) -> StoreRepair:
+        """Remove undecodable files, unflag damaged members, un-finalise their windows.
+
+        A rerun of each window then regenerates the unflagged members (bit for
+        bit: a member's data depend only on its seed) and its statistics. See
+        :func:`genda.storage.integrity.repair_store`.
+        """
+        from genda.storage.integrity import repair_store
+
+        return repair_store(self, check)
+
+    def recheck(self, time: TimeLike) -> list[int]:
+        """Re-check the window's complete members; unflag (with a warning) and return the damaged ones.
+
+        Called before a window is completed, so that a rerun regenerates
+        damaged members instead of keeping them
+        (:func:`genda.storage.integrity.recheck_window`).
+        """
+        from genda.storage.integrity import recheck_window
+
+        return recheck_window(self, time)
 
     def _consolidation_problems(self, lengths: Mapping[str, int]) -> list[str]:
         """Arrays whose consolidated shape (what ``xarray.open_zarr`` reads) lags the real one."""
@@ -977,9 +972,61 @@ def open_ensemble(path: str | os.PathLike[str]) -> xr.Dataset:
     Checks that ``path`` is a genda ensemble store first (:meth:`EnsembleStore.open`).
     """
     EnsembleStore.open(path)
-    with warnings.catch_warnings():
+    # Opened so that a chunk file that cannot be decoded is named when it is read.
+    with warnings.catch_warnings(), naming_reads():
         warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
         return xr.open_zarr(Path(path), zarr_format=3)
+
+
+def _check_block(
+    block: np.ndarray,
+    block_info: dict[Any, Any] | None = None,
+    *,
+    expected: np.ndarray,
+    windows: Sequence[str],
+    path: Path,
+    name: str,
+) -> np.ndarray:
+    """``block`` unchanged, or an error where data that must exist are missing or NaN.
+
+    ``expected`` covers the leading axes of the whole queried array:
+    ``(time, member)`` for members (``name`` is ``None``), ``(time,)`` for the
+    statistic ``name``; where it is True the rest of the block must be finite.
+    """
+    if block_info is None or block.size == 0:  # dask probing the output type
+        return block
+    lead = expected.ndim
+    location = block_info[0]["array-location"][:lead]
+    first = np.asarray([lo for lo, _ in location], dtype=int)
+    wanted = expected[tuple(slice(lo, hi) for lo, hi in location)]
+    finite = np.isfinite(block.reshape(*block.shape[:lead], -1)).all(axis=-1)
+    bad = np.argwhere(wanted & ~finite) + first
+    if bad.size == 0:
+        return block
+    window = int(bad[0, 0])
+    if lead == 2:
+        members = sorted(int(m) for t, m in bad if t == window)
+        raise EnsembleStoreError(damaged_members_message(path, windows[window], members))
+    raise EnsembleStoreError(
+        f"window {windows[window]} of {path} is finalised but its {name} has missing or NaN "
+        f"values (a chunk file was removed or damaged); 'genda validate --repair {path}' clears "
+        "the statistics so that a rerun of the window computes them again"
+    )
+
+
+def _checked(
+    da: xr.DataArray, expected: np.ndarray, windows: Sequence[str], path: Path, name: str
+) -> xr.DataArray:
+    """``da`` (lazy) whose blocks, when read, raise where ``expected`` data are missing or NaN."""
+    data = da.data.map_blocks(
+        _check_block,
+        dtype=da.dtype,
+        expected=expected,
+        windows=list(windows),
+        path=path,
+        name=name,
+    )
+    return da.copy(data=data)
 
 
 def query(
@@ -1008,6 +1055,12 @@ def query(
         KeyError: ``var`` is not in the store.
         ValueError: ``stat`` unknown, altitude off the levels, window not
             finalised (for a statistic) or absent.
+
+    Reading the result raises :class:`~genda.storage.damage.DamagedFileError`
+    (naming the file) where a chunk or shard file cannot be decoded, and
+    :class:`EnsembleStoreError` (naming window and members) where a member
+    flagged complete, or a finalised statistic, has missing or NaN data;
+    ``genda validate --repair`` makes such a store whole for a rerun.
     """
     if stat not in get_args(QueryStat):
         raise InvalidValueError(f"stat must be one of {list(get_args(QueryStat))}, got {stat!r}")
@@ -1026,13 +1079,32 @@ def query(
             raise InvalidValueError(
                 f"window {_iso(t)} of {path} is not finalised; run finalize for its {stat}"
             )
-        return da.isel(time=index)
-    wanted = [store.window_index(w) for w in store.windows()]
-    if stat != "members":
-        wanted = [i for i, w in zip(wanted, store.windows(), strict=True) if store.is_finalized(w)]
-        if not wanted:
-            raise InvalidValueError(f"{path} has no finalised window; run finalize for its {stat}")
-    return da.isel(time=wanted)
+        chosen, keys = [index], [_iso(t)]
+    else:
+        times = store.windows()
+        chosen = [store.window_index(w) for w in times]
+        keys = [_iso(w) for w in times]
+        if stat != "members":
+            kept = [
+                (i, k) for i, k, w in zip(chosen, keys, times, strict=True) if store.is_finalized(w)
+            ]
+            if not kept:
+                raise InvalidValueError(
+                    f"{path} has no finalised window; run finalize for its {stat}"
+                )
+            chosen, keys = [i for i, _ in kept], [k for _, k in kept]
+    # Reading a member flagged complete (or a finalised statistic) that is NaN is
+    # an error, not a value: its file was removed or damaged.
+    if stat == "members":
+        flags = np.asarray(_open_group(store.path, "r")[COMPLETE][:], dtype=bool)[chosen]
+        name = var
+    else:
+        one_member_std = stat == "std" and store.n_members == 1  # NaN by definition
+        flags = np.full(len(chosen), not one_member_std)
+        name = f"{var}_{stat}"
+    selected = da.isel(time=chosen)
+    selected = _checked(selected, flags, keys, store.path, name)
+    return selected.isel(time=0) if time is not None else selected
 
 
 def to_file(da: xr.DataArray, path: str | os.PathLike[str]) -> Path:

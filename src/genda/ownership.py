@@ -1,0 +1,150 @@
+"""What genda wrote, recognised by its own metadata: nothing else is ever replaced.
+
+Every command that writes refuses an existing output unless told to replace
+it (the ``overwrite`` setting), and even then replaces only an output of the
+same kind that genda itself wrote:
+
+- an archive: a Zarr directory whose root ``zarr.json`` carries ``genda_variables``;
+- an ensemble store: a Zarr directory whose root attributes carry ``genda_windows``;
+- a checkpoint: a directory holding ``config.json`` and ``model.safetensors``;
+- a report: a directory holding ``metrics.json`` (``genda evaluate``) or
+  ``fidelity.json`` (``genda fidelity``);
+- a demo folder: a directory holding the marker file ``.genda-demo``.
+
+An empty directory holds nothing to lose and may always be written into.
+Reading ``zarr.json`` as plain JSON keeps this module free of the storage
+stack, so every layer can use it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Literal
+
+from genda.errors import OutputExistsError
+
+Kind = Literal[
+    "archive", "ensemble store", "checkpoint", "evaluation report", "fidelity report", "demo folder"
+]
+
+DEMO_MARKER = ".genda-demo"
+"""The file that marks a folder as written by ``genda demo``."""
+
+_ZARR_MARKERS: dict[str, str] = {"archive": "genda_variables", "ensemble store": "genda_windows"}
+_DIRECTORY_FILES: dict[str, tuple[str, ...]] = {
+    "checkpoint": ("config.json", "model.safetensors"),
+    "evaluation report": ("metrics.json",),
+    "fidelity report": ("fidelity.json",),
+    "demo folder": (DEMO_MARKER,),
+}
+
+
+def _zarr_attributes(path: Path) -> dict[str, object]:
+    """The root attributes of a Zarr v3 directory (empty when it is not one)."""
+    try:
+        meta = json.loads((path / "zarr.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    attributes = meta.get("attributes") if isinstance(meta, dict) else None
+    return attributes if isinstance(attributes, dict) else {}
+
+
+def written_kind(path: str | os.PathLike[str]) -> Kind | None:
+    """Which kind of genda output ``path`` is, or ``None`` (absent, foreign, or a plain file)."""
+    path = Path(path)
+    if path.is_symlink() or not path.is_dir():
+        return None
+    attributes = _zarr_attributes(path)
+    for kind, key in _ZARR_MARKERS.items():
+        if key in attributes:
+            return kind  # type: ignore[return-value]
+    for kind, names in _DIRECTORY_FILES.items():
+        if all((path / name).is_file() for name in names):
+            return kind  # type: ignore[return-value]
+    return None
+
+
+def is_empty_directory(path: Path) -> bool:
+    """``path`` is a real directory with nothing in it."""
+    return path.is_dir() and not path.is_symlink() and not any(path.iterdir())
+
+
+def check_replaceable(path: str | os.PathLike[str], kind: Kind, overwrite: bool) -> None:
+    """Refuse to replace ``path`` unless it may be: absent, empty, or genda's ``kind`` with overwrite.
+
+    Args:
+        path: the output about to be written.
+        kind: what is about to be written there.
+        overwrite: the user asked to replace an existing output.
+
+    Raises:
+        OutputExistsError: ``path`` exists and ``overwrite`` is false, or it is
+            not a genda ``kind`` (a file, a foreign directory, another kind of
+            genda output): genda never deletes what it did not create.
+    """
+    path = Path(path)
+    if not (path.exists() or path.is_symlink()) or is_empty_directory(path):
+        return
+    found = written_kind(path)
+    if found != kind:
+        if found is not None:
+            what = f"a genda {found}"
+        else:
+            what = "a file" if path.is_file() else "a directory genda did not write"
+        raise OutputExistsError(
+            f"{path} exists and is {what}; genda replaces only a {kind} it wrote itself: "
+            "choose another path, or move it away yourself"
+        )
+    if not overwrite:
+        raise OutputExistsError(f"{path} exists (a genda {kind}); set overwrite (--overwrite) to replace it")
+
+
+def check_extendable(path: str | os.PathLike[str], kind: Kind) -> None:
+    """Refuse to add to ``path`` unless it is absent, empty, or genda's ``kind`` (e.g. a store).
+
+    Raises:
+        OutputExistsError: ``path`` is a file or a directory that is not a genda ``kind``.
+    """
+    path = Path(path)
+    if not (path.exists() or path.is_symlink()) or is_empty_directory(path):
+        return
+    found = written_kind(path)
+    if found != kind:
+        if found is not None:
+            what = f"a genda {found}"
+        elif path.is_file():
+            what = "a file"
+        elif not (path / "zarr.json").is_file():
+            what = "a directory that is not a Zarr v3 store"
+        else:
+            what = "a Zarr v3 store that genda did not write"
+        raise OutputExistsError(
+            f"{path} exists and is {what}, not a genda {kind}; choose another path"
+        )
+
+
+def check_file_replaceable(path: str | os.PathLike[str], overwrite: bool) -> None:
+    """Refuse to write a single-file export over a directory, or over a file without overwrite.
+
+    Raises:
+        OutputExistsError: ``path`` is a directory (or a link to one), or a
+            file and ``overwrite`` is false.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise OutputExistsError(f"{path} is a directory; give a file name")
+    if (path.exists() or path.is_symlink()) and not overwrite:
+        raise OutputExistsError(f"{path} exists; set overwrite (--overwrite) to replace it")
+
+
+__all__ = [
+    "DEMO_MARKER",
+    "Kind",
+    "check_extendable",
+    "check_file_replaceable",
+    "check_replaceable",
+    "is_empty_directory",
+    "written_kind",
+]
