@@ -31,7 +31,6 @@ from genda.assimilation.posterior import PosteriorSettings, posterior_denoiser, 
 from genda.errors import InvalidValueError, RunFailedError
 from genda.grid import Grid
 from genda.models.checkpoint import LoadedPrior, load_checkpoint
-from genda.observations.table import PHYSICAL_RANGES
 from genda.storage.ensemble_store import EnsembleStore
 from genda.threads import cpu_threads
 
@@ -128,6 +127,22 @@ class TaskReport:
     peak_memory_mib: float = 0.0
 
 
+# What no atmosphere can hold, in m s-1 and K (exclusive bounds). Members are held to
+# these, not to the plausible ranges of observations
+# (genda.observations.table.PHYSICAL_RANGES, 400 m/s and 80-1000 K): a member of a
+# run with too few sampler steps is poor but not impossible (2 Heun steps with a
+# barely trained prior reach 465 m/s and 30 K), and judging its quality is the job of
+# the fit and the scores. Beyond 1000 m/s the flow would be over three times the speed
+# of sound of the mesopause; no temperature is at or below 0 K, and none in the
+# atmosphere above 3000 K (the exosphere stays below ~2000 K in the strongest storms).
+MEMBER_LIMITS: dict[str, tuple[float, float]] = {
+    "u": (-1000.0, 1000.0),
+    "v": (-1000.0, 1000.0),
+    "T": (0.0, 3000.0),
+}
+"""Exclusive ``(low, high)`` bounds of a written member per variable (m s-1 or K)."""
+
+
 class ImplausibleMemberError(RunFailedError):
     """Sampled members hold NaN, infinite or physically impossible values; none was written."""
 
@@ -135,7 +150,7 @@ class ImplausibleMemberError(RunFailedError):
 def implausible_members(
     fields: np.ndarray, grid: Grid, members: Sequence[int]
 ) -> dict[int, list[str]]:
-    """What is impossible in each member of a batch: ``{member: ["T min -100 K < 80", ...]}``.
+    """What is impossible in each member of a batch: ``{member: ["T min -100 K <= 0", ...]}``.
 
     Args:
         fields: ``(B, V, L, H, W)`` physical fields, variables in ``grid`` order.
@@ -144,9 +159,8 @@ def implausible_members(
 
     Returns:
         The members with NaN or infinite values, or values outside
-        :data:`genda.observations.table.PHYSICAL_RANGES` (the bounds observations
-        are held to; ``T`` above 0 K at the very least), each with what is wrong;
-        empty when every member is plausible.
+        :data:`MEMBER_LIMITS` (``T`` above 0 K, winds below 1000 m/s), each with
+        what is wrong; empty when every member is possible.
     """
     found: dict[int, list[str]] = {}
     for b, member in enumerate(members):
@@ -160,17 +174,17 @@ def implausible_members(
                 values = values[finite]
                 if values.size == 0:
                     continue
-            if name not in PHYSICAL_RANGES:
+            if name not in MEMBER_LIMITS:
                 continue
-            low, high = PHYSICAL_RANGES[name]
+            low, high = MEMBER_LIMITS[name]
             unit = "K" if name == "T" else "m/s"
-            if values.min() < low:
+            if values.min() <= low:
                 found.setdefault(int(member), []).append(
-                    f"{name} min {values.min():.4g} {unit} < {low:g}"
+                    f"{name} min {values.min():.4g} {unit} <= {low:g}"
                 )
-            if values.max() > high:
+            if values.max() >= high:
                 found.setdefault(int(member), []).append(
-                    f"{name} max {values.max():.4g} {unit} > {high:g}"
+                    f"{name} max {values.max():.4g} {unit} >= {high:g}"
                 )
     return found
 
@@ -330,6 +344,7 @@ def set_layers_per_batch(prior: LoadedPrior, layers_per_batch: int) -> None:
 
 
 __all__ = [
+    "MEMBER_LIMITS",
     "ImplausibleMemberError",
     "MemberGenerator",
     "TaskReport",
