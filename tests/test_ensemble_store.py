@@ -183,6 +183,8 @@ def test_statistics_match_numpy(tmp_path):
 def test_provenance_mismatch_names_keys(tmp_path):
     store = make(tmp_path)
     store.add_window(T0, PROV)
+    # A window without members takes new provenance; one with members must refuse it.
+    store.write_members(T0, [0], fields([0]))
     other = {**PROV, "steps": 64, "seed": 8}
     with pytest.raises(EnsembleStoreError, match=r"seed: stored 7, given 8; steps: stored 32"):
         store.add_window(T0, other)

@@ -199,6 +199,7 @@ def test_a_window_flow_on_ray_actors_matches_the_in_process_one(harness, cycle_f
     from genda.threads import cpu_threads
 
     os.environ["RAY_AUTH_MODE"] = "disabled"
+    os.environ["GENDA_RAY_INSECURE"] = "1"  # the documented opt-in: loopback-only test machine
     base = load_cycle_config(cycle_files["config"]).model_copy(update={"truth": None})
     time = str(cycle_files["times"][0])
     here = base.model_copy(update={"store": cycle_files["root"] / "here.zarr"})

@@ -141,6 +141,46 @@ def test_other_units_rejected_naming_rows() -> None:
     assert "units not accepted in rows 0, 3, 4: 'km/h' for u, 'K' for los, 'degF' for T" in message
 
 
+def test_bounds_are_inclusive() -> None:
+    raw = table().assign(value=[-400.0, 400.0, 80.0, -400.0, 1000.0])
+    raw["sigma"] = [0.1, 400.0, 1000.0, 0.1, 0.1]
+    assert len(validate_observations(raw, GRID)) == 5
+
+
+def test_celsius_without_units_is_refused_with_a_units_hint() -> None:
+    # every T row is named when their median is below 100 K (here 45 K)...
+    raw = table().assign(value=[10.0, -5.0, 25.0, 3.0, 65.0])
+    message = problem(raw)
+    assert "T values look like degrees Celsius, not kelvin, in rows 2, 4 (median 45" in message
+    assert "'units' column ('degC' is converted to K)" in message
+    assert "1 problem(s)" in message  # not again as outside [80, 1000] K
+    # ... otherwise those at or below 0 K
+    raw = table().assign(variable=["T", "T", "T", "los", "T"], value=[200, 210, 190, 3, 0.0])
+    assert "degrees Celsius, not kelvin, in row 4 (median 0, 1 at or below 0 K)" in problem(raw)
+
+
+def test_celsius_with_units_is_converted_and_range_checked() -> None:
+    raw = table().assign(value=[10.0, -5.0, -80.0, 3.0, -250.0], units=["", "", "degC", "", "C"])
+    message = problem(raw)  # -250 degC is 23 K
+    assert "T value outside the plausible range [80, 1000] K in row 4" in message
+    assert "Celsius" not in message
+    out = validate_observations(raw.assign(value=[10.0, -5.0, -80.0, 3.0, -50.0]), GRID)
+    assert out["value"].tolist()[2:] == [pytest.approx(193.15), 3.0, pytest.approx(223.15)]
+
+
+def test_a_row_in_a_refused_unit_is_not_reported_twice() -> None:
+    message = problem(table().assign(units=["", "", "degF", "", ""], value=[10, -5, 5000, 3, 250]))
+    assert "units not accepted in row 2" in message and "1 problem(s)" in message
+
+
+def test_placeholder_values_may_skip_the_range_checks_but_not_sigma() -> None:
+    raw = table().assign(value=0.0)
+    assert (validate_observations(raw, GRID, check_values=False)["value"] == 0.0).all()
+    raw.loc[1, "sigma"] = 1e-30
+    with pytest.raises(ObservationError, match=r"v sigma below 0\.1 m/s in row 1"):
+        validate_observations(raw, GRID, check_values=False)
+
+
 # ---------------------------------------------------------------------------- errors
 def _set(column: str, row: int, value: object) -> Callable[[pd.DataFrame], pd.DataFrame]:
     def change(df: pd.DataFrame) -> pd.DataFrame:
@@ -175,6 +215,15 @@ def _set(column: str, row: int, value: object) -> Callable[[pd.DataFrame], pd.Da
         (_set("fwhm_km", 4, np.inf), "fwhm_km is infinite in row 4"),
         (_set("time", 2, "yesterday"), "time missing or not a date-time in row 2"),
         (_set("time", 2, None), "time missing or not a date-time in row 2"),
+        (_set("value", 0, 400.5), "u value outside the plausible range [-400, 400] m/s in row 0"),
+        (_set("value", 1, -1e6), "v value outside the plausible range [-400, 400] m/s in row 1"),
+        (_set("value", 3, 450.0), "los value outside the plausible range [-400, 400] m/s in row 3"),
+        (_set("value", 2, 1000.5), "T value outside the plausible range [80, 1000] K in row 2"),
+        (_set("value", 4, 79.0), "T value outside the plausible range [80, 1000] K in row 4"),
+        (_set("sigma", 0, 0.09), "u sigma below 0.1 m/s in row 0"),
+        (_set("sigma", 4, 1e-30), "T sigma below 0.1 K in row 4"),
+        (_set("sigma", 1, 401.0), "v sigma above 400 m/s in row 1"),
+        (_set("sigma", 2, 1e20), "T sigma above 1000 K in row 2"),
     ],
 )
 def test_each_rule_names_its_rows(

@@ -558,7 +558,7 @@ def assimilate(
         table.add_row("observations", str(result["observations"]))
         outliers = ", ".join(f"{k} {n}" for k, n in result["outliers_by_variable"].items())
         table.add_row(
-            "outliers (background check)",
+            "outliers",
             f"{result['outliers']}"
             + (f" ({outliers})" if outliers else "")
             + (", kept" if result["outliers_kept"] else ", left out" if outliers else ""),
@@ -615,6 +615,61 @@ def query(
     if out is not None:
         table.add_row("written", str(out))
     console.print(table)
+
+
+@app.command("validate")
+def validate_command(
+    store: Annotated[Path, typer.Argument(help="Ensemble store (Zarr).")],
+    repair: Annotated[
+        bool,
+        typer.Option(
+            help="Remove undecodable chunk files and clear the complete flags of damaged "
+            "members, so that a rerun of their windows regenerates them."
+        ),
+    ] = False,
+) -> None:
+    """Check an ensemble store (every member flagged complete, every statistic); exit 1 on problems."""
+    from genda.storage import EnsembleStore
+
+    ensemble = EnsembleStore.open(store)
+    check = ensemble.validate()
+    if check.ok:
+        count = len(ensemble.windows())
+        console.print(
+            f"{store}: no problems ({count} window{'s' if count != 1 else ''} checked)",
+            soft_wrap=True,
+            highlight=False,
+        )
+        return
+    for problem in check.problems:
+        console.print(f"problem: {problem}", soft_wrap=True, highlight=False)
+    if not repair:
+        hint = (
+            "; 'genda validate --repair' makes a rerun regenerate them" if check.repairable else ""
+        )
+        raise _fail(f"{store} has {len(check.problems)} problems{hint}")
+    done = ensemble.repair(check)
+    for file in done.removed:
+        console.print(f"removed: {file}", soft_wrap=True, highlight=False)
+    for window, members in done.unflagged.items():
+        console.print(
+            f"a rerun of window {window} (same settings) regenerates members {list(members)}",
+            soft_wrap=True,
+            highlight=False,
+        )
+    for window in done.unfinalised:
+        if window not in done.unflagged:
+            console.print(
+                f"a rerun of window {window} recomputes its statistics",
+                soft_wrap=True,
+                highlight=False,
+            )
+    remaining = ensemble.validate()
+    for problem in remaining.problems:
+        console.print(f"remaining: {problem}", soft_wrap=True, highlight=False)
+    if not remaining.ok:
+        raise _fail(f"{store} keeps {len(remaining.problems)} problems that a repair cannot fix")
+    console.print(f"{store}: repaired", soft_wrap=True, highlight=False)
 
 
 @app.command()

@@ -32,7 +32,8 @@ Kind = Literal[
 DEMO_MARKER = ".genda-demo"
 """The file that marks a folder as written by ``genda demo``."""
 
-_ZARR_MARKERS: dict[str, str] = {"archive": "genda_variables", "ensemble store": "genda_windows"}
+# An ensemble store also carries its variables (genda_variables): its own key is looked for first.
+_ZARR_MARKERS: dict[str, str] = {"ensemble store": "genda_windows", "archive": "genda_variables"}
 _DIRECTORY_FILES: dict[str, tuple[str, ...]] = {
     "checkpoint": ("config.json", "model.safetensors"),
     "evaluation report": ("metrics.json",),

@@ -398,7 +398,7 @@ def test_a_window_without_members_takes_new_settings(world: dict, tmp_path: Path
     assert result.exit_code == 0, result.output
     reopened = EnsembleStore.open(store_path)
     assert reopened.complete(later).all()
-    assert reopened.provenance(later)["steps"] == 2
+    assert reopened.provenance(later)["settings"]["steps"] == 2
 
 
 def test_a_window_with_members_still_refuses_other_settings(world: dict, tmp_path: Path) -> None:

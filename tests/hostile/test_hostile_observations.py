@@ -39,6 +39,15 @@ def flat(text: str) -> str:
     return " ".join(text.split())
 
 
+def table_row(text: str, label: str) -> str:
+    """The first line of the value of the row ``label`` of a printed rich table."""
+    for line in text.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("│").split("│")]
+        if len(cells) == 2 and cells[0] == label:
+            return cells[1]
+    raise AssertionError(f"no row {label!r} in\n{text}")
+
+
 def snapshot(path: Path) -> dict[str, str]:
     """SHA-256 of every file under ``path`` (empty when it does not exist)."""
     if not path.exists():
@@ -199,7 +208,7 @@ def test_evaluate_refuses_a_celsius_withheld_table(hostile: dict, tiny_archive: 
         ("u", "value", -500.0, "u value outside the plausible range [-400, 400] m/s"),
         ("T", "value", 5000.0, "T value outside the plausible range [80, 1000] K"),
         ("T", "value", 50.0, "T value outside the plausible range [80, 1000] K"),
-        ("T", "value", -5.0, "T values look like degrees Celsius"),
+        ("T", "value", -5.0, "T values look like degrees Celsius, not kelvin,"),
         ("u", "sigma", 1e-30, "u sigma below 0.1 m/s"),
         ("T", "sigma", 1e-30, "T sigma below 0.1 K"),
         ("T", "sigma", 1e30, "T sigma above 1000 K"),
@@ -285,9 +294,8 @@ def test_assimilate_leaves_the_outlier_out_and_counts_it(hostile: dict) -> None:
         hostile["prior"], write(df, hostile["root"] / "outlier.csv"), hostile["time"], out
     )
     assert result.exit_code == 0, result.output
-    text = flat(result.stdout)
-    assert "outliers (background check) 1 (u 1), left out" in text
-    assert f"observations {len(df) - 1}" in text
+    assert table_row(result.stdout, "outliers") == "1 (u 1), left out"
+    assert table_row(result.stdout, "observations") == str(len(df) - 1)
     provenance = EnsembleStore.open(out).provenance(hostile["time"])
     assert provenance["observations_count"] == len(df) - 1
 
@@ -298,7 +306,8 @@ def test_keep_outliers_assimilates_it(hostile: dict) -> None:
     path = write(df, hostile["root"] / "kept.csv")
     result = assimilate(hostile["prior"], path, hostile["time"], out, "--keep-outliers")
     assert result.exit_code == 0, result.output
-    assert "outliers (background check) 1 (u 1), kept" in flat(result.stdout)
+    assert table_row(result.stdout, "outliers") == "1 (u 1), kept"
+    assert table_row(result.stdout, "observations") == str(len(df))
     assert EnsembleStore.open(out).provenance(hostile["time"])["observations_count"] == len(df)
 
 
@@ -358,6 +367,32 @@ def test_cycle_config_refuses_bad_outlier_k(tmp_path: Path, k: str) -> None:
     config.write_text(base + f"outlier_k: {k}\nkeep_outliers: true\n")
     with pytest.raises(ConfigError, match="outlier_k"):
         load_cycle_config(config)
+
+
+def test_a_cycle_passes_its_outlier_settings_to_the_window(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import genda.orchestration.assimilate as assimilate_module
+    from genda.orchestration import flows
+
+    config = tmp_path / "cycle.yaml"
+    config.write_text(
+        "observations: obs/{time:%H}.csv\nstart: 2000-01-01T00:00\nend: 2000-01-01T00:00\n"
+        "store: s.zarr\noutlier_k: 3.5\nkeep_outliers: true\n"
+    )
+    seen: dict = {}
+
+    class Seen(Exception):
+        pass
+
+    def record(*args, **kwargs):
+        seen.update(kwargs)
+        raise Seen
+
+    monkeypatch.setattr(assimilate_module, "assimilate_window", record)
+    with pytest.raises(Seen):
+        flows.make_ensemble.fn(load_cycle_config(config), "2000-01-01T00:00:00")
+    assert seen["outlier_k"] == 3.5 and seen["keep_outliers"] is True
 
 
 # ---------------------------------------------------------------------------- impossible members

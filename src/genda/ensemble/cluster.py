@@ -115,17 +115,17 @@ def check_local_cluster(insecure: bool = False) -> None:
 def check_cluster(address: str | None, *, insecure: bool = False) -> None:
     """Everything :func:`ray_session` would refuse, checked before anything is written.
 
-    Nothing is checked when Ray is already initialised in this process
-    (``ray_session`` then uses it as it is); an address must answer as a
-    Ray GCS (:func:`check_reachable`); a local cluster must be allowed
-    (:func:`check_local_cluster`).
+    An address must answer as a Ray GCS (:func:`check_reachable`), even when
+    Ray is already initialised here: a named address that is not a cluster
+    is a mistake either way. Without one, a local cluster must be allowed
+    (:func:`check_local_cluster`), unless Ray is already initialised in this
+    process (``ray_session`` then uses it and starts nothing).
     """
-    ray = sys.modules.get("ray")
-    if ray is not None and ray.is_initialized():
-        return
     if address is not None:
         check_reachable(address)
-    else:
+        return
+    ray = sys.modules.get("ray")  # not imported: nothing can be initialised
+    if ray is None or not ray.is_initialized():
         check_local_cluster(insecure)
 
 

@@ -1,9 +1,10 @@
 """Complete one window of an ensemble store: in this process, or on Ray actors.
 
-``complete_window`` reads which members of the window are missing, makes
-exactly those (a rerun after a crash fills the gaps and nothing else), and
-writes the window's statistics once every member is in. With ``workers=0``
-the members are made in this process by the caller's prior; otherwise by
+``complete_window`` re-checks the members an earlier run flagged complete
+(a damaged one loses its flag), reads which members of the window are
+missing, makes exactly those (a rerun after a crash fills the gaps and
+nothing else), and writes the window's statistics once every member is in.
+With ``workers=0`` the members are made in this process by the caller's prior; otherwise by
 ``workers`` Ray actors (:mod:`genda.ensemble.actors`) on the cluster of
 :func:`genda.ensemble.cluster.ray_session`, or on a pool the caller
 already holds.
@@ -14,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import time as clock
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from tqdm.auto import tqdm
 
@@ -36,6 +37,8 @@ class WindowReport:
         already_complete: members that were in the store before this run.
         cluster: the Ray cluster's address (``""`` in this process).
         started_cluster: whether this run started (and stopped) that cluster.
+        damaged: members an earlier run had flagged complete whose data were
+            found damaged (a file removed or undecodable): unflagged and made again.
     """
 
     run: RunReport
@@ -44,6 +47,7 @@ class WindowReport:
     already_complete: int
     cluster: str = ""
     started_cluster: bool = False
+    damaged: list[int] = field(default_factory=list)
 
 
 def complete_window(
@@ -61,6 +65,9 @@ def complete_window(
 ) -> WindowReport:
     """Make the window's missing members and finalise it.
 
+    Members flagged complete are re-checked first (``EnsembleStore.recheck``):
+    damaged ones are unflagged and regenerated, bit for bit.
+
     Args:
         job: the window (registered in ``job.store``).
         workers: Ray actors to start; 0 samples in this process with ``generator``.
@@ -77,8 +84,13 @@ def complete_window(
         max_retries: times one task may lose its actor.
     """
     store = job.store
+    # Members flagged complete by an earlier run are read back once: one whose
+    # file was removed or damaged since loses its flag (with a warning) and is
+    # made again below, instead of staying NaN or failing every read.
+    damaged = store.recheck(job.time)
     missing = store.missing(job.time)
     result = WindowReport(RunReport(), 0, job.settings.batch_size, store.n_members - len(missing))
+    result.damaged = damaged
     if not missing:  # a finished window: no workers to start
         pass
     elif workers == 0 and pool is None:

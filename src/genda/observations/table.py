@@ -14,8 +14,10 @@ column             dtype            meaning
                                     within the grid's altitudes
 ``variable``       str              ``u``, ``v``, ``T`` or ``los`` (radar line of sight)
 ``value``          float64          the observed value, in the unit of the grid variable
-                                    (m s-1 for ``u``, ``v``, ``los``; K for ``T``)
-``sigma``          float64          observation-error standard deviation, same unit, > 0
+                                    (m s-1 for ``u``, ``v``, ``los``; K for ``T``), within
+                                    :data:`PHYSICAL_RANGES`
+``sigma``          float64          observation-error standard deviation, same unit,
+                                    within :data:`SIGMA_RANGES`
 ``station``        str              optional: the station or instrument ('' if none)
 ``azimuth_deg``    float64          ``los`` rows: beam azimuth, clockwise from north
 ``elevation_deg``  float64          ``los`` rows: beam elevation above the horizon, (0, 85]
@@ -114,7 +116,10 @@ PHYSICAL_RANGES: dict[str, tuple[float, float]] = {
     "los": (-400.0, 400.0),
     "T": (80.0, 1000.0),
 }
-"""Plausible ``(low, high)`` values per observed variable (m s-1 or K); also for members."""
+"""Plausible ``(low, high)`` values per observed variable (m s-1 or K), inclusive.
+
+Members are held to wider limits, what no atmosphere can hold
+(:data:`genda.ensemble.work.MEMBER_LIMITS`)."""
 
 # sigma per variable: the floor keeps one observation from having (nearly) infinite
 # weight: no MLT instrument measures winds to better than ~1 m/s or temperatures to
@@ -470,11 +475,7 @@ def _check_physical(
         )
         floor, ceiling = SIGMA_RANGES[name]
         given = rows & np.isfinite(sigma) & (sigma > 0)
-        check(
-            given & (sigma < floor),
-            f"{name} sigma below {floor:g} {unit} (it would give one observation "
-            "almost all the weight)",
-        )
+        check(given & (sigma < floor), f"{name} sigma below {floor:g} {unit}")
         check(given & (sigma > ceiling), f"{name} sigma above {ceiling:g} {unit}")
 
 

@@ -113,7 +113,8 @@ class NamingCodecPipeline(BatchedCodecPipeline):
                     await super().read([item], out, drop_axes)
                 except READ_ERRORS as single:
                     raise _damaged(item[0], single) from single
-            raise _damaged(batch[0][0], error) from error
+            # Every file reads on its own: not a damaged file, so keep the traceback.
+            raise
 
 
 def _damaged(byte_getter: Any, error: BaseException) -> DamagedFileError:

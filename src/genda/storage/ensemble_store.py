@@ -35,7 +35,9 @@ writing it again is harmless because a member's data depend only on its
 seed. Metadata updates (new windows, provenance, finalisation) take the
 store's lock (:meth:`EnsembleStore.metadata_lock`), so several drivers may
 add and finalise windows of one store at once; :meth:`write_members` needs
-no lock.
+no lock. Files damaged or removed behind genda's back are found by
+:meth:`validate`, reported by every read (:mod:`genda.storage.damage`) and
+made good for a rerun by :meth:`repair` (:mod:`genda.storage.integrity`).
 
 Window provenance lives in the ``genda_windows`` global attribute, a JSON
 object keyed by ISO time: ``{"provenance": {...}, "finalized": bool}``.
@@ -985,13 +987,13 @@ def _check_block(
     expected: np.ndarray,
     windows: Sequence[str],
     path: Path,
-    name: str,
+    label: str,
 ) -> np.ndarray:
     """``block`` unchanged, or an error where data that must exist are missing or NaN.
 
     ``expected`` covers the leading axes of the whole queried array:
-    ``(time, member)`` for members (``name`` is ``None``), ``(time,)`` for the
-    statistic ``name``; where it is True the rest of the block must be finite.
+    ``(time, member)`` for members, ``(time,)`` for the statistic ``label``;
+    where it is True, the rest of the block must be finite.
     """
     if block_info is None or block.size == 0:  # dask probing the output type
         return block
@@ -1008,7 +1010,7 @@ def _check_block(
         members = sorted(int(m) for t, m in bad if t == window)
         raise EnsembleStoreError(damaged_members_message(path, windows[window], members))
     raise EnsembleStoreError(
-        f"window {windows[window]} of {path} is finalised but its {name} has missing or NaN "
+        f"window {windows[window]} of {path} is finalised but its {label} has missing or NaN "
         f"values (a chunk file was removed or damaged); 'genda validate --repair {path}' clears "
         "the statistics so that a rerun of the window computes them again"
     )
@@ -1024,7 +1026,7 @@ def _checked(
         expected=expected,
         windows=list(windows),
         path=path,
-        name=name,
+        label=name,  # map_blocks takes name= itself
     )
     return da.copy(data=data)
 

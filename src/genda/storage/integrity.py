@@ -128,8 +128,11 @@ class _Findings:
 
 
 # ---------------------------------------------------------------------------- checks
-def _file_text(file: Path | str) -> str:
-    return str(file)
+def _failure(error: Exception, file: Path | str) -> tuple[Path | str, str]:
+    """``(file, reason)`` of a failed read; the pipeline names the file, else ``file`` is it."""
+    if isinstance(error, DamagedFileError):
+        return error.file, error.reason
+    return file, reason_of(error)
 
 
 def _read_flags(
@@ -146,12 +149,7 @@ def _read_flags(
         try:
             flags[member] = bool(mask[index, member])
         except READ_ERRORS as error:
-            file = (
-                error.file
-                if isinstance(error, DamagedFileError)
-                else chunk_file(mask, (index, member))
-            )
-            reason = error.reason if isinstance(error, DamagedFileError) else reason_of(error)
+            file, reason = _failure(error, chunk_file(mask, (index, member)))
             if file not in found.bad_files:
                 found.problems.append(
                     f"window {key}: the complete flags in {file} cannot be read ({reason})"
@@ -186,7 +184,7 @@ def _check_members(
             try:
                 data = np.asarray(array[index, member])
             except READ_ERRORS as error:
-                reason = error.reason if isinstance(error, DamagedFileError) else reason_of(error)
+                file, reason = _failure(error, file)
                 found.bad_files[file] = None
                 # Removing the file takes every member it holds with it.
                 held = [m for m in _shard_members(store, member) if m in set(flagged)]
@@ -229,8 +227,7 @@ def _check_statistics(
             try:
                 values = np.asarray(array[index])
             except READ_ERRORS as error:
-                file = chunk_file(array, (index, 0, 0, 0))
-                reason = error.reason if isinstance(error, DamagedFileError) else reason_of(error)
+                file, reason = _failure(error, chunk_file(array, (index, 0, 0, 0)))
                 found.bad_files[file] = None
                 found.stale = True
                 found.problems.append(
@@ -280,10 +277,9 @@ def _check_coordinates(store: EnsembleStore, group: zarr.Group) -> list[str]:
         try:
             values = np.asarray(group[name][:])
         except READ_ERRORS as error:
-            file = error.file if isinstance(error, DamagedFileError) else f"{store.path / name}"
+            file, reason = _failure(error, store.path / name)
             problems.append(
-                f"the {name!r} coordinate cannot be read from {file} "
-                f"({error.reason if isinstance(error, DamagedFileError) else reason_of(error)}); "
+                f"the {name!r} coordinate cannot be read from {file} ({reason}); "
                 "genda cannot repair it: restore the file from a copy"
             )
             continue
@@ -307,7 +303,14 @@ def check_store(store: EnsembleStore) -> StoreCheck:
     bad_files: dict[Path | str, None] = {}
     stale: list[str] = []
     group = _open_group(store.path, "r")
-    lengths = {a.basename: a.shape[0] for a in store._time_arrays(group)}
+    try:
+        lengths = {a.basename: a.shape[0] for a in store._time_arrays(group)}
+    except READ_ERRORS as error:  # an array's zarr.json, not its data
+        problem = (
+            f"the metadata of the store's arrays cannot be read ({reason_of(error)}); "
+            "genda cannot repair it: restore the store from a copy"
+        )
+        return StoreCheck(store.path, (problem,), unrepairable=(problem,))
     if len(set(lengths.values())) > 1:
         problems.append(
             f"arrays disagree on the number of time slots ({lengths}); "
@@ -421,13 +424,12 @@ def _apply(
         _remove_damaged_file(store, file)
     group = _open_group(store.path, "r+")
     windows = store._windows(group)
-    times = store._times(group)
     unflagged: dict[str, tuple[int, ...]] = {}
     unfinalised: list[str] = []
     for key in sorted(set(damaged) | set(stale)):
         if key not in windows:
             continue
-        index = int(np.flatnonzero(times == int((_as_time(key) - _EPOCH).astype(np.int64)))[0])
+        index = store._locate(group, _as_time(key))
         members = sorted(set(damaged.get(key, ())))
         if members:
             _clear_flags(group, index, members)

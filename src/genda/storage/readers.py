@@ -55,6 +55,7 @@ import xarray as xr
 from genda.constants import pressure_to_altitude_km
 from genda.grid import DEFAULT_VARIABLES, VARIABLES_ATTR, Grid, lookup_variable
 from genda.normalization import MEAN_ATTR, STD_ATTR
+from genda.storage.damage import naming_reads
 from genda.storage.errors import ArchiveError
 
 NETCDF_SUFFIXES = (".nc", ".nc4", ".netcdf", ".cdf", ".h5", ".hdf5")
@@ -146,14 +147,21 @@ _DROP_ATTRS = (
 def open_raw(path: str | os.PathLike[str]) -> xr.Dataset:
     """Open a Zarr directory or NetCDF file lazily (dask), without any renaming.
 
-    Chunks follow the file's own chunks (``chunks={}``).
+    Chunks follow the file's own chunks (``chunks={}``). A Zarr chunk file that
+    cannot be decoded raises :class:`~genda.storage.damage.DamagedFileError`
+    (an :class:`ArchiveError`) naming it, whenever it is read.
     """
     path = Path(path)
     if not path.exists():
         raise ArchiveError(f"{path}: no such file or directory")
     if path.is_dir():
+        # Opened so that a chunk file that cannot be decoded, read now or later
+        # (lazily), is named (genda.storage.damage) instead of failing in a codec.
         try:
-            return xr.open_dataset(path, engine="zarr", chunks={})
+            with naming_reads():
+                return xr.open_dataset(path, engine="zarr", chunks={})
+        except ArchiveError:
+            raise
         except Exception as error:
             raise ArchiveError(f"{path}: cannot open as a Zarr store: {error}") from error
     if path.suffix.lower() not in NETCDF_SUFFIXES:
