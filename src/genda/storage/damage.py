@@ -105,7 +105,9 @@ class NamingCodecPipeline(BatchedCodecPipeline):
         try:
             await super().read(batch, out, drop_axes)
         except READ_ERRORS as error:
-            if isinstance(error, ArchiveError):
+            # Chunks inside a shard have no file of their own: the shard's
+            # pipeline (the caller) names the shard file.
+            if isinstance(error, ArchiveError) or not isinstance(_file_of(batch[0][0]), Path):
                 raise
             # One batch holds many chunks: read them one by one to find the bad file.
             for item in batch:
