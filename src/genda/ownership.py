@@ -99,7 +99,9 @@ def check_replaceable(path: str | os.PathLike[str], kind: Kind, overwrite: bool)
             "choose another path, or move it away yourself"
         )
     if not overwrite:
-        raise OutputExistsError(f"{path} exists (a genda {kind}); set overwrite (--overwrite) to replace it")
+        raise OutputExistsError(
+            f"{path} exists (a genda {kind}); set overwrite (--overwrite) to replace it"
+        )
 
 
 def check_extendable(path: str | os.PathLike[str], kind: Kind) -> None:
