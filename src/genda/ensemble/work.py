@@ -107,6 +107,17 @@ def member_blocks(
     return [blocks[k] for k in sorted(blocks)]
 
 
+def full_block(member: int, batch_size: int, members_per_shard: int, n_members: int) -> list[int]:
+    """Every member of the ensemble that shares ``member``'s block (:func:`member_blocks`).
+
+    The batch ``member`` is sampled in when its whole task is missing, as in a first run.
+    """
+    span = task_span(batch_size, members_per_shard)
+    low = max(member // span * span, member // batch_size * batch_size)
+    high = min((member // span + 1) * span, (member // batch_size + 1) * batch_size, n_members)
+    return list(range(low, high))
+
+
 @dataclass
 class TaskReport:
     """What one task did.
@@ -275,26 +286,32 @@ class MemberGenerator:
         complete = store.complete(job.time)
         written: list[int] = []
         denoiser = self.denoiser(job)
+        batch_size, per_shard = job.settings.batch_size, store.members_per_shard
         with cpu_threads(self.threads, self.device):
-            for block in member_blocks(members, job.settings.batch_size, store.members_per_shard):
-                if complete[block].all():
+            for block in member_blocks(members, batch_size, per_shard):
+                todo = [m for m in block if not complete[m]]
+                if not todo:
                     continue
+                # The whole batch of a first run is sampled again, so that a
+                # member regenerated alone (a repaired or lost one) keeps its
+                # batch-mates and comes out bit-identical; only ``todo`` is written.
+                batch = full_block(block[0], batch_size, per_shard, store.n_members)
                 fields = sample_members(
                     self.prior,
                     denoiser,
-                    block,
+                    batch,
                     job.seed,
                     job.settings,
                     guided=job.observations is not None,
                     device=self.device,
                 )
-                values = fields.numpy()
+                values = fields.numpy()[[batch.index(m) for m in todo]]
                 # A member with NaN or impossible values must never be flagged
                 # complete: the block is refused before anything of it is written.
                 guided = job.observations is not None
-                check_members(values, self.prior.grid, block, job.time, guided)
-                store.write_members(job.time, block, values)
-                written.extend(block)
+                check_members(values, self.prior.grid, todo, job.time, guided)
+                store.write_members(job.time, todo, values)
+                written.extend(todo)
         elapsed = clock.perf_counter() - started
         return TaskReport(list(members), written, elapsed, worker, peak_memory_mib(self.device))
 
