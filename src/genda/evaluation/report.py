@@ -44,7 +44,7 @@ from genda.evaluation.ensemble_plots import (
 from genda.evaluation.plots import file_stem
 from genda.evaluation.scores import MEMBER_DIM, align_time, ensemble_scores, point_scores
 from genda.grid import DEFAULT_VARIABLES, Grid
-from genda.ownership import check_replaceable
+from genda.ownership import check_replaceable, written_kind
 
 __all__ = ["PointOperator", "evaluate_ensemble", "evaluate_paths", "member_values"]
 
@@ -318,7 +318,12 @@ def _open_ensemble(path: str | os.PathLike[str]) -> xr.Dataset:
     """The registered variables (u, v, T, ...) of an ensemble store; a clear error without them."""
     if not Path(path).exists():
         raise MissingInputError(f"no ensemble store at {path}")
-    ds = xr.open_zarr(path)
+    if written_kind(path) == "ensemble store":
+        from genda.storage import open_ensemble
+
+        ds = open_ensemble(path)  # a damaged chunk is named when it is read
+    else:
+        ds = xr.open_zarr(path)
     names = list(Grid.from_dataset(ds).variables)
     if not names:
         raise UnknownNameError(f"{path} holds no known variables (present: {list(ds.data_vars)})")
