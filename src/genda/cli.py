@@ -51,6 +51,17 @@ console = Console()
 errors = Console(stderr=True)
 
 
+InsecureOption = Annotated[
+    bool,
+    typer.Option(
+        "--insecure",
+        help="Allow a local Ray cluster without token authentication (RAY_AUTH_MODE="
+        "disabled; its ports are open to the network; also GENDA_RAY_INSECURE=1).",
+    ),
+]
+"""``--insecure`` of the commands that may start a local Ray cluster."""
+
+
 def render_summary(summary: ArchiveSummary, wall_seconds: float | None = None) -> Group:
     """Rich renderable of an :class:`~genda.storage.ArchiveSummary`: facts, then per-variable stats."""
     facts = Table.grid(padding=(0, 2))
@@ -479,14 +490,7 @@ def assimilate(
         str | None,
         typer.Option(help="Running Ray cluster (else RAY_ADDRESS, else start a local one)."),
     ] = None,
-    insecure: Annotated[
-        bool,
-        typer.Option(
-            "--insecure",
-            help="Allow a local Ray cluster without token authentication (RAY_AUTH_MODE="
-            "disabled; its ports are open to the network; also GENDA_RAY_INSECURE=1).",
-        ),
-    ] = False,
+    insecure: InsecureOption = False,
     members_per_shard: Annotated[
         int | None, typer.Option(help="New store: members per shard file (1: no sharding).")
     ] = None,
@@ -856,14 +860,7 @@ def demo(
     steps: Annotated[int, typer.Option(help="Sampler steps.")] = 16,
     workers: Annotated[int, typer.Option(help="Ray actors; 0: in this process.")] = 2,
     seed: Annotated[int, typer.Option(help="Seed of the truth run and the observations.")] = 2,
-    insecure: Annotated[
-        bool,
-        typer.Option(
-            "--insecure",
-            help="Allow a local Ray cluster without token authentication (RAY_AUTH_MODE="
-            "disabled; its ports are open to the network; also GENDA_RAY_INSECURE=1).",
-        ),
-    ] = False,
+    insecure: InsecureOption = False,
 ) -> None:
     """The main job on the embedded default: simulate, observe, assimilate, evaluate."""
     import os

@@ -72,6 +72,17 @@ def is_empty_directory(path: Path) -> bool:
     return path.is_dir() and not path.is_symlink() and not any(path.iterdir())
 
 
+def _describe(path: Path, found: Kind | None) -> str:
+    """What an existing ``path`` is, for a refusal: ``"a file"``, ``"a genda archive"``, ..."""
+    if found is not None:
+        return f"a genda {found}"
+    if path.is_file():
+        return "a file"
+    if not (path / "zarr.json").is_file():
+        return "a directory genda did not write (not a Zarr v3 store)"
+    return "a Zarr v3 store that genda did not write"
+
+
 def check_replaceable(path: str | os.PathLike[str], kind: Kind, overwrite: bool) -> None:
     """Refuse to replace ``path`` unless it may be: absent, empty, or genda's ``kind`` with overwrite.
 
@@ -90,10 +101,7 @@ def check_replaceable(path: str | os.PathLike[str], kind: Kind, overwrite: bool)
         return
     found = written_kind(path)
     if found != kind:
-        if found is not None:
-            what = f"a genda {found}"
-        else:
-            what = "a file" if path.is_file() else "a directory genda did not write"
+        what = _describe(path, found)
         raise OutputExistsError(
             f"{path} exists and is {what}; genda replaces only a {kind} it wrote itself: "
             "choose another path, or move it away yourself"
@@ -115,14 +123,7 @@ def check_extendable(path: str | os.PathLike[str], kind: Kind) -> None:
         return
     found = written_kind(path)
     if found != kind:
-        if found is not None:
-            what = f"a genda {found}"
-        elif path.is_file():
-            what = "a file"
-        elif not (path / "zarr.json").is_file():
-            what = "a directory that is not a Zarr v3 store"
-        else:
-            what = "a Zarr v3 store that genda did not write"
+        what = _describe(path, found)
         raise OutputExistsError(
             f"{path} exists and is {what}, not a genda {kind}; choose another path"
         )

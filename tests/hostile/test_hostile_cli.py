@@ -7,12 +7,12 @@ nothing was written or lost: a snapshot of the files before and after.
 from __future__ import annotations
 
 import ast
-import hashlib
 import inspect
 from pathlib import Path
 
 import numpy as np
 import pytest
+from hostile_checks import foreign_folder, refused, snapshot
 from typer.testing import CliRunner
 
 import genda.cli
@@ -21,41 +21,6 @@ from genda.cli import app
 from genda.storage import EnsembleStore, open_archive
 
 runner = CliRunner()
-
-
-def snapshot(root: Path) -> dict[str, str]:
-    """Relative path -> content hash of every file under ``root`` (or of ``root`` itself)."""
-    if root.is_file():
-        return {".": hashlib.sha256(root.read_bytes()).hexdigest()}
-    return {
-        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(root.rglob("*"))
-        if p.is_file()
-    }
-
-
-def refused(args: list[str], *needles: str) -> str:
-    """Run ``genda args``; assert exit code 1, a one-sentence error naming ``needles``, no traceback."""
-    result = runner.invoke(app, args)
-    assert result.exit_code == 1, (result.exit_code, result.output, result.exception)
-    # A GendaError ends as typer.Exit (SystemExit), never as the raised exception.
-    assert isinstance(result.exception, SystemExit), result.exception
-    text = " ".join(result.output.split())
-    assert "error:" in text and "Traceback" not in text, text
-    # The console folds long lines, paths included: compare without white space.
-    flat = "".join(text.split())
-    for needle in needles:
-        assert "".join(needle.split()) in flat, (needle, text)
-    return text
-
-
-def foreign_folder(root: Path) -> Path:
-    """A user's folder of their own files, which genda must never delete."""
-    folder = root / "mine"
-    (folder / "sub").mkdir(parents=True)
-    (folder / "notes.txt").write_text("my thesis\n")
-    (folder / "sub" / "data.csv").write_text("a,b\n1,2\n")
-    return folder
 
 
 @pytest.fixture(scope="module")

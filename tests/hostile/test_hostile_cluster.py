@@ -23,9 +23,9 @@ from concurrent import futures
 from pathlib import Path
 
 import pytest
+from hostile_checks import refused
 from typer.testing import CliRunner
 
-from genda.cli import app
 from genda.ensemble import cluster
 from genda.ensemble.cluster import (
     RAY_TEMP_DIR_MAX,
@@ -56,19 +56,6 @@ def short_dir() -> Iterator[Path]:
     path = Path(tempfile.mkdtemp(prefix="gc-", dir="/tmp"))
     yield path
     shutil.rmtree(path, ignore_errors=True)
-
-
-def refused(args: list[str], *needles: str) -> str:
-    """Run ``genda args``; assert exit code 1, one sentence naming ``needles``, no traceback."""
-    result = runner.invoke(app, args)
-    assert result.exit_code == 1, (result.exit_code, result.output, result.exception)
-    assert isinstance(result.exception, SystemExit), result.exception
-    text = " ".join(result.output.split())
-    assert "error:" in text and "Traceback" not in text, text
-    flat = "".join(text.split())  # the console folds long lines
-    for needle in needles:
-        assert "".join(needle.split()) in flat, (needle, text)
-    return text
 
 
 def assimilate(out: Path, *extra: str) -> list[str]:
