@@ -265,6 +265,13 @@ def train_command(
             "Gaussian fitted to the data; docs/training.md)."
         ),
     ] = None,
+    coordinates: Annotated[
+        str | None,
+        typer.Option(
+            help="grid (diffusion on the normalised fields; default) or whitened (on "
+            "spectral control variables in which the model data are white; docs/training.md)."
+        ),
+    ] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing --out.")] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
@@ -306,6 +313,7 @@ def train_command(
         val_gap_hours=val_gap_hours,
         resume=resume,
         skip=skip,
+        coordinates=coordinates,
         overwrite=overwrite,
         progress=progress,
         command=_command_line(ctx),

@@ -153,7 +153,7 @@ def test_demo_refuses_a_foreign_folder(tmp_path: Path) -> None:
     (folder / "reports").mkdir()
     (folder / "reports" / "draft.md").write_text("# draft\n")
     before = snapshot(folder)
-    refused(["demo", "--out", str(folder)], str(folder), "did not make")
+    refused(["demo", "--out", str(folder), "--workers", "0"], str(folder), "did not make")
     assert snapshot(folder) == before
 
 

@@ -54,6 +54,7 @@ from azula.linalg.covariance import DiagonalCovariance
 from azula.noise import Schedule
 from torch import Tensor, nn
 
+from genda.assimilation.state_operator import StateOperator, diagonal_aat
 from genda.errors import InvalidValueError
 from genda.models.sampling import Denoiser
 from genda.observations.operators import ObservationOperator
@@ -72,7 +73,7 @@ class GaussianLikelihood:
         sigma: ``(M,)`` observation error standard deviations (> 0).
     """
 
-    operator: ObservationOperator
+    operator: ObservationOperator | StateOperator
     y: Tensor
     sigma: Tensor
 
@@ -218,9 +219,8 @@ class SDAGuidance(_GradientGuidance):
         if gamma < 0:
             raise InvalidValueError(f"gamma must be non-negative, got {gamma}")
         self.gamma = float(gamma)
-        weight = likelihood.operator.weight
         self.register_buffer(
-            "aat", (weight.double() ** 2).sum(-1).to(likelihood.sigma.dtype), persistent=False
+            "aat", diagonal_aat(likelihood.operator).to(likelihood.sigma.dtype), persistent=False
         )
 
     def penalty(self, innovation: Tensor, sigma: Tensor) -> Tensor:

@@ -17,6 +17,7 @@ through it).
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -27,6 +28,7 @@ import torch
 from tqdm.auto import tqdm
 
 from genda.assimilation.guidance import GUIDANCE_METHODS, GaussianLikelihood, guided_denoiser
+from genda.assimilation.state_operator import StateOperator
 from genda.errors import InvalidValueError
 from genda.grid import Grid
 from genda.models.checkpoint import LoadedPrior
@@ -107,6 +109,9 @@ class PosteriorSettings:
         return asdict(self) | {"corrections": self.langevin_corrections}
 
 
+_GUIDANCE_CHECK = threading.Lock()
+
+
 def window_seed(seed: int, time: np.datetime64) -> int:
     """The seed of the window at ``time`` for the user's ``seed`` (a stable hash of both)."""
     return stable_seed("window", int(seed), str(np.datetime64(time, "s")))
@@ -115,8 +120,17 @@ def window_seed(seed: int, time: np.datetime64) -> int:
 def likelihood_for(
     prior: LoadedPrior, obs: pd.DataFrame, device: torch.device | str = "cpu"
 ) -> GaussianLikelihood:
-    """The Gaussian likelihood of a validated table, on the prior's normalised fields."""
+    """The Gaussian likelihood of a validated table, on the prior's diffusion states.
+
+    Those are the normalised fields, or for a prior in whitened coordinates
+    its control variables ``z``, seen through ``A = H U`` (:class:`StateOperator`).
+    """
+    operator: ObservationOperator | StateOperator
     operator = ObservationOperator.from_table(obs, prior.grid).normalized(prior.normalization)
+    if prior.denoiser.coordinates is not None:
+        operator = StateOperator(
+            operator.to(device, torch.float32), prior.denoiser.decode, prior.state_shape
+        )
     y = torch.tensor(obs["value"].to_numpy(dtype=np.float64))
     sigma = torch.tensor(obs["sigma"].to_numpy(dtype=np.float64))
     return GaussianLikelihood(operator, y, sigma).to(device, torch.float32)
@@ -157,9 +171,27 @@ def check_guidance(
         InvalidValueError: the step gives non-finite values with these settings.
     """
     denoiser = posterior_denoiser(prior, obs, settings, device)
-    x = sample(
+    # Forward-mode AD levels (MMPS's Jacobian-vector products) are global to the
+    # process: windows checked from several threads of one driver take turns.
+    with _GUIDANCE_CHECK:
+        x = _one_step(denoiser, prior, obs, settings, device)
+    if not torch.isfinite(x).all():
+        raise InvalidValueError(
+            f"the {settings.method} guidance gives non-finite values with these settings "
+            f"({settings.guidance_options()}); the observations may be inconsistent with the prior"
+        )
+
+
+def _one_step(
+    denoiser: Any,
+    prior: LoadedPrior,
+    obs: pd.DataFrame | None,
+    settings: PosteriorSettings,
+    device: torch.device | str,
+) -> torch.Tensor:
+    return sample(
         denoiser,
-        prior.grid.shape,
+        prior.state_shape,
         [0],
         0,
         steps=1,
@@ -168,11 +200,6 @@ def check_guidance(
         corrections=min(settings.langevin_corrections, 1) if obs is not None else 0,
         device=device,
     )
-    if not torch.isfinite(x).all():
-        raise InvalidValueError(
-            f"the {settings.method} guidance gives non-finite values with these settings "
-            f"({settings.guidance_options()}); the observations may be inconsistent with the prior"
-        )
 
 
 def sample_members(
@@ -191,9 +218,9 @@ def sample_members(
     whether it carries observations (Langevin corrections apply only then).
     The batch is sampled in one pass: ``members`` is the batch.
     """
-    x = sample(
+    state = sample(
         denoiser,
-        prior.grid.shape,
+        prior.state_shape,
         [int(m) for m in members],
         seed,
         steps=settings.steps,
@@ -202,7 +229,9 @@ def sample_members(
         corrections=settings.langevin_corrections if guided else 0,
         device=device,
     )
-    return prior.normalization.denormalize(x).cpu()
+    with torch.no_grad():
+        fields = prior.denoiser.decode(state)
+    return prior.normalization.denormalize(fields).cpu()
 
 
 def posterior_members(

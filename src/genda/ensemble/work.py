@@ -336,7 +336,7 @@ class MemberGenerator:
             torch.cuda.synchronize(device)
             torch.cuda.reset_peak_memory_stats(device)
             before = torch.cuda.memory_allocated(device)
-            x = torch.randn(batch, *self.prior.grid.shape, device=device)
+            x = torch.randn(batch, *self.prior.state_shape, device=device)
             sigma = torch.full((batch,), 1.0, device=device)
             denoiser(x, sigma)
             torch.cuda.synchronize(device)

@@ -57,6 +57,7 @@ from genda.atomic import partial_path, publish_directory, remove_path
 from genda.devices import check_device
 from genda.errors import GendaError, InvalidValueError, OutputExistsError
 from genda.grid import Grid, GridMismatchError
+from genda.models.coordinates import build_coordinates, coordinates_config, unfitted_statistics
 from genda.models.diffusion import EDMDenoiser
 from genda.models.gaussian_skip import SKIP_KIND, GaussianSkip
 from genda.models.strategies import Strategy, StrategyBackbone, build_backbone, get_strategy
@@ -221,12 +222,16 @@ def build_denoiser(
     architecture: Mapping[str, Any],
     sigma_data: float = 1.0,
     skip: Mapping[str, Any] | None = None,
+    coordinates: Mapping[str, Any] | None = None,
+    normalization: Normalization | None = None,
 ) -> EDMDenoiser:
     """``EDMDenoiser(build_backbone(strategy, grid, ...))`` from a stored ``UNet.config``.
 
     The channel counts, ``cond_dim`` and ``pole_sign`` of ``architecture`` must
     be those that ``strategy`` gives on ``grid``. ``skip`` is the stored skip
     configuration (``None``: EDM's scalar ``c_skip``); its buffers come with the weights.
+    ``coordinates`` is the stored ``"coordinates"`` entry (``None``: grid
+    coordinates; :mod:`genda.models.coordinates`), which needs ``normalization``.
 
     Raises:
         CheckpointError: the architecture or skip does not fit the strategy and grid,
@@ -248,7 +253,17 @@ def build_denoiser(
     if wrong or missing:
         details = "; ".join(wrong + [f"{k}: missing" for k in missing])
         raise CheckpointError(f"architecture does not match strategy and grid: {details}")
-    return EDMDenoiser(backbone, sigma_data=sigma_data, skip=build_skip(grid, skip))
+    transform = None
+    if coordinates is not None:
+        if normalization is None:
+            raise CheckpointError("coordinates need the checkpoint's normalization")
+        try:
+            transform = build_coordinates(grid, normalization, coordinates)
+        except InvalidValueError as error:
+            raise CheckpointError(str(error)) from error
+    return EDMDenoiser(
+        backbone, sigma_data=sigma_data, skip=build_skip(grid, skip), coordinates=transform
+    )
 
 
 def _jsonish(value: Any) -> Any:
@@ -446,6 +461,8 @@ def save_checkpoint(
         "architecture": {"backbone": "unet", "config": network.config},
         "sigma_data": denoiser.sigma_data,
         "skip": _skip_config(denoiser),
+        # absent for grid coordinates, so that such checkpoints read as before
+        **({"coordinates": c} if (c := coordinates_config(denoiser)) else {}),
         "normalization": normalization.to_dict(),
         "training": dict(training or {}),
         "run": dict(run or {}),
@@ -655,6 +672,11 @@ class LoadedPrior:
         return self.denoiser.sigma_data
 
     @property
+    def state_shape(self) -> tuple[int, ...]:
+        """The shape of one diffusion state: ``grid.shape``, or the whitened ``(V, L, K)``."""
+        return self.denoiser.state_shape(tuple(self.grid.shape))
+
+    @property
     def weights_sha256(self) -> str:
         """SHA-256 of ``model.safetensors``: the identity of the weights (checked at loading)."""
         return str(self.config["files"][MODEL_FILE]["sha256"])
@@ -717,7 +739,13 @@ def _objects_from_config(
         )
     try:
         denoiser = build_denoiser(
-            strategy, grid, arch["config"], float(sigma_data), config.get("skip")
+            strategy,
+            grid,
+            arch["config"],
+            float(sigma_data),
+            config.get("skip"),
+            config.get("coordinates"),
+            normalization,
         )
     except CheckpointError as error:
         raise CheckpointError(f"{config_file}: {error}") from error
@@ -747,6 +775,11 @@ def restore_denoiser(
     check_tensors(contents.model, denoiser, "raw", model_file)
     tensors = contents.ema if weights == "ema" else contents.model
     denoiser.load_state_dict(dict(tensors), strict=True)
+    if unfitted_statistics(denoiser.coordinates):
+        raise CheckpointError(
+            f"{model_file}: the statistics of the whitened coordinates are all zero "
+            "(never fitted, or damaged); retrain or restore the checkpoint"
+        )
     return denoiser, grid, normalization, strategy
 
 

@@ -149,6 +149,12 @@ class EDMDenoiser(nn.Module):
 
     It satisfies :class:`genda.models.sampling.Denoiser`.
 
+    ``coordinates``: a control-variable transform (e.g.
+    :class:`genda.models.whitening.SpectralWhitening`) that makes the model
+    data white: the diffusion then runs on its states ``z`` (``x = mu + U z``),
+    the network sees the grid image ``image(c_in z)`` and its output is read
+    back with ``coefficients``. The fields of a state are :meth:`decode`'s.
+
     ``skip``: a module ``skip(x, sigma) -> (B, ...)`` that replaces ``c_skip x``,
     e.g. :class:`genda.models.gaussian_skip.GaussianSkip` (the posterior mean of
     a Gaussian fitted to the data, which for steep spectra removes the noise
@@ -157,12 +163,43 @@ class EDMDenoiser(nn.Module):
     """
 
     def __init__(
-        self, backbone: nn.Module, sigma_data: float = 1.0, skip: nn.Module | None = None
+        self,
+        backbone: nn.Module,
+        sigma_data: float = 1.0,
+        skip: nn.Module | None = None,
+        coordinates: nn.Module | None = None,
     ) -> None:
         super().__init__()
+        if skip is not None and coordinates is not None:
+            raise InvalidValueError(
+                "a denoiser in whitened coordinates needs no skip: there the scalar "
+                "c_skip is already the Gaussian posterior mean"
+            )
         self.backbone = backbone
         self.precond = EDMPreconditioning(sigma_data)
         self.skip = skip
+        self.coordinates = coordinates
+
+    # ------------------------------------------------------------------ state <-> fields
+    def state_shape(self, field_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """The shape of one state the diffusion runs on (``field_shape`` without coordinates)."""
+        if self.coordinates is None:
+            return tuple(field_shape)
+        return tuple(self.coordinates.state_shape)
+
+    def encode(self, fields: Tensor) -> Tensor:
+        """Normalised fields ``(B, V, L, H, W)`` -> diffusion states (the fields themselves by default)."""
+        if self.coordinates is None:
+            return fields
+        with torch.autocast(device_type=fields.device.type, enabled=False):
+            return self.coordinates.encode(fields)
+
+    def decode(self, state: Tensor) -> Tensor:
+        """Diffusion states -> normalised fields ``(B, V, L, H, W)`` (:meth:`encode`'s inverse)."""
+        if self.coordinates is None:
+            return state
+        with torch.autocast(device_type=state.device.type, enabled=False):
+            return self.coordinates.decode(state)
 
     @property
     def sigma_data(self) -> float:
@@ -179,12 +216,19 @@ class EDMDenoiser(nn.Module):
         s = _expand(sigma, x)
         p = self.precond
         dtype = self._backbone_dtype(x.dtype)
-        x_in = (p.c_in(s) * x).to(dtype)
+        x_in = p.c_in(s) * x
+        if self.coordinates is not None:  # the network looks at a grid image of the state
+            with torch.autocast(device_type=x.device.type, enabled=False):
+                x_in = self.coordinates.image(x_in)
+        x_in = x_in.to(dtype)
         c_noise = p.c_noise(sigma).to(dtype)
         if cond is None:
             out = self.backbone(x_in, c_noise)
         else:
             out = self.backbone(x_in, c_noise, cond=cond)
+        if self.coordinates is not None:  # and its output image is read back as a state
+            with torch.autocast(device_type=x.device.type, enabled=False):
+                out = self.coordinates.coefficients(out.to(x.dtype))
         if self.skip is None:
             skip = p.c_skip(s) * x
         else:  # transforms in float32 even under mixed precision

@@ -348,14 +348,14 @@ def validation_loss(
     device = torch.device(device)
     positions = _validation_positions(dataset, max_samples)
     mine = positions[rank::world]
-    shape = tuple(dataset.grid.shape)
+    shape = denoiser.state_shape(tuple(dataset.grid.shape))
     was_training = denoiser.training
     denoiser.eval()
     sums = torch.zeros(len(sigmas), dtype=torch.float64)
     for j, sigma in enumerate(sigmas):
         for start in range(0, mine.size, batch_size):
             part = mine[start : start + batch_size]
-            x0 = dataset.batch(part).to(device)
+            x0 = denoiser.encode(dataset.batch(part).to(device))
             noise = []
             for pos in part:
                 gen = torch.Generator().manual_seed(
@@ -515,11 +515,16 @@ def optimization_step(
 ) -> torch.Tensor:
     """One optimizer step of :func:`train` on the batch ``x0`` ``(len(slots), V, L, H, W)``.
 
+    ``x0`` is encoded into the denoiser's diffusion states first (itself
+    unless the denoiser runs in whitened coordinates).
+
     The noise of each slot of the global batch, the dropout seed, the learning
     rate of ``step``, the weighted EDM loss (under autocast when asked),
     backward, gradient clipping, AdamW and the EMA update. ``forward`` is
     ``denoiser`` or its DDP/compiled wrapper. Returns the detached mean loss.
     """
+    with torch.no_grad():  # the coordinates are fixed statistics, not trained
+        x0 = denoiser.encode(x0)
     shape = tuple(x0.shape[1:])
     sigma, noise = _slot_noise(list(slots), config.seed, step, shape, config, device)
     torch.manual_seed(stable_seed("global", config.seed, step, rank))  # dropout

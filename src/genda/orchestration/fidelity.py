@@ -12,15 +12,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 import xarray as xr
 from tqdm.auto import tqdm
 
+from genda.assimilation.posterior import PosteriorSettings, sample_members
 from genda.errors import InvalidValueError
 from genda.evaluation.fidelity import FidelityReport, fidelity_report
 from genda.grid import Grid, lookup_variable
 from genda.models.checkpoint import LoadedPrior, load_checkpoint
-from genda.models.sampling import SamplingMethod, sample
+from genda.models.sampling import SamplingMethod
 from genda.ownership import check_replaceable
 from genda.storage import open_archive
 
@@ -50,18 +50,13 @@ def sample_prior(
         range(0, members, batch_size), desc="sampling", unit="batch", disable=not progress
     ):
         ids = list(range(start, min(start + batch_size, members)))
-        x = sample(
-            prior.denoiser,
-            grid.shape,
-            ids,
-            window_seed=seed,
-            steps=steps,
-            method=method,
-            device=device,
+        # The one sampling path of the package: the same members as `genda assimilate`
+        # without observations, decoded from the prior's coordinates.
+        settings = PosteriorSettings(steps=steps, sampler=method, batch_size=batch_size)
+        fields = sample_members(
+            prior, prior.denoiser, ids, seed, settings, guided=False, device=device
         )
-        chunks.append(
-            prior.normalization.denormalize(x.to(torch.float64)).cpu().numpy().astype(np.float32)
-        )
+        chunks.append(fields.numpy().astype(np.float32))
     fields = np.concatenate(chunks)  # (N, V, L, H, W)
     return members_dataset(fields, grid)
 

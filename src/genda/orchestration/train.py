@@ -29,11 +29,13 @@ import xarray as xr
 from genda.errors import InvalidValueError, OutputExistsError
 from genda.grid import Grid
 from genda.models.checkpoint import CheckpointError, build_skip, read_checkpoint
+from genda.models.coordinates import COORDINATES, build_coordinates, fit_coordinates
 from genda.models.data import DEFAULT_GAP_HOURS, DEFAULT_MEMORY_LIMIT, TimeSplit, TrainingData
 from genda.models.diffusion import EDMDenoiser
 from genda.models.gaussian_skip import GaussianSkip
 from genda.models.strategies import build_backbone, get_strategy
 from genda.models.training import TrainConfig, TrainResult, resolve_device, train
+from genda.models.whitening import SpectralWhitening
 from genda.storage import open_archive
 
 __all__ = ["DEFAULT_ARCHITECTURE", "TrainingRun", "train_prior"]
@@ -132,6 +134,35 @@ def _skip_module(
     return GaussianSkip(grid).fit(batches)
 
 
+def _coordinates_module(
+    coordinates: str | None,
+    stored: Mapping[str, Any],
+    resume: str | os.PathLike[str] | None,
+    strategy: str,
+    grid: Grid,
+    training_data: TrainingData,
+) -> SpectralWhitening | None:
+    """The coordinates of a new model (fitted to the training split) or of a resumed one."""
+    if coordinates is not None and coordinates not in COORDINATES:
+        raise InvalidValueError(f"unknown coordinates {coordinates!r}; choose one of {COORDINATES}")
+    normalization = training_data.train.normalization
+    if stored:
+        stored_kind = "grid" if stored.get("coordinates") is None else "whitened"
+        if coordinates is not None and coordinates != stored_kind:
+            raise CheckpointError(
+                f"{resume}: the checkpoint was trained in {stored_kind} coordinates, "
+                f"not {coordinates!r}"
+            )
+        # unfitted here: its statistics come with the weights
+        return build_coordinates(grid, normalization, stored.get("coordinates"))
+    fields = training_data.train
+    batches = (
+        fields.batch(np.arange(start, min(start + FIT_BATCH, len(fields))))
+        for start in range(0, len(fields), FIT_BATCH)
+    )
+    return fit_coordinates(coordinates or "grid", strategy, grid, normalization, batches)
+
+
 def train_prior(
     data: str | os.PathLike[str] | xr.Dataset,
     out: str | os.PathLike[str],
@@ -145,6 +176,7 @@ def train_prior(
     val_gap_hours: float | None = None,
     resume: str | os.PathLike[str] | None = None,
     skip: str | None = None,
+    coordinates: str | None = None,
     overwrite: bool = False,
     progress: bool = True,
     memory_limit_bytes: int = DEFAULT_MEMORY_LIMIT,
@@ -169,6 +201,10 @@ def train_prior(
             ``"gaussian"``: the posterior mean of a Gaussian fitted to the
             training fields (:class:`genda.models.gaussian_skip.GaussianSkip`;
             docs/training.md weighs the two). A resumed run keeps its checkpoint's.
+        coordinates: ``"grid"`` (default for a new model): diffusion on the
+            normalised fields; ``"whitened"``: on the control variables of a
+            spectral whitening fitted to the training fields
+            (:mod:`genda.models.coordinates`). A resumed run keeps its checkpoint's.
         overwrite: replace an existing ``out`` when not resuming.
         progress: progress bar.
         memory_limit_bytes: splits up to this size are held in memory.
@@ -239,10 +275,20 @@ def train_prior(
     training_data = TrainingData.from_dataset(
         ds, val_fraction, val_gap_hours, grid=grid, memory_limit_bytes=memory_limit_bytes
     )
+    if coordinates == "whitened" and skip == "gaussian":
+        raise InvalidValueError(
+            "whitened coordinates need no Gaussian skip: the scalar skip is already "
+            "the Gaussian posterior mean there; choose one"
+        )
     skip_module = _skip_module(skip, stored, resume, grid, training_data)
+    coordinates_module = _coordinates_module(coordinates, stored, resume, name, grid, training_data)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(run_config.seed)  # the initial weights follow the seed
-        denoiser = EDMDenoiser(build_backbone(strategy_obj, grid, **arch), skip=skip_module)
+        denoiser = EDMDenoiser(
+            build_backbone(strategy_obj, grid, **arch),
+            skip=skip_module,
+            coordinates=coordinates_module,
+        )
     network_config = denoiser.backbone.network.config  # type: ignore[union-attr]
 
     with _process_group(run_config.device):

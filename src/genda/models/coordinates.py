@@ -1,0 +1,102 @@
+"""Which coordinates a prior's diffusion runs in, as a checkpoint records them.
+
+``grid`` (no entry in ``config.json``): the normalised fields themselves, as
+genda 0.1's priors. ``whitened``: the control variables ``z`` of
+:class:`genda.models.whitening.SpectralWhitening` (``x = mu + U z``), the
+entry ``"coordinates": {"kind": "spectral-whitening", ...}``; the transform's
+statistics are buffers of the denoiser, saved (and checksummed) with the
+weights. The coupling of the covariance follows the strategy: ``joint3d``
+couples every variable and level of a mode, ``layer2d`` only the variables
+of one level, so that layers stay separable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from genda.errors import InvalidValueError
+from genda.grid import Grid
+from genda.models.diffusion import EDMDenoiser
+from genda.models.whitening import SpectralWhitening
+from genda.normalization import Normalization
+
+__all__ = [
+    "COORDINATES",
+    "build_coordinates",
+    "coordinates_config",
+    "coupling_for",
+    "fit_coordinates",
+    "unfitted_statistics",
+]
+
+COORDINATES = ("grid", "whitened")
+"""The coordinates a prior can be trained in (``genda train --coordinates``)."""
+
+_KIND = "spectral-whitening"
+
+
+def coupling_for(strategy: str) -> str:
+    """The covariance coupling that keeps ``strategy``'s structure: columns, or levels apart."""
+    return "levels" if strategy == "layer2d" else "columns"
+
+
+def coordinates_config(denoiser: EDMDenoiser) -> dict[str, Any] | None:
+    """``config.json``'s ``"coordinates"``: ``None`` for grid coordinates."""
+    module = denoiser.coordinates
+    if module is None:
+        return None
+    if not isinstance(module, SpectralWhitening):
+        raise TypeError(f"checkpoints describe SpectralWhitening or none, not {type(module)}")
+    return dict(module.config())
+
+
+def build_coordinates(
+    grid: Grid, normalization: Normalization, config: Mapping[str, Any] | None
+) -> SpectralWhitening | None:
+    """The (unfitted) transform that a ``"coordinates"`` entry describes, or ``None``.
+
+    Raises:
+        InvalidValueError: an unknown kind, or settings the grid cannot carry.
+    """
+    if config is None:
+        return None
+    if not isinstance(config, Mapping) or config.get("kind") != _KIND:
+        raise InvalidValueError(
+            f"unknown coordinates {config!r}; this genda builds {_KIND!r} or none"
+        )
+    options = {k: v for k, v in config.items() if k != "kind"}
+    try:
+        return SpectralWhitening(grid, normalization, **options)
+    except TypeError as error:  # an unknown or missing option of the entry
+        raise InvalidValueError(f"invalid coordinates {dict(config)}: {error}") from None
+
+
+def fit_coordinates(
+    coordinates: str,
+    strategy: str,
+    grid: Grid,
+    normalization: Normalization,
+    batches: Iterable[torch.Tensor],
+) -> SpectralWhitening | None:
+    """The transform of a new prior in ``coordinates``, fitted to normalised training fields.
+
+    Raises:
+        InvalidValueError: unknown ``coordinates``, or fields that cannot estimate it.
+    """
+    if coordinates not in COORDINATES:
+        raise InvalidValueError(f"unknown coordinates {coordinates!r}; choose one of {COORDINATES}")
+    if coordinates == "grid":
+        return None
+    module = SpectralWhitening(grid, normalization, coupling=coupling_for(strategy))
+    return module.fit(batches)
+
+
+def unfitted_statistics(module: nn.Module | None) -> bool:
+    """The transform's covariances are all zero: it was never fitted (a damaged checkpoint)."""
+    if not isinstance(module, SpectralWhitening):
+        return False
+    return not bool(torch.any(module.eigenvalues != 0))

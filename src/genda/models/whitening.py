@@ -1,0 +1,495 @@
+"""Control variables in which the model data are white: ``x = mu + U z``.
+
+Variational assimilation does not minimise over the state ``x`` but over a
+control variable ``z`` with ``x = mu + U z`` and ``B = U U^T``: the background
+term becomes ``|z|^2 / 2`` and every direction of ``z`` has unit prior
+variance (Bannister 2008, "A review of forecast error covariance statistics
+in atmospheric variational data assimilation", Q. J. R. Meteorol. Soc. 134,
+sections 3-4). :class:`SpectralWhitening` builds ``U`` from the training
+fields: a spherical-harmonic synthesis times a per-mode square root of the
+climatological covariance, so that the diffusion prior can run in ``z``.
+
+Maths, per mode ``(l, m)``, ``m <= l < T``:
+
+    a = A(x)                      (B, V, L, T, M) complex, M = T
+    S_lm = Q_lm diag(lam_lm) Q_lm^H
+    w_lm = diag(lam_lm)^(-1/2) Q_lm^H (a_lm - mu_lm)     (encode, per coupling group)
+    z = pack(w)                   (B, V, L, K) real, K = T * T
+    x = A^-1(mu + Q diag(lam)^(1/2) unpack(z))           (decode)
+
+* ``A`` is the analysis. Winds go through the vector transform
+  (torch-harmonics ``RealVectorSHT``, Schaeffer 2013, G3 14:751-758):
+  poloidal and toroidal (divergence and vorticity potential) coefficients
+  ``s_lm``, ``t_lm`` take the channels of ``u`` and ``v``. The transform acts
+  on the physical-scale winds ``u = std_u x_u + mean_u`` (and so for ``v``):
+  ``u`` and ``v`` normalised with different statistics are no vector field,
+  and a constant ``u`` is not a band-limited vector field either. The vector
+  coefficients are then multiplied by ``sqrt(l (l + 1)) / s_ref`` with
+  ``s_ref = sqrt((std_u^2 + std_v^2) / 2)`` of that level, so that
+  ``sum_lm |a_lm|^2`` is the kinetic energy in normalised units, comparable
+  with the scalar channels: the whitening then equalises kinetic energy. All
+  other variables (T, ...) go through the scalar ``RealSHT`` of the
+  normalised field. The map stays affine. Without ``u`` or ``v`` on the grid
+  every variable is scalar.
+* ``mu_lm`` and ``S_lm`` (Hermitian) are the mean and covariance of the
+  coefficients of the training fields, the Gaussian that is stationary in
+  longitude (its pseudo-covariance ``E[a a^T]`` is taken as 0 for ``m > 0``).
+  ``coupling="columns"`` (``joint3d``): one group of all ``C = V * L``
+  channels per mode, channel ``c = v * L + level``. ``coupling="levels"``
+  (``layer2d``): one group of the ``V`` variables per level and mode, so the
+  ``z`` of a level depends on the ``x`` of that level only.
+* Eigen-directions are sorted by decreasing eigenvalue. Those with
+  ``lam <= 1e-10`` times the largest of their group and mode, or ``lam <=
+  1e-14`` times the largest of all, are dropped: their ``z`` component is 0
+  on encode and ignored on decode (so fewer fields than channels give a
+  rank-deficient but usable fit; the vector coefficients of degree 0, which
+  are 0, are always dropped). ``m = 0`` coefficients are real and their
+  eigenvectors are real.
+* Components: group ``g``'s component ``p`` (``p = 0`` the largest) lands in
+  ``z`` channel ``(p // L, p % L)`` for ``"columns"`` (the ``C`` components
+  reshaped to ``(V, L)``: eigen-directions, not physical variables) and
+  ``(p, g)`` for ``"levels"`` (variable slot ``p`` of level ``g``).
+* Real degrees of freedom, the fixed layout of the last axis of ``z``
+  (``K = T * T``; checkpoints depend on it): degree ``l`` owns
+  ``k in [l^2, (l + 1)^2)``; ``k = l^2`` is ``w_l0`` (real), ``k = l^2 + 2m - 1``
+  is ``sqrt(2) Re w_lm`` and ``k = l^2 + 2m`` is ``sqrt(2) Im w_lm``, ``m = 1..l``.
+  Under the fitted Gaussian each of the ``K`` entries is ``N(0, 1)`` and all
+  are independent.
+
+:meth:`SpectralWhitening.image` is a *linear* grid picture of ``z`` for a
+network: every channel's ``w`` is synthesised with the scalar transform,
+times ``sqrt(4 pi / K)``. The real functions behind the ``K`` entries are
+orthonormal on the unit sphere and, by the addition theorem, ``sum_m
+|Y_lm|^2 = (2l + 1) / (4 pi)`` at every point, so the image of ``z ~ N(0,
+I)`` has variance exactly 1 at every grid point.
+:meth:`SpectralWhitening.coefficients` inverts it on band-limited images.
+
+The transforms use quadrature (torch-harmonics), and ``T`` is limited to where
+it is exact (Gauss-Legendre: ``T <= nlat``; equiangular, Clenshaw-Curtis:
+``T <= (nlat + 1) // 2``), so round trips (``decode(encode(x))`` of ``x`` whose scalars and physical winds
+are band-limited, scalar and vector fields respectively,
+``coefficients(image(z))``) are exact to round-off on both kinds of grid.
+
+Shapes: ``x`` ``(B, V, L, H, W)`` normalised fields of the grid; ``z``
+``(B, V, L, K)``. Everything is differentiable and runs in the dtype and on
+the device of the module's buffers (float32 after construction).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Iterable
+from typing import Any, NamedTuple
+
+import torch
+import torch_harmonics as th
+from torch import Tensor, nn
+
+from genda.errors import InvalidValueError
+from genda.grid import Grid, GridMismatchError, harmonic_grid_kind
+from genda.normalization import Normalization
+
+__all__ = ["COUPLINGS", "WHITENING_KIND", "HarmonicTransforms", "SpectralWhitening"]
+
+WHITENING_KIND = "spectral-whitening"
+"""The name of this transform in a checkpoint's ``config.json``."""
+
+COUPLINGS = ("columns", "levels")
+"""``"columns"``: all variables and levels of a mode together (``joint3d``);
+``"levels"``: the variables of each level, levels separable (``layer2d``)."""
+
+RELATIVE_FLOOR = 1e-10
+"""Eigenvalues at or below this fraction of the largest of their group and mode are dropped."""
+
+GLOBAL_FLOOR = 1e-14
+"""Eigenvalues at or below this fraction of the largest of all modes are dropped (empty modes)."""
+
+
+_TRANSFORM_KINDS = (th.RealSHT, th.InverseRealSHT, th.RealVectorSHT, th.InverseRealVectorSHT)
+
+
+class HarmonicTransforms(NamedTuple):
+    """The torch-harmonics transforms of one grid, truncation, dtype and device."""
+
+    sht: nn.Module
+    isht: nn.Module
+    vsht: nn.Module
+    ivsht: nn.Module
+
+
+class SpectralWhitening(nn.Module):
+    """The affine control-variable transform ``x = mu + U z`` with ``z ~ N(0, I)`` under the fit.
+
+    Args:
+        grid: the grid of the fields (Gauss-Legendre or equiangular latitudes).
+        normalization: the statistics the fields were normalised with; only
+            the ``u`` and ``v`` rows are used, to run the vector transform on
+            physical-scale winds. ``None``: the winds are taken as they come
+            (right when ``u`` and ``v`` share their scale and have zero mean).
+        truncation: number of degrees ``T`` kept, ``l = 0..T-1``; at most and by
+            default ``min(nlat, (nlon + 1) // 2)`` on Gauss-Legendre grids (``nlat``
+            for ``nlon = 2 nlat``) and ``min((nlat + 1) // 2, (nlon + 1) // 2)`` on
+            equiangular ones, where the quadrature is exact.
+        coupling: ``"columns"`` or ``"levels"`` (see :data:`COUPLINGS`).
+
+    Buffers saved with the weights: ``mean`` ``(T, M, G, P, 2)`` (real,
+    imaginary), ``eigenvalues`` ``(T, M, G, P)`` (0 where dropped) and
+    ``eigenvectors`` ``(T, M, G, P, P, 2)`` (column ``p`` is component
+    ``p``), all zero until :meth:`fit`; ``wind_std`` and ``wind_mean``
+    ``(2, L)``. ``G, P = 1, V * L`` for ``"columns"`` and ``L, V`` for
+    ``"levels"``. ``dof_degree``, ``dof_order`` ``(K,)`` give the ``(l, m)``
+    of each entry of ``z``'s last axis (not saved).
+    """
+
+    mean: Tensor
+    eigenvalues: Tensor
+    eigenvectors: Tensor
+    wind_std: Tensor
+    wind_mean: Tensor
+    dof_degree: Tensor
+    dof_order: Tensor
+    valid: Tensor
+    _pack_index: Tensor
+    _unpack_index: Tensor
+
+    def __init__(
+        self,
+        grid: Grid,
+        normalization: Normalization | None = None,
+        *,
+        truncation: int | None = None,
+        coupling: str = "columns",
+    ):
+        super().__init__()
+        kind = harmonic_grid_kind(grid, "the spectral whitening needs")
+        nlat, nlon = grid.nlat, grid.nlon
+        # Exact quadrature of products of degree < T: Gauss-Legendre integrates
+        # polynomials of degree 2 nlat - 1, Clenshaw-Curtis only nlat - 1. And m = T - 1
+        # must stay below the Nyquist order nlon / 2, whose sine part the grid cannot
+        # hold (its coefficients would not be circular).
+        by_latitude = nlat if kind == "legendre-gauss" else (nlat + 1) // 2
+        largest = min(by_latitude, (nlon + 1) // 2)
+        t = int(truncation) if truncation is not None else largest
+        if not 1 <= t <= largest:
+            raise InvalidValueError(
+                f"truncation must be in 1..{largest} on a {kind} grid of {nlat} x {nlon} "
+                f"(too few latitudes or longitudes for more), got {t}"
+            )
+        if coupling not in COUPLINGS:
+            raise InvalidValueError(f"coupling must be one of {COUPLINGS}, got {coupling!r}")
+        nvar, nlev = len(grid.variables), grid.nlevels
+        self.grid, self.truncation, self.coupling = grid, t, coupling
+        self.field_shape = (nvar, nlev, nlat, nlon)
+        self.groups, self.group_size = (1, nvar * nlev) if coupling == "columns" else (nlev, nvar)
+        self.dofs = t * t
+        self._options: dict[str, Any] = {"lmax": t, "mmax": t, "grid": kind, "csphase": False}
+
+        # Winds (u, v) are one vector field; everything else is scalar.
+        names = grid.variables
+        self.wind_index: tuple[int, int] | None = (
+            (names.index("u"), names.index("v")) if "u" in names and "v" in names else None
+        )
+        self.scalar_index = tuple(
+            i for i in range(nvar) if self.wind_index is None or i not in self.wind_index
+        )
+        std, mean = torch.ones(2, nlev), torch.zeros(2, nlev)
+        if normalization is not None:
+            if normalization.variables != names or normalization.mean.shape != (nvar, nlev):
+                raise GridMismatchError(
+                    f"normalisation of {normalization.variables} with (V, L) = "
+                    f"{normalization.mean.shape} does not match the grid's {names}, {nlev} levels"
+                )
+            if self.wind_index is not None:
+                rows = list(self.wind_index)
+                std = torch.as_tensor(normalization.std[rows], dtype=torch.float32)
+                mean = torch.as_tensor(normalization.mean[rows], dtype=torch.float32)
+        self.register_buffer("wind_std", std.clone())
+        self.register_buffer("wind_mean", mean.clone())
+
+        # The transform tables are kept in float64 outside the module's buffers and
+        # cast per (dtype, device) on first use: module.float() then .double() would
+        # otherwise leave float32-rounded tables and spoil float64 round trips.
+        self._master = HarmonicTransforms(*(self._transform(k) for k in _TRANSFORM_KINDS))
+        self._cache: dict[tuple[torch.dtype, torch.device], HarmonicTransforms] = {}
+
+        self.register_buffer(
+            "valid", torch.arange(t)[None, :] <= torch.arange(t)[:, None], persistent=False
+        )
+        self._register_layout(t)
+
+        g, p = self.groups, self.group_size
+        self.register_buffer("mean", torch.zeros(t, t, g, p, 2))
+        self.register_buffer("eigenvalues", torch.zeros(t, t, g, p))
+        self.register_buffer("eigenvectors", torch.zeros(t, t, g, p, p, 2))
+
+    def _transform(self, kind: type[nn.Module]) -> nn.Module:
+        """A float64 torch-harmonics transform of this grid on the CPU."""
+        previous = torch.get_default_dtype()
+        torch.set_default_dtype(torch.float64)  # torch-harmonics builds its tables in it
+        try:
+            return kind(*self.field_shape[-2:], **self._options)
+        finally:
+            torch.set_default_dtype(previous)
+
+    def _register_layout(self, t: int) -> None:
+        """Index tables between ``(T, M, 2)`` complex coefficients and the ``K`` real dofs."""
+        degree, order, part = [], [], []
+        for ell in range(t):
+            degree.append(ell)
+            order.append(0)
+            part.append(0)
+            for m in range(1, ell + 1):
+                degree += [ell, ell]
+                order += [m, m]
+                part += [0, 1]
+        deg, mo, pa = (torch.tensor(v, dtype=torch.long) for v in (degree, order, part))
+        flat = (deg * t + mo) * 2 + pa
+        # Unpacking gathers from z with a zero appended at index K: the imaginary
+        # parts of m = 0 and the modes m > l point there.
+        unpack_index = torch.full((t * t * 2,), t * t, dtype=torch.long)
+        unpack_index[flat] = torch.arange(t * t)
+        self.register_buffer("dof_degree", deg, persistent=False)
+        self.register_buffer("dof_order", mo, persistent=False)
+        self.register_buffer("_pack_index", flat, persistent=False)
+        self.register_buffer("_unpack_index", unpack_index, persistent=False)
+
+    # The factors below are built in the working dtype on each call (a few hundred
+    # numbers): float32 buffers cast up to float64 would spoil exact round trips.
+    def _pack_factor(self, dtype: torch.dtype) -> Tensor:
+        """``(K,)``: 1 for ``m = 0``, ``sqrt(2)`` for the real and imaginary parts of ``m > 0``."""
+        factor = torch.ones(self.dofs, dtype=dtype, device=self.dof_order.device)
+        factor[self.dof_order > 0] = math.sqrt(2.0)
+        return factor
+
+    def _unpack_factor(self, dtype: torch.dtype) -> Tensor:
+        """``(T * M * 2,)``: the inverse of :meth:`_pack_factor` on the triangle, 0 elsewhere."""
+        factor = torch.zeros(self.dofs * 2, dtype=dtype, device=self.dof_order.device)
+        factor[self._pack_index] = 1.0 / self._pack_factor(dtype)
+        return factor
+
+    def _vector_gain(self, dtype: torch.dtype, inverse: bool = False) -> Tensor:
+        """``(T,)`` ``sqrt(l (l + 1))`` (or its inverse, 0 at ``l = 0``)."""
+        degree = torch.arange(self.truncation, dtype=dtype, device=self.dof_order.device)
+        gain = torch.sqrt(degree * (degree + 1.0))
+        if inverse:
+            gain = torch.where(gain > 0, 1.0 / gain.clamp(min=1.0), 0.0)
+        return gain
+
+    def transforms(self, dtype: torch.dtype | None = None) -> HarmonicTransforms:
+        """The four torch-harmonics transforms in ``dtype`` (default: the buffers') on their device."""
+        dtype = dtype or self.mean.dtype
+        key = (dtype, self.mean.device)
+        if key not in self._cache:
+            self._cache[key] = HarmonicTransforms(
+                *(copy.deepcopy(t).to(device=key[1], dtype=dtype) for t in self._master)
+            )
+        return self._cache[key]
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def state_shape(self) -> tuple[int, int, int]:
+        """``(V, L, K)``, the shape of one ``z``."""
+        return (self.field_shape[0], self.field_shape[1], self.dofs)
+
+    def config(self) -> dict[str, Any]:
+        """What a checkpoint stores to rebuild this module (the buffers go with the weights)."""
+        return {"kind": WHITENING_KIND, "truncation": self.truncation, "coupling": self.coupling}
+
+    @classmethod
+    def from_config(
+        cls, grid: Grid, config: dict[str, Any], normalization: Normalization | None = None
+    ) -> SpectralWhitening:
+        """The module described by :meth:`config` (load the buffers from the weights after)."""
+        if config.get("kind") != WHITENING_KIND:
+            raise InvalidValueError(
+                f"expected a {WHITENING_KIND!r} configuration, got kind {config.get('kind')!r}"
+            )
+        return cls(
+            grid,
+            normalization,
+            truncation=int(config["truncation"]),
+            coupling=str(config["coupling"]),
+        )
+
+    # ------------------------------------------------------------------ layout helpers
+    def _check(self, x: Tensor, what: str, shape: tuple[int, ...]) -> None:
+        if x.dim() != 1 + len(shape) or tuple(x.shape[1:]) != shape:
+            raise InvalidValueError(
+                f"{what} must have shape (B, {', '.join(map(str, shape))}), got {tuple(x.shape)}"
+            )
+
+    def _to_groups(self, a: Tensor) -> Tensor:
+        """``(B, V, L, T, M)`` -> ``(B, T, M, G, P)`` in the coupling's channel order."""
+        b, nvar, nlev, t, m = a.shape
+        if self.coupling == "columns":
+            return a.reshape(b, nvar * nlev, t, m).permute(0, 2, 3, 1).unsqueeze(3)
+        return a.permute(0, 3, 4, 2, 1)
+
+    def _from_groups(self, g: Tensor) -> Tensor:
+        """``(B, T, M, G, P)`` -> ``(B, V, L, T, M)``, the inverse of :meth:`_to_groups`."""
+        b, t, m = g.shape[:3]
+        nvar, nlev = self.field_shape[:2]
+        if self.coupling == "columns":
+            return g.squeeze(3).permute(0, 3, 1, 2).reshape(b, nvar, nlev, t, m)
+        return g.permute(0, 4, 3, 1, 2)
+
+    def _pack(self, w: Tensor) -> Tensor:
+        """Complex ``(..., T, M)`` -> real ``(..., K)`` in the documented layout."""
+        flat = torch.view_as_real(w).reshape(*w.shape[:-2], -1)
+        return flat.index_select(-1, self._pack_index) * self._pack_factor(flat.dtype)
+
+    def _unpack(self, z: Tensor) -> Tensor:
+        """Real ``(..., K)`` -> complex ``(..., T, M)`` (0 off the triangle and for Im of m = 0)."""
+        t = self.truncation
+        padded = torch.cat([z, z.new_zeros(*z.shape[:-1], 1)], dim=-1)
+        flat = padded.index_select(-1, self._unpack_index) * self._unpack_factor(z.dtype)
+        return torch.view_as_complex(flat.reshape(*z.shape[:-1], t, t, 2).contiguous())
+
+    # ------------------------------------------------------------------ transforms
+    def _analyse(
+        self, x: Tensor, sht: nn.Module, vsht: nn.Module, std: Tensor, mean: Tensor
+    ) -> Tensor:
+        """Normalised fields ``(B, V, L, H, W)`` -> coefficients ``(B, V, L, T, M)``."""
+        parts: dict[int, Tensor] = {}
+        if self.scalar_index:
+            scalars = sht(x[:, list(self.scalar_index)])
+            for j, i in enumerate(self.scalar_index):
+                parts[i] = scalars[:, j]
+        if self.wind_index is not None:
+            winds = x[:, list(self.wind_index)] * std[..., None, None] + mean[..., None, None]
+            spectral = vsht(winds.transpose(1, 2))  # (B, L, 2, T, M): poloidal, toroidal
+            reference = std.square().mean(dim=0).sqrt()  # (L,)
+            gain = self._vector_gain(x.dtype)[:, None] / reference[:, None, None, None]
+            spectral = spectral * gain
+            for j, i in enumerate(self.wind_index):
+                parts[i] = spectral[:, :, j]
+        return torch.stack([parts[i] for i in range(self.field_shape[0])], dim=1)
+
+    def _synthesise(self, a: Tensor) -> Tensor:
+        """Coefficients ``(B, V, L, T, M)`` -> normalised fields ``(B, V, L, H, W)``."""
+        dtype = self.wind_std.dtype
+        transforms = self.transforms(dtype)
+        parts: dict[int, Tensor] = {}
+        if self.scalar_index:
+            scalars = transforms.isht(a[:, list(self.scalar_index)].contiguous())
+            for j, i in enumerate(self.scalar_index):
+                parts[i] = scalars[:, j]
+        if self.wind_index is not None:
+            std, mean = self.wind_std, self.wind_mean
+            reference = std.square().mean(dim=0).sqrt()
+            gain = self._vector_gain(dtype, inverse=True)[:, None] * reference[:, None, None, None]
+            spectral = a[:, list(self.wind_index)].transpose(1, 2) * gain  # (B, L, 2, T, M)
+            winds = transforms.ivsht(spectral.contiguous()).transpose(1, 2)  # (B, 2, L, H, W)
+            winds = (winds - mean[..., None, None]) / std[..., None, None]
+            for j, i in enumerate(self.wind_index):
+                parts[i] = winds[:, j]
+        return torch.stack([parts[i] for i in range(self.field_shape[0])], dim=1)
+
+    # ------------------------------------------------------------------ fitting
+    @torch.no_grad()
+    def fit(self, batches: Iterable[Tensor]) -> SpectralWhitening:
+        """Estimate ``mu_lm`` and ``S_lm`` from normalised fields ``(B, V, L, H, W)``.
+
+        One pass, accumulated in float64; then stores the eigen-decomposition
+        of each group's ``S_lm``. Fewer fields than ``P + 1`` give a
+        rank-deficient estimate whose empty directions are dropped. Returns ``self``.
+
+        Raises:
+            InvalidValueError: fewer than 2 fields, a batch of the wrong shape, or NaN.
+        """
+        t, g, p = self.truncation, self.groups, self.group_size
+        sht, vsht = self._master.sht, self._master.vsht
+        std, mean = self.wind_std.detach().cpu().double(), self.wind_mean.detach().cpu().double()
+        total = torch.zeros(t, t, g, p, dtype=torch.complex128)
+        outer = torch.zeros(t, t, g, p, p, dtype=torch.complex128)
+        count = 0
+        for number, batch in enumerate(batches):
+            self._check(batch, "fields for the spectral whitening", self.field_shape)
+            x = batch.detach().to("cpu", torch.float64)
+            if not torch.isfinite(x).all():
+                raise InvalidValueError(
+                    f"the fields for the spectral whitening hold NaN or infinite values "
+                    f"(batch {number})"
+                )
+            a = self._to_groups(self._analyse(x, sht, vsht, std, mean))
+            total += a.sum(dim=0)
+            outer += torch.einsum("btmgp,btmgq->tmgpq", a, a.conj())
+            count += a.shape[0]
+        if count < 2:
+            raise InvalidValueError(f"the spectral whitening needs at least 2 fields, got {count}")
+        mu = total / count
+        covariance = (outer - count * mu[..., :, None] * mu[..., None, :].conj()) / (count - 1)
+        covariance = 0.5 * (covariance + covariance.mH)  # Hermitian up to round-off
+        eigenvalues, eigenvectors = torch.linalg.eigh(covariance)
+        # m = 0 coefficients are real: real eigenvectors keep their whitened values real.
+        real_values, real_vectors = torch.linalg.eigh(covariance[:, 0].real)
+        eigenvalues[:, 0] = real_values
+        eigenvectors[:, 0] = real_vectors.to(eigenvectors.dtype)
+        mu[:, 0] = mu[:, 0].real.to(mu.dtype)
+        eigenvalues, eigenvectors = eigenvalues.flip(-1), eigenvectors.flip(-1)  # largest first
+        valid = self.valid.cpu()[:, :, None, None]
+        eigenvalues = torch.where(valid, eigenvalues, 0.0)
+        largest = eigenvalues.amax(dim=-1, keepdim=True)
+        dropped = (eigenvalues <= RELATIVE_FLOOR * largest) | (
+            eigenvalues <= GLOBAL_FLOOR * eigenvalues.max()
+        )
+        eigenvalues = torch.where(dropped, 0.0, eigenvalues)
+        mu = torch.where(valid, mu, 0.0)
+        device, dtype = self.mean.device, self.mean.dtype
+        self.mean.copy_(torch.view_as_real(mu).to(device, dtype))
+        self.eigenvalues.copy_(eigenvalues.to(device, dtype))
+        self.eigenvectors.copy_(torch.view_as_real(eigenvectors).to(device, dtype))
+        return self
+
+    # ------------------------------------------------------------------ applying
+    def _statistics(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """``mu`` ``(T, M, G, P)``, ``Q`` ``(T, M, G, P, P)`` complex, ``lam^(1/2)``, ``lam^(-1/2)``."""
+        mu = torch.view_as_complex(self.mean)
+        vectors = torch.view_as_complex(self.eigenvectors)
+        lam = self.eigenvalues
+        root = lam.clamp(min=0.0).sqrt()
+        inverse_root = torch.where(lam > 0, 1.0 / torch.where(lam > 0, root, 1.0), 0.0)
+        return mu, vectors, root, inverse_root
+
+    def encode(self, x: Tensor) -> Tensor:
+        """Normalised fields ``(B, V, L, H, W)`` -> control variables ``z`` ``(B, V, L, K)``."""
+        self._check(x, "fields", self.field_shape)
+        dtype = self.mean.dtype
+        transforms = self.transforms(dtype)
+        a = self._analyse(
+            x.to(dtype), transforms.sht, transforms.vsht, self.wind_std, self.wind_mean
+        )
+        mu, vectors, _, inverse_root = self._statistics()
+        projected = torch.einsum("tmgpq,btmgp->btmgq", vectors.conj(), self._to_groups(a) - mu)
+        w = self._from_groups(projected * inverse_root)
+        return self._pack(w).to(x.dtype)
+
+    def decode(self, z: Tensor) -> Tensor:
+        """Control variables ``z`` ``(B, V, L, K)`` -> normalised fields ``(B, V, L, H, W)``."""
+        self._check(z, "control variables", self.state_shape)
+        dtype = self.mean.dtype
+        w = self._to_groups(self._unpack(z.to(dtype)))
+        mu, vectors, root, _ = self._statistics()
+        a = mu + torch.einsum("tmgpq,btmgq->btmgp", vectors, w * root)
+        return self._synthesise(self._from_groups(a)).to(z.dtype)
+
+    def image(self, z: Tensor) -> Tensor:
+        """A linear grid picture ``(B, V, L, H, W)`` of ``z`` ``(B, V, L, K)``.
+
+        Each channel's ``w`` through the scalar synthesis times ``sqrt(4 pi / K)``:
+        the image of ``z ~ N(0, I)`` has variance 1 at every grid point.
+        """
+        self._check(z, "control variables", self.state_shape)
+        w = self._unpack(z.to(self.mean.dtype)) * math.sqrt(4.0 * math.pi / self.dofs)
+        return self.transforms().isht(w).to(z.dtype)
+
+    def coefficients(self, image: Tensor) -> Tensor:
+        """The inverse of :meth:`image`: ``(B, V, L, H, W)`` -> ``z`` ``(B, V, L, K)``.
+
+        Exact on band-limited images (Gauss-Legendre grids); what lies beyond
+        the truncation is discarded.
+        """
+        self._check(image, "images", self.field_shape)
+        w = self.transforms().sht(image.to(self.mean.dtype)) / math.sqrt(4.0 * math.pi / self.dofs)
+        return self._pack(w).to(image.dtype)

@@ -1,0 +1,302 @@
+"""A prior in whitened coordinates: exact Kalman posterior, training, checkpoints, bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+from typer.testing import CliRunner
+
+from genda.assimilation.gaussian import GaussianFieldPrior
+from genda.assimilation.guidance import GaussianLikelihood, guided_denoiser
+from genda.assimilation.state_operator import StateOperator, diagonal_aat
+from genda.cli import app
+from genda.grid import Grid
+from genda.models.checkpoint import CheckpointError, load_checkpoint
+from genda.models.diffusion import EDMDenoiser
+from genda.models.sampling import sample
+from genda.models.whitening import SpectralWhitening
+from genda.normalization import Normalization
+from genda.observations.operators import ObservationOperator
+
+runner = CliRunner()
+GRID = Grid.gaussian(8, 16, 2)
+MEMBERS = 1024
+
+
+class ZeroNetwork(nn.Module):
+    """An untrained network's limit: output 0, so ``D(z, sigma) = c_skip z``."""
+
+    def forward(self, x: torch.Tensor, c_noise: torch.Tensor, cond=None) -> torch.Tensor:
+        return torch.zeros_like(x)
+
+
+def _observations() -> pd.DataFrame:
+    rows = [
+        ("u", -30.0, 45.0, 80.0, 2.0),
+        ("v", 10.0, 100.0, 95.0, 2.0),
+        ("T", 60.0, 200.0, 80.0, 1.0),
+        ("T", -70.0, 300.0, 110.0, 1.0),
+        ("u", 5.0, 10.0, 110.0, 2.0),
+    ]
+    return pd.DataFrame(
+        [
+            {
+                "time": pd.Timestamp("2000-01-01"),
+                "variable": v,
+                "lat": lat,
+                "lon": lon,
+                "alt_km": alt,
+                "value": 0.0,
+                "sigma": s,
+            }
+            for v, lat, lon, alt, s in rows
+        ]
+    )
+
+
+@pytest.fixture(scope="module")
+def whitening() -> SpectralWhitening:
+    """Fitted to 400 smooth correlated Gaussian fields of a known prior (float64)."""
+    torch.manual_seed(0)
+    corr = np.array([[1.0, 0.3, 0.0], [0.3, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    field_prior = GaussianFieldPrior.on_grid(GRID, length_km=3000.0, variable_correlation=corr)
+    fields = field_prior.sample(400, generator=torch.Generator().manual_seed(1))
+    normalization = Normalization(
+        GRID.variables, np.zeros((3, GRID.nlevels)), np.ones((3, GRID.nlevels))
+    )
+    module = SpectralWhitening(GRID, normalization, coupling="columns")
+    return module.fit([fields.float()]).double()
+
+
+def test_the_guidance_recovers_the_exact_posterior_in_whitened_coordinates(whitening) -> None:
+    """Prior z ~ N(0, I), x = mu + U z, y = H x + e: MMPS's ensemble is Kalman's, mean and spread."""
+    obs = _observations()
+    fields_operator = ObservationOperator.from_table(obs, GRID).to(dtype=torch.float64)
+    state_shape = tuple(whitening.state_shape)
+    operator = StateOperator(fields_operator, whitening.decode, state_shape)
+    size = int(np.prod(state_shape))
+    jacobian = torch.func.jacrev(lambda z: operator(z.reshape(1, *state_shape))[0])(
+        torch.zeros(size, dtype=torch.float64)
+    )  # (M, Kz): A
+    offset = operator(torch.zeros((1, *state_shape), dtype=torch.float64))[0]
+    sigma_y = torch.tensor(obs["sigma"].to_numpy(), dtype=torch.float64)
+    truth = torch.randn(size, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    y = (
+        jacobian @ truth
+        + offset
+        + sigma_y
+        * torch.randn(len(obs), generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    )
+    # Kalman in z: P = (I + A^T R^-1 A)^-1, m = P A^T R^-1 (y - A 0)
+    r_inv = torch.diag(1.0 / sigma_y**2)
+    precision = torch.eye(size, dtype=torch.float64) + jacobian.T @ r_inv @ jacobian
+    cov = torch.linalg.inv(precision)
+    mean = cov @ jacobian.T @ r_inv @ (y - offset)
+
+    denoiser = EDMDenoiser(ZeroNetwork(), coordinates=whitening).double()
+    likelihood = GaussianLikelihood(operator, y, sigma_y)
+    guided = guided_denoiser(denoiser, likelihood, "mmps", iterations=len(obs))
+    z = sample(
+        guided,
+        state_shape,
+        members=range(MEMBERS),
+        window_seed=3,
+        steps=32,
+        sigma_max=20.0,
+        dtype=torch.float64,
+    ).reshape(MEMBERS, -1)
+    # Compare through the observed directions, where the posterior differs from the prior.
+    seen = (z @ jacobian.T).mean(0)
+    expected = jacobian @ mean
+    spread = (jacobian @ cov @ jacobian.T).diagonal().sqrt()
+    assert torch.all((seen - expected).abs() < 4 * spread / MEMBERS**0.5 + 0.02 * spread)
+    sample_spread = (z @ jacobian.T).std(0)
+    np.testing.assert_allclose(sample_spread, spread, rtol=0.1)
+    # and away from them the prior is kept: unit variance per control variable
+    assert abs(float(z.var(0).mean()) - float(cov.diagonal().mean())) < 0.05
+
+
+def test_sda_sees_the_observations_sensitivity_in_whitened_coordinates(whitening) -> None:
+    """diag(A A^T) by reverse mode equals the dense Jacobian's row norms."""
+    obs = _observations()
+    fields_operator = ObservationOperator.from_table(obs, GRID).to(dtype=torch.float64)
+    state_shape = tuple(whitening.state_shape)
+    operator = StateOperator(fields_operator, whitening.decode, state_shape)
+    size = int(np.prod(state_shape))
+    jacobian = torch.func.jacrev(lambda z: operator(z.reshape(1, *state_shape))[0])(
+        torch.zeros(size, dtype=torch.float64)
+    )
+    np.testing.assert_allclose(diagonal_aat(operator, block=2), (jacobian**2).sum(1), rtol=1e-8)
+
+
+def test_unguided_members_keep_the_fitted_spectrum(whitening) -> None:
+    """An untrained prior in whitened coordinates samples its Gaussian: decoded variance as fitted."""
+    denoiser = EDMDenoiser(ZeroNetwork(), coordinates=whitening).double()
+    z = sample(
+        denoiser,
+        tuple(whitening.state_shape),
+        members=range(512),
+        window_seed=9,
+        steps=24,
+        sigma_max=20.0,
+        dtype=torch.float64,
+    )
+    np.testing.assert_allclose(float(z.var()), 1.0, rtol=0.05)
+    fields = whitening.decode(z)
+    reference = whitening.decode(torch.randn(z.shape, dtype=torch.float64))
+    ratio = fields.var(0).mean((-1, -2)) / reference.var(0).mean((-1, -2))
+    assert torch.all((ratio - 1).abs() < 0.15), ratio
+
+
+# ---------------------------------------------------------------------------- end to end
+def _train(archive: Path, out: Path, strategy: str, *extra: str):
+    return runner.invoke(
+        app,
+        [
+            *("train", "--data", str(archive), "--out", str(out), "--strategy", strategy),
+            *("--coordinates", "whitened", "--no-progress", "--base-channels", "8"),
+            *("--channel-mult", "1,2", "--val-gap-hours", "2", "--steps", "6"),
+            *("--batch-size", "4", "--warmup-steps", "2", "--lr", "2e-3", *extra),
+        ],
+    )
+
+
+@pytest.fixture(scope="module")
+def whitened_priors(tiny_archive: Path, tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("whitened")
+    priors = {}
+    for strategy in ("joint3d", "layer2d"):
+        result = _train(tiny_archive, root / strategy, strategy)
+        assert result.exit_code == 0, result.output
+        priors[strategy] = root / strategy
+    return priors
+
+
+@pytest.mark.parametrize("strategy", ["joint3d", "layer2d"])
+def test_train_and_assimilate_in_whitened_coordinates(
+    whitened_priors, tiny_archive: Path, tmp_path: Path, strategy: str
+) -> None:
+    prior = load_checkpoint(whitened_priors[strategy])
+    config = json.loads((whitened_priors[strategy] / "config.json").read_text())
+    assert config["coordinates"]["kind"] == "spectral-whitening"
+    assert isinstance(prior.denoiser.coordinates, SpectralWhitening)
+    assert prior.state_shape == tuple(prior.denoiser.coordinates.state_shape)
+    time = "2000-01-02T07:00:00"
+    obs = tmp_path / "obs.parquet"
+    result = runner.invoke(
+        app,
+        [
+            *("observe", "--truth", str(tiny_archive), "--time", time, "--out", str(obs)),
+            *("--network", "radars"),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    store = tmp_path / "ens.zarr"
+    result = runner.invoke(
+        app,
+        [
+            *("assimilate", "--checkpoint", str(whitened_priors[strategy]), "--obs", str(obs)),
+            *("--time", time, "--out", str(store), "--members", "2", "--steps", "4"),
+            "--no-progress",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    import xarray as xr
+
+    ds = xr.open_zarr(store)
+    assert np.isfinite(ds["T"].values).all() and ds["T"].dims[1] == "member"
+
+
+def test_layer2d_coordinates_keep_levels_apart(whitened_priors) -> None:
+    prior = load_checkpoint(whitened_priors["layer2d"])
+    assert prior.denoiser.coordinates.config()["coupling"] == "levels"
+    assert load_checkpoint(whitened_priors["joint3d"]).denoiser.coordinates.config()[
+        "coupling"
+    ] == ("columns")
+
+
+def test_missing_transform_statistics_are_named(whitened_priors, tmp_path: Path) -> None:
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from genda.models.checkpoint import CONFIG_FILE, MODEL_FILE
+
+    damaged = tmp_path / "damaged"
+    shutil.copytree(whitened_priors["joint3d"], damaged)
+    tensors = load_file(damaged / MODEL_FILE)
+    kept = {k: v for k, v in tensors.items() if "coordinates" not in k}
+    assert len(kept) < len(tensors)
+    save_file(kept, damaged / MODEL_FILE)
+    # keep the checksum right so that the missing statistics themselves are what is found
+    import hashlib
+
+    config = json.loads((damaged / CONFIG_FILE).read_text())
+    digest = hashlib.sha256((damaged / MODEL_FILE).read_bytes()).hexdigest()
+    config["files"][MODEL_FILE]["sha256"] = digest
+    (damaged / CONFIG_FILE).write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="coordinates"):
+        load_checkpoint(damaged)
+
+
+def test_damaged_transform_statistics_fail_the_checksum(whitened_priors, tmp_path: Path) -> None:
+    import shutil
+
+    from genda.models.checkpoint import MODEL_FILE
+
+    damaged = tmp_path / "damaged"
+    shutil.copytree(whitened_priors["joint3d"], damaged)
+    data = bytearray((damaged / MODEL_FILE).read_bytes())
+    data[-100] ^= 0xFF
+    (damaged / MODEL_FILE).write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=r"sha256|checksum"):
+        load_checkpoint(damaged)
+
+
+def test_transform_of_another_grid_is_refused(whitened_priors, tmp_path: Path) -> None:
+    import shutil
+
+    from genda.models.checkpoint import CONFIG_FILE
+
+    damaged = tmp_path / "other"
+    shutil.copytree(whitened_priors["joint3d"], damaged)
+    config = json.loads((damaged / CONFIG_FILE).read_text())
+    config["coordinates"]["truncation"] = 4  # statistics of another truncation
+    (damaged / CONFIG_FILE).write_text(json.dumps(config))
+    with pytest.raises(CheckpointError):
+        load_checkpoint(damaged)
+
+
+def test_unknown_coordinates_kind(whitened_priors, tmp_path: Path) -> None:
+    import shutil
+
+    from genda.models.checkpoint import CONFIG_FILE
+
+    damaged = tmp_path / "unknown"
+    shutil.copytree(whitened_priors["joint3d"], damaged)
+    config = json.loads((damaged / CONFIG_FILE).read_text())
+    config["coordinates"]["kind"] = "wavelets"
+    (damaged / CONFIG_FILE).write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="wavelets"):
+        load_checkpoint(damaged)
+
+
+def test_bad_coordinates_settings_are_refused(tiny_archive: Path, tmp_path: Path) -> None:
+    result = runner.invoke(
+        app,
+        [
+            *("train", "--data", str(tiny_archive), "--out", str(tmp_path / "p")),
+            *("--coordinates", "polar", "--steps", "1", "--no-progress"),
+        ],
+    )
+    assert result.exit_code == 1 and "polar" in result.output
+    assert not (tmp_path / "p").exists()
+    result = _train(tiny_archive, tmp_path / "q", "joint3d", "--skip", "gaussian")
+    assert result.exit_code == 1 and "skip" in result.output
+    assert not (tmp_path / "q").exists()
