@@ -12,6 +12,8 @@ import os
 import shutil
 from pathlib import Path
 
+from genda.errors import OutputExistsError
+
 
 def remove_path(path: Path) -> None:
     """Remove a file, link or directory tree if it exists."""
@@ -26,8 +28,24 @@ def partial_path(path: Path) -> Path:
     return path.with_name(f"{path.name}.partial-{os.getpid()}")
 
 
-def publish_directory(partial: Path, path: Path) -> None:
-    """Move the complete directory ``partial`` to ``path``, replacing what is there."""
+def publish_directory(partial: Path, path: Path, replace: bool = True) -> None:
+    """Move the complete directory ``partial`` to ``path``, replacing what is there.
+
+    With ``replace`` false, ``path`` must be absent (or an empty directory) at
+    the moment of the rename: one that another process published meanwhile is
+    never replaced (the rename itself refuses a non-empty target).
+
+    Raises:
+        OutputExistsError: ``replace`` is false and ``path`` holds something.
+    """
+    if not replace:
+        try:
+            partial.rename(path)
+        except OSError as error:
+            raise OutputExistsError(
+                f"{path} appeared while it was being written ({error.strerror}); not replacing it"
+            ) from None
+        return
     if path.exists() or path.is_symlink():
         old = path.with_name(f"{path.name}.old-{os.getpid()}")
         remove_path(old)

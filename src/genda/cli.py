@@ -19,6 +19,7 @@ import click
 import numpy as np
 import typer
 from rich.console import Console, Group
+from rich.markup import escape
 from rich.table import Table
 from typer.core import TyperGroup
 
@@ -86,7 +87,8 @@ def render_summary(summary: ArchiveSummary, wall_seconds: float | None = None) -
 
 
 def _fail(message: str) -> typer.Exit:
-    errors.print(f"[bold red]error:[/bold red] {message}", highlight=False)
+    # The message is text, not markup: a path such as /data/[run]/x stays as it is.
+    errors.print(f"[bold red]error:[/bold red] {escape(message)}", highlight=False)
     return typer.Exit(code=1)
 
 
@@ -702,7 +704,9 @@ def cycle(
     for result in results:
         if "error" in result:
             failed += 1
-            table.add_row(result["time"], "", "", "", "", f"[red]{result['error']}[/red]")
+            table.add_row(
+                result["time"], "", "", "", "", f"[red]{escape(str(result['error']))}[/red]"
+            )
             continue
         ensemble = result["ensemble"]
         outcome = "stored"

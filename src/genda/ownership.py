@@ -6,7 +6,8 @@ same kind that genda itself wrote:
 
 - an archive: a Zarr directory whose root ``zarr.json`` carries ``genda_variables``;
 - an ensemble store: a Zarr directory whose root attributes carry ``genda_windows``;
-- a checkpoint: a directory holding ``config.json`` and ``model.safetensors``;
+- a checkpoint: a directory holding ``model.safetensors`` and a ``config.json``
+  whose ``format`` is ``genda-checkpoint``;
 - a report: a directory holding ``metrics.json`` (``genda evaluate``) or
   ``fidelity.json`` (``genda fidelity``);
 - a demo folder: a directory holding the marker file ``.genda-demo``.
@@ -28,6 +29,9 @@ from genda.errors import OutputExistsError
 Kind = Literal[
     "archive", "ensemble store", "checkpoint", "evaluation report", "fidelity report", "demo folder"
 ]
+
+CHECKPOINT_FORMAT = "genda-checkpoint"
+"""The ``format`` a genda checkpoint's ``config.json`` names (``genda.models.checkpoint.FORMAT``)."""
 
 DEMO_MARKER = ".genda-demo"
 """The file that marks a folder as written by ``genda demo``."""
@@ -63,8 +67,19 @@ def written_kind(path: str | os.PathLike[str]) -> Kind | None:
             return kind  # type: ignore[return-value]
     for kind, names in _DIRECTORY_FILES.items():
         if all((path / name).is_file() for name in names):
+            if kind == "checkpoint" and not _is_genda_checkpoint(path / names[0]):
+                continue  # another tool's config.json (a model folder, a project)
             return kind  # type: ignore[return-value]
     return None
+
+
+def _is_genda_checkpoint(config: Path) -> bool:
+    """``config.json`` names genda's checkpoint format."""
+    try:
+        meta = json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and meta.get("format") == CHECKPOINT_FORMAT
 
 
 def is_empty_directory(path: Path) -> bool:
@@ -74,6 +89,8 @@ def is_empty_directory(path: Path) -> bool:
 
 def _describe(path: Path, found: Kind | None) -> str:
     """What an existing ``path`` is, for a refusal: ``"a file"``, ``"a genda archive"``, ..."""
+    if path.is_symlink():
+        return "a symbolic link (genda replaces no links: give the path it points to)"
     if found is not None:
         return f"a genda {found}"
     if path.is_file():
@@ -119,6 +136,8 @@ def check_extendable(path: str | os.PathLike[str], kind: Kind) -> None:
         OutputExistsError: ``path`` is a file or a directory that is not a genda ``kind``.
     """
     path = Path(path)
+    if path.is_symlink() and path.exists():
+        path = path.resolve()  # adding to a store through a link is adding to the store
     if not (path.exists() or path.is_symlink()) or is_empty_directory(path):
         return
     found = written_kind(path)

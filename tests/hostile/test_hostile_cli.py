@@ -295,6 +295,50 @@ def test_train_refuses_a_foreign_folder(world: dict, tmp_path: Path) -> None:
     assert snapshot(folder) == before
 
 
+def test_train_overwrite_refuses_another_tools_model_folder(world: dict, tmp_path: Path) -> None:
+    """A folder with a config.json (another tool's model, a project) is not a genda checkpoint."""
+    folder = tmp_path / "hf-model"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"model_type": "bert"}')
+    (folder / "model.safetensors").write_bytes(b"weights")
+    before = snapshot(folder)
+    args = ["train", "--data", str(world["archive"]), "--out", str(folder), "--steps", "1"]
+    refused([*args, "--overwrite", "--no-progress"], "not a genda checkpoint")
+    assert snapshot(folder) == before
+
+
+def test_resume_into_another_existing_folder_needs_overwrite(world: dict, tmp_path: Path) -> None:
+    import shutil
+
+    other = tmp_path / "other"
+    shutil.copytree(world["prior"], other)
+    before = snapshot(other)
+    args = ["train", "--data", str(world["archive"]), "--resume", str(world["prior"])]
+    refused([*args, "--out", str(other), "--steps", "30", "--no-progress"], "overwrite")
+    assert snapshot(other) == before
+
+
+def test_a_link_to_a_store_is_added_to_but_never_replaced(world: dict, tmp_path: Path) -> None:
+    import shutil
+
+    store = tmp_path / "scratch" / "store.zarr"
+    shutil.copytree(world["store"], store)
+    link = tmp_path / "link.zarr"
+    link.symlink_to(store)
+    later = str(np.datetime64(world["time"]) + np.timedelta64(3, "h"))
+    result = runner.invoke(app, assimilate_args(world["prior"], None, later, link))
+    assert result.exit_code == 0, result.output
+    assert EnsembleStore.open(store).complete(later).all()
+    before = snapshot(store)
+    refused([*base(world, link), "--overwrite"], "symbolic link")
+    assert link.is_symlink() and snapshot(store) == before
+
+
+def test_brackets_in_a_path_are_printed_as_they_are(tmp_path: Path) -> None:
+    missing = tmp_path / "[run]" / "[/tmp]" / "x.zarr"
+    refused(["summary", str(missing)], "[run]", "[/tmp]")
+
+
 # ------------------------------------------------------------------ check everything first
 @pytest.mark.parametrize(
     ("option", "value", "needle"),
@@ -317,6 +361,10 @@ def test_train_refuses_a_foreign_folder(world: dict, tmp_path: Path) -> None:
 def test_bad_settings_touch_no_store(
     world: dict, tmp_path: Path, option: str, value: str, needle: str
 ) -> None:
+    import torch
+
+    if value == "cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
     out = tmp_path / "new.zarr"
     refused([*base(world, out), option, value], needle)
     assert not out.exists()
@@ -523,3 +571,21 @@ def test_a_bug_keeps_its_traceback(world: dict, tmp_path: Path, monkeypatch) -> 
 def test_a_genda_error_is_one_sentence(world: dict, tmp_path: Path) -> None:
     text = refused(["summary", str(tmp_path / "nothing.zarr")], "nothing.zarr")
     assert text.count("error:") == 1
+
+
+def test_a_run_whose_window_was_registered_again_flags_nothing(world: dict, tmp_path: Path) -> None:
+    """Members made under settings the window no longer has are never flagged complete."""
+    import shutil
+
+    store_path = tmp_path / "store.zarr"
+    shutil.copytree(world["store"], store_path)
+    later = str(np.datetime64(world["time"]) + np.timedelta64(4, "h"))
+    store = EnsembleStore.open(store_path)
+    store.add_window(later, {"method": "prior", "steps": 2})
+    store.add_window(later, {"method": "prior", "steps": 3})  # another run, nothing complete
+    fields = np.zeros((1, *store.grid.shape), dtype=np.float32) + 200.0
+    with pytest.raises(errors.GendaError, match="registered again"):
+        store.write_members(later, [0], fields, provenance={"method": "prior", "steps": 2})
+    assert not store.complete(later).any()
+    store.write_members(later, [0], fields, provenance={"method": "prior", "steps": 3})
+    assert store.complete(later)[0]

@@ -336,10 +336,16 @@ def test_repair_never_removes_a_file_outside_the_store(tmp_path: Path) -> None:
     outside = tmp_path / "notes.txt"
     outside.write_text("mine\n")
     metadata = store.path / "u" / "zarr.json"
+    from genda.storage.integrity import _remove_damaged_file
+
     for file in (outside, metadata):
+        # A check that names them is not acted on: the repair's own check does not confirm it,
         forged = StoreCheck(store.path, ("forged",), bad_files=(file,))
+        store.repair(forged)
+        assert file.is_file()
+        # and the removal itself refuses anything but the store's own chunk files.
         with pytest.raises(EnsembleStoreError, match="not removing it"):
-            store.repair(forged)
+            _remove_damaged_file(store, file)
         assert file.is_file()
     assert outside.read_text() == "mine\n" and store.validate().ok
 
@@ -379,3 +385,24 @@ def test_observe_from_an_archive_with_a_truncated_chunk(
     args = ["observe", "--truth", str(archive), "--time", world["time"], "--out", str(out)]
     refused(args, str(chunk), "cannot be read")
     assert not out.exists() and not list(tmp_path.glob("obs*"))
+
+
+def test_a_file_system_error_is_never_taken_for_damage() -> None:
+    """A shard another user's umask makes unreadable is reported, not removed by a repair."""
+    from genda.storage.damage import DamagedFileError
+    from genda.storage.integrity import _bad_file, _Findings
+
+    found = _Findings()
+    try:
+        try:
+            raise PermissionError(13, "Permission denied")
+        except PermissionError as cause:
+            raise DamagedFileError("cannot read", "u/c/0/0", "PermissionError") from cause
+    except DamagedFileError as error:
+        assert not _bad_file(found, error, "u/c/0/0", "2000-01-01T00:00:00")
+    assert not found.bad_files and found.unreadable and "not damaged data" in found.problems[0]
+    try:
+        raise DamagedFileError("cannot decode", "u/c/0/1", "Zstd") from RuntimeError("Zstd")
+    except DamagedFileError as error:
+        assert _bad_file(found, error, "u/c/0/1", "2000-01-01T00:00:00")
+    assert list(found.bad_files) == ["u/c/0/1"]

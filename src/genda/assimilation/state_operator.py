@@ -74,7 +74,9 @@ def diagonal_aat(operator: ObservationOperator | StateOperator, block: int = 256
     device = fields.weight.device
     out = []
     for start in range(0, fields.n_obs, block):
-        rows = torch.eye(fields.n_obs, dtype=dtype, device=device)[start : start + block]
+        count = min(block, fields.n_obs - start)
+        rows = torch.zeros((count, fields.n_obs), dtype=dtype, device=device)
+        rows[torch.arange(count), torch.arange(start, start + count)] = 1.0
         h = fields.adjoint(rows)  # (b, V, L, H, W): H^T e_m on normalised fields
         z = torch.zeros((h.shape[0], *operator.state_shape), dtype=dtype, device=device)
         _, pullback = torch.func.vjp(operator.decode, z)

@@ -168,6 +168,10 @@ def run_tasks(
                     pool.replace(slot)
                     queue.appendleft((task_id, members))
                 except RayTaskError as failed:
+                    if isinstance(failed.cause, GendaError):
+                        # an error of the input, raised in a worker: its sentence, not
+                        # the remote traceback
+                        raise failed.cause from None
                     raise failed.as_instanceof_cause() from None
                 else:
                     report.add(done)

@@ -95,7 +95,7 @@ def complete_window(
         pass
     elif workers == 0 and pool is None:
         if generator is None:
-            raise InvalidValueError("workers=0 samples in this process and needs a MemberGenerator")
+            raise ValueError("workers=0 samples in this process and needs a MemberGenerator")
         if auto_batch:
             job = _with_batch_size(job, generator.probe_batch_size(job))
         result.run = _run_here(generator, job, missing, progress, on_report)
@@ -134,7 +134,7 @@ def _run_on_new_actors(
 ) -> tuple[WindowJob, WindowReport]:
     """Start ``workers`` actors on the session's cluster, run the window, stop them."""
     if spec is None:
-        raise InvalidValueError("workers > 0 needs a WorkerSpec to start actors")
+        raise ValueError("workers > 0 needs a WorkerSpec to start actors")
     if workers < 1:
         raise InvalidValueError(f"--workers must be >= 0, got {workers}")
     # A local cluster gets exactly the CPUs the actors reserve: more would

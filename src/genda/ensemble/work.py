@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import resource
 import time as clock
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,6 +47,8 @@ class WindowJob:
         observations: the validated table; ``None`` samples the prior.
         observations_fingerprint: identity of the table (``""`` without one);
             a worker rebuilds its guided denoiser only when this changes.
+        provenance: the window's provenance as registered; members are written
+            only while the window still has it (``None``: not checked).
     """
 
     store: EnsembleStore
@@ -55,6 +57,7 @@ class WindowJob:
     settings: PosteriorSettings
     observations: pd.DataFrame | None = field(default=None, repr=False)
     observations_fingerprint: str = ""
+    provenance: Mapping[str, Any] | None = field(default=None, repr=False, compare=False)
 
     @property
     def key(self) -> tuple[Any, ...]:
@@ -310,7 +313,7 @@ class MemberGenerator:
                 # complete: the block is refused before anything of it is written.
                 guided = job.observations is not None
                 check_members(values, self.prior.grid, todo, job.time, guided)
-                store.write_members(job.time, todo, values)
+                store.write_members(job.time, todo, values, provenance=job.provenance)
                 written.extend(todo)
         elapsed = clock.perf_counter() - started
         return TaskReport(list(members), written, elapsed, worker, peak_memory_mib(self.device))

@@ -63,6 +63,7 @@ from genda.models.gaussian_skip import SKIP_KIND, GaussianSkip
 from genda.models.strategies import Strategy, StrategyBackbone, build_backbone, get_strategy
 from genda.models.unet import UNet
 from genda.normalization import Normalization
+from genda.ownership import CHECKPOINT_FORMAT, is_empty_directory, written_kind
 
 __all__ = [
     "CHECKPOINTS_DIR",
@@ -89,7 +90,7 @@ __all__ = [
     "save_checkpoint",
 ]
 
-FORMAT = "genda-checkpoint"
+FORMAT = CHECKPOINT_FORMAT
 FORMAT_VERSION = 1
 """The version written; :func:`read_checkpoint` reads this version only."""
 CONFIG_FILE = "config.json"
@@ -355,20 +356,22 @@ def _json_clean(value: Any) -> Any:
 def check_replaceable(path: str | os.PathLike[str]) -> None:
     """Refuse to let a checkpoint replace something that is not a checkpoint.
 
-    ``path`` may be absent, an empty directory, or a directory holding
-    ``config.json`` (an earlier checkpoint).
+    ``path`` may be absent, an empty directory, or an earlier genda checkpoint,
+    recognised by its ``config.json`` naming genda's format and its weights
+    (:func:`genda.ownership.written_kind`): another tool's ``config.json`` does not count.
 
     Raises:
-        FileExistsError: ``path`` is a file or a non-empty directory without ``config.json``.
+        OutputExistsError: ``path`` is a file, a link, or a non-empty directory
+            that is not a genda checkpoint.
     """
     path = Path(path)
-    if not (path.exists() or path.is_symlink()):
+    if not (path.exists() or path.is_symlink()) or is_empty_directory(path):
         return
-    if path.is_dir() and ((path / CONFIG_FILE).is_file() or not any(path.iterdir())):
+    if written_kind(path) == "checkpoint":
         return
     raise OutputExistsError(
-        f"{path} exists and is not a genda checkpoint (no {CONFIG_FILE}); "
-        "refusing to replace it: choose another directory"
+        f"{path} exists and is not a genda checkpoint (no {CONFIG_FILE} of format {FORMAT!r} "
+        f"with {MODEL_FILE}); refusing to replace it: choose another directory"
     )
 
 

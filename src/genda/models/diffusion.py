@@ -78,7 +78,7 @@ def _batch_sigma(sigma: Tensor | float, x: Tensor) -> Tensor:
     if sigma.ndim == 0:
         return sigma.expand(x.shape[0])
     if sigma.shape != (x.shape[0],):
-        raise InvalidValueError(
+        raise ValueError(  # a caller's bug, not a user's input
             f"sigma must be a scalar or have shape (B,) = ({x.shape[0]},), got {tuple(sigma.shape)}"
         )
     return sigma

@@ -55,7 +55,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from genda.errors import InvalidTypeError, InvalidValueError
+from genda.errors import InvalidValueError
 from genda.models.diffusion import RHO, SIGMA_MAX, SIGMA_MIN, karras_sigmas
 
 __all__ = [
@@ -92,7 +92,7 @@ def member_seed(window_seed: int, member: int) -> int:
     """
     for name, value in (("window_seed", window_seed), ("member", member)):
         if isinstance(value, bool) or not isinstance(value, int):
-            raise InvalidTypeError(f"{name} must be an int, got {type(value).__name__}")
+            raise TypeError(f"{name} must be an int, got {type(value).__name__}")  # a caller's bug
     if member < 0:
         raise InvalidValueError(f"member index must be non-negative, got {member}")
     digest = hashlib.blake2b(
@@ -192,7 +192,7 @@ def sample(
     members = [int(m) for m in members]
     if len(set(members)) != len(members):
         duplicates = sorted({m for m in members if members.count(m) > 1})
-        raise InvalidValueError(f"members must be distinct; repeated: {duplicates}")
+        raise ValueError(f"members must be distinct; repeated: {duplicates}")  # a caller's bug
     if corrections < 0 or tau <= 0:
         raise InvalidValueError(f"corrections must be >= 0 and tau > 0, got {corrections}, {tau}")
     if churn < 0 or s_noise < 0:

@@ -590,7 +590,10 @@ def train(
     rank, world = _distributed()
     if config.batch_size % world:
         raise InvalidValueError(f"batch_size {config.batch_size} is not divisible by {world} ranks")
-    if resume is None and checkpoint_dir.exists() and not overwrite:
+    # Continuing a checkpoint in place replaces it by design; writing a resumed run
+    # to another existing directory replaces that one, which needs overwrite.
+    in_place = resume is not None and Path(resume).resolve() == checkpoint_dir.resolve()
+    if not in_place and (checkpoint_dir.exists() or checkpoint_dir.is_symlink()) and not overwrite:
         raise OutputExistsError(
             f"{checkpoint_dir} exists; pass overwrite=True (--overwrite) to replace it "
             "or resume=... (--resume) to continue it"

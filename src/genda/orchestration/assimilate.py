@@ -192,12 +192,13 @@ def assimilate_window(
     outlier_k = check_outlier_k(outlier_k)
     settings = settings or PosteriorSettings()
     when = as_datetime64(time)
-    check_device(device)
+    in_process = workers == 0 and pool is None
+    if in_process:  # Ray workers check their own devices; a driver may have no GPU
+        check_device(device)
     if overwrite:
         check_replaceable(out, "ensemble store", overwrite=True)
     else:
         check_extendable(out, "ensemble store")
-    in_process = workers == 0 and pool is None
     # The driver loads the prior to check the grid and the observations; it
     # samples with it only in-process (actors load their own copy).
     prior = load_checkpoint(checkpoint, device=device if in_process else "cpu")
@@ -242,6 +243,7 @@ def assimilate_window(
         settings,
         obs,
         provenance["observations_sha256"],
+        provenance,
     )
     # Ray is attached here so that the insecure setting reaches a local
     # cluster; complete_window then uses the initialised Ray as it is.

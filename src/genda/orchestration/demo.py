@@ -117,8 +117,9 @@ def run_demo(
     # The demo's own stores are replaced whole (a stale ensemble store would be
     # reused as complete); each is checked to be genda's of that kind first.
     # obs/ and reports/ are never removed: only the demo's own files in them are rewritten.
-    for name, kind in DEMO_STORES.items():
+    for name, kind in DEMO_STORES.items():  # all checked before any is removed
         check_replaceable(out / name, kind, overwrite=True)
+    for name in DEMO_STORES:
         remove_path(out / name)
     truth = simulate_archive(
         out / "truth.zarr",

@@ -220,7 +220,10 @@ def train_prior(
         ValueError, KeyError: invalid options (unknown strategy, split leaving no data...).
     """
     out = Path(out)
-    if resume is None and out.exists() and not overwrite:
+    # Continuing a checkpoint in place replaces it by design; writing a resumed run
+    # to another existing directory replaces that one, which needs overwrite.
+    in_place = resume is not None and Path(resume).resolve() == out.resolve()
+    if not in_place and (out.exists() or out.is_symlink()) and not overwrite:
         # before reading anything: a refused run should fail fast
         raise OutputExistsError(
             f"{out} exists; pass overwrite=True (--overwrite) to replace it "

@@ -229,7 +229,7 @@ def write_archive(
             raise ArchiveError(f"no snapshots to write to {path}")
         _attach_normalization(partial, grid)
         check_replaceable(path, "archive", overwrite)  # it may have appeared meanwhile
-        publish_directory(partial, path)
+        publish_directory(partial, path, replace=overwrite)
     except BaseException:
         remove_path(partial)
         raise

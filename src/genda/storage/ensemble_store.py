@@ -61,7 +61,7 @@ import xarray as xr
 import zarr
 
 from genda.atomic import partial_path, publish_directory, remove_path
-from genda.errors import InvalidValueError, MissingInputError, UnknownNameError
+from genda.errors import InvalidValueError, MissingInputError, OutputExistsError, UnknownNameError
 from genda.grid import Grid, lookup_variable
 from genda.ownership import check_replaceable
 from genda.storage.archive import consolidate, provenance_attrs
@@ -345,7 +345,7 @@ class EnsembleStore:
         try:
             _create_layout(partial, grid, members, members_per_shard, global_attrs)
             consolidate(partial)
-            publish_directory(partial, path)
+            publish_directory(partial, path, replace=overwrite)
         except BaseException:
             remove_path(partial)
             raise
@@ -416,9 +416,19 @@ class EnsembleStore:
         """
         path = Path(path)
         if overwrite or not (path.exists() or path.is_symlink()):
-            return cls.create(
-                path, grid, members, attrs, members_per_shard=members_per_shard, overwrite=overwrite
-            )
+            try:
+                return cls.create(
+                    path,
+                    grid,
+                    members,
+                    attrs,
+                    members_per_shard=members_per_shard,
+                    overwrite=overwrite,
+                )
+            except OutputExistsError:
+                if overwrite:
+                    raise
+                # another run created it meanwhile: add to that store instead
         store = cls.open(path)
         differ = store.grid.differences(grid)
         if differ:
@@ -621,13 +631,24 @@ class EnsembleStore:
                 f"member {member} is outside 0..{self.n_members - 1} of {self.path}"
             )
 
-    def write_members(self, time: TimeLike, members: Sequence[int], fields: np.ndarray) -> None:
+    def write_members(
+        self,
+        time: TimeLike,
+        members: Sequence[int],
+        fields: np.ndarray,
+        provenance: Mapping[str, Any] | None = None,
+    ) -> None:
         """Write members of a registered window, then flag them complete.
 
         Args:
             time: a window added with :meth:`add_window`, not finalised.
             members: ``(n,)`` distinct member indices in ``0 .. N-1``, any order.
             fields: ``(n, V, L, H, W)`` physical fields of those members, in that order.
+            provenance: the provenance the members were made under; when given it
+                must still be the window's, just before the data are written and
+                again before they are flagged. A window with no complete member
+                may be registered again under other settings (:meth:`add_window`):
+                a run that is still sampling under the old ones then stops.
 
         Every check runs before anything is written: shapes, member range and
         uniqueness, finiteness (NaN or infinite values -> error naming the
@@ -678,11 +699,28 @@ class EnsembleStore:
         sorted_members = [indices[i] for i in order]
         data32 = data32[order]
         runs = list(_runs(sorted_members))
+        self._check_provenance(t, provenance, sorted_members)
         for v, name in enumerate(self.grid.variables):
             array = group[name]
             for start, stop, offset in runs:
                 array[index, start:stop] = data32[offset : offset + stop - start, v]
+        self._check_provenance(t, provenance, sorted_members)
         self._mark_complete(group, index, runs)
+
+    def _check_provenance(
+        self, t: np.datetime64, provenance: Mapping[str, Any] | None, members: Sequence[int]
+    ) -> None:
+        """Refuse members made under a provenance the window no longer has."""
+        if provenance is None:
+            return
+        record = _canonical(dict(provenance), f"provenance of window {_iso(t)}")
+        differ = _provenance_differences(self.provenance(t), record)
+        if differ:
+            raise EnsembleStoreError(
+                f"window {_iso(t)} was registered again under other settings ({', '.join(differ)}) "
+                f"while members {members[0]}..{members[-1]} were made; they are not flagged "
+                "complete: run the window again with the settings you want"
+            )
 
     def _mark_complete(
         self, group: zarr.Group, index: int, runs: Sequence[tuple[int, int, int]]

@@ -125,9 +125,36 @@ class _Findings:
     damaged: set[int] = field(default_factory=set)
     bad_files: dict[Path | str, None] = field(default_factory=dict)  # ordered set
     stale: bool = False
+    unreadable: list[str] = field(default_factory=list)  # access errors: never "damage"
 
 
 # ---------------------------------------------------------------------------- checks
+def _access_error(error: BaseException) -> bool:
+    """The read failed in the file system (permissions, I/O, a stale handle), not in a codec.
+
+    Such a file may be intact: it is reported, never counted as damage, never removed.
+    """
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, OSError):
+            return True
+        seen = seen.__cause__
+    return False
+
+
+def _bad_file(found: _Findings, error: Exception, file: Path | str, key: str) -> bool:
+    """Record ``file`` as undecodable, or as unreadable for an access error; True when damaged."""
+    if _access_error(error):
+        found.unreadable.append(
+            f"window {key}: {file} cannot be read ({reason_of(error)}); that is the file "
+            "system's answer, not damaged data: fix the access and check again"
+        )
+        found.problems.append(found.unreadable[-1])
+        return False
+    found.bad_files[file] = None
+    return True
+
+
 def _failure(error: Exception, file: Path | str) -> tuple[Path | str, str]:
     """``(file, reason)`` of a failed read; the pipeline names the file, else ``file`` is it."""
     if isinstance(error, DamagedFileError):
@@ -150,11 +177,13 @@ def _read_flags(
             flags[member] = bool(mask[index, member])
         except READ_ERRORS as error:
             file, reason = _failure(error, chunk_file(mask, (index, member)))
-            if file not in found.bad_files:
+            known = file in found.bad_files
+            if not _bad_file(found, error, file, key):
+                continue
+            if not known:
                 found.problems.append(
                     f"window {key}: the complete flags in {file} cannot be read ({reason})"
                 )
-            found.bad_files[file] = None
             found.damaged.add(member)
     return flags
 
@@ -185,7 +214,8 @@ def _check_members(
                 data = np.asarray(array[index, member])
             except READ_ERRORS as error:
                 file, reason = _failure(error, file)
-                found.bad_files[file] = None
+                if not _bad_file(found, error, file, key):
+                    continue
                 # Removing the file takes every member it holds with it.
                 held = [m for m in _shard_members(store, member) if m in set(flagged)]
                 found.damaged.update(held)
@@ -228,7 +258,8 @@ def _check_statistics(
                 values = np.asarray(array[index])
             except READ_ERRORS as error:
                 file, reason = _failure(error, chunk_file(array, (index, 0, 0, 0)))
-                found.bad_files[file] = None
+                if not _bad_file(found, error, file, key):
+                    continue
                 found.stale = True
                 found.problems.append(
                     f"window {key}: the statistic {name}_{stat} in {file} cannot be decoded ({reason})"
@@ -359,6 +390,7 @@ def check_store(store: EnsembleStore) -> StoreCheck:
             continue
         found = _check_window(store, group, index, key, bool(windows[key].get("finalized", False)))
         problems += found.problems
+        unrepairable += found.unreadable
         bad_files.update(found.bad_files)
         if found.damaged:
             damaged[key] = tuple(sorted(found.damaged))
@@ -452,12 +484,23 @@ def repair_store(store: EnsembleStore, check: StoreCheck | None = None) -> Store
     store's own arrays, nothing else), clears the complete flags of
     ``check.damaged`` and clears the statistics and finalised mark of the
     windows involved; re-consolidates the metadata. Problems listed in
-    ``check.unrepairable`` stay. ``check`` defaults to a fresh
-    :func:`check_store`; it is taken under the store's metadata lock.
+    ``check.unrepairable`` stay. The repair acts on a fresh :func:`check_store`
+    taken under the store's metadata lock, never on ``check`` alone: a rerun
+    that regenerated members since ``check`` was taken is not undone. Of
+    ``check`` only what the fresh check confirms is repaired.
     """
     with store.metadata_lock():
-        check = check if check is not None else check_store(store)
-        return _apply(store, check.bad_files, check.damaged, check.stale)
+        fresh = check_store(store)
+        if check is None:
+            return _apply(store, fresh.bad_files, fresh.damaged, fresh.stale)
+        files = tuple(f for f in fresh.bad_files if f in set(check.bad_files))
+        damaged = {
+            key: tuple(m for m in members if m in set(check.damaged.get(key, ())))
+            for key, members in fresh.damaged.items()
+        }
+        damaged = {key: members for key, members in damaged.items() if members}
+        stale = tuple(key for key in fresh.stale if key in set(check.stale))
+        return _apply(store, files, damaged, stale)
 
 
 def recheck_window(store: EnsembleStore, time: TimeLike) -> list[int]:
