@@ -224,8 +224,68 @@ class SDAGuidance(_GradientGuidance):
         )
 
     def penalty(self, innovation: Tensor, sigma: Tensor) -> Tensor:
+        operator = self.likelihood.operator
+        if isinstance(operator, StateOperator):
+            return self._correlated_penalty(operator, innovation, sigma)
         variance = self.likelihood.sigma**2 + self.gamma * sigma[:, None] ** 2 * self.aat
         return 0.5 * (innovation.square() / variance).sum(-1)
+
+    def _correlated_penalty(
+        self, operator: StateOperator, innovation: Tensor, sigma: Tensor
+    ) -> Tensor:
+        """``0.5 r^T (Sigma_y + gamma sigma^2 A A^T)^-1 r`` with the whole ``A A^T``.
+
+        On whitened states ``A A^T = H B H^T`` is the prior covariance of the
+        observations: neighbouring observations share most of it, and its
+        diagonal alone would count their common information once per
+        observation (the members then run away). The system is solved by
+        conjugate gradients (it is symmetric positive definite) and held
+        constant: the surrogate ``u . r`` has the penalty's gradient ``-A^T u``.
+        """
+        variance_y = self.likelihood.sigma**2
+        scale = self.gamma * sigma[:, None] ** 2
+        target = innovation.detach()
+        state = torch.zeros(
+            (target.shape[0], *operator.state_shape), dtype=target.dtype, device=target.device
+        )
+        with torch.enable_grad():
+            _, pullback = torch.func.vjp(operator.linear, state)
+
+        def system(v: Tensor) -> Tensor:
+            (at_v,) = pullback(v)
+            return variance_y * v + scale * torch.func.jvp(operator.linear, (state,), (at_v,))[1]
+
+        u = conjugate_gradients(system, target, variance_y, iterations=SDA_CG_ITERATIONS)
+        return (u.detach() * innovation).sum(-1)
+
+
+SDA_CG_ITERATIONS = 24
+"""Conjugate-gradient iterations of SDA's correlated likelihood (whitened priors)."""
+
+
+def conjugate_gradients(
+    matvec: Callable[[Tensor], Tensor], b: Tensor, diagonal: Tensor, iterations: int
+) -> Tensor:
+    """Solve ``C u = b`` row by row for symmetric positive definite ``C``, ``(B, M)``.
+
+    Jacobi-preconditioned with ``diagonal`` (``(M,)``, e.g. ``Sigma_y``'s), a
+    fixed number of iterations so that every member does the same work.
+    """
+    u = torch.zeros_like(b)
+    r = b.clone()
+    z = r / diagonal
+    p = z.clone()
+    rz = (r * z).sum(-1, keepdim=True)
+    for _ in range(iterations):
+        cp = matvec(p)
+        alpha = rz / (p * cp).sum(-1, keepdim=True).clamp(min=1e-30)
+        u = u + alpha * p
+        r = r - alpha * cp
+        z = r / diagonal
+        rz_next = (r * z).sum(-1, keepdim=True)
+        p = z + (rz_next / rz.clamp(min=1e-30)) * p
+        rz = rz_next
+    return u
 
 
 def guided_denoiser(
