@@ -300,3 +300,64 @@ def test_bad_coordinates_settings_are_refused(tiny_archive: Path, tmp_path: Path
     result = _train(tiny_archive, tmp_path / "q", "joint3d", "--skip", "gaussian")
     assert result.exit_code == 1 and "skip" in result.output
     assert not (tmp_path / "q").exists()
+
+
+def test_conjugate_gradients_solve_a_symmetric_system() -> None:
+    from genda.assimilation.guidance import conjugate_gradients
+
+    generator = torch.Generator().manual_seed(0)
+    factor = torch.randn(12, 12, generator=generator, dtype=torch.float64)
+    matrix = factor @ factor.T + 12 * torch.eye(12, dtype=torch.float64)
+    b = torch.randn(3, 12, generator=generator, dtype=torch.float64)
+    u = conjugate_gradients(lambda v: v @ matrix, b, matrix.diagonal(), iterations=12)
+    np.testing.assert_allclose(u, torch.linalg.solve(matrix, b.T).T, rtol=1e-8, atol=1e-10)
+
+
+def test_sda_in_whitened_coordinates_uses_the_whole_covariance(whitening) -> None:
+    """With many observations of shared large scales, SDA stays near Kalman's mean, not beyond."""
+    obs = pd.concat([_observations()] * 1, ignore_index=True)
+    rng = np.random.default_rng(4)
+    extra = pd.DataFrame(
+        {
+            "time": pd.Timestamp("2000-01-01"),
+            "variable": "T",
+            "lat": rng.uniform(-60, 60, 300),
+            "lon": rng.uniform(0, 360, 300),
+            "alt_km": 95.0,
+            "value": 0.0,
+            "sigma": 0.3,
+        }
+    )
+    obs = pd.concat([obs, extra], ignore_index=True)
+    fields_operator = ObservationOperator.from_table(obs, GRID).to(dtype=torch.float64)
+    state_shape = tuple(whitening.state_shape)
+    operator = StateOperator(fields_operator, whitening.decode, state_shape)
+    size = int(np.prod(state_shape))
+    jacobian = torch.func.jacrev(lambda z: operator(z.reshape(1, *state_shape))[0])(
+        torch.zeros(size, dtype=torch.float64)
+    )
+    offset = operator(torch.zeros((1, *state_shape), dtype=torch.float64))[0]
+    sigma_y = torch.tensor(obs["sigma"].to_numpy(), dtype=torch.float64)
+    truth = torch.randn(size, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    y = jacobian @ truth + offset
+    r_inv = torch.diag(1.0 / sigma_y**2)
+    cov = torch.linalg.inv(torch.eye(size, dtype=torch.float64) + jacobian.T @ r_inv @ jacobian)
+    mean = cov @ jacobian.T @ r_inv @ (y - offset)
+    denoiser = EDMDenoiser(ZeroNetwork(), coordinates=whitening).double()
+    guided = guided_denoiser(denoiser, GaussianLikelihood(operator, y, sigma_y), "sda", gamma=1.0)
+    z = sample(
+        guided,
+        state_shape,
+        members=range(64),
+        window_seed=3,
+        steps=32,
+        sigma_max=20.0,
+        dtype=torch.float64,
+    ).reshape(64, -1)
+    assert torch.isfinite(z).all() and float(z.abs().max()) < 10
+    seen, expected = (z @ jacobian.T).mean(0), jacobian @ mean
+    # SDA is an approximation: its mean follows Kalman's, a little short of it
+    # (the diagonal of A A^T alone overshoots it and runs away instead)
+    slope = float(seen @ expected / (expected @ expected))
+    correlation = float(torch.corrcoef(torch.stack([seen, expected]))[0, 1])
+    assert 0.5 < slope < 1.05 and correlation > 0.9, (slope, correlation)
