@@ -60,6 +60,18 @@ def _observations() -> pd.DataFrame:
     )
 
 
+def _dense_problem(whitening: SpectralWhitening, obs: pd.DataFrame):
+    """``A = H U`` on the whitened states and its dense Jacobian ``(M, Kz)`` (float64)."""
+    fields_operator = ObservationOperator.from_table(obs, GRID).to(dtype=torch.float64)
+    state_shape = tuple(whitening.state_shape)
+    operator = StateOperator(fields_operator, whitening.decode, state_shape)
+    size = int(np.prod(state_shape))
+    jacobian = torch.func.jacrev(lambda z: operator(z.reshape(1, *state_shape))[0])(
+        torch.zeros(size, dtype=torch.float64)
+    )
+    return operator, jacobian
+
+
 @pytest.fixture(scope="module")
 def whitening() -> SpectralWhitening:
     """Fitted to 400 smooth correlated Gaussian fields of a known prior (float64)."""
@@ -77,13 +89,8 @@ def whitening() -> SpectralWhitening:
 def test_the_guidance_recovers_the_exact_posterior_in_whitened_coordinates(whitening) -> None:
     """Prior z ~ N(0, I), x = mu + U z, y = H x + e: MMPS's ensemble is Kalman's, mean and spread."""
     obs = _observations()
-    fields_operator = ObservationOperator.from_table(obs, GRID).to(dtype=torch.float64)
-    state_shape = tuple(whitening.state_shape)
-    operator = StateOperator(fields_operator, whitening.decode, state_shape)
-    size = int(np.prod(state_shape))
-    jacobian = torch.func.jacrev(lambda z: operator(z.reshape(1, *state_shape))[0])(
-        torch.zeros(size, dtype=torch.float64)
-    )  # (M, Kz): A
+    operator, jacobian = _dense_problem(whitening, obs)  # A: (M, Kz)
+    state_shape, size = operator.state_shape, jacobian.shape[1]
     offset = operator(torch.zeros((1, *state_shape), dtype=torch.float64))[0]
     sigma_y = torch.tensor(obs["sigma"].to_numpy(), dtype=torch.float64)
     truth = torch.randn(size, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
@@ -125,13 +132,7 @@ def test_the_guidance_recovers_the_exact_posterior_in_whitened_coordinates(white
 def test_sda_sees_the_observations_sensitivity_in_whitened_coordinates(whitening) -> None:
     """diag(A A^T) by reverse mode equals the dense Jacobian's row norms."""
     obs = _observations()
-    fields_operator = ObservationOperator.from_table(obs, GRID).to(dtype=torch.float64)
-    state_shape = tuple(whitening.state_shape)
-    operator = StateOperator(fields_operator, whitening.decode, state_shape)
-    size = int(np.prod(state_shape))
-    jacobian = torch.func.jacrev(lambda z: operator(z.reshape(1, *state_shape))[0])(
-        torch.zeros(size, dtype=torch.float64)
-    )
+    operator, jacobian = _dense_problem(whitening, obs)
     np.testing.assert_allclose(diagonal_aat(operator, block=2), (jacobian**2).sum(1), rtol=1e-8)
 
 
@@ -329,13 +330,8 @@ def test_sda_in_whitened_coordinates_uses_the_whole_covariance(whitening) -> Non
         }
     )
     obs = pd.concat([obs, extra], ignore_index=True)
-    fields_operator = ObservationOperator.from_table(obs, GRID).to(dtype=torch.float64)
-    state_shape = tuple(whitening.state_shape)
-    operator = StateOperator(fields_operator, whitening.decode, state_shape)
-    size = int(np.prod(state_shape))
-    jacobian = torch.func.jacrev(lambda z: operator(z.reshape(1, *state_shape))[0])(
-        torch.zeros(size, dtype=torch.float64)
-    )
+    operator, jacobian = _dense_problem(whitening, obs)
+    state_shape, size = operator.state_shape, jacobian.shape[1]
     offset = operator(torch.zeros((1, *state_shape), dtype=torch.float64))[0]
     sigma_y = torch.tensor(obs["sigma"].to_numpy(), dtype=torch.float64)
     truth = torch.randn(size, generator=torch.Generator().manual_seed(5), dtype=torch.float64)

@@ -104,7 +104,14 @@ def _plain(value: Any) -> Any:
 
 SKIP_CHOICES = ("gaussian", "scalar")
 FIT_BATCH = 256
-"""Fields per batch when fitting the Gaussian skip (one pass over the training split)."""
+"""Fields per batch when fitting the Gaussian skip or the coordinates (one pass)."""
+
+
+def _training_batches(training_data: TrainingData) -> Iterator[torch.Tensor]:
+    """The training split in batches of :data:`FIT_BATCH` normalised fields, one pass."""
+    fields = training_data.train
+    for start in range(0, len(fields), FIT_BATCH):
+        yield fields.batch(np.arange(start, min(start + FIT_BATCH, len(fields))))
 
 
 def _skip_module(
@@ -126,12 +133,7 @@ def _skip_module(
         return build_skip(grid, stored.get("skip"))  # its buffers come with the weights
     if (skip or "scalar") == "scalar":
         return None
-    fields = training_data.train
-    batches = (
-        fields.batch(np.arange(start, min(start + FIT_BATCH, len(fields))))
-        for start in range(0, len(fields), FIT_BATCH)
-    )
-    return GaussianSkip(grid).fit(batches)
+    return GaussianSkip(grid).fit(_training_batches(training_data))
 
 
 def _coordinates_module(
@@ -155,11 +157,7 @@ def _coordinates_module(
             )
         # unfitted here: its statistics come with the weights
         return build_coordinates(grid, normalization, stored.get("coordinates"))
-    fields = training_data.train
-    batches = (
-        fields.batch(np.arange(start, min(start + FIT_BATCH, len(fields))))
-        for start in range(0, len(fields), FIT_BATCH)
-    )
+    batches = _training_batches(training_data)
     return fit_coordinates(coordinates or "grid", strategy, grid, normalization, batches)
 
 
