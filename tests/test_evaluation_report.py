@@ -100,6 +100,7 @@ def test_report_writes_metrics_and_figures(case, tmp_path: Path) -> None:
         "spread_skill",
         "rank_histograms",
         "profiles",
+        "posterior_fidelity",
     }
     for path in metrics["plots"].values():
         assert Path(path).parent == out
@@ -141,7 +142,15 @@ def test_report_without_observations(case, tmp_path: Path) -> None:
     metrics = evaluate_ensemble(ensemble, truth, tmp_path, level_km=80.0)
     assert list(metrics["ensemble"]["variables"]) == ["T"]  # the ensemble's variables
     assert metrics["withheld"] is None and metrics["baselines"] == {}
-    assert set(metrics["plots"]) == {"map_T", "spread_skill", "rank_histograms"}
+    assert set(metrics["plots"]) == {
+        "map_T",
+        "spread_skill",
+        "rank_histograms",
+        "posterior_fidelity",
+    }
+    fidelity = metrics["posterior_fidelity"]
+    assert set(fidelity["worst_power_error"]) == {"T"}
+    assert len(fidelity["power_ratio"]["T"]) == GRID.nlevels
     assert Path(metrics["plots"]["map_T"]).name == "map_T_80km.png"
 
 

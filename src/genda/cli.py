@@ -798,6 +798,16 @@ def evaluate(
         console.print(format_table(scores, title=f"baseline {name}"))
     if metrics.get("withheld"):
         console.print(format_table(metrics["withheld"], title="at the withheld observations"))
+    fidelity = metrics.get("posterior_fidelity")
+    if fidelity:
+        table = Table(title="members against model data", header_style="bold")
+        start = fidelity["worst_power_error_from_degree"]
+        for name in ("variable", f"max |power ratio - 1|, l >= {start}", "vertical corr. error"):
+            table.add_column(name, justify="left" if name == "variable" else "right")
+        for name, error in fidelity["worst_power_error"].items():
+            correlation = fidelity["vertical_correlation_error"][name]
+            table.add_row(name, f"{error:.2f}", f"{correlation:.3f}")
+        console.print(table)
     console.print(f"metrics  {out / 'metrics.json'}")
     for path in metrics["plots"].values():
         console.print(f"figure   {path}")

@@ -42,6 +42,7 @@ from genda.evaluation.ensemble_plots import (
     plot_spread_skill,
 )
 from genda.evaluation.plots import file_stem
+from genda.evaluation.posterior_fidelity import plot_posterior_fidelity, posterior_fidelity
 from genda.evaluation.scores import MEMBER_DIM, align_time, ensemble_scores, point_scores
 from genda.grid import DEFAULT_VARIABLES, Grid
 from genda.ownership import check_replaceable, written_kind
@@ -143,6 +144,7 @@ def evaluate_ensemble(
     metrics: dict[str, Any] = {"format": FORMAT, "version": FORMAT_VERSION}
     scores = ensemble_scores(ensemble, truth)
     grid = Grid.from_dataset(ensemble, list(scores["variables"]))
+    model_data = truth  # every time of the run: the model states the members should resemble
     ensemble, truth, _ = align_time(ensemble, truth)
     if "time" in ensemble.dims:
         raise InvalidValueError(
@@ -188,7 +190,16 @@ def evaluate_ensemble(
     )
     if withheld is not None and values is not None:
         plots["profiles"] = str(plot_profiles(values, withheld, out / "profiles.png"))
+    fidelity = None
+    if grid.latitude_kind in ("legendre-gauss", "equiangular"):
+        fidelity = posterior_fidelity(
+            _members(ensemble, grid), _model_fields(model_data, grid), grid
+        )
+        plots["posterior_fidelity"] = str(
+            plot_posterior_fidelity(fidelity, grid, out / "posterior_fidelity.png")
+        )
     metrics.update(
+        posterior_fidelity=None if fidelity is None else fidelity.to_dict(),
         level_km=level_km,
         ensemble=scores,
         baselines=baseline_scores,
@@ -201,6 +212,27 @@ def evaluate_ensemble(
     partial.write_text(json.dumps(metrics, indent=1) + "\n")
     partial.replace(path)  # no half-written metrics under the final name
     return metrics
+
+
+MODEL_FIELDS = 96
+"""Times of the model data used for the posterior fidelity (evenly spread over the run)."""
+
+
+def _members(ensemble: xr.Dataset, grid: Grid) -> dict[str, np.ndarray]:
+    """variable -> ``(N, L, H, W)`` members of the one verified time."""
+    order = (MEMBER_DIM, "altitude", "latitude", "longitude")
+    return {name: ensemble[name].transpose(*order).values for name in grid.variables}
+
+
+def _model_fields(model: xr.Dataset, grid: Grid) -> dict[str, np.ndarray]:
+    """variable -> ``(T, L, H, W)`` model data, at most :data:`MODEL_FIELDS` times of the run."""
+    if "time" not in model.dims:
+        model = model.expand_dims("time")
+    count = model.sizes["time"]
+    picks = np.unique(np.linspace(0, count - 1, min(count, MODEL_FIELDS)).round().astype(int))
+    chosen = model.isel(time=picks)
+    order = ("time", "altitude", "latitude", "longitude")
+    return {name: chosen[name].transpose(*order).values for name in grid.variables}
 
 
 def _check_level(grid: Grid, level_km: float) -> None:
