@@ -100,6 +100,13 @@ def _describe(path: Path, found: Kind | None) -> str:
     return "a Zarr v3 store that genda did not write"
 
 
+def _refuse_other_kind(path: Path, kind: Kind, advice: str) -> None:
+    """Raise unless the existing ``path`` is genda's ``kind``; the message says what it is."""
+    found = written_kind(path)
+    if found != kind:
+        raise OutputExistsError(f"{path} exists and is {_describe(path, found)}; {advice}")
+
+
 def check_replaceable(path: str | os.PathLike[str], kind: Kind, overwrite: bool) -> None:
     """Refuse to replace ``path`` unless it may be: absent, empty, or genda's ``kind`` with overwrite.
 
@@ -116,13 +123,12 @@ def check_replaceable(path: str | os.PathLike[str], kind: Kind, overwrite: bool)
     path = Path(path)
     if not (path.exists() or path.is_symlink()) or is_empty_directory(path):
         return
-    found = written_kind(path)
-    if found != kind:
-        what = _describe(path, found)
-        raise OutputExistsError(
-            f"{path} exists and is {what}; genda replaces only a {kind} it wrote itself: "
-            "choose another path, or move it away yourself"
-        )
+    _refuse_other_kind(
+        path,
+        kind,
+        f"genda replaces only a {kind} it wrote itself: choose another path, "
+        "or move it away yourself",
+    )
     if not overwrite:
         raise OutputExistsError(
             f"{path} exists (a genda {kind}); set overwrite (--overwrite) to replace it"
@@ -140,12 +146,7 @@ def check_extendable(path: str | os.PathLike[str], kind: Kind) -> None:
         path = path.resolve()  # adding to a store through a link is adding to the store
     if not (path.exists() or path.is_symlink()) or is_empty_directory(path):
         return
-    found = written_kind(path)
-    if found != kind:
-        what = _describe(path, found)
-        raise OutputExistsError(
-            f"{path} exists and is {what}, not a genda {kind}; choose another path"
-        )
+    _refuse_other_kind(path, kind, f"not a genda {kind}; choose another path")
 
 
 def check_file_replaceable(path: str | os.PathLike[str], overwrite: bool) -> None:

@@ -45,3 +45,15 @@ def foreign_folder(root: Path) -> Path:
     (folder / "notes.txt").write_text("my thesis\n")
     (folder / "sub" / "data.csv").write_text("a,b\n1,2\n")
     return folder
+
+
+def observed_window(archive: Path, root: Path) -> tuple[str, Path]:
+    """A time of ``archive`` (its 31st) and a radar and lidar table drawn there: ``(time, table)``."""
+    from genda.storage import open_archive
+
+    time = str(open_archive(archive).time.values[30])[:19]
+    table = root / "obs.parquet"
+    args = ["observe", "--truth", str(archive), "--time", time, "--out", str(table)]
+    result = runner.invoke(app, [*args, "--network", "radars,lidars"])
+    assert result.exit_code == 0, result.output
+    return time, table

@@ -12,13 +12,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hostile_checks import foreign_folder, refused, snapshot
+from hostile_checks import foreign_folder, observed_window, refused, snapshot
 from typer.testing import CliRunner
 
 import genda.cli
 from genda import errors
 from genda.cli import app
-from genda.storage import EnsembleStore, open_archive
+from genda.storage import EnsembleStore
 
 runner = CliRunner()
 
@@ -27,16 +27,7 @@ runner = CliRunner()
 def world(tiny_archive: Path, tiny_prior: Path, tmp_path_factory) -> dict:
     """A tiny archive, prior, observation table and one complete store of 2 members."""
     root = tmp_path_factory.mktemp("hostile-cli")
-    time = str(open_archive(tiny_archive).time.values[30])[:19]
-    obs = root / "obs.parquet"
-    result = runner.invoke(
-        app,
-        [
-            *("observe", "--truth", str(tiny_archive), "--time", time),
-            *("--out", str(obs), "--network", "radars,lidars"),
-        ],
-    )
-    assert result.exit_code == 0, result.output
+    time, obs = observed_window(tiny_archive, root)
     store = root / "complete.zarr"
     result = runner.invoke(app, [*assimilate_args(tiny_prior, obs, time, store), "--steps", "2"])
     assert result.exit_code == 0, result.output

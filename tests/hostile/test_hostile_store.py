@@ -17,11 +17,12 @@ import numpy as np
 import pytest
 import xarray as xr
 import zarr
+from hostile_checks import observed_window
 from typer.testing import CliRunner
 
 from genda.cli import app
 from genda.grid import Grid
-from genda.storage import EnsembleStore, EnsembleStoreError, open_archive
+from genda.storage import EnsembleStore, EnsembleStoreError
 from genda.storage.damage import DamagedFileError, chunk_file
 from genda.storage.integrity import StoreCheck, StoreRepairWarning
 
@@ -100,16 +101,7 @@ def assimilate_args(world: dict, out: Path) -> list[str]:
 def world(tiny_archive: Path, tiny_prior: Path, tmp_path_factory) -> dict:
     """Observations of the tiny archive and one complete, finalised store of 3 members."""
     root = tmp_path_factory.mktemp("hostile-store")
-    time = str(open_archive(tiny_archive).time.values[30])[:19]
-    obs = root / "obs.parquet"
-    result = runner.invoke(
-        app,
-        [
-            *("observe", "--truth", str(tiny_archive), "--time", time),
-            *("--out", str(obs), "--network", "radars,lidars"),
-        ],
-    )
-    assert result.exit_code == 0, result.output
+    time, obs = observed_window(tiny_archive, root)
     world = {"root": root, "archive": tiny_archive, "prior": tiny_prior, "obs": obs, "time": time}
     store = root / "pristine.zarr"
     result = runner.invoke(app, assimilate_args(world, store))

@@ -219,9 +219,13 @@ class SDAGuidance(_GradientGuidance):
         if gamma < 0:
             raise InvalidValueError(f"gamma must be non-negative, got {gamma}")
         self.gamma = float(gamma)
-        self.register_buffer(
-            "aat", diagonal_aat(likelihood.operator).to(likelihood.sigma.dtype), persistent=False
+        # A state operator's penalty solves with the whole A A^T instead: no diagonal needed.
+        aat = (
+            torch.zeros(0)
+            if isinstance(likelihood.operator, StateOperator)
+            else diagonal_aat(likelihood.operator)
         )
+        self.register_buffer("aat", aat.to(likelihood.sigma.dtype), persistent=False)
 
     def penalty(self, innovation: Tensor, sigma: Tensor) -> Tensor:
         operator = self.likelihood.operator

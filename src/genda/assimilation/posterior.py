@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -174,32 +174,14 @@ def check_guidance(
     # Forward-mode AD levels (MMPS's Jacobian-vector products) are global to the
     # process: windows checked from several threads of one driver take turns.
     with _GUIDANCE_CHECK:
-        x = _one_step(denoiser, prior, obs, settings, device)
+        # the one sampling path, cut to one step of one member
+        one_step = replace(settings, steps=1, batch_size=1)
+        x = sample_members(prior, denoiser, [0], 0, one_step, guided=obs is not None, device=device)
     if not torch.isfinite(x).all():
         raise InvalidValueError(
             f"the {settings.method} guidance gives non-finite values with these settings "
             f"({settings.guidance_options()}); the observations may be inconsistent with the prior"
         )
-
-
-def _one_step(
-    denoiser: Any,
-    prior: LoadedPrior,
-    obs: pd.DataFrame | None,
-    settings: PosteriorSettings,
-    device: torch.device | str,
-) -> torch.Tensor:
-    return sample(
-        denoiser,
-        prior.state_shape,
-        [0],
-        0,
-        steps=1,
-        method=settings.sampler,  # type: ignore[arg-type]
-        sigma_max=settings.sigma_max,
-        corrections=min(settings.langevin_corrections, 1) if obs is not None else 0,
-        device=device,
-    )
 
 
 def sample_members(

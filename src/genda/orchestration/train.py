@@ -114,6 +114,23 @@ def _training_batches(training_data: TrainingData) -> Iterator[torch.Tensor]:
         yield fields.batch(np.arange(start, min(start + FIT_BATCH, len(fields))))
 
 
+def _keep_resumed(
+    requested: str | None,
+    stored: Mapping[str, Any],
+    key: str,
+    kinds: tuple[str, str],
+    resume: str | os.PathLike[str] | None,
+    what: str,
+) -> None:
+    """A resumed run keeps its checkpoint's ``key``: ``kinds`` names it absent, then present."""
+    stored_kind = kinds[0] if stored.get(key) is None else kinds[1]
+    if requested is not None and requested != stored_kind:
+        raise CheckpointError(
+            f"{resume}: the checkpoint was trained with {what.format(stored_kind)}, "
+            f"not {requested!r}"
+        )
+
+
 def _skip_module(
     skip: str | None,
     stored: Mapping[str, Any],
@@ -125,11 +142,7 @@ def _skip_module(
     if skip is not None and skip not in SKIP_CHOICES:
         raise InvalidValueError(f"unknown skip {skip!r}; choose one of {SKIP_CHOICES}")
     if stored:
-        stored_kind = "scalar" if stored.get("skip") is None else "gaussian"
-        if skip is not None and skip != stored_kind:
-            raise CheckpointError(
-                f"{resume}: the checkpoint was trained with the {stored_kind} skip, not {skip!r}"
-            )
+        _keep_resumed(skip, stored, "skip", ("scalar", "gaussian"), resume, "the {} skip")
         return build_skip(grid, stored.get("skip"))  # its buffers come with the weights
     if (skip or "scalar") == "scalar":
         return None
@@ -149,12 +162,8 @@ def _coordinates_module(
         raise InvalidValueError(f"unknown coordinates {coordinates!r}; choose one of {COORDINATES}")
     normalization = training_data.train.normalization
     if stored:
-        stored_kind = "grid" if stored.get("coordinates") is None else "whitened"
-        if coordinates is not None and coordinates != stored_kind:
-            raise CheckpointError(
-                f"{resume}: the checkpoint was trained in {stored_kind} coordinates, "
-                f"not {coordinates!r}"
-            )
+        names = ("grid", "whitened")
+        _keep_resumed(coordinates, stored, "coordinates", names, resume, "{} coordinates")
         # unfitted here: its statistics come with the weights
         return build_coordinates(grid, normalization, stored.get("coordinates"))
     batches = _training_batches(training_data)
