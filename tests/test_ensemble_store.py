@@ -1,4 +1,4 @@
-"""The resumable multi-window ensemble store (genda.storage.ensemble_store)."""
+"""The resumable multi-window ensemble store: writer, layout, statistics, queries and export."""
 
 from __future__ import annotations
 
@@ -12,15 +12,11 @@ import xarray as xr
 import zarr
 
 from genda.grid import Grid, lookup_variable
-from genda.storage import ensemble_store as es
-from genda.storage.ensemble_store import (
-    EnsembleStore,
-    EnsembleStoreError,
-    nearest_level,
-    open_ensemble,
-    query,
-    to_file,
-)
+from genda.storage import ensemble_layout as layout
+from genda.storage.ensemble_export import to_file
+from genda.storage.ensemble_query import nearest_level, open_ensemble, query
+from genda.storage.ensemble_store import EnsembleStore
+from genda.storage.errors import EnsembleStoreError
 
 GRID = Grid.gaussian(8, 16, 2)
 T0 = np.datetime64("2024-01-01T00:00:00")
@@ -67,7 +63,7 @@ def test_round_trip_two_windows(tmp_path):
     assert again.windows() == [T0, T1]
     assert again.provenance(T1) == PROV
     ds = open_ensemble(store.path)
-    assert ds["u"].dims == es.MEMBER_DIMS
+    assert ds["u"].dims == layout.MEMBER_DIMS
     for i, t in enumerate((T0, T1)):
         stored = np.stack([ds[v].isel(time=i).values for v in GRID.variables], axis=1)
         np.testing.assert_array_equal(stored, fields(range(4), t))
@@ -170,7 +166,7 @@ def test_statistics_match_numpy(tmp_path):
     for v, name in enumerate(GRID.variables):
         for stat, ref in expected.items():
             da = ds[f"{name}_{stat}"]
-            assert da.dims == es.STAT_DIMS
+            assert da.dims == layout.STAT_DIMS
             np.testing.assert_allclose(da.isel(time=0).values, ref[v], rtol=1e-6, atol=1e-4)
     assert ds["T_mean"].attrs["cell_methods"] == "member: mean"
     assert ds["T_q95"].attrs["quantile"] == 0.95
@@ -239,7 +235,7 @@ def test_open_zarr_reads_cf_attributes(tmp_path):
     assert ds.sizes == {"time": 1, "member": 4, "altitude": 2, "latitude": 8, "longitude": 16}
     assert ds["time"].values[0] == T1.astype("datetime64[ns]")
     assert ds["time"].attrs["standard_name"] == "time"
-    assert ds["time"].encoding["units"] == es.TIME_UNITS
+    assert ds["time"].encoding["units"] == layout.TIME_UNITS
     assert ds["time"].encoding["dtype"] == np.int64
     for name in GRID.variables:
         assert ds[name].dtype == np.float32
@@ -344,6 +340,6 @@ def test_sharding_bounds_file_count(tmp_path):
 
 
 def test_auto_members_per_shard():
-    assert es.auto_members_per_shard(8, 10_000) == 1
-    assert es.auto_members_per_shard(64, 10_000) == 16
-    assert es.auto_members_per_shard(64, 100 * 2**20) == 2
+    assert layout.auto_members_per_shard(8, 10_000) == 1
+    assert layout.auto_members_per_shard(64, 10_000) == 16
+    assert layout.auto_members_per_shard(64, 100 * 2**20) == 2

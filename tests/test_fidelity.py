@@ -20,13 +20,9 @@ import torch_harmonics as th
 import xarray as xr
 from scipy.signal import lfilter
 
-from genda.evaluation.fidelity import (
-    CRITERIA,
-    AcceptanceThresholds,
-    FidelityReport,
-    compare_strategies,
-    fidelity_report,
-)
+from genda.evaluation.fidelity import fidelity_report
+from genda.evaluation.fidelity_checks import CRITERIA, AcceptanceThresholds
+from genda.evaluation.fidelity_records import FidelityReport
 from genda.grid import Grid, GridMismatchError
 
 GRID = Grid.gaussian(16, 32, 4)
@@ -350,17 +346,6 @@ def test_plots_are_written(split_report: FidelityReport, tmp_path: Path) -> None
     for path in paths:
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert path.stat().st_size > 5000
-
-
-def test_compare_strategies(split_report: FidelityReport, damped_report: FidelityReport) -> None:
-    table = compare_strategies([split_report, damped_report])
-    assert table["joint3d"]["passed"] is True
-    assert table["layer2d"]["passed"] is False
-    assert table["layer2d"]["std_ratio"]["failed"] == GRID.nlevels
-    assert table["layer2d"]["mean"]["passed"] is True
-    assert table["layer2d"]["std_ratio"]["worst"]["variable"] == "T"
-    with pytest.raises(ValueError, match="two reports"):
-        compare_strategies([split_report, split_report])
 
 
 def test_custom_thresholds_change_the_verdicts(split_report: FidelityReport) -> None:

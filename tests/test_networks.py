@@ -12,7 +12,7 @@ import xarray as xr
 from genda.constants import EARTH_RADIUS_M
 from genda.grid import Grid
 from genda.observations import read_observations, validate_observations
-from genda.observations.networks import (
+from genda.observations.catalog import (
     LIDAR_T_ERRORS,
     LIDARS,
     METEOR_RADARS,
@@ -21,16 +21,17 @@ from genda.observations.networks import (
     SABER,
     STATIONS,
     ErrorModel,
-    draw_observations,
+    station,
+)
+from genda.observations.geometry import (
     lidar_geometry,
     limb_profile_times,
     limb_track,
-    observe_to_file,
     orbit_positions,
     radar_geometry,
-    split_withheld,
-    station,
 )
+from genda.observations.networks import draw_observations, split_withheld
+from genda.observations.observe import observe_to_file
 
 GRID = Grid.gaussian(16, 32, 4)  # altitudes 80, 91.7, 103.3, 115 km
 TIME = np.datetime64("2024-03-01T12:00", "ns")

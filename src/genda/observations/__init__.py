@@ -6,24 +6,29 @@
   (CSV, Parquet, NetCDF);
 - :mod:`genda.observations.operators`: :class:`ObservationOperator`, fields ->
   observation space;
-- :mod:`genda.observations.networks`: the station catalog, error models, limb
-  tracks and :func:`draw_observations` for synthetic experiments.
+- :mod:`genda.observations.catalog`: the stations, limb sounders and error
+  models;
+- :mod:`genda.observations.geometry`: where they observe on a grid (radar and
+  lidar columns, limb tracks);
+- :mod:`genda.observations.networks`: :func:`draw_observations` of a truth by
+  named networks, for synthetic experiments;
+- :mod:`genda.observations.observe`: :func:`observe_to_file`, drawing from an
+  archive and writing the tables (``genda observe``).
 
 See docs/observations.md.
 """
 
-from genda.observations.networks import (
+from genda.observations.catalog import (
     LIDARS,
     METEOR_RADARS,
     STATIONS,
     ErrorModel,
     LimbInstrument,
     Station,
-    draw_observations,
-    limb_track,
-    observe_to_file,
-    split_withheld,
 )
+from genda.observations.geometry import limb_track
+from genda.observations.networks import draw_observations, split_withheld
+from genda.observations.observe import observe_to_file
 from genda.observations.operators import ObservationOperator
 from genda.observations.table import (
     OBSERVATION_COLUMNS,

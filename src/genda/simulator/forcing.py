@@ -287,9 +287,6 @@ class Forcing:
         rho = self._correlation
         self._noise = rho * self._noise + math.sqrt(1.0 - rho**2) * self._noise_scale * self._draw()
 
-    def noise_state(self) -> torch.Tensor | None:
-        return None if self._noise is None else self._noise.clone()
-
     # ------------------------------------------------------------------ evaluation
     def surface_geopotential(self, time_seconds: float) -> torch.Tensor:
         """Lower-boundary geopotential ``(H, W)`` at a time (m2 s-2)."""

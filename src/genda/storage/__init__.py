@@ -7,19 +7,17 @@
   (:func:`genda.storage.regrid.regrid`; the function is not re-exported here so
   that ``genda.storage.regrid`` stays the module);
 - :func:`summarize` gives the shape, time range and per-variable statistics;
-- :class:`EnsembleStore` holds posterior ensembles of many windows;
-  :func:`open_ensemble` opens one lazily, :func:`query` picks a level and a
-  statistic (docs/store.md).
+- :class:`EnsembleStore` holds posterior ensembles of many windows
+  (:mod:`~genda.storage.ensemble_store` writes them in the layout of
+  :mod:`~genda.storage.ensemble_layout`); :func:`open_ensemble` opens one
+  lazily, :func:`query` picks a level and a statistic
+  (:mod:`~genda.storage.ensemble_query`, docs/store.md).
 """
 
 from genda.storage.archive import consolidate, provenance_attrs, read_normalization, write_archive
-from genda.storage.ensemble_store import (
-    EnsembleStore,
-    EnsembleStoreError,
-    open_ensemble,
-    query,
-)
-from genda.storage.errors import ArchiveError
+from genda.storage.ensemble_query import open_ensemble, query
+from genda.storage.ensemble_store import EnsembleStore
+from genda.storage.errors import ArchiveError, EnsembleStoreError
 from genda.storage.readers import open_archive, open_raw, to_genda_conventions
 from genda.storage.summary import ArchiveSummary, VariableSummary, summarize
 

@@ -1,23 +1,10 @@
-"""A resumable Zarr v3 store of posterior ensembles over many assimilation windows.
+"""The writer of a resumable Zarr v3 store of posterior ensembles over many assimilation windows.
 
-Layout (CF-1.10, readable with plain ``xarray.open_zarr``)::
-
-    time                     (time,)    int64 seconds since 2000-01-01, grows by one per window
-    member                   (member,)  0 .. N-1, fixed at creation
-    altitude, latitude, longitude       the grid's coordinates (:meth:`genda.grid.Grid.coords`)
-    u, v, T                  (time, member, altitude, latitude, longitude)  float32 members
-    complete                 (time, member)  bool, True once a member's data have landed
-    u_mean, u_std, u_q05, u_q50, u_q95, ...
-                             (time, altitude, latitude, longitude)  float32 statistics
-
-Chunks and shards:
-
-- a member chunk is one member x one variable x one time (the full field),
-  a statistics chunk one field, a ``complete`` chunk one flag;
-- with sharding (``members_per_shard`` = M > 1) a shard file holds M
-  consecutive members of one variable at one time, and a ``complete`` shard
-  the M matching flags. A window then costs ``(V + 1) * ceil(N / M)`` files
-  instead of ``(V + 1) * N``.
+:class:`EnsembleStore` creates a store, registers windows, writes members and
+finalises windows with their statistics. The arrays and attributes it writes
+are :mod:`genda.storage.ensemble_layout`; reading and queries are
+:mod:`genda.storage.ensemble_query`; the statistics are
+:mod:`genda.storage.ensemble_stats` (docs/store.md).
 
 The writer rule: a shard is read, modified and replaced as a whole, so two
 processes writing different members of one shard at the same time lose one
@@ -38,139 +25,54 @@ add and finalise windows of one store at once; :meth:`write_members` needs
 no lock. Files damaged or removed behind genda's back are found by
 :meth:`validate`, reported by every read (:mod:`genda.storage.damage`) and
 made good for a rerun by :meth:`repair` (:mod:`genda.storage.integrity`).
-
-Window provenance lives in the ``genda_windows`` global attribute, a JSON
-object keyed by ISO time: ``{"provenance": {...}, "finalized": bool}``.
 """
 
 from __future__ import annotations
 
 import fcntl
 import json
-import math
 import os
-import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, get_args
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import xarray as xr
 import zarr
 
 from genda.atomic import partial_path, publish_directory, remove_path
-from genda.errors import InvalidValueError, MissingInputError, OutputExistsError, UnknownNameError
-from genda.grid import Grid, lookup_variable
+from genda.errors import MissingInputError, OutputExistsError
+from genda.grid import Grid
 from genda.ownership import check_replaceable
-from genda.storage.archive import consolidate, provenance_attrs
-from genda.storage.damage import naming_reads, open_naming_group
-from genda.storage.errors import ArchiveError
+from genda.storage.archive import consolidate
+from genda.storage.ensemble_layout import (
+    _EPOCH,
+    COMPLETE,
+    LOCK_FILE,
+    TIME_FILL,
+    WINDOWS_ATTR,
+    TimeLike,
+    _as_time,
+    _iso,
+    _open_group,
+    _seconds,
+    auto_members_per_shard,
+    create_layout,
+    read_store_attrs,
+    store_attrs,
+    time_array_names,
+)
+from genda.storage.ensemble_stats import window_statistics
+from genda.storage.ensemble_windows import canonical, provenance_differences, register_window
+from genda.storage.errors import EnsembleStoreError, damaged_members_message
 
 if TYPE_CHECKING:
     from genda.storage.integrity import StoreCheck, StoreRepair
 
-MEMBER_DIM = "member"
-MEMBER_DIMS = ("time", MEMBER_DIM, "altitude", "latitude", "longitude")
-"""Dimensions of a member variable."""
-STAT_DIMS = ("time", "altitude", "latitude", "longitude")
-"""Dimensions of a statistics variable."""
-
-COMPLETE = "complete"
-"""Name of the ``(time, member)`` completion mask."""
-
-STORE_KIND = "ensemble"
-STORE_VERSION = 1
-KIND_ATTR = "genda_store"
-VERSION_ATTR = "genda_store_version"
-GRID_ATTR = "genda_grid"
-MEMBERS_ATTR = "genda_members"
-SHARD_ATTR = "genda_members_per_shard"
-WINDOWS_ATTR = "genda_windows"
-_RESERVED_ATTRS = (KIND_ATTR, VERSION_ATTR, GRID_ATTR, MEMBERS_ATTR, SHARD_ATTR, WINDOWS_ATTR)
-
-TIME_UNITS = "seconds since 2000-01-01 00:00:00"
-_EPOCH = np.datetime64("2000-01-01T00:00:00", "s")
-TIME_FILL = int(np.iinfo(np.int64).min)
-"""Value of a time slot not yet written (a window whose registration was interrupted)."""
-TIME_CHUNK = 1024
-"""Chunk length of the ``time`` coordinate: years of 6-hourly windows in one small chunk."""
-
-Stat = Literal["mean", "std", "q05", "q50", "q95"]
-STATS: tuple[Stat, ...] = get_args(Stat)
-QUANTILES: dict[str, float] = {"q05": 0.05, "q50": 0.50, "q95": 0.95}
-QueryStat = Literal["mean", "std", "q05", "q50", "q95", "members"]
-
-AUTO_SHARD_MIN_MEMBERS = 32
-"""Below this many members the store shards nothing by default (few files anyway)."""
-AUTO_MEMBERS_PER_SHARD = 16
-AUTO_SHARD_MAX_BYTES = 256 * 2**20
-"""Upper bound of one shard file chosen by default (a writer holds one in memory)."""
-
-LOCK_FILE = ".genda-metadata.lock"
-"""File that serialises metadata updates (:meth:`EnsembleStore.metadata_lock`). It lives
-in the ``complete`` array's directory: Zarr lists only a group's directory for
-members, so there it is invisible to readers (at the root Zarr warns of it)."""
-
-FINALIZE_MEMORY_BYTES = 256 * 2**20
-"""Working memory of :meth:`EnsembleStore.finalize` (float64 copies of an altitude block)."""
-
-
-class EnsembleStoreError(ArchiveError):
-    """An ensemble store is missing, not ours, inconsistent, or asked for something it lacks."""
+__all__ = ["EnsembleStore", "EnsembleStoreError"]
 
 
 # ---------------------------------------------------------------------------- helpers
-TimeLike = np.datetime64 | datetime | str
-
-
-def _as_time(time: TimeLike) -> np.datetime64:
-    """``time`` as whole seconds; sub-second times are refused (the store encodes seconds)."""
-    try:
-        t = np.datetime64(time, "ns")
-    except (TypeError, ValueError) as err:
-        raise EnsembleStoreError(f"cannot read {time!r} as a time: {err}") from None
-    if np.isnat(t):
-        raise EnsembleStoreError("a window time cannot be NaT")
-    seconds = t.astype("datetime64[s]")
-    if seconds != t:
-        raise EnsembleStoreError(f"window time {t} is not a whole second")
-    return seconds
-
-
-def _iso(time: np.datetime64) -> str:
-    return str(np.datetime_as_string(time, unit="s"))
-
-
-def _seconds(time: np.datetime64) -> int:
-    return int((time - _EPOCH).astype(np.int64))
-
-
-def _canonical(value: Any, what: str) -> Any:
-    """``value`` through JSON, so tuples and lists, numpy and Python numbers compare alike."""
-    try:
-        return json.loads(json.dumps(value, sort_keys=True, default=_json_default))
-    except (TypeError, ValueError) as err:
-        raise EnsembleStoreError(f"{what} is not JSON-serialisable: {err}") from None
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, os.PathLike | datetime | np.datetime64):
-        return str(value)
-    raise TypeError(f"{type(value).__name__} is not JSON-serialisable")
-
-
-def _provenance_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
-    """Keys whose values differ, or that only one side has, sorted."""
-    keys = set(old) | set(new)
-    return sorted(k for k in keys if k not in old or k not in new or old[k] != new[k])
-
-
 def _runs(indices: Sequence[int]) -> Iterator[tuple[int, int, int]]:
     """Contiguous runs of sorted ``indices`` as ``(start, stop, offset in indices)``."""
     start = 0
@@ -180,77 +82,11 @@ def _runs(indices: Sequence[int]) -> Iterator[tuple[int, int, int]]:
             start = i
 
 
-def auto_members_per_shard(members: int, field_bytes: int) -> int:
-    """The default ``members_per_shard`` for ``members`` members of ``field_bytes`` each.
-
-    1 (no sharding) below :data:`AUTO_SHARD_MIN_MEMBERS` members; otherwise
-    :data:`AUTO_MEMBERS_PER_SHARD`, halved until a shard stays within
-    :data:`AUTO_SHARD_MAX_BYTES`.
-    """
-    if members < AUTO_SHARD_MIN_MEMBERS:
-        return 1
-    per_shard = AUTO_MEMBERS_PER_SHARD
-    while per_shard > 1 and per_shard * field_bytes > AUTO_SHARD_MAX_BYTES:
-        per_shard //= 2
-    return per_shard
-
-
-def damaged_members_message(path: Path, window: str, members: Sequence[int], what: str = "") -> str:
-    """The error for members flagged complete whose data are missing or NaN."""
-    shown = ", ".join(map(str, members[:20])) + (" ..." if len(members) > 20 else "")
-    return (
-        f"window {window} of {path}: member{'s' if len(members) > 1 else ''} {shown} "
-        f"{'are' if len(members) > 1 else 'is'} flagged complete but {what or 'the'} data are "
-        f"missing or NaN (a chunk file was removed or damaged); 'genda validate --repair {path}' "
-        "clears the flags so that a rerun of the window regenerates them"
-    )
-
-
-def nearest_level(altitude: np.ndarray, alt_km: float) -> int:
-    """Index of the level nearest ``alt_km``; an error if it is more than half a level spacing away.
-
-    The spacing is that of the interval on the requested side of the nearest
-    level (the outermost interval beyond the column); a one-level grid
-    accepts only its own altitude.
-    """
-    altitude = np.asarray(altitude, dtype=np.float64)
-    if not math.isfinite(alt_km):
-        raise InvalidValueError(f"altitude must be a finite number of km, got {alt_km}")
-    index = int(np.argmin(np.abs(altitude - alt_km)))
-    if altitude.size == 1:
-        tolerance = 1e-6
-    else:
-        upper = alt_km > altitude[index]
-        if (upper and index + 1 < altitude.size) or index == 0:
-            spacing = altitude[index + 1] - altitude[index]
-        else:
-            spacing = altitude[index] - altitude[index - 1]
-        tolerance = 0.5 * float(spacing) + 1e-9
-    distance = abs(float(altitude[index]) - alt_km)
-    if distance > tolerance:
-        raise InvalidValueError(
-            f"altitude {alt_km:g} km is {distance:.3g} km from the nearest level "
-            f"({altitude[index]:g} km); the levels span {altitude[0]:g}-{altitude[-1]:g} km and a "
-            f"query must lie within half a level spacing ({tolerance:.3g} km) of one"
-        )
-    return index
-
-
-def _open_group(path: Path, mode: Literal["r", "r+"]) -> zarr.Group:
-    """The store's root group, read fresh from disk; a damaged chunk file it reads is named.
-
-    Consolidated metadata is skipped: it may lag behind a window that the
-    coordinator has just added, and writers must see the current shapes.
-    Arrays read through :class:`~genda.storage.damage.NamingCodecPipeline`, so
-    a file that cannot be decoded raises :class:`~genda.storage.damage.DamagedFileError`.
-    """
-    return open_naming_group(path, mode)
-
-
 # ---------------------------------------------------------------------------- the store
 class EnsembleStore:
     """Posterior ensembles of many windows in one Zarr v3 store (module docstring).
 
+    The arrays and attributes are those of :mod:`genda.storage.ensemble_layout`.
     The object holds only the path and what is fixed at creation (grid,
     members, shard size), so it pickles cheaply to worker processes; every
     operation reads the store's current state from disk.
@@ -294,7 +130,8 @@ class EnsembleStore:
             members: ``N``, members per window; ``member`` runs 0 .. N-1.
             attrs: global attributes (title, institution, ...); dicts become JSON strings.
             members_per_shard: consecutive members per shard file; 1 turns sharding
-                off; ``None`` picks :func:`auto_members_per_shard`. See the
+                off; ``None`` picks
+                :func:`~genda.storage.ensemble_layout.auto_members_per_shard`. See the
                 writer rule in the module docstring.
             overwrite: replace an existing genda ensemble store at ``path``.
 
@@ -324,26 +161,12 @@ class EnsembleStore:
                 f"members_per_shard must be a positive integer, got {members_per_shard!r}"
             )
         members_per_shard = min(int(members_per_shard), members)
-        user_attrs = dict(attrs or {})
-        clash = sorted(set(user_attrs) & set(_RESERVED_ATTRS))
-        if clash:
-            raise EnsembleStoreError(f"attributes {clash} are reserved for the store's own use")
-        global_attrs = provenance_attrs(user_attrs, grid)
-        global_attrs.update(
-            {
-                KIND_ATTR: STORE_KIND,
-                VERSION_ATTR: STORE_VERSION,
-                GRID_ATTR: json.dumps(grid.to_dict()),
-                MEMBERS_ATTR: members,
-                SHARD_ATTR: members_per_shard,
-                WINDOWS_ATTR: json.dumps({}),
-            }
-        )
+        global_attrs = store_attrs(attrs, grid, members, members_per_shard)
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = partial_path(path)
         remove_path(partial)
         try:
-            _create_layout(partial, grid, members, members_per_shard, global_attrs)
+            create_layout(partial, grid, members, members_per_shard, global_attrs)
             consolidate(partial)
             publish_directory(partial, path, replace=overwrite)
         except BaseException:
@@ -363,39 +186,7 @@ class EnsembleStore:
             raise EnsembleStoreError(
                 f"{path} is not a Zarr v3 store ({type(err).__name__}: {err})"
             ) from None
-        attrs = dict(group.attrs)
-        if attrs.get(KIND_ATTR) != STORE_KIND:
-            raise EnsembleStoreError(
-                f"{path} is not a genda ensemble store (its {KIND_ATTR!r} attribute is "
-                f"{attrs.get(KIND_ATTR)!r}, expected {STORE_KIND!r}); open other Zarr stores with xarray.open_zarr"
-            )
-        if attrs.get(VERSION_ATTR) != STORE_VERSION:
-            raise EnsembleStoreError(
-                f"{path} has ensemble store version {attrs.get(VERSION_ATTR)!r}; "
-                f"this genda reads version {STORE_VERSION}"
-            )
-        try:
-            grid = Grid.from_dict(json.loads(attrs[GRID_ATTR]))
-            members = int(attrs[MEMBERS_ATTR])
-            per_shard = int(attrs[SHARD_ATTR])
-            json.loads(attrs[WINDOWS_ATTR])
-        except (KeyError, TypeError, ValueError) as err:
-            raise EnsembleStoreError(
-                f"{path}: the store's attributes are damaged ({type(err).__name__}: {err})"
-            ) from None
-        expected = {
-            "time",
-            MEMBER_DIM,
-            "altitude",
-            "latitude",
-            "longitude",
-            COMPLETE,
-            *grid.variables,
-            *(f"{name}_{stat}" for name in grid.variables for stat in STATS),
-        }
-        absent = sorted(expected - set(group.array_keys()))
-        if absent:
-            raise EnsembleStoreError(f"{path} lacks the arrays {absent}")
+        grid, members, per_shard = read_store_attrs(path, group)
         return cls(path, grid, members, per_shard)
 
     @classmethod
@@ -513,13 +304,7 @@ class EnsembleStore:
 
     def _time_arrays(self, group: zarr.Group) -> list[zarr.Array]:
         """Every array with a ``time`` axis, the ``time`` coordinate last (see :meth:`add_window`)."""
-        names = [
-            *self.grid.variables,
-            COMPLETE,
-            *(f"{name}_{stat}" for name in self.grid.variables for stat in STATS),
-            "time",
-        ]
-        return [group[name] for name in names]
+        return [group[name] for name in time_array_names(self.grid.variables)]
 
     def add_window(self, time: TimeLike, provenance: Mapping[str, Any]) -> int:
         """Register a window (one more slot along ``time``) and its provenance; returns its index.
@@ -548,64 +333,9 @@ class EnsembleStore:
             raise EnsembleStoreError(
                 f"provenance must be a mapping, got {type(provenance).__name__}"
             )
-        record = _canonical(dict(provenance), f"provenance of window {key}")
+        record = canonical(dict(provenance), f"provenance of window {key}")
         with self.metadata_lock():
-            return self._add_window(t, record)
-
-    def _add_window(self, t: np.datetime64, record: dict[str, Any]) -> int:
-        key = _iso(t)
-        group = _open_group(self.path, "r+")
-        arrays = self._time_arrays(group)
-        length = max(a.shape[0] for a in arrays)
-        for array in arrays:  # finish a registration that stopped half way through resizing
-            if array.shape[0] != length:
-                array.resize((length, *array.shape[1:]))
-        times = self._times(group)
-        windows = self._windows(group)
-        found = np.flatnonzero(times == _seconds(t))
-        if found.size:
-            index = int(found[0])
-            if key in windows:
-                old = windows[key]["provenance"]
-                differ = _provenance_differences(old, record)
-                # A window no member was written for holds nothing to mix with:
-                # it is registered again under the new settings.
-                if differ and not np.any(group[COMPLETE][index]):
-                    windows[key] = {"provenance": record, "finalized": False}
-                    group.attrs[WINDOWS_ATTR] = json.dumps(windows, sort_keys=True)
-                    consolidate(self.path)
-                    return index
-                if differ:
-                    details = "; ".join(
-                        f"{k}: stored {old.get(k, '<absent>')!r}, given {record.get(k, '<absent>')!r}"
-                        for k in differ
-                    )
-                    raise EnsembleStoreError(
-                        f"window {key} is in {self.path} with other provenance ({details}); "
-                        "members of different settings must not be mixed: use another store "
-                        "or the stored settings"
-                    )
-                return index
-        else:
-            index = length
-            last_orphan = (
-                length > 0
-                and (
-                    times[-1] == TIME_FILL
-                    or _iso(_EPOCH + np.timedelta64(int(times[-1]), "s")) not in windows
-                )
-                and not np.any(group[COMPLETE][length - 1])
-            )
-            if last_orphan:
-                index = length - 1
-            else:
-                for array in arrays:
-                    array.resize((length + 1, *array.shape[1:]))
-            group["time"][index] = _seconds(t)
-        windows[key] = {"provenance": record, "finalized": False}
-        group.attrs[WINDOWS_ATTR] = json.dumps(windows, sort_keys=True)
-        consolidate(self.path)
-        return index
+            return register_window(self, t, record)
 
     # ------------------------------------------------------------------ members
     def shard_of(self, member: int) -> int:
@@ -713,8 +443,8 @@ class EnsembleStore:
         """Refuse members made under a provenance the window no longer has."""
         if provenance is None:
             return
-        record = _canonical(dict(provenance), f"provenance of window {_iso(t)}")
-        differ = _provenance_differences(self.provenance(t), record)
+        record = canonical(dict(provenance), f"provenance of window {_iso(t)}")
+        differ = provenance_differences(self.provenance(t), record)
         if differ:
             raise EnsembleStoreError(
                 f"window {_iso(t)} was registered again under other settings ({', '.join(differ)}) "
@@ -769,14 +499,6 @@ class EnsembleStore:
         return [int(m) for m in np.flatnonzero(~self.complete(time))]
 
     # ------------------------------------------------------------------ statistics
-    def _level_blocks(self) -> list[slice]:
-        """Altitude blocks whose float64 copies of all members fit :data:`FINALIZE_MEMORY_BYTES`."""
-        _, nlev, nlat, nlon = self.grid.shape
-        # members (float64) plus np.quantile's sorted copy
-        per_level = 2 * self.n_members * nlat * nlon * np.dtype(np.float64).itemsize
-        step = max(1, min(nlev, FINALIZE_MEMORY_BYTES // max(per_level, 1)))
-        return [slice(lo, min(lo + step, nlev)) for lo in range(0, nlev, step)]
-
     def finalize(self, time: TimeLike) -> None:
         """Write the window's statistics beside its members and mark it finalised.
 
@@ -805,27 +527,7 @@ class EnsembleStore:
                 f"window {key} of {self.path} lacks {len(missing)} of {self.n_members} members "
                 f"({shown}); write them (see missing()) before finalising"
             )
-        _, nlev, nlat, nlon = self.grid.shape
-        results: dict[str, np.ndarray] = {}
-        corrupt: set[tuple[int, str]] = set()
-        for name in self.grid.variables:
-            out = {stat: np.empty((nlev, nlat, nlon), np.float32) for stat in STATS}
-            for block in self._level_blocks():
-                members = np.asarray(group[name][index, :, block], dtype=np.float64)
-                bad = ~np.isfinite(members).reshape(self.n_members, -1).all(axis=1)
-                corrupt.update((int(m), name) for m in np.flatnonzero(bad))
-                out["mean"][block] = members.mean(axis=0)
-                out["std"][block] = (
-                    members.std(axis=0, ddof=1)
-                    if self.n_members > 1
-                    else np.full_like(
-                        members[0], np.nan
-                    )  # one member has no spread (the scores' NaN)
-                )
-                q = np.quantile(members, [QUANTILES[s] for s in ("q05", "q50", "q95")], axis=0)
-                for i, stat in enumerate(("q05", "q50", "q95")):
-                    out[stat][block] = q[i]
-            results.update({f"{name}_{stat}": field for stat, field in out.items()})
+        results, corrupt = window_statistics(group, index, self.grid, self.n_members)
         if corrupt:
             listed = "; ".join(f"member {m} variable {v!r}" for m, v in sorted(corrupt)[:8])
             raise EnsembleStoreError(
@@ -877,307 +579,3 @@ class EnsembleStore:
         from genda.storage.integrity import recheck_window
 
         return recheck_window(self, time)
-
-    def _consolidation_problems(self, lengths: Mapping[str, int]) -> list[str]:
-        """Arrays whose consolidated shape (what ``xarray.open_zarr`` reads) lags the real one."""
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
-            group = zarr.open_group(str(self.path), mode="r", zarr_format=3)
-        consolidated = group.metadata.consolidated_metadata
-        if consolidated is None:
-            return ["the store has no consolidated metadata (run add_window or finalize again)"]
-        stale = sorted(
-            name
-            for name, n in lengths.items()
-            if name not in consolidated.metadata or consolidated.metadata[name].shape[0] != n  # type: ignore[union-attr]
-        )
-        if stale:
-            return [
-                f"consolidated metadata is stale for {stale} (run add_window or finalize again)"
-            ]
-        return []
-
-
-def _create_layout(
-    path: Path,
-    grid: Grid,
-    members: int,
-    members_per_shard: int,
-    attrs: Mapping[str, Any],
-) -> None:
-    """Write the empty arrays of a store (module docstring) with no time slots."""
-    _, nlev, nlat, nlon = grid.shape
-    group = zarr.open_group(str(path), mode="w", zarr_format=3, attributes=dict(attrs))
-    for name, var in grid.coords().items():
-        array = group.create_array(
-            name,
-            shape=var.shape,
-            dtype=np.float64,
-            chunks=var.shape,
-            attributes=dict(var.attrs),
-            dimension_names=[name],
-        )
-        array[:] = var.values
-    member = group.create_array(
-        MEMBER_DIM,
-        shape=(members,),
-        dtype=np.int64,
-        chunks=(members,),
-        attributes={"long_name": "ensemble member index"},
-        dimension_names=[MEMBER_DIM],
-    )
-    member[:] = np.arange(members)
-    group.create_array(
-        "time",
-        shape=(0,),
-        dtype=np.int64,
-        chunks=(TIME_CHUNK,),
-        fill_value=TIME_FILL,
-        attributes={
-            "standard_name": "time",
-            "long_name": "time of the assimilation window",
-            "axis": "T",
-            "units": TIME_UNITS,
-            "calendar": "proleptic_gregorian",
-            # an unwritten slot (interrupted add_window) reads as NaT, not as a date
-            "_FillValue": TIME_FILL,
-        },
-        dimension_names=["time"],
-    )
-    sharded = members_per_shard > 1
-    member_chunks = (1, 1, nlev, nlat, nlon)
-    for name in grid.variables:
-        group.create_array(
-            name,
-            shape=(0, members, nlev, nlat, nlon),
-            dtype=np.float32,
-            chunks=member_chunks,
-            shards=(1, members_per_shard, nlev, nlat, nlon) if sharded else None,
-            fill_value=np.nan,
-            attributes=lookup_variable(name).cf_attrs(),
-            dimension_names=list(MEMBER_DIMS),
-        )
-    group.create_array(
-        COMPLETE,
-        shape=(0, members),
-        dtype=bool,
-        chunks=(1, 1),
-        shards=(1, members_per_shard) if sharded else None,
-        fill_value=False,
-        attributes={"long_name": "member data written completely"},
-        dimension_names=["time", MEMBER_DIM],
-    )
-    for name in grid.variables:
-        for stat, stat_attrs in _stat_attrs(name).items():
-            group.create_array(
-                f"{name}_{stat}",
-                shape=(0, nlev, nlat, nlon),
-                dtype=np.float32,
-                chunks=(1, nlev, nlat, nlon),
-                fill_value=np.nan,
-                attributes=stat_attrs,
-                dimension_names=list(STAT_DIMS),
-            )
-
-
-def _stat_attrs(name: str) -> dict[str, dict[str, Any]]:
-    """CF attributes of the statistics of variable ``name``, by statistic."""
-    cf = lookup_variable(name).cf_attrs()
-    out: dict[str, dict[str, Any]] = {
-        "mean": {
-            **cf,
-            "long_name": f"ensemble mean of {cf['long_name']}",
-            "cell_methods": "member: mean",
-        },
-        "std": {
-            "units": cf["units"],
-            "long_name": f"ensemble standard deviation of {cf['long_name']} (ddof=1)",
-            "cell_methods": "member: standard_deviation",
-        },
-    }
-    for stat, q in QUANTILES.items():
-        # CF has no cell method for quantiles: the level travels as an attribute.
-        out[stat] = {
-            **cf,
-            "long_name": f"ensemble {round(100 * q)} % quantile of {cf['long_name']}",
-            "quantile": q,
-        }
-    return out
-
-
-# ---------------------------------------------------------------------------- reading
-def open_ensemble(path: str | os.PathLike[str]) -> xr.Dataset:
-    """A lazy Dataset of a multi-window ensemble store (``xarray.open_zarr`` works as well).
-
-    Checks that ``path`` is a genda ensemble store first (:meth:`EnsembleStore.open`).
-    """
-    EnsembleStore.open(path)
-    # Opened so that a chunk file that cannot be decoded is named when it is read.
-    with warnings.catch_warnings(), naming_reads():
-        warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
-        return xr.open_zarr(Path(path), zarr_format=3)
-
-
-def _check_block(
-    block: np.ndarray,
-    block_info: dict[Any, Any] | None = None,
-    *,
-    expected: np.ndarray,
-    windows: Sequence[str],
-    path: Path,
-    label: str,
-) -> np.ndarray:
-    """``block`` unchanged, or an error where data that must exist are missing or NaN.
-
-    ``expected`` covers the leading axes of the whole queried array:
-    ``(time, member)`` for members, ``(time,)`` for the statistic ``label``;
-    where it is True, the rest of the block must be finite.
-    """
-    if block_info is None or block.size == 0:  # dask probing the output type
-        return block
-    lead = expected.ndim
-    location = block_info[0]["array-location"][:lead]
-    first = np.asarray([lo for lo, _ in location], dtype=int)
-    wanted = expected[tuple(slice(lo, hi) for lo, hi in location)]
-    finite = np.isfinite(block.reshape(*block.shape[:lead], -1)).all(axis=-1)
-    bad = np.argwhere(wanted & ~finite) + first
-    if bad.size == 0:
-        return block
-    window = int(bad[0, 0])
-    if lead == 2:
-        members = sorted(int(m) for t, m in bad if t == window)
-        raise EnsembleStoreError(damaged_members_message(path, windows[window], members))
-    raise EnsembleStoreError(
-        f"window {windows[window]} of {path} is finalised but its {label} has missing or NaN "
-        f"values (a chunk file was removed or damaged); 'genda validate --repair {path}' clears "
-        "the statistics so that a rerun of the window computes them again"
-    )
-
-
-def _checked(
-    da: xr.DataArray, expected: np.ndarray, windows: Sequence[str], path: Path, name: str
-) -> xr.DataArray:
-    """``da`` (lazy) whose blocks, when read, raise where ``expected`` data are missing or NaN."""
-    data = da.data.map_blocks(
-        _check_block,
-        dtype=da.dtype,
-        expected=expected,
-        windows=list(windows),
-        path=path,
-        label=name,  # map_blocks takes name= itself
-    )
-    return da.copy(data=data)
-
-
-def query(
-    path: str | os.PathLike[str],
-    var: str,
-    alt_km: float,
-    time: TimeLike | None = None,
-    stat: QueryStat = "mean",
-) -> xr.DataArray:
-    """One variable at the level nearest ``alt_km``: a statistic or the members, lazily.
-
-    Args:
-        path: an ensemble store.
-        var: a variable of the store (``u``, ``v``, ``T``).
-        alt_km: altitude in km; the nearest level must lie within half a level
-            spacing (:func:`nearest_level`).
-        time: one window; ``None``: every window (every finalised one for a statistic).
-        stat: ``mean``, ``std``, ``q05``, ``q50``, ``q95`` or ``members``.
-
-    Returns:
-        ``(time, latitude, longitude)`` for a statistic, ``(time, member,
-        latitude, longitude)`` for the members, without ``time`` when one is
-        given; ``altitude`` stays as a scalar coordinate.
-
-    Raises:
-        KeyError: ``var`` is not in the store.
-        ValueError: ``stat`` unknown, altitude off the levels, window not
-            finalised (for a statistic) or absent.
-
-    Reading the result raises :class:`~genda.storage.damage.DamagedFileError`
-    (naming the file) where a chunk or shard file cannot be decoded, and
-    :class:`EnsembleStoreError` (naming window and members) where a member
-    flagged complete, or a finalised statistic, has missing or NaN data;
-    ``genda validate --repair`` makes such a store whole for a rerun.
-    """
-    if stat not in get_args(QueryStat):
-        raise InvalidValueError(f"stat must be one of {list(get_args(QueryStat))}, got {stat!r}")
-    store = EnsembleStore.open(path)
-    if var not in store.grid.variables:
-        raise UnknownNameError(
-            f"variable {var!r} is not in {path} (variables: {list(store.grid.variables)})"
-        )
-    level = nearest_level(store.grid.altitude, alt_km)
-    ds = open_ensemble(path)
-    da = ds[var if stat == "members" else f"{var}_{stat}"].isel(altitude=level)
-    if time is not None:
-        t = _as_time(time)
-        index = store.window_index(t)
-        if stat != "members" and not store.is_finalized(t):
-            raise InvalidValueError(
-                f"window {_iso(t)} of {path} is not finalised; run finalize for its {stat}"
-            )
-        chosen, keys = [index], [_iso(t)]
-    else:
-        times = store.windows()
-        chosen = [store.window_index(w) for w in times]
-        keys = [_iso(w) for w in times]
-        if stat != "members":
-            kept = [
-                (i, k) for i, k, w in zip(chosen, keys, times, strict=True) if store.is_finalized(w)
-            ]
-            if not kept:
-                raise InvalidValueError(
-                    f"{path} has no finalised window; run finalize for its {stat}"
-                )
-            chosen, keys = [i for i, _ in kept], [k for _, k in kept]
-    # Reading a member flagged complete (or a finalised statistic) that is NaN is
-    # an error, not a value: its file was removed or damaged.
-    if stat == "members":
-        flags = np.asarray(_open_group(store.path, "r")[COMPLETE][:], dtype=bool)[chosen]
-        name = var
-    else:
-        one_member_std = stat == "std" and store.n_members == 1  # NaN by definition
-        flags = np.full(len(chosen), not one_member_std)
-        name = f"{var}_{stat}"
-    selected = da.isel(time=chosen)
-    selected = _checked(selected, flags, keys, store.path, name)
-    return selected.isel(time=0) if time is not None else selected
-
-
-def to_file(da: xr.DataArray, path: str | os.PathLike[str]) -> Path:
-    """Write a query result to ``.csv`` (one row per point) or ``.nc`` (CF NetCDF); returns ``path``.
-
-    The file appears complete or not at all (written beside it, then renamed).
-    """
-    path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix not in (".csv", ".nc"):
-        raise InvalidValueError(
-            f"cannot write {path}: the file must end in .csv or .nc, not {suffix!r}"
-        )
-    name = str(da.name) if da.name is not None else "value"
-    # Zarr encodings (chunks, shards, codecs) mean nothing to CSV or NetCDF.
-    clean = da.copy()
-    clean.encoding = {}
-    for coord in clean.coords.values():
-        coord.encoding = {}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f"{path.name}.partial-{os.getpid()}")
-    try:
-        if suffix == ".csv":
-            clean.to_dataframe(name=name).reset_index().to_csv(partial, index=False)
-        else:
-            ds = clean.to_dataset(name=name)
-            ds.attrs["Conventions"] = "CF-1.10"
-            encoding: dict[str, dict[str, Any]] = {}
-            if "time" in ds.coords:
-                encoding["time"] = {"units": TIME_UNITS, "dtype": "int64"}
-            ds.to_netcdf(partial, encoding=encoding)
-        partial.replace(path)
-    except BaseException:
-        remove_path(partial)
-        raise
-    return path

@@ -33,26 +33,26 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+import zarr
 
+from genda.storage.archive import consolidate
 from genda.storage.damage import READ_ERRORS, DamagedFileError, chunk_file, reason_of
-from genda.storage.ensemble_store import (
+from genda.storage.ensemble_layout import (
     _EPOCH,
     COMPLETE,
     STATS,
     TIME_FILL,
     WINDOWS_ATTR,
-    EnsembleStoreError,
+    TimeLike,
     _as_time,
     _iso,
     _open_group,
-    _runs,
-    consolidate,
 )
+from genda.storage.ensemble_store import _runs
+from genda.storage.errors import EnsembleStoreError
 
 if TYPE_CHECKING:
-    import zarr
-
-    from genda.storage.ensemble_store import EnsembleStore, TimeLike
+    from genda.storage.ensemble_store import EnsembleStore
 
 
 class StoreRepairWarning(UserWarning):
@@ -383,7 +383,7 @@ def check_store(store: EnsembleStore) -> StoreCheck:
         problems.append(f"window {key} has provenance but no time slot")
         unrepairable.append(problems[-1])
     # A repair re-consolidates, so stale consolidated metadata is within its reach.
-    problems.extend(store._consolidation_problems(lengths))
+    problems.extend(_consolidation_problems(store.path, lengths))
     length = min(lengths.values())
     for key, index in slots.items():
         if index >= length:
@@ -404,6 +404,24 @@ def check_store(store: EnsembleStore) -> StoreCheck:
         tuple(stale),
         tuple(unrepairable),
     )
+
+
+def _consolidation_problems(path: Path, lengths: Mapping[str, int]) -> list[str]:
+    """Arrays whose consolidated shape (what ``xarray.open_zarr`` reads) lags the real one."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
+        group = zarr.open_group(str(path), mode="r", zarr_format=3)
+    consolidated = group.metadata.consolidated_metadata
+    if consolidated is None:
+        return ["the store has no consolidated metadata (run add_window or finalize again)"]
+    stale = sorted(
+        name
+        for name, n in lengths.items()
+        if name not in consolidated.metadata or consolidated.metadata[name].shape[0] != n  # type: ignore[union-attr]
+    )
+    if stale:
+        return [f"consolidated metadata is stale for {stale} (run add_window or finalize again)"]
+    return []
 
 
 # ---------------------------------------------------------------------------- repair

@@ -1,0 +1,123 @@
+"""The window registry of an ensemble store: a slot along ``time`` and a provenance per window.
+
+A window is registered when its time is in the ``time`` coordinate and its
+ISO time is a key of the ``genda_windows`` attribute
+(:mod:`genda.storage.ensemble_layout`), which records the window's
+provenance and whether it is finalised. Provenance is compared after a
+round trip through JSON (:func:`canonical`), so tuples and lists, numpy and
+Python numbers compare alike. :func:`register_window` is the registration
+behind :meth:`~genda.storage.ensemble_store.EnsembleStore.add_window`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from genda.storage.archive import consolidate
+from genda.storage.ensemble_layout import (
+    _EPOCH,
+    COMPLETE,
+    TIME_FILL,
+    WINDOWS_ATTR,
+    _iso,
+    _open_group,
+    _seconds,
+)
+from genda.storage.errors import EnsembleStoreError
+
+if TYPE_CHECKING:
+    from genda.storage.ensemble_store import EnsembleStore
+
+
+def canonical(value: Any, what: str) -> Any:
+    """``value`` through JSON, so tuples and lists, numpy and Python numbers compare alike."""
+    try:
+        return json.loads(json.dumps(value, sort_keys=True, default=_json_default))
+    except (TypeError, ValueError) as err:
+        raise EnsembleStoreError(f"{what} is not JSON-serialisable: {err}") from None
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, os.PathLike | datetime | np.datetime64):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON-serialisable")
+
+
+def provenance_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """Keys whose values differ, or that only one side has, sorted."""
+    keys = set(old) | set(new)
+    return sorted(k for k in keys if k not in old or k not in new or old[k] != new[k])
+
+
+def register_window(store: EnsembleStore, t: np.datetime64, record: dict[str, Any]) -> int:
+    """Register window ``t`` with provenance ``record`` (canonical); returns its slot.
+
+    The caller holds the store's metadata lock. The rules are those of
+    :meth:`~genda.storage.ensemble_store.EnsembleStore.add_window`: a window
+    already registered keeps its slot if ``record`` is its provenance (or if
+    no member of it is complete yet), a slot left by an interrupted
+    registration is reused, and otherwise every array grows by one slot.
+    """
+    key = _iso(t)
+    group = _open_group(store.path, "r+")
+    arrays = store._time_arrays(group)
+    length = max(a.shape[0] for a in arrays)
+    for array in arrays:  # finish a registration that stopped half way through resizing
+        if array.shape[0] != length:
+            array.resize((length, *array.shape[1:]))
+    times = store._times(group)
+    windows = store._windows(group)
+    found = np.flatnonzero(times == _seconds(t))
+    if found.size:
+        index = int(found[0])
+        if key in windows:
+            old = windows[key]["provenance"]
+            differ = provenance_differences(old, record)
+            # A window no member was written for holds nothing to mix with:
+            # it is registered again under the new settings.
+            if differ and not np.any(group[COMPLETE][index]):
+                windows[key] = {"provenance": record, "finalized": False}
+                group.attrs[WINDOWS_ATTR] = json.dumps(windows, sort_keys=True)
+                consolidate(store.path)
+                return index
+            if differ:
+                details = "; ".join(
+                    f"{k}: stored {old.get(k, '<absent>')!r}, given {record.get(k, '<absent>')!r}"
+                    for k in differ
+                )
+                raise EnsembleStoreError(
+                    f"window {key} is in {store.path} with other provenance ({details}); "
+                    "members of different settings must not be mixed: use another store "
+                    "or the stored settings"
+                )
+            return index
+    else:
+        index = length
+        last_orphan = (
+            length > 0
+            and (
+                times[-1] == TIME_FILL
+                or _iso(_EPOCH + np.timedelta64(int(times[-1]), "s")) not in windows
+            )
+            and not np.any(group[COMPLETE][length - 1])
+        )
+        if last_orphan:
+            index = length - 1
+        else:
+            for array in arrays:
+                array.resize((length + 1, *array.shape[1:]))
+        group["time"][index] = _seconds(t)
+    windows[key] = {"provenance": record, "finalized": False}
+    group.attrs[WINDOWS_ATTR] = json.dumps(windows, sort_keys=True)
+    consolidate(store.path)
+    return index
