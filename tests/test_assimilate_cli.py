@@ -319,6 +319,7 @@ def test_baseline_command_writes_a_store_scored_like_the_posterior(setup: dict) 
             str(out),
             "--members",
             "4",
+            "--any-hour",  # two days of archive: too few states at the window's time of day
             "--climatology-size",
             "8",
             "--exclude-hours",

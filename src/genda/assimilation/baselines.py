@@ -1,10 +1,12 @@
-"""Classical baselines: a climatological ensemble, optimal interpolation, a climatological EnKF.
+"""Classical baselines: a climatological ensemble, optimal interpolation, EnOI, a climatological EnKF.
 
 The diffusion posterior is judged against what a classical system gets from
 the same training archive and the same observations (docs/baselines.md):
 
 * **climatology**: ``K`` states of the archive drawn at random times, away
-  from the window (:func:`draw_climatology`);
+  from the window (:func:`draw_climatology`); or drawn only among the states
+  within an hour of the window's time of day (:func:`hour_matched_indices`),
+  whose migrating tides then share the window's phase;
 * **optimal interpolation (OI)**: background ``x_b`` = the mean of those
   states, background covariance ``B`` = their sample covariance
   Schur-multiplied by a localisation ``rho`` (Gaspari & Cohn 1999), and the
@@ -14,7 +16,9 @@ the same training archive and the same observations (docs/baselines.md):
   observations; Burgers et al. 1998, Evensen 2009; "ensemble OI" when the
   ensemble is climatological, Oke et al. 2002, Evensen 2003): every member
   ``x_k + B H^T (H B H^T + R)^{-1} (y + e_k - H x_k)``, ``e_k ~ N(0, R)``,
-  with the same localised gain (:func:`enkf_analysis`).
+  with the same localised gain (:func:`enkf_analysis`);
+* **EnOI**: the OI analysis whose ``B`` comes from every eligible state
+  (of any hour, or hour-matched) rather than ``K`` of them.
 
 ``B`` (``N x N``, ``N = V L H W``) is never formed. With ``X'`` the ``N x K``
 anomalies, the gain needs only
@@ -60,8 +64,14 @@ from genda.observations.operators import ObservationOperator
 
 EARTH_RADIUS_KM = EARTH_RADIUS_M / 1000.0
 
-BASELINE_METHODS: tuple[str, ...] = ("enkf", "oi", "climatology")
+BASELINE_METHODS: tuple[str, ...] = ("enkf", "enoi", "oi", "climatology")
 """The baselines, by the name written to ``genda_method``."""
+
+CLIMATOLOGY_SIZE = 200
+"""``K`` of ``oi`` and ``enkf`` when their states are of any hour and no size is given."""
+
+HOUR_MATCH_HOURS = 1.0
+"""Half-width (hours) of the time-of-day interval of hour-matched states."""
 
 _MEMBER_CHUNK = 64
 """Members per gather when applying ``H``: bounds the ``(chunk, M, stencil)`` temporary."""
@@ -166,6 +176,25 @@ class Localization:
 NO_LOCALIZATION = Localization(math.inf, math.inf)
 """The sample covariance as it is (for tests and for very large ensembles)."""
 
+DEFAULT_LOCALIZATION: dict[tuple[str, bool], Localization] = {
+    # Tuned by the multi-window OSSE on windows that are not scored (docs/assimilation.md,
+    # "Many windows, tuned baselines"; benchmarks/results/osse-windows-cpu.json, "tuning"):
+    # the half-widths of 500-100000 km x 5-1000 km with the lowest ensemble-mean RMSE, on the
+    # default 32 x 64 x 8 grid and a 120-day archive. Of any hour (oi, enkf with K = 200, enoi
+    # with every state) the best is in effect no localisation (100000 km / 1000 km: the taper
+    # is above 0.93 anywhere on the globe between 50 and 120 km); hour-matched states (about
+    # 350) want
+    # 3000 km and 15 km (enoi) or 30 km (enkf). oi of hour-matched states was not tuned on
+    # its own: with its default K (every hour-matched state) it is the hour-matched enoi.
+    ("oi", False): Localization(100000.0, 1000.0),
+    ("enkf", False): Localization(100000.0, 1000.0),
+    ("enoi", False): Localization(100000.0, 1000.0),
+    ("oi", True): Localization(3000.0, 15.0),
+    ("enoi", True): Localization(3000.0, 15.0),
+    ("enkf", True): Localization(3000.0, 30.0),
+}
+"""Default localisation of the analysis baselines, by ``(method, hour_matched)``."""
+
 
 def _locations(obs: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(lat, lon, alt_km)`` of the rows, ``(M,)`` each, float64."""
@@ -190,12 +219,36 @@ class ClimatologicalDraw:
     times: np.ndarray
 
 
+def _check_draw(
+    times: np.ndarray, time: np.datetime64, size: int | None, minimum: int, exclude_hours: float
+) -> tuple[np.ndarray, np.datetime64, np.ndarray]:
+    """Checked ``(times as datetime64[ns], centre, mask of times more than exclude_hours away)``."""
+    if size is not None and size < 1:
+        raise InvalidValueError(
+            f"the climatological ensemble needs at least one state, got size={size}"
+        )
+    if minimum < 1:
+        raise InvalidValueError(f"minimum must be >= 1, got {minimum}")
+    if not exclude_hours >= 0:
+        raise InvalidValueError(f"exclude_hours must be >= 0, got {exclude_hours}")
+    t = np.asarray(times).astype("datetime64[ns]")
+    if np.isnat(t).any():
+        raise InvalidValueError(
+            "the archive has missing (NaT) times; cannot tell which are near the window"
+        )
+    centre = np.datetime64(time, "ns")
+    away = np.abs((t - centre).astype(np.int64)) / 3.6e12 > exclude_hours
+    return t, centre, away
+
+
 def climatology_indices(
     times: np.ndarray,
     time: np.datetime64,
-    size: int,
+    size: int | None,
     rng: np.random.Generator,
     exclude_hours: float = 48.0,
+    *,
+    minimum: int = 1,
 ) -> np.ndarray:
     """Indices into ``times`` of ``size`` distinct states, drawn at random away from ``time``.
 
@@ -209,35 +262,85 @@ def climatology_indices(
     Args:
         times: ``(T,)`` the archive's times (datetime64).
         time: the window's centre.
-        size: how many states, >= 1.
+        size: how many states, >= 1; ``None``: every eligible state.
         rng: the generator (seeded by the caller).
         exclude_hours: half-width of the excluded interval, >= 0.
+        minimum: with ``size=None``, the fewest eligible states accepted.
 
     Returns:
-        ``(size,)`` int64, in draw order.
+        ``(size,)`` int64 (``(E,)`` for every one of ``E`` eligible states), in draw order.
 
     Raises:
-        ValueError: fewer than ``size`` eligible times.
+        ValueError: fewer than ``size`` (or ``minimum``) eligible times.
     """
-    if size < 1:
-        raise InvalidValueError(
-            f"the climatological ensemble needs at least one state, got size={size}"
-        )
-    if not exclude_hours >= 0:
-        raise InvalidValueError(f"exclude_hours must be >= 0, got {exclude_hours}")
-    t = np.asarray(times).astype("datetime64[ns]")
-    if np.isnat(t).any():
-        raise InvalidValueError(
-            "the archive has missing (NaT) times; cannot tell which are near the window"
-        )
-    centre = np.datetime64(time, "ns")
-    offset = np.abs((t - centre).astype(np.int64)) / 3.6e12  # hours
-    eligible = np.flatnonzero(offset > exclude_hours)
-    if eligible.size < size:
+    t, centre, away = _check_draw(times, time, size, minimum, exclude_hours)
+    eligible = np.flatnonzero(away)
+    needed = minimum if size is None else size
+    if eligible.size < needed:
         raise InvalidValueError(
             f"only {eligible.size} of the archive's {t.size} times lie more than {exclude_hours:g} h "
-            f"from the window at {np.datetime_as_string(centre, unit='s')}; {size} are needed "
+            f"from the window at {np.datetime_as_string(centre, unit='s')}; {needed} are needed "
             "(use a longer archive, a smaller climatology size or a smaller exclude_hours)"
+        )
+    return rng.permutation(eligible)[:size].astype(np.int64)
+
+
+def hour_matched_indices(
+    times: np.ndarray,
+    time: np.datetime64,
+    rng: np.random.Generator,
+    size: int | None = None,
+    *,
+    exclude_hours: float = 48.0,
+    within_hours: float = HOUR_MATCH_HOURS,
+    minimum: int = 1,
+) -> np.ndarray:
+    """Indices into ``times`` of states at the window's time of day, away from the window.
+
+    A state is eligible when its time of day (UTC) is within ``within_hours``
+    of ``time``'s, across midnight (23:30 is 1 h from 00:30), and
+    ``|t - time| > exclude_hours`` (as in :func:`climatology_indices`). The
+    migrating tides, which dominate the MLT, are locked to the time of day, so
+    these states share their phase with the window's and their sample
+    covariance holds the day-to-day variability rather than the tides. The
+    draw is the first ``size`` entries of a random permutation of the
+    eligible indices: a smaller ``size`` with the same generator state gives
+    a prefix of a larger one.
+
+    Args:
+        times: ``(T,)`` the archive's times (datetime64).
+        time: the window's centre.
+        rng: the generator (seeded by the caller).
+        size: how many states, >= 1; ``None``: every eligible state.
+        exclude_hours: archive times this close to ``time`` are never drawn, >= 0.
+        within_hours: half-width of the time-of-day interval, in ``[0, 12]``.
+        minimum: with ``size=None``, the fewest eligible states accepted.
+
+    Returns:
+        ``(size,)`` int64 (``(E,)`` for every one of ``E`` eligible states), in draw order.
+
+    Raises:
+        ValueError: fewer than ``size`` (or ``minimum``) eligible times, naming the
+            time of day and the counts.
+    """
+    if not 0 <= within_hours <= 12:
+        raise InvalidValueError(f"within_hours must lie in [0, 12], got {within_hours}")
+    t, centre, away = _check_draw(times, time, size, minimum, exclude_hours)
+    day = 86_400 * 10**9  # ns
+    time_of_day = (t - t.astype("datetime64[D]")).astype(np.int64)
+    centre_of_day = int((centre - centre.astype("datetime64[D]")).astype(np.int64))
+    apart = np.abs(time_of_day - centre_of_day) % day
+    near = np.minimum(apart, day - apart) <= round(within_hours * 3.6e12)
+    eligible = np.flatnonzero(near & away)
+    needed = minimum if size is None else size
+    if eligible.size < needed:
+        clock = str(np.datetime_as_string(centre, unit="m"))[11:]
+        raise InvalidValueError(
+            f"only {eligible.size} of the archive's {t.size} times lie within "
+            f"{within_hours:g} h of the window's time of day ({clock} UTC) and more than "
+            f"{exclude_hours:g} h from the window at {np.datetime_as_string(centre, unit='s')}; "
+            f"{needed} are needed (use an archive of more days, fewer states, a smaller "
+            "exclude_hours, or states of any hour)"
         )
     return rng.permutation(eligible)[:size].astype(np.int64)
 
@@ -245,21 +348,30 @@ def climatology_indices(
 def draw_climatology(
     ds: xr.Dataset,
     time: np.datetime64,
-    size: int,
+    size: int | None,
     rng: np.random.Generator,
     *,
     exclude_hours: float = 48.0,
+    hour_matched: bool = False,
+    minimum: int = 1,
     grid: Grid | None = None,
 ) -> ClimatologicalDraw:
-    """``size`` states of an archive at random times away from ``time`` (:func:`climatology_indices`).
+    """``size`` states of an archive at random times away from ``time``.
+
+    The times are those of :func:`climatology_indices` or, with
+    ``hour_matched``, of :func:`hour_matched_indices` (within
+    :data:`HOUR_MATCH_HOURS` of the window's time of day); they are chosen
+    and checked before any state is read.
 
     Args:
         ds: an archive in genda's conventions (``genda.storage.open_archive``):
             dims ``time, altitude, latitude, longitude``, with time values.
         time: the window's centre.
-        size: ``K``.
+        size: ``K``; ``None``: every eligible state.
         rng: the generator (seeded by the caller: the draw is reproducible).
         exclude_hours: times within this many hours of ``time`` are not drawn.
+        hour_matched: draw only states near the window's time of day.
+        minimum: with ``size=None``, the fewest eligible states accepted.
         grid: the grid to read (default: the archive's, ``Grid.from_dataset``).
 
     Returns:
@@ -274,7 +386,12 @@ def draw_climatology(
         )
     grid = grid or Grid.from_dataset(ds)
     times = ds["time"].values
-    drawn = climatology_indices(times, time, size, rng, exclude_hours)
+    if hour_matched:
+        drawn = hour_matched_indices(
+            times, time, rng, size, exclude_hours=exclude_hours, minimum=minimum
+        )
+    else:
+        drawn = climatology_indices(times, time, size, rng, exclude_hours, minimum=minimum)
     # Read in time order (contiguous chunks), then put back in draw order.
     order = np.argsort(drawn, kind="stable")
     fields = grid.tensor_from_dataset(ds.isel(time=drawn[order])).numpy()
@@ -443,6 +560,9 @@ def enkf_analysis(
 
 __all__: Sequence[str] = [
     "BASELINE_METHODS",
+    "CLIMATOLOGY_SIZE",
+    "DEFAULT_LOCALIZATION",
+    "HOUR_MATCH_HOURS",
     "NO_LOCALIZATION",
     "Analysis",
     "ClimatologicalDraw",
@@ -452,6 +572,7 @@ __all__: Sequence[str] = [
     "enkf_analysis",
     "gaspari_cohn",
     "great_circle_km",
+    "hour_matched_indices",
     "localized_analysis",
     "oi_analysis",
 ]
