@@ -43,6 +43,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/osse.py
 	$(BIN)/python benchmarks/ensemble.py
 	$(BIN)/python benchmarks/strategies.py
+	$(BIN)/python benchmarks/cost.py
 	$(BIN)/python benchmarks/summary.py
 
 clean:

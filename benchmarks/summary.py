@@ -38,6 +38,7 @@ HEADLINES: dict[str, tuple[str, ...]] = {
         "vcorr_error",
         "spectrum_error",
     ),
+    "cost": ("measurement", "reference", "batch", "seconds", "ratio", "target", "meets"),
 }
 """Benchmark -> the columns of its rows shown in the summary (``make bench`` order)."""
 
