@@ -133,13 +133,14 @@ def _plain_worker(args: tuple[Any, ...]) -> float:
 
     prior = load_checkpoint("default")
     obs = validate_observations(read_observations(obs_path), prior.grid)
-    denoiser = posterior_denoiser(prior, obs, settings)
-    seed = window_seed(0, np.datetime64(time_))
+    when = np.datetime64(time_)
+    denoiser = posterior_denoiser(prior, obs, settings, time=when)
+    seed = window_seed(0, when)
     barrier.wait()
     start = time.perf_counter()
     for lo in range(0, len(members), settings.batch_size):
         batch = members[lo : lo + settings.batch_size]
-        sample_members(prior, denoiser, batch, seed, settings, guided=True)
+        sample_members(prior, denoiser, batch, seed, settings, guided=True, time=when)
     return time.perf_counter() - start
 
 

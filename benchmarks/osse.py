@@ -53,7 +53,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 from rich.progress import Progress
 
 from _common import print_table, write_result
@@ -62,20 +61,24 @@ from genda.assimilation.baselines import (
     _apply_operator,
     _solver,
     climatology_indices,
-    localized_analysis,
+    hour_matched_indices,
 )
-from genda.assimilation.posterior import PosteriorSettings, observation_fit, window_seed
+from genda.assimilation.posterior import PosteriorSettings
 from genda.evaluation.report import evaluate_paths
 from genda.grid import Grid
 from genda.observations import observe_to_file
 from genda.observations.operators import ObservationOperator
 from genda.observations.table import as_datetime64
 from genda.orchestration.assimilate import assimilate_window, load_window_observations
-from genda.orchestration.baseline import baseline_generators, baseline_window
+from genda.orchestration.baseline import (
+    baseline_generators,
+    baseline_window,
+    hour_matched_generator,
+)
 from genda.orchestration.simulate import simulate_archive
 from genda.simulator import SimulatorConfig
-from genda.storage.ensemble_store import EnsembleStore
 from genda.storage.readers import open_archive
+from osse_pooled import pooled_figure, pooled_member_power, pooled_rank_histograms
 
 CLIMATOLOGY_SIZE = 200
 """``K`` of the OI and the EnKF (``baseline_window``'s default)."""
@@ -111,8 +114,21 @@ def _run_method(
 ) -> dict[str, Any]:
     """Make ``method``'s ensemble of the window at ``when`` in ``store``; return its summary."""
     if method in HOUR_MATCHED:
-        setting = localisation.get(method, (1500.0, 15.0))
-        return hour_matched_window(method, args, obs, when, store, setting)
+        horizontal, vertical = localisation.get(method, (1500.0, 15.0))
+        return baseline_window(
+            args.archive,
+            obs,
+            when,
+            store,
+            method=method.removesuffix("-hour"),
+            members=args.members,
+            hour_matched=True,
+            seed=args.seed,
+            horizontal_km=horizontal,
+            vertical_km=vertical,
+            exclude_hours=EXCLUDE_HOURS,
+            overwrite=True,
+        )
     if method in ("climatology", "oi", "enkf", "enoi"):
         horizontal, vertical = localisation.get(method, (1500.0, 15.0))
         return baseline_window(
@@ -131,7 +147,7 @@ def _run_method(
             overwrite=True,
         )
     layer2d = method.endswith("layer2d")
-    guidance = method.split("-")[0]
+    guidance, *variant = method.split("-")
     return assimilate_window(
         args.layer2d_checkpoint if layer2d else args.checkpoint,
         None if guidance == "prior" else obs,
@@ -140,6 +156,8 @@ def _run_method(
         members=args.layer2d_members if layer2d else args.members,
         settings=PosteriorSettings(
             method="mmps" if guidance == "prior" else guidance,
+            # "mmps-prior": MMPS with the whitened prior's Gaussian Tweedie covariance
+            covariance="prior" if "prior" in variant else "jacobian",
             steps=args.steps,
             batch_size=4,
         ),
@@ -265,76 +283,13 @@ def _normalised_rmse(
 def same_hour_indices(times: np.ndarray, when: str, seed: int) -> np.ndarray:
     """Archive states within an hour of ``when``'s time of day, more than :data:`EXCLUDE_HOURS` away.
 
-    In a random order fixed by ``seed`` and ``when``: the first ones are the EnKF's members.
+    In a random order fixed by ``seed`` and ``when`` (``genda baseline``'s hour-matched
+    draw): the first ones are the EnKF's members.
     """
     centre = as_datetime64(when)
-    hours = np.asarray(times).astype("datetime64[h]").astype(np.int64)
-    offset = (hours - centre.astype("datetime64[h]").astype(np.int64)) % 24
-    near_in_day = np.minimum(offset, 24 - offset) <= 1
-    away = np.abs((np.asarray(times).astype("datetime64[ns]") - centre).astype(np.int64)) / 3.6e12
-    indices = np.flatnonzero(near_in_day & (away > EXCLUDE_HOURS))
-    return np.random.default_rng([window_seed(seed, centre), 2]).permutation(indices)
-
-
-def hour_matched_window(
-    method: str,
-    args: argparse.Namespace,
-    obs_path: Path,
-    when: str,
-    store: Path,
-    localisation: tuple[float, float],
-) -> dict[str, Any]:
-    """Write the ``enoi-hour`` (one member) or ``enkf-hour`` ensemble of a window to ``store``.
-
-    The analysis is :func:`genda.assimilation.baselines.localized_analysis` of
-    :func:`same_hour_indices`' states, with the EnKF's perturbations drawn
-    from the same stream as ``baseline_window``'s.
-    """
-    ds = open_archive(args.archive)
-    grid = Grid.from_dataset(ds)
-    centre = as_datetime64(when)
-    obs = load_window_observations(obs_path, grid, centre, 1.0)
-    indices = same_hour_indices(ds["time"].values, when, args.seed)
-    order = np.argsort(indices, kind="stable")  # read in time order, keep the drawn order
-    states = np.empty((indices.size, *grid.shape), dtype=np.float32)
-    states[order] = grid.tensor_from_dataset(ds.isel(time=indices[order])).numpy()
-    enkf = method == "enkf-hour"
-    horizontal, vertical = localisation
-    analysis = localized_analysis(
-        states,
-        obs,
-        grid,
-        members=args.members if enkf else 0,
-        rng=baseline_generators(args.seed, centre)[1],
-        localization=Localization(horizontal, vertical),
+    return hour_matched_indices(
+        times, centre, hour_matched_generator(seed, centre), exclude_hours=EXCLUDE_HOURS
     )
-    fields = analysis.members if enkf else analysis.mean[None].astype(np.float32)
-    out = EnsembleStore.open_or_create(
-        store,
-        grid,
-        int(fields.shape[0]),
-        {"title": f"hour-matched baseline ensemble ({method})", "source": "benchmarks/osse.py"},
-        overwrite=True,
-    )
-    out.add_window(
-        centre,
-        {
-            "kind": "baseline",
-            "method": method,
-            "settings": {
-                "climatology_size": int(indices.size),
-                "horizontal_km": horizontal,
-                "vertical_km": vertical,
-                "exclude_hours": EXCLUDE_HOURS,
-            },
-            "seed": int(args.seed),
-        },
-    )
-    for batch in out.shard_batches(out.missing(centre)):
-        out.write_members(centre, batch, fields[batch])
-    out.finalize(centre)
-    fit = observation_fit(torch.from_numpy(np.ascontiguousarray(fields)), obs, grid)
-    return {"members": int(fields.shape[0]), "fit": fit, "climatology_size": int(indices.size)}
 
 
 def tune_window(
@@ -574,6 +529,8 @@ def multi_window(args: argparse.Namespace) -> None:
         for t, times in zip(truths, per_truth, strict=True)
     ]
     rows: list[dict[str, Any]] = []
+    scored: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}  # metrics per window
+    pooled: dict[str, dict[str, Any]] = {}
     with Progress() as progress:
         task = progress.add_task("scored windows", total=len(windows))
         for index, (truth, when) in enumerate(windows):
@@ -601,6 +558,7 @@ def multi_window(args: argparse.Namespace) -> None:
                     withheld_path=drawn["paths"]["withheld"],
                     overwrite=True,
                 )
+                scored[method].append(metrics)
                 row = _score(method, summary, seconds, metrics)
                 row.update(
                     window=index, truth=truth.name, time=when, observations=drawn["observations"]
@@ -608,9 +566,22 @@ def multi_window(args: argparse.Namespace) -> None:
                 rows.append(row)
             progress.advance(task)
             # Written after every window: an interrupted run keeps what it measured.
-            path = _write_windows(args, truths, windows[: index + 1], rows, tuning, localisation)
+            pooled = {
+                m: {
+                    "member_power": pooled_member_power(found),
+                    "rank_histograms": pooled_rank_histograms(found),
+                }
+                for m, found in scored.items()
+                if found
+            }
+            path = _write_windows(
+                args, truths, windows[: index + 1], rows, tuning, localisation, pooled
+            )
     _print_summary(_summary(rows, methods), len(windows))
-    print(f"wrote {path}")
+    _print_pooled(pooled)
+    altitudes = open_archive(truths[0])["altitude"].values.tolist()
+    figure = pooled_figure(pooled, altitudes, args.figures / "osse_pooled.png")
+    print(f"wrote {path} and {figure}")
 
 
 def _summary(rows: list[dict[str, Any]], methods: list[str]) -> list[dict[str, Any]]:
@@ -625,6 +596,7 @@ def _write_windows(
     rows: list[dict[str, Any]],
     tuning: dict[str, Any],
     localisation: dict[str, tuple[float, float]],
+    pooled: dict[str, dict[str, Any]],
 ) -> Path:
     """``benchmarks/results/osse-windows-<machine>.json`` of the windows scored so far."""
     return write_result(
@@ -634,6 +606,7 @@ def _write_windows(
             "windows": [{"truth": t.name, "time": w} for t, w in windows],
             "windows_planned": args.windows * len(truths),
             "per_window": rows,
+            "pooled": pooled,
             "tuning": tuning,
             "localisation": {
                 k: {"horizontal_km": h, "vertical_km": v} for k, (h, v) in localisation.items()
@@ -647,6 +620,22 @@ def _write_windows(
             "work": args.work.name,
         },
     )
+
+
+def _print_pooled(pooled: dict[str, dict[str, Any]]) -> None:
+    """Worst and median ``|power ratio - 1|`` at ``l >= 6`` over the windows' pooled members."""
+    shown = []
+    for method, entry in pooled.items():
+        power = entry.get("member_power")
+        if not power:
+            continue
+        row: dict[str, Any] = {"method": method, "members": power["members"]}
+        for name, worst in power["worst_power_error"].items():
+            median = power["median_power_error"][name]
+            row[f"{name} worst / median"] = f"{worst:.2f} / {median:.2f}"
+        shown.append(row)
+    if shown:
+        print_table("member power / model data, |ratio - 1| at l >= 6, pooled over windows", shown)
 
 
 def _print_summary(table: list[dict[str, Any]], windows: int) -> None:

@@ -363,7 +363,9 @@ def sample_variant(spec: dict[str, Any]) -> dict[str, Any]:
 
     def run(indices: list[int], run_settings: PosteriorSettings) -> torch.Tensor:
         with autocast(device, precision):
-            return posterior_members(prior, obs, indices, seed, run_settings, device=device)
+            return posterior_members(
+                prior, obs, indices, seed, run_settings, device=device, time=when
+            )
 
     # warm-up before measuring (allocator, kernels, compilation): on the CPU one member,
     # so that the peak RSS of the measured run is its own

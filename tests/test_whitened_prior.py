@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -12,10 +13,12 @@ import torch
 from torch import nn
 from typer.testing import CliRunner
 
+from genda.assimilation import gaussian_tweedie
 from genda.assimilation.gaussian import GaussianFieldPrior
 from genda.assimilation.guidance import GaussianLikelihood, guided_denoiser
 from genda.assimilation.state_operator import StateOperator, diagonal_aat
 from genda.cli import app
+from genda.errors import InvalidValueError
 from genda.grid import Grid
 from genda.models.checkpoint import CheckpointError, load_checkpoint
 from genda.models.diffusion import EDMDenoiser
@@ -60,11 +63,11 @@ def _observations() -> pd.DataFrame:
     )
 
 
-def _dense_problem(whitening: SpectralWhitening, obs: pd.DataFrame):
-    """``A = H U`` on the whitened states and its dense Jacobian ``(M, Kz)`` (float64)."""
+def _dense_problem(whitening: SpectralWhitening, obs: pd.DataFrame, hour: float | None = None):
+    """``A = H U`` on the whitened states (mean at ``hour``) and its dense Jacobian ``(M, Kz)``."""
     fields_operator = ObservationOperator.from_table(obs, GRID).to(dtype=torch.float64)
     state_shape = tuple(whitening.state_shape)
-    operator = StateOperator(fields_operator, whitening.decode, state_shape)
+    operator = StateOperator(fields_operator, partial(whitening.decode, hours=hour), state_shape)
     size = int(np.prod(state_shape))
     jacobian = torch.func.jacrev(lambda z: operator(z.reshape(1, *state_shape))[0])(
         torch.zeros(size, dtype=torch.float64)
@@ -86,10 +89,44 @@ def whitening() -> SpectralWhitening:
     return module.fit([fields.float()]).double()
 
 
-def test_the_guidance_recovers_the_exact_posterior_in_whitened_coordinates(whitening) -> None:
-    """Prior z ~ N(0, I), x = mu + U z, y = H x + e: MMPS's ensemble is Kalman's, mean and spread."""
+@pytest.fixture(scope="module")
+def tidal_whitening() -> SpectralWhitening:
+    """Fitted to 480 fields of a known prior plus a diurnal cycle of 3 std, at hours 0..23 (float64)."""
+    torch.manual_seed(0)
+    field_prior = GaussianFieldPrior.on_grid(GRID, length_km=3000.0)
+    fields = field_prior.sample(480, generator=torch.Generator().manual_seed(2))
+    cycle = field_prior.sample(1, generator=torch.Generator().manual_seed(3))
+    hours = np.arange(480) % 24.0
+    phase = torch.from_numpy(np.cos(2 * np.pi * hours / 24))[:, None, None, None, None]
+    module = SpectralWhitening(GRID, coupling="columns", tides=1)
+    return module.fit([(fields.float() + 3 * phase.float() * cycle.float(), hours)]).double()
+
+
+@pytest.mark.parametrize(
+    ("which", "hour", "covariance"),
+    [
+        ("whitening", None, "jacobian"),
+        ("tidal_whitening", 5.0, "jacobian"),
+        ("tidal_whitening", 5.0, "prior"),
+    ],
+)
+def test_the_guidance_recovers_the_exact_posterior_in_whitened_coordinates(
+    request, which: str, hour: float | None, covariance: str
+) -> None:
+    """Prior z ~ N(0, I), x = mu + U z, y = H x + e: MMPS's ensemble is Kalman's, mean and spread.
+
+    With a mean that follows the time of day, ``A z = H (mu(h) + U z)`` at the
+    window's hour ``h``: still affine, so the analysis stays exact.
+    """
+    whitening = request.getfixturevalue(which)
     obs = _observations()
-    operator, jacobian = _dense_problem(whitening, obs)  # A: (M, Kz)
+    operator, jacobian = _dense_problem(whitening, obs, hour)  # A: (M, Kz)
+    if hour is not None:  # the mean really moves with the hour
+        zero = torch.zeros((1, *operator.state_shape), dtype=torch.float64)
+        other = StateOperator(
+            operator.fields, partial(whitening.decode, hours=hour + 12), operator.state_shape
+        )
+        assert float((operator(zero) - other(zero)).abs().max()) > 1.0
     state_shape, size = operator.state_shape, jacobian.shape[1]
     offset = operator(torch.zeros((1, *state_shape), dtype=torch.float64))[0]
     sigma_y = torch.tensor(obs["sigma"].to_numpy(), dtype=torch.float64)
@@ -108,7 +145,9 @@ def test_the_guidance_recovers_the_exact_posterior_in_whitened_coordinates(white
 
     denoiser = EDMDenoiser(ZeroNetwork(), coordinates=whitening).double()
     likelihood = GaussianLikelihood(operator, y, sigma_y)
-    guided = guided_denoiser(denoiser, likelihood, "mmps", iterations=len(obs))
+    guided = guided_denoiser(
+        denoiser, likelihood, "mmps", iterations=len(obs), covariance=covariance
+    )
     z = sample(
         guided,
         state_shape,
@@ -127,6 +166,77 @@ def test_the_guidance_recovers_the_exact_posterior_in_whitened_coordinates(white
     np.testing.assert_allclose(sample_spread, spread, rtol=0.1)
     # and away from them the prior is kept: unit variance per control variable
     assert abs(float(z.var(0).mean()) - float(cov.diagonal().mean())) < 0.05
+
+
+@pytest.mark.parametrize(("sigma", "dense"), [(0.05, True), (1.0, True), (20.0, False)])
+def test_the_prior_covariance_step_is_the_gaussian_posterior_mean(
+    tidal_whitening, sigma, dense, monkeypatch
+) -> None:
+    """One guided denoiser call is ``E[z | z_t, y]`` of the Gaussian prior, to round-off.
+
+    ``z ~ N(0, I)``, ``z_t = z + sigma eps``, ``y = A z + b + e``: the posterior
+    precision is ``(1 + sigma^-2) I + A^T R^-1 A``, so
+    ``E[z | z_t, y] = P^-1 (z_t / sigma^2 + A^T R^-1 (y - b))``.
+    """
+    obs = _observations()
+    operator, jacobian = _dense_problem(tidal_whitening, obs, 17.0)
+    state_shape, size = operator.state_shape, jacobian.shape[1]
+    offset = operator(torch.zeros((1, *state_shape), dtype=torch.float64))[0]
+    sigma_y = torch.tensor(obs["sigma"].to_numpy(), dtype=torch.float64)
+    g = torch.Generator().manual_seed(11)
+    y = offset + 3 * torch.randn(len(obs), generator=g, dtype=torch.float64)
+    z_t = sigma * torch.randn(2, size, generator=g, dtype=torch.float64)
+    if not dense:  # A and A^T through the operator instead of a stored matrix
+        monkeypatch.setattr(gaussian_tweedie, "DENSE_ROWS_LIMIT", 0)
+    denoiser = EDMDenoiser(ZeroNetwork(), coordinates=tidal_whitening).double()
+    guided = guided_denoiser(
+        denoiser, GaussianLikelihood(operator, y, sigma_y), "mmps", covariance="prior"
+    )
+    assert (guided.rows is not None) == dense
+    result = guided(z_t.reshape(2, *state_shape), torch.full((2,), sigma, dtype=torch.float64))
+    r_inv = torch.diag(1.0 / sigma_y**2)
+    precision = (1 + sigma**-2) * torch.eye(size, dtype=torch.float64)
+    precision = precision + jacobian.T @ r_inv @ jacobian
+    expected = torch.linalg.solve(
+        precision, (z_t / sigma**2 + (jacobian.T @ r_inv @ (y - offset))[None]).T
+    ).T
+    torch.testing.assert_close(result.reshape(2, -1), expected, atol=1e-8, rtol=1e-8)
+
+
+@pytest.mark.parametrize("dense", [True, False])
+def test_the_observation_space_solves_and_applies_a_exactly(
+    tidal_whitening, dense, monkeypatch
+) -> None:
+    """``A``, ``A^T`` and ``(Sigma_y + c A A^T)^-1`` against the dense Jacobian, per member ``c``."""
+    if not dense:
+        monkeypatch.setattr(gaussian_tweedie, "DENSE_ROWS_LIMIT", 0)
+    obs = _observations()
+    operator, jacobian = _dense_problem(tidal_whitening, obs, 9.5)
+    sigma_y = torch.tensor(obs["sigma"].to_numpy(), dtype=torch.float64)
+    space = gaussian_tweedie.ObservationSpace(operator, sigma_y)
+    assert (space.rows is not None) == dense
+    g = torch.Generator().manual_seed(4)
+    z = torch.randn(3, *operator.state_shape, generator=g, dtype=torch.float64)
+    torch.testing.assert_close(space.apply(z), operator(z))
+    w = torch.randn(3, len(obs), generator=g, dtype=torch.float64)
+    torch.testing.assert_close(space.adjoint(w).reshape(3, -1), w @ jacobian)
+    c = torch.tensor([0.0, 0.3, 40.0], dtype=torch.float64)
+    for row in range(3):
+        system = torch.diag(sigma_y**2) + c[row] * jacobian @ jacobian.T
+        expected = torch.linalg.solve(system, w[row])
+        torch.testing.assert_close(space.solve(w, c)[row], expected, atol=1e-10, rtol=1e-8)
+
+
+def test_the_prior_covariance_needs_whitened_states(whitening) -> None:
+    obs = _observations()
+    fields_operator = ObservationOperator.from_table(obs, GRID).to(dtype=torch.float64)
+    sigma_y = torch.tensor(obs["sigma"].to_numpy(), dtype=torch.float64)
+    likelihood = GaussianLikelihood(fields_operator, torch.zeros(len(obs)).double(), sigma_y)
+    denoiser = EDMDenoiser(ZeroNetwork()).double()
+    with pytest.raises(InvalidValueError, match="whitened"):
+        guided_denoiser(denoiser, likelihood, "mmps", covariance="prior")
+    with pytest.raises(InvalidValueError, match="covariance"):
+        guided_denoiser(denoiser, likelihood, "mmps", covariance="diagonal")
 
 
 def test_sda_sees_the_observations_sensitivity_in_whitened_coordinates(whitening) -> None:
@@ -301,17 +411,6 @@ def test_bad_coordinates_settings_are_refused(tiny_archive: Path, tmp_path: Path
     result = _train(tiny_archive, tmp_path / "q", "joint3d", "--skip", "gaussian")
     assert result.exit_code == 1 and "skip" in result.output
     assert not (tmp_path / "q").exists()
-
-
-def test_conjugate_gradients_solve_a_symmetric_system() -> None:
-    from genda.assimilation.guidance import conjugate_gradients
-
-    generator = torch.Generator().manual_seed(0)
-    factor = torch.randn(12, 12, generator=generator, dtype=torch.float64)
-    matrix = factor @ factor.T + 12 * torch.eye(12, dtype=torch.float64)
-    b = torch.randn(3, 12, generator=generator, dtype=torch.float64)
-    u = conjugate_gradients(lambda v: v @ matrix, b, matrix.diagonal(), iterations=12)
-    np.testing.assert_allclose(u, torch.linalg.solve(matrix, b.T).T, rtol=1e-8, atol=1e-10)
 
 
 def test_sda_in_whitened_coordinates_uses_the_whole_covariance(whitening) -> None:

@@ -358,7 +358,12 @@ def test_encode_and_decode_are_affine(fitted) -> None:
 
 # ---------------------------------------------------------------------- checkpoints
 def test_config_and_buffers_rebuild_the_module(fitted) -> None:
-    assert fitted.config() == {"kind": WHITENING_KIND, "truncation": T, "coupling": fitted.coupling}
+    assert fitted.config() == {
+        "kind": WHITENING_KIND,
+        "truncation": T,
+        "coupling": fitted.coupling,
+        "tides": 0,
+    }
     state = fitted.state_dict()
     assert {"mean", "eigenvalues", "eigenvectors", "wind_std", "wind_mean"} <= set(state)
     fresh = SpectralWhitening.from_config(GRID, fitted.config()).double()

@@ -274,6 +274,14 @@ def train_command(
             "spectral control variables in which the model data are white; docs/training.md)."
         ),
     ] = None,
+    tides: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            help="Solar-day harmonics in the whitened prior's mean, so that it follows the "
+            "time of day (default 3: diurnal, semidiurnal, terdiurnal; 0: one mean).",
+        ),
+    ] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing --out.")] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
@@ -316,6 +324,7 @@ def train_command(
         resume=resume,
         skip=skip,
         coordinates=coordinates,
+        tides=tides,
         overwrite=overwrite,
         progress=progress,
         command=_command_line(ctx),
@@ -460,6 +469,13 @@ def assimilate(
     steps: Annotated[int, typer.Option(help="Sampler steps.")] = 32,
     sampler: Annotated[str, typer.Option(help="heun, euler or stochastic.")] = "heun",
     iterations: Annotated[int, typer.Option(help="MMPS solver (GMRES) iterations.")] = 3,
+    covariance: Annotated[
+        str,
+        typer.Option(
+            help="MMPS's Tweedie covariance: jacobian (the network's) or prior (the whitened "
+            "prior's Gaussian part: no backward pass, whitened priors only)."
+        ),
+    ] = "jacobian",
     zeta: Annotated[float, typer.Option(help="DPS guidance strength.")] = 1.0,
     gamma: Annotated[float, typer.Option(help="SDA likelihood inflation gamma.")] = 0.1,
     corrections: Annotated[
@@ -523,6 +539,7 @@ def assimilate(
         steps=steps,
         sampler=sampler,
         iterations=iterations,
+        covariance=covariance,
         zeta=zeta,
         gamma=gamma,
         corrections=corrections,
@@ -603,7 +620,7 @@ def query(
     """One variable of an ensemble store at one level: a statistic or the members."""
     from genda.ownership import check_file_replaceable
     from genda.storage import query as query_store
-    from genda.storage.ensemble_store import to_file
+    from genda.storage.ensemble_export import to_file
 
     if out is not None:
         check_file_replaceable(out, overwrite)
@@ -821,17 +838,42 @@ def baseline(
     obs: Annotated[
         Path | None, typer.Option(help="Observation table (not needed for climatology).")
     ] = None,
-    method: Annotated[str, typer.Option(help="enkf, oi or climatology.")] = "enkf",
-    members: Annotated[int, typer.Option(help="Ensemble size (oi writes one member).")] = 16,
+    method: Annotated[
+        str,
+        typer.Option(
+            help="enkf, enoi (every eligible archive state behind the covariance), oi or "
+            "climatology."
+        ),
+    ] = "enkf",
+    members: Annotated[
+        int, typer.Option(help="Ensemble size (oi and enoi write one member).")
+    ] = 16,
+    hour_matched: Annotated[
+        bool,
+        typer.Option(
+            "--hour-matched/--any-hour",
+            help="Draw archive states only within 1 h of the window's time of day, so that "
+            "their tides share its phase (the default), or at any hour.",
+        ),
+    ] = True,
     climatology_size: Annotated[
-        int, typer.Option(help="Climatological states behind the covariance.")
-    ] = 200,
+        int | None,
+        typer.Option(
+            help="Archive states behind the covariance (oi, enkf); default: every "
+            "hour-matched state, or 200 with --any-hour."
+        ),
+    ] = None,
     horizontal_km: Annotated[
-        float, typer.Option(help="Gaspari-Cohn half-width in the horizontal (km).")
-    ] = 1500.0,
+        float | None,
+        typer.Option(
+            help="Gaspari-Cohn half-width in the horizontal (km); default: tuned per method "
+            "(docs/baselines.md)."
+        ),
+    ] = None,
     vertical_km: Annotated[
-        float, typer.Option(help="Gaspari-Cohn half-width in altitude (km).")
-    ] = 15.0,
+        float | None,
+        typer.Option(help="Gaspari-Cohn half-width in altitude (km); default: tuned per method."),
+    ] = None,
     exclude_hours: Annotated[
         float, typer.Option(help="Archive times this close to the window are not drawn.")
     ] = 48.0,
@@ -841,7 +883,11 @@ def baseline(
     seed: Annotated[int, typer.Option(help="Experiment seed (hashed with the time).")] = 0,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing store.")] = False,
 ) -> None:
-    """Classical baselines on the same footing: climatology, localised OI, EnKF."""
+    """Classical baselines on the same footing: climatology, localised OI, EnOI, EnKF.
+
+    Archive states are hour-matched unless --any-hour is given; the localisation
+    defaults to the half-widths tuned for the method (docs/baselines.md).
+    """
     from genda.orchestration.baseline import baseline_window
 
     result = baseline_window(
@@ -852,6 +898,7 @@ def baseline(
         method=method,
         members=members,
         climatology_size=climatology_size,
+        hour_matched=hour_matched,
         seed=seed,
         window_hours=window_hours,
         horizontal_km=horizontal_km,
@@ -862,6 +909,16 @@ def baseline(
     table = Table(title=f"{result['method']} baseline", header_style="bold", show_header=False)
     table.add_row("store", result["store"])
     table.add_row("members", str(result["members"]))
+    table.add_row(
+        "archive states",
+        f"{result['states']} {'hour-matched' if result['hour_matched'] else 'of any hour'}",
+    )
+    if result["horizontal_km"] is not None:
+        half_widths = [
+            f"{value:g} km" if isinstance(value, int | float) else f"{value} km"
+            for value in (result["horizontal_km"], result["vertical_km"])
+        ]
+        table.add_row("localisation", f"horizontal {half_widths[0]}, vertical {half_widths[1]}")
     table.add_row("time", f"{result['seconds']:.1f} s")
     if result.get("fit"):
         table.add_row("observations", str(result["observations"]))

@@ -44,7 +44,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from azula.denoise import Denoiser as AzulaDenoiser
@@ -54,6 +54,7 @@ from azula.linalg.covariance import DiagonalCovariance
 from azula.noise import Schedule
 from torch import Tensor, nn
 
+from genda.assimilation.gaussian_tweedie import GaussianTweedieGuidance, ObservationSpace
 from genda.assimilation.state_operator import StateOperator, diagonal_aat
 from genda.errors import InvalidValueError
 from genda.models.sampling import Denoiser
@@ -61,6 +62,8 @@ from genda.observations.operators import ObservationOperator
 
 GuidanceMethod = Literal["mmps", "dps", "sda"]
 GUIDANCE_METHODS: tuple[str, ...] = ("mmps", "dps", "sda")
+TWEEDIE_COVARIANCES: tuple[str, ...] = ("jacobian", "prior")
+"""MMPS's Tweedie covariance: the denoiser's Jacobian, or a whitened prior's Gaussian part."""
 
 
 @dataclass(frozen=True)
@@ -226,6 +229,7 @@ class SDAGuidance(_GradientGuidance):
             else diagonal_aat(likelihood.operator)
         )
         self.register_buffer("aat", aat.to(likelihood.sigma.dtype), persistent=False)
+        self.space: ObservationSpace | None = None
 
     def penalty(self, innovation: Tensor, sigma: Tensor) -> Tensor:
         operator = self.likelihood.operator
@@ -242,64 +246,38 @@ class SDAGuidance(_GradientGuidance):
         On whitened states ``A A^T = H B H^T`` is the prior covariance of the
         observations: neighbouring observations share most of it, and its
         diagonal alone would count their common information once per
-        observation (the members then run away). The system is solved by
-        conjugate gradients (it is symmetric positive definite) and held
-        constant: the surrogate ``u . r`` has the penalty's gradient ``-A^T u``.
+        observation (the members then run away). The system is solved exactly
+        through the window's diagonalised ``A A^T`` (:class:`ObservationSpace`,
+        built on first use) and held constant: the surrogate ``u . r`` has the
+        penalty's gradient ``-A^T u``.
         """
-        variance_y = self.likelihood.sigma**2
-        scale = self.gamma * sigma[:, None] ** 2
-        target = innovation.detach()
-        state = torch.zeros(
-            (target.shape[0], *operator.state_shape), dtype=target.dtype, device=target.device
-        )
-        with torch.enable_grad():
-            _, pullback = torch.func.vjp(operator.linear, state)
-
-        def system(v: Tensor) -> Tensor:
-            (at_v,) = pullback(v)
-            return variance_y * v + scale * torch.func.jvp(operator.linear, (state,), (at_v,))[1]
-
-        u = conjugate_gradients(system, target, variance_y, iterations=SDA_CG_ITERATIONS)
+        if self.space is None:
+            self.space = ObservationSpace(operator, self.likelihood.sigma)
+        scale = self.gamma * sigma.detach() ** 2
+        u = self.space.solve(innovation.detach(), scale)
         return (u.detach() * innovation).sum(-1)
-
-
-SDA_CG_ITERATIONS = 24
-"""Conjugate-gradient iterations of SDA's correlated likelihood (whitened priors)."""
-
-
-def conjugate_gradients(
-    matvec: Callable[[Tensor], Tensor], b: Tensor, diagonal: Tensor, iterations: int
-) -> Tensor:
-    """Solve ``C u = b`` row by row for symmetric positive definite ``C``, ``(B, M)``.
-
-    Jacobi-preconditioned with ``diagonal`` (``(M,)``, e.g. ``Sigma_y``'s), a
-    fixed number of iterations so that every member does the same work.
-    """
-    u = torch.zeros_like(b)
-    r = b.clone()
-    z = r / diagonal
-    p = z.clone()
-    rz = (r * z).sum(-1, keepdim=True)
-    for _ in range(iterations):
-        cp = matvec(p)
-        alpha = rz / (p * cp).sum(-1, keepdim=True).clamp(min=1e-30)
-        u = u + alpha * p
-        r = r - alpha * cp
-        z = r / diagonal
-        rz_next = (r * z).sum(-1, keepdim=True)
-        p = z + (rz_next / rz.clamp(min=1e-30)) * p
-        rz = rz_next
-    return u
 
 
 def guided_denoiser(
     denoiser: Denoiser,
     likelihood: GaussianLikelihood,
     method: GuidanceMethod = "mmps",
-    **options: float,
+    **options: Any,
 ) -> Callable[[Tensor, Tensor], Tensor]:
-    """The posterior denoiser of ``method`` (``iterations`` for MMPS, ``zeta`` for DPS, ``gamma`` for SDA)."""
+    """The posterior denoiser of ``method``.
+
+    Options: ``iterations`` and ``covariance`` (:data:`TWEEDIE_COVARIANCES`)
+    for MMPS, ``zeta`` for DPS, ``gamma`` for SDA.
+    """
     if method == "mmps":
+        covariance = options.pop("covariance", "jacobian")
+        if covariance not in TWEEDIE_COVARIANCES:
+            raise InvalidValueError(
+                f"unknown covariance {covariance!r}; choose one of {TWEEDIE_COVARIANCES}"
+            )
+        if covariance == "prior":
+            sigma_data = float(getattr(denoiser, "sigma_data", 1.0))
+            return GaussianTweedieGuidance(denoiser, likelihood, sigma_data=sigma_data)
         iterations = int(options.pop("iterations", 3))
         return MMPSGuidance(denoiser, likelihood, iterations=iterations, **options)  # type: ignore[arg-type]
     if method == "dps":

@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -27,7 +28,12 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from genda.assimilation.guidance import GUIDANCE_METHODS, GaussianLikelihood, guided_denoiser
+from genda.assimilation.guidance import (
+    GUIDANCE_METHODS,
+    TWEEDIE_COVARIANCES,
+    GaussianLikelihood,
+    guided_denoiser,
+)
 from genda.assimilation.state_operator import StateOperator
 from genda.errors import InvalidValueError
 from genda.grid import Grid
@@ -35,6 +41,7 @@ from genda.models.checkpoint import LoadedPrior
 from genda.models.data import stable_seed
 from genda.models.sampling import METHODS as SAMPLERS
 from genda.models.sampling import sample
+from genda.models.time_of_day import hours_of_day
 from genda.observations.operators import ObservationOperator
 
 
@@ -47,6 +54,10 @@ class PosteriorSettings:
         steps: sampler steps (noise levels before 0).
         sampler: ``"heun"`` (deterministic), ``"euler"`` or ``"stochastic"``.
         iterations: MMPS solver (GMRES) iterations.
+        covariance: MMPS's Tweedie covariance: ``"jacobian"`` (default; the
+            network's, by vector-Jacobian products, azula's MMPS) or ``"prior"``
+            (the whitened prior's Gaussian part, no backward pass:
+            :mod:`genda.assimilation.gaussian_tweedie`; whitened priors only).
         zeta: DPS guidance strength.
         gamma: SDA's ``gamma`` in ``Sigma_y + gamma sigma^2 A A^T``.
         corrections: Langevin corrector steps per step (SDA uses 1 by default).
@@ -58,6 +69,7 @@ class PosteriorSettings:
     steps: int = 32
     sampler: str = "heun"
     iterations: int = 3
+    covariance: str = "jacobian"
     zeta: float = 1.0
     gamma: float = 0.1
     corrections: int | None = None
@@ -68,6 +80,10 @@ class PosteriorSettings:
         if self.method not in GUIDANCE_METHODS:
             raise InvalidValueError(
                 f"unknown method {self.method!r}; choose one of {GUIDANCE_METHODS}"
+            )
+        if self.covariance not in TWEEDIE_COVARIANCES:
+            raise InvalidValueError(
+                f"unknown covariance {self.covariance!r}; choose one of {TWEEDIE_COVARIANCES}"
             )
         if self.sampler not in SAMPLERS:
             raise InvalidValueError(f"unknown sampler {self.sampler!r}; choose one of {SAMPLERS}")
@@ -98,15 +114,23 @@ class PosteriorSettings:
             return self.corrections
         return 1 if self.method == "sda" else 0
 
-    def guidance_options(self) -> dict[str, float]:
+    def guidance_options(self) -> dict[str, Any]:
         return {
-            "mmps": {"iterations": self.iterations},
+            "mmps": {"iterations": self.iterations, "covariance": self.covariance},
             "dps": {"zeta": self.zeta},
             "sda": {"gamma": self.gamma},
         }[self.method]
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self) | {"corrections": self.langevin_corrections}
+        """The settings as a window's provenance records them.
+
+        The covariance appears only when it is not the default, so that
+        windows made before it existed keep their provenance.
+        """
+        settings = asdict(self) | {"corrections": self.langevin_corrections}
+        if self.covariance == "jacobian":
+            del settings["covariance"]
+        return settings
 
 
 _GUIDANCE_CHECK = threading.Lock()
@@ -117,19 +141,53 @@ def window_seed(seed: int, time: np.datetime64) -> int:
     return stable_seed("window", int(seed), str(np.datetime64(time, "s")))
 
 
+def state_hours(prior: LoadedPrior, time: Any, count: int) -> np.ndarray | None:
+    """UT hours ``(count,)`` of the states of a prior whose mean follows the time of day.
+
+    ``time``: the window's valid time (datetime64), or one per member. ``None``
+    for a prior with one mean for every hour.
+
+    Raises:
+        InvalidValueError: the prior needs the time and none, or not one per member, was given.
+    """
+    if not prior.denoiser.tides:
+        return None
+    if time is None:
+        raise InvalidValueError(
+            "this prior's mean follows the time of day: give the window's valid time"
+        )
+    hours = hours_of_day(time)
+    if hours.size == 1:
+        return np.full(count, hours[0])
+    if hours.size != count:
+        raise InvalidValueError(f"give one time or one per member ({count}), got {hours.size}")
+    return hours
+
+
+def state_decoder(prior: LoadedPrior, time: Any = None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The prior's states -> normalised fields map at the window's ``time``."""
+    hours = state_hours(prior, time, 1)
+    hour = None if hours is None else float(hours[0])
+    return partial(prior.denoiser.decode, hours=hour)
+
+
 def likelihood_for(
-    prior: LoadedPrior, obs: pd.DataFrame, device: torch.device | str = "cpu"
+    prior: LoadedPrior,
+    obs: pd.DataFrame,
+    device: torch.device | str = "cpu",
+    time: Any = None,
 ) -> GaussianLikelihood:
     """The Gaussian likelihood of a validated table, on the prior's diffusion states.
 
     Those are the normalised fields, or for a prior in whitened coordinates
-    its control variables ``z``, seen through ``A = H U`` (:class:`StateOperator`).
+    its control variables ``z``, seen through ``A = H U`` (:class:`StateOperator`)
+    with ``U``'s mean at the window's ``time``.
     """
     operator: ObservationOperator | StateOperator
     operator = ObservationOperator.from_table(obs, prior.grid).normalized(prior.normalization)
     if prior.denoiser.coordinates is not None:
         operator = StateOperator(
-            operator.to(device, torch.float32), prior.denoiser.decode, prior.state_shape
+            operator.to(device, torch.float32), state_decoder(prior, time), prior.state_shape
         )
     y = torch.tensor(obs["value"].to_numpy(dtype=np.float64))
     sigma = torch.tensor(obs["sigma"].to_numpy(dtype=np.float64))
@@ -141,15 +199,17 @@ def posterior_denoiser(
     obs: pd.DataFrame | None,
     settings: PosteriorSettings,
     device: torch.device | str = "cpu",
+    time: Any = None,
 ) -> Any:
     """The denoiser to sample the window with: the prior's, guided by ``obs`` when given.
 
     Building it (the observation operator from the table) is the costly part
     that a worker holding the prior does once per window, not per batch.
+    ``time``: the window's valid time, for a prior whose mean follows the hour.
     """
     if obs is None:
         return prior.denoiser
-    likelihood = likelihood_for(prior, obs, device)
+    likelihood = likelihood_for(prior, obs, device, time)
     return guided_denoiser(
         prior.denoiser, likelihood, settings.method, **settings.guidance_options()
     )
@@ -160,6 +220,7 @@ def check_guidance(
     obs: pd.DataFrame | None,
     settings: PosteriorSettings,
     device: torch.device | str = "cpu",
+    time: Any = None,
 ) -> None:
     """Build the window's denoiser and take one sampler step with one member.
 
@@ -170,13 +231,15 @@ def check_guidance(
     Raises:
         InvalidValueError: the step gives non-finite values with these settings.
     """
-    denoiser = posterior_denoiser(prior, obs, settings, device)
+    denoiser = posterior_denoiser(prior, obs, settings, device, time)
     # Forward-mode AD levels (MMPS's Jacobian-vector products) are global to the
     # process: windows checked from several threads of one driver take turns.
     with _GUIDANCE_CHECK:
         # the one sampling path, cut to one step of one member
         one_step = replace(settings, steps=1, batch_size=1)
-        x = sample_members(prior, denoiser, [0], 0, one_step, guided=obs is not None, device=device)
+        x = sample_members(
+            prior, denoiser, [0], 0, one_step, guided=obs is not None, device=device, time=time
+        )
     if not torch.isfinite(x).all():
         raise InvalidValueError(
             f"the {settings.method} guidance gives non-finite values with these settings "
@@ -193,13 +256,17 @@ def sample_members(
     *,
     guided: bool,
     device: torch.device | str = "cpu",
+    time: Any = None,
 ) -> torch.Tensor:
     """One batch: members ``(len(members), V, L, H, W)`` in physical units, on the CPU.
 
     ``denoiser`` comes from :func:`posterior_denoiser`; ``guided`` says
     whether it carries observations (Langevin corrections apply only then).
-    The batch is sampled in one pass: ``members`` is the batch.
+    The batch is sampled in one pass: ``members`` is the batch. ``time``: the
+    window's valid time, or one per member (unguided only), which a prior
+    whose mean follows the hour decodes its states at.
     """
+    hours = state_hours(prior, time, len(members))
     state = sample(
         denoiser,
         prior.state_shape,
@@ -212,7 +279,7 @@ def sample_members(
         device=device,
     )
     with torch.no_grad():
-        fields = prior.denoiser.decode(state)
+        fields = prior.denoiser.decode(state, hours)
     return prior.normalization.denormalize(fields).cpu()
 
 
@@ -225,6 +292,7 @@ def posterior_members(
     *,
     device: torch.device | str = "cpu",
     progress: bool = False,
+    time: Any = None,
 ) -> torch.Tensor:
     """Posterior members ``(len(members), V, L, H, W)`` in physical units, on the CPU.
 
@@ -239,10 +307,12 @@ def posterior_members(
         settings: method, steps and batch size.
         device: where the prior lives and sampling runs.
         progress: a progress bar over batches of members.
+        time: the window's valid time (datetime64), which a prior whose mean
+            follows the time of day needs.
     """
     settings = settings or PosteriorSettings()
     members = [int(m) for m in members]
-    denoiser = posterior_denoiser(prior, obs, settings, device)
+    denoiser = posterior_denoiser(prior, obs, settings, device, time)
     out = []
     batches = [
         members[i : i + settings.batch_size] for i in range(0, len(members), settings.batch_size)
@@ -251,7 +321,14 @@ def posterior_members(
         for batch in batches:
             out.append(
                 sample_members(
-                    prior, denoiser, batch, seed, settings, guided=obs is not None, device=device
+                    prior,
+                    denoiser,
+                    batch,
+                    seed,
+                    settings,
+                    guided=obs is not None,
+                    device=device,
+                    time=time,
                 )
             )
             bar.update(len(batch))
@@ -303,5 +380,7 @@ __all__ = [
     "posterior_denoiser",
     "posterior_members",
     "sample_members",
+    "state_decoder",
+    "state_hours",
     "window_seed",
 ]

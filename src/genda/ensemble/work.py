@@ -61,8 +61,9 @@ class WindowJob:
 
     @property
     def key(self) -> tuple[Any, ...]:
-        """What the guided denoiser depends on."""
+        """What the guided denoiser depends on (the time: a prior's mean may follow the hour)."""
         return (
+            str(self.time),
             self.observations_fingerprint,
             self.settings.method,
             self.settings.guidance_options(),
@@ -268,7 +269,7 @@ class MemberGenerator:
         """The job's (guided) denoiser, built once per observation set and method."""
         if self._denoiser_key != job.key:
             self._denoiser = posterior_denoiser(
-                self.prior, job.observations, job.settings, self.device
+                self.prior, job.observations, job.settings, self.device, job.time
             )
             self._denoiser_key = job.key
         return self._denoiser
@@ -307,6 +308,7 @@ class MemberGenerator:
                     job.settings,
                     guided=job.observations is not None,
                     device=self.device,
+                    time=job.time,
                 )
                 values = fields.numpy()[[batch.index(m) for m in todo]]
                 # A member with NaN or impossible values must never be flagged

@@ -26,6 +26,7 @@ from genda.normalization import Normalization
 
 __all__ = [
     "COORDINATES",
+    "DEFAULT_TIDES",
     "build_coordinates",
     "coordinates_config",
     "coupling_for",
@@ -37,6 +38,10 @@ COORDINATES = ("grid", "whitened")
 """The coordinates a prior can be trained in (``genda train --coordinates``)."""
 
 _KIND = "spectral-whitening"
+
+DEFAULT_TIDES = 3
+"""Solar-day harmonics in a new whitened prior's mean: the diurnal, semidiurnal
+and terdiurnal tides, which carry nearly all the migrating tides' variance."""
 
 
 def coupling_for(strategy: str) -> str:
@@ -80,18 +85,29 @@ def fit_coordinates(
     strategy: str,
     grid: Grid,
     normalization: Normalization,
-    batches: Iterable[torch.Tensor],
+    batches: Iterable[tuple[torch.Tensor, Any]],
+    tides: int | None = None,
 ) -> SpectralWhitening | None:
     """The transform of a new prior in ``coordinates``, fitted to normalised training fields.
 
+    ``batches`` yields ``(fields (B, V, L, H, W), UT hours (B,))``; ``tides``
+    (default :data:`DEFAULT_TIDES`) solar-day harmonics go into the mean.
+
     Raises:
-        InvalidValueError: unknown ``coordinates``, or fields that cannot estimate it.
+        InvalidValueError: unknown ``coordinates``, tides for grid coordinates,
+            or fields that cannot estimate the transform.
     """
     if coordinates not in COORDINATES:
         raise InvalidValueError(f"unknown coordinates {coordinates!r}; choose one of {COORDINATES}")
     if coordinates == "grid":
+        if tides:
+            raise InvalidValueError(
+                "a time-of-day mean (tides) needs whitened coordinates; "
+                "grid coordinates have no mean to make follow the hour"
+            )
         return None
-    module = SpectralWhitening(grid, normalization, coupling=coupling_for(strategy))
+    count = DEFAULT_TIDES if tides is None else tides
+    module = SpectralWhitening(grid, normalization, coupling=coupling_for(strategy), tides=count)
     return module.fit(batches)
 
 

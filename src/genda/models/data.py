@@ -45,6 +45,7 @@ from torch.utils.data import Dataset, Sampler
 
 from genda.errors import InvalidValueError
 from genda.grid import Grid, GridMismatchError
+from genda.models.time_of_day import hours_of_day
 from genda.normalization import Normalization
 
 __all__ = [
@@ -374,6 +375,10 @@ class FieldDataset(Dataset[torch.Tensor]):
         if self._data is not None:
             return self._data[torch.from_numpy(positions)]
         return torch.stack([self[int(i)] for i in positions])
+
+    def hours(self, items: Sequence[int] | np.ndarray) -> np.ndarray:
+        """UT hours ``[0, 24)`` of the items' times: float64 ``(B,)``."""
+        return hours_of_day(self.times[np.asarray(items, dtype=np.int64)])
 
     def sampler(self, seed: int = 0, group_chunks: int = 1) -> ChunkShuffleSampler:
         """A :class:`ChunkShuffleSampler` suited to this dataset (plain shuffling in memory)."""

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -187,19 +187,28 @@ class EDMDenoiser(nn.Module):
             return tuple(field_shape)
         return tuple(self.coordinates.state_shape)
 
-    def encode(self, fields: Tensor) -> Tensor:
-        """Normalised fields ``(B, V, L, H, W)`` -> diffusion states (the fields themselves by default)."""
+    @property
+    def tides(self) -> int:
+        """Solar-day harmonics in the coordinates' mean: ``> 0`` when states need their hour."""
+        return int(getattr(self.coordinates, "tides", 0))
+
+    def encode(self, fields: Tensor, hours: Any = None) -> Tensor:
+        """Normalised fields ``(B, V, L, H, W)`` -> diffusion states (the fields themselves by default).
+
+        ``hours``: the fields' UT hours (``(B,)`` or one number), used when
+        the coordinates' mean follows the time of day (:attr:`tides`).
+        """
         if self.coordinates is None:
             return fields
         with torch.autocast(device_type=fields.device.type, enabled=False):
-            return self.coordinates.encode(fields)
+            return self.coordinates.encode(fields, hours)
 
-    def decode(self, state: Tensor) -> Tensor:
+    def decode(self, state: Tensor, hours: Any = None) -> Tensor:
         """Diffusion states -> normalised fields ``(B, V, L, H, W)`` (:meth:`encode`'s inverse)."""
         if self.coordinates is None:
             return state
         with torch.autocast(device_type=state.device.type, enabled=False):
-            return self.coordinates.decode(state)
+            return self.coordinates.decode(state, hours)
 
     @property
     def sigma_data(self) -> float:

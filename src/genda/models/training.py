@@ -355,7 +355,7 @@ def validation_loss(
     for j, sigma in enumerate(sigmas):
         for start in range(0, mine.size, batch_size):
             part = mine[start : start + batch_size]
-            x0 = denoiser.encode(dataset.batch(part).to(device))
+            x0 = denoiser.encode(dataset.batch(part).to(device), dataset.hours(part))
             noise = []
             for pos in part:
                 gen = torch.Generator().manual_seed(
@@ -512,11 +512,13 @@ def optimization_step(
     config: TrainConfig,
     device: torch.device,
     rank: int = 0,
+    hours: np.ndarray | None = None,
 ) -> torch.Tensor:
     """One optimizer step of :func:`train` on the batch ``x0`` ``(len(slots), V, L, H, W)``.
 
     ``x0`` is encoded into the denoiser's diffusion states first (itself
-    unless the denoiser runs in whitened coordinates).
+    unless the denoiser runs in whitened coordinates, whose mean may follow
+    the UT ``hours`` ``(len(slots),)`` of the fields).
 
     The noise of each slot of the global batch, the dropout seed, the learning
     rate of ``step``, the weighted EDM loss (under autocast when asked),
@@ -524,7 +526,7 @@ def optimization_step(
     ``denoiser`` or its DDP/compiled wrapper. Returns the detached mean loss.
     """
     with torch.no_grad():  # the coordinates are fixed statistics, not trained
-        x0 = denoiser.encode(x0)
+        x0 = denoiser.encode(x0, hours)
     shape = tuple(x0.shape[1:])
     sigma, noise = _slot_noise(list(slots), config.seed, step, shape, config, device)
     torch.manual_seed(stable_seed("global", config.seed, step, rank))  # dropout
@@ -726,7 +728,8 @@ def train(
         slots = np.arange(config.batch_size)[rank::world]
         try:
             while step < config.steps:
-                x0 = data.train.batch(batches.positions(step)[slots]).to(device, non_blocking=True)
+                positions = batches.positions(step)[slots]
+                x0 = data.train.batch(positions).to(device, non_blocking=True)
                 loss = optimization_step(
                     forward,
                     denoiser,
@@ -738,6 +741,7 @@ def train(
                     config,
                     device,
                     rank,
+                    hours=data.train.hours(positions),
                 )
                 running += loss.double()
                 running_count += 1

@@ -38,6 +38,15 @@ Maths, per mode ``(l, m)``, ``m <= l < T``:
   channels per mode, channel ``c = v * L + level``. ``coupling="levels"``
   (``layer2d``): one group of the ``V`` variables per level and mode, so the
   ``z`` of a level depends on the ``x`` of that level only.
+* With ``tides = N > 0`` the mean follows the time of day: ``mu_lm(h) =
+  mu_lm + sum_k (c_lm,k cos(k Omega h) + s_lm,k sin(k Omega h))``, ``k =
+  1..N``, ``Omega = 2 pi / 24 h``, ``h`` the UT hour
+  (:mod:`genda.models.time_of_day`): the migrating and non-migrating tides
+  are periodic in UT in every coefficient. ``mu``, ``c``, ``s`` are one
+  least-squares fit over the training fields and ``S_lm`` is the covariance
+  of its residuals, so the tides' phase-locked part is in the mean and only
+  the day-to-day variability is whitened. ``encode`` and ``decode`` then take
+  the fields' hours; the map stays affine in ``z`` at each hour.
 * Eigen-directions are sorted by decreasing eigenvalue. Those with
   ``lam <= 1e-10`` times the largest of their group and mode, or ``lam <=
   1e-14`` times the largest of all, are dropped: their ``z`` component is 0
@@ -88,6 +97,7 @@ from torch import Tensor, nn
 
 from genda.errors import InvalidValueError
 from genda.grid import Grid, GridMismatchError, harmonic_grid_kind
+from genda.models.time_of_day import day_harmonics
 from genda.normalization import Normalization
 
 __all__ = ["COUPLINGS", "WHITENING_KIND", "HarmonicTransforms", "SpectralWhitening"]
@@ -104,6 +114,13 @@ RELATIVE_FLOOR = 1e-10
 
 GLOBAL_FLOOR = 1e-14
 """Eigenvalues at or below this fraction of the largest of all modes are dropped (empty modes)."""
+
+MAX_TIDES = 11
+"""Most solar-day harmonics in the mean: hourly fields resolve periods down to 2 h."""
+
+COVERAGE_FLOOR = 0.05
+"""The hours of the fields must cover the day: the smallest eigenvalue of the regressors'
+normalised Gram matrix (``1/2`` per harmonic for evenly spread hours) must exceed this."""
 
 
 _TRANSFORM_KINDS = (th.RealSHT, th.InverseRealSHT, th.RealVectorSHT, th.InverseRealVectorSHT)
@@ -132,12 +149,15 @@ class SpectralWhitening(nn.Module):
             for ``nlon = 2 nlat``) and ``min((nlat + 1) // 2, (nlon + 1) // 2)`` on
             equiangular ones, where the quadrature is exact.
         coupling: ``"columns"`` or ``"levels"`` (see :data:`COUPLINGS`).
+        tides: solar-day harmonics in the mean (0: one mean for every hour;
+            3: the diurnal, semidiurnal and terdiurnal tides).
 
     Buffers saved with the weights: ``mean`` ``(T, M, G, P, 2)`` (real,
     imaginary), ``eigenvalues`` ``(T, M, G, P)`` (0 where dropped) and
     ``eigenvectors`` ``(T, M, G, P, P, 2)`` (column ``p`` is component
-    ``p``), all zero until :meth:`fit`; ``wind_std`` and ``wind_mean``
-    ``(2, L)``. ``G, P = 1, V * L`` for ``"columns"`` and ``L, V`` for
+    ``p``), with ``tides`` also ``tidal_mean`` ``(2 tides, T, M, G, P, 2)``
+    (cosine then sine coefficients of each harmonic), all zero until
+    :meth:`fit`; ``wind_std`` and ``wind_mean`` ``(2, L)``. ``G, P = 1, V * L`` for ``"columns"`` and ``L, V`` for
     ``"levels"``. ``dof_degree``, ``dof_order`` ``(K,)`` give the ``(l, m)``
     of each entry of ``z``'s last axis (not saved).
     """
@@ -160,6 +180,7 @@ class SpectralWhitening(nn.Module):
         *,
         truncation: int | None = None,
         coupling: str = "columns",
+        tides: int = 0,
     ):
         super().__init__()
         kind = harmonic_grid_kind(grid, "the spectral whitening needs")
@@ -178,6 +199,12 @@ class SpectralWhitening(nn.Module):
             )
         if coupling not in COUPLINGS:
             raise InvalidValueError(f"coupling must be one of {COUPLINGS}, got {coupling!r}")
+        if isinstance(tides, bool) or not isinstance(tides, int) or not 0 <= tides <= MAX_TIDES:
+            raise InvalidValueError(
+                f"tides must be a whole number of solar-day harmonics in 0..{MAX_TIDES} "
+                f"(hourly fields resolve periods down to 2 h), got {tides!r}"
+            )
+        self.tides = tides
         nvar, nlev = len(grid.variables), grid.nlevels
         self.grid, self.truncation, self.coupling = grid, t, coupling
         self.field_shape = (nvar, nlev, nlat, nlon)
@@ -222,6 +249,8 @@ class SpectralWhitening(nn.Module):
         self.register_buffer("mean", torch.zeros(t, t, g, p, 2))
         self.register_buffer("eigenvalues", torch.zeros(t, t, g, p))
         self.register_buffer("eigenvectors", torch.zeros(t, t, g, p, p, 2))
+        if tides:
+            self.register_buffer("tidal_mean", torch.zeros(2 * tides, t, t, g, p, 2))
 
     def _transform(self, kind: type[nn.Module]) -> nn.Module:
         """A float64 torch-harmonics transform of this grid on the CPU."""
@@ -294,7 +323,12 @@ class SpectralWhitening(nn.Module):
 
     def config(self) -> dict[str, Any]:
         """What a checkpoint stores to rebuild this module (the buffers go with the weights)."""
-        return {"kind": WHITENING_KIND, "truncation": self.truncation, "coupling": self.coupling}
+        return {
+            "kind": WHITENING_KIND,
+            "truncation": self.truncation,
+            "coupling": self.coupling,
+            "tides": self.tides,
+        }
 
     @classmethod
     def from_config(
@@ -310,6 +344,7 @@ class SpectralWhitening(nn.Module):
             normalization,
             truncation=int(config["truncation"]),
             coupling=str(config["coupling"]),
+            tides=int(config.get("tides", 0)),
         )
 
     # ------------------------------------------------------------------ layout helpers
@@ -388,23 +423,34 @@ class SpectralWhitening(nn.Module):
 
     # ------------------------------------------------------------------ fitting
     @torch.no_grad()
-    def fit(self, batches: Iterable[Tensor]) -> SpectralWhitening:
-        """Estimate ``mu_lm`` and ``S_lm`` from normalised fields ``(B, V, L, H, W)``.
+    def fit(self, batches: Iterable[Tensor | tuple[Tensor, Any]]) -> SpectralWhitening:
+        """Estimate ``mu_lm`` (and its tides) and ``S_lm`` from normalised fields.
 
-        One pass, accumulated in float64; then stores the eigen-decomposition
-        of each group's ``S_lm``. Fewer fields than ``P + 1`` give a
-        rank-deficient estimate whose empty directions are dropped. Returns ``self``.
+        ``batches`` yields fields ``(B, V, L, H, W)``, or ``(fields, hours)``
+        pairs with the UT hours ``(B,)`` of the fields, which a transform with
+        ``tides > 0`` needs. The mean is the least-squares fit of ``1, cos(k
+        Omega h), sin(k Omega h)``, ``k = 1..tides``, to each coefficient, and
+        ``S_lm`` the covariance of the residuals (divided by ``n - 1 - 2
+        tides``): with ``tides = 0`` the sample mean and covariance. One pass,
+        accumulated in float64; then stores the eigen-decomposition of each
+        group's ``S_lm``. Fewer fields than ``P + 1`` give a rank-deficient
+        estimate whose empty directions are dropped. Returns ``self``.
 
         Raises:
-            InvalidValueError: fewer than 2 fields, a batch of the wrong shape, or NaN.
+            InvalidValueError: fewer than ``2 + 2 tides`` fields, a batch of the
+                wrong shape, NaN, missing hours, or hours that do not cover the
+                day well enough for the harmonics.
         """
         t, g, p = self.truncation, self.groups, self.group_size
         sht, vsht = self._master.sht, self._master.vsht
         std, mean = self.wind_std.detach().cpu().double(), self.wind_mean.detach().cpu().double()
-        total = torch.zeros(t, t, g, p, dtype=torch.complex128)
+        regressors = 1 + 2 * self.tides
+        gram = torch.zeros(regressors, regressors, dtype=torch.float64)
+        moments = torch.zeros(regressors, t, t, g, p, dtype=torch.complex128)
         outer = torch.zeros(t, t, g, p, p, dtype=torch.complex128)
         count = 0
-        for number, batch in enumerate(batches):
+        for number, item in enumerate(batches):
+            batch, hours = item if isinstance(item, tuple) else (item, None)
             self._check(batch, "fields for the spectral whitening", self.field_shape)
             x = batch.detach().to("cpu", torch.float64)
             if not torch.isfinite(x).all():
@@ -412,15 +458,31 @@ class SpectralWhitening(nn.Module):
                     f"the fields for the spectral whitening hold NaN or infinite values "
                     f"(batch {number})"
                 )
+            r = self._regressors(hours, x.shape[0], torch.float64, torch.device("cpu"))
             a = self._to_groups(self._analyse(x, sht, vsht, std, mean))
-            total += a.sum(dim=0)
+            gram += r.T @ r
+            moments += torch.einsum("br,btmgp->rtmgp", r.to(a.dtype), a)
             outer += torch.einsum("btmgp,btmgq->tmgpq", a, a.conj())
             count += a.shape[0]
-        if count < 2:
-            raise InvalidValueError(f"the spectral whitening needs at least 2 fields, got {count}")
-        mu = total / count
-        covariance = (outer - count * mu[..., :, None] * mu[..., None, :].conj()) / (count - 1)
+        if count < regressors + 1:
+            estimated = f"a mean and {self.tides} tidal harmonics" if self.tides else "a mean"
+            raise InvalidValueError(
+                f"the spectral whitening needs at least {regressors + 1} fields, got {count} "
+                f"({estimated}, then a covariance)"
+            )
+        coverage = float(torch.linalg.eigvalsh(gram / count).min())
+        if coverage <= COVERAGE_FLOOR:
+            raise InvalidValueError(
+                f"the hours of the {count} training fields do not cover the day well enough "
+                f"to fit {self.tides} tidal harmonics (coverage {max(coverage, 0.0):.3f}, needs more "
+                f"than {COVERAGE_FLOOR}); train on fields spread over the day, or with fewer tides"
+            )
+        inverse_gram = torch.linalg.inv(gram).to(moments.dtype)
+        coefficients = torch.einsum("rs,stmgp->rtmgp", inverse_gram, moments)
+        explained = torch.einsum("rtmgp,rs,stmgq->tmgpq", moments, inverse_gram, moments.conj())
+        covariance = (outer - explained) / (count - regressors)
         covariance = 0.5 * (covariance + covariance.mH)  # Hermitian up to round-off
+        mu = coefficients[0]
         eigenvalues, eigenvectors = torch.linalg.eigh(covariance)
         # m = 0 coefficients are real: real eigenvectors keep their whitened values real.
         real_values, real_vectors = torch.linalg.eigh(covariance[:, 0].real)
@@ -438,9 +500,53 @@ class SpectralWhitening(nn.Module):
         mu = torch.where(valid, mu, 0.0)
         device, dtype = self.mean.device, self.mean.dtype
         self.mean.copy_(torch.view_as_real(mu).to(device, dtype))
+        if self.tides:
+            tidal = torch.where(valid, coefficients[1:], 0.0)
+            tidal[:, :, 0] = tidal[:, :, 0].real.to(tidal.dtype)  # m = 0 stays real
+            self.tidal_mean.copy_(torch.view_as_real(tidal).to(device, dtype))
         self.eigenvalues.copy_(eigenvalues.to(device, dtype))
         self.eigenvectors.copy_(torch.view_as_real(eigenvectors).to(device, dtype))
         return self
+
+    # ------------------------------------------------------------------ time of day
+    def _regressors(
+        self, hours: Any, batch: int, dtype: torch.dtype, device: torch.device
+    ) -> Tensor:
+        """``(batch, 1 + 2 tides)``: ``1`` and the solar-day harmonics of ``hours``.
+
+        ``hours``: UT hours, one per field ``(batch,)`` or one for all (a
+        number or 0-d tensor); ignored, and may be ``None``, when ``tides`` is 0.
+        """
+        ones = torch.ones(batch, 1, dtype=dtype, device=device)
+        if not self.tides:
+            return ones
+        if hours is None:
+            raise InvalidValueError(
+                f"this transform's mean follows the time of day ({self.tides} solar-day "
+                "harmonics): give the UT hour of the fields"
+            )
+        h = torch.as_tensor(hours, dtype=dtype, device=device)
+        if h.dim() == 0:
+            h = h.expand(batch)
+        if h.shape != (batch,):
+            raise InvalidValueError(
+                f"hours must be one number or one per field ({batch}), got shape {tuple(h.shape)}"
+            )
+        if not torch.isfinite(h).all():
+            raise InvalidValueError("the hours of the fields hold NaN or infinite values")
+        return torch.cat([ones, day_harmonics(h, self.tides)], dim=1)
+
+    def mean_at(self, hours: Any, batch: int = 1) -> Tensor:
+        """The mean coefficients ``(batch, T, M, G, P)`` complex at UT ``hours``.
+
+        Without tides, the one mean for every hour (``hours`` may be ``None``).
+        """
+        mu = torch.view_as_complex(self.mean)
+        if not self.tides:
+            return mu.expand(batch, *mu.shape)
+        r = self._regressors(hours, batch, self.mean.dtype, self.mean.device)
+        tidal = torch.view_as_complex(self.tidal_mean)
+        return mu + torch.einsum("br,rtmgp->btmgp", r[:, 1:].to(tidal.dtype), tidal)
 
     # ------------------------------------------------------------------ applying
     def _statistics(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -452,25 +558,33 @@ class SpectralWhitening(nn.Module):
         inverse_root = torch.where(lam > 0, 1.0 / torch.where(lam > 0, root, 1.0), 0.0)
         return mu, vectors, root, inverse_root
 
-    def encode(self, x: Tensor) -> Tensor:
-        """Normalised fields ``(B, V, L, H, W)`` -> control variables ``z`` ``(B, V, L, K)``."""
+    def encode(self, x: Tensor, hours: Any = None) -> Tensor:
+        """Normalised fields ``(B, V, L, H, W)`` -> control variables ``z`` ``(B, V, L, K)``.
+
+        ``hours``: the fields' UT hours (``(B,)`` or one number), needed with ``tides``.
+        """
         self._check(x, "fields", self.field_shape)
         dtype = self.mean.dtype
         transforms = self.transforms(dtype)
         a = self._analyse(
             x.to(dtype), transforms.sht, transforms.vsht, self.wind_std, self.wind_mean
         )
-        mu, vectors, _, inverse_root = self._statistics()
+        _, vectors, _, inverse_root = self._statistics()
+        mu = self.mean_at(hours, x.shape[0])
         projected = torch.einsum("tmgpq,btmgp->btmgq", vectors.conj(), self._to_groups(a) - mu)
         w = self._from_groups(projected * inverse_root)
         return self._pack(w).to(x.dtype)
 
-    def decode(self, z: Tensor) -> Tensor:
-        """Control variables ``z`` ``(B, V, L, K)`` -> normalised fields ``(B, V, L, H, W)``."""
+    def decode(self, z: Tensor, hours: Any = None) -> Tensor:
+        """Control variables ``z`` ``(B, V, L, K)`` -> normalised fields ``(B, V, L, H, W)``.
+
+        ``hours``: the fields' UT hours (``(B,)`` or one number), needed with ``tides``.
+        """
         self._check(z, "control variables", self.state_shape)
         dtype = self.mean.dtype
         w = self._to_groups(self._unpack(z.to(dtype)))
-        mu, vectors, root, _ = self._statistics()
+        _, vectors, root, _ = self._statistics()
+        mu = self.mean_at(hours, z.shape[0])
         a = mu + torch.einsum("tmgpq,btmgq->btmgp", vectors, w * root)
         return self._synthesise(self._from_groups(a)).to(z.dtype)
 

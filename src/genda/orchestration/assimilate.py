@@ -219,7 +219,7 @@ def assimilate_window(
             obs, prior.grid, prior.normalization, outlier_k, keep_outliers, str(observations)
         )
     provenance = window_provenance(prior, obs, settings, seed, when, window_hours)
-    check_guidance(prior, obs, settings, device if in_process else "cpu")
+    check_guidance(prior, obs, settings, device if in_process else "cpu", when)
     spec = None
     if not in_process:
         spec = WorkerSpec(str(prior.path), device, threads_per_worker, layers_per_batch)

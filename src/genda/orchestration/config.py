@@ -83,6 +83,17 @@ class CycleConfig(BaseModel):
     method: Literal["mmps", "dps", "sda"] = "mmps"
     steps: int = Field(32, ge=1)
     sampler: Literal["heun", "euler", "stochastic"] = "heun"
+    iterations: int = Field(3, ge=1, description="MMPS solver (GMRES) iterations.")
+    covariance: Literal["jacobian", "prior"] = Field(
+        "jacobian",
+        description="MMPS's Tweedie covariance: the network's Jacobian, or the whitened "
+        "prior's Gaussian part (no backward pass).",
+    )
+    zeta: float = Field(1.0, ge=0, allow_inf_nan=False, description="DPS guidance strength.")
+    gamma: float = Field(0.1, ge=0, allow_inf_nan=False, description="SDA likelihood inflation.")
+    corrections: int | None = Field(
+        None, ge=0, description="Langevin corrections per step (SDA default 1)."
+    )
     batch_size: int | Literal["auto"] = 8
     seed: int = 0
     store: Path
@@ -142,7 +153,15 @@ class CycleConfig(BaseModel):
         """The sampling settings (an ``auto`` batch size starts at 8 and is probed on GPUs)."""
         batch = 8 if self.batch_size == "auto" else int(self.batch_size)
         return PosteriorSettings(
-            method=self.method, steps=self.steps, sampler=self.sampler, batch_size=batch
+            method=self.method,
+            steps=self.steps,
+            sampler=self.sampler,
+            iterations=self.iterations,
+            covariance=self.covariance,
+            zeta=self.zeta,
+            gamma=self.gamma,
+            corrections=self.corrections,
+            batch_size=batch,
         )
 
 

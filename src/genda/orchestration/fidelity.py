@@ -42,8 +42,13 @@ def sample_prior(
     batch_size: int,
     device: str,
     progress: bool = True,
+    times: np.ndarray | None = None,
 ) -> xr.Dataset:
-    """``members`` unconditional samples of ``prior`` as a Dataset ``(member, altitude, latitude, longitude)``."""
+    """``members`` unconditional samples of ``prior`` as a Dataset ``(member, altitude, latitude, longitude)``.
+
+    ``times`` ``(members,)``: the valid time of each member, for a prior whose
+    mean follows the time of day (kept as the coordinate ``time(member)``).
+    """
     grid = prior.grid
     chunks = []
     for start in tqdm(
@@ -53,12 +58,16 @@ def sample_prior(
         # The one sampling path of the package: the same members as `genda assimilate`
         # without observations, decoded from the prior's coordinates.
         settings = PosteriorSettings(steps=steps, sampler=method, batch_size=batch_size)
+        when = None if times is None else times[ids[0] : ids[-1] + 1]
         fields = sample_members(
-            prior, prior.denoiser, ids, seed, settings, guided=False, device=device
+            prior, prior.denoiser, ids, seed, settings, guided=False, device=device, time=when
         )
         chunks.append(fields.numpy().astype(np.float32))
     fields = np.concatenate(chunks)  # (N, V, L, H, W)
-    return members_dataset(fields, grid)
+    samples = members_dataset(fields, grid)
+    if times is not None:
+        samples = samples.assign_coords(time=("member", np.asarray(times)))
+    return samples
 
 
 def members_dataset(fields: np.ndarray, grid: Grid) -> xr.Dataset:
@@ -110,7 +119,13 @@ def prior_fidelity(
         Grid.from_dataset(reference, prior.grid.variables), what=f"archive {data}"
     )
     out.mkdir(parents=True, exist_ok=True)
-    samples = sample_prior(prior, members, seed, steps, method, batch_size, device, progress)
+    # Members at valid times spread evenly over the reference run: a prior whose
+    # mean follows the time of day is compared at the hours the run covers.
+    available = np.asarray(reference["time"].values)
+    times = available[np.linspace(0, available.size - 1, members).round().astype(int)]
+    samples = sample_prior(
+        prior, members, seed, steps, method, batch_size, device, progress, times=times
+    )
     samples_path = None
     if save_samples:
         samples_path = out / "samples.nc"

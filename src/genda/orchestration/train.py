@@ -109,9 +109,18 @@ FIT_BATCH = 256
 
 def _training_batches(training_data: TrainingData) -> Iterator[torch.Tensor]:
     """The training split in batches of :data:`FIT_BATCH` normalised fields, one pass."""
+    for fields, _ in _training_batches_with_hours(training_data):
+        yield fields
+
+
+def _training_batches_with_hours(
+    training_data: TrainingData,
+) -> Iterator[tuple[torch.Tensor, np.ndarray]]:
+    """:func:`_training_batches` with the UT hours ``(B,)`` of each batch's fields."""
     fields = training_data.train
     for start in range(0, len(fields), FIT_BATCH):
-        yield fields.batch(np.arange(start, min(start + FIT_BATCH, len(fields))))
+        items = np.arange(start, min(start + FIT_BATCH, len(fields)))
+        yield fields.batch(items), fields.hours(items)
 
 
 def _keep_resumed(
@@ -156,6 +165,7 @@ def _coordinates_module(
     strategy: str,
     grid: Grid,
     training_data: TrainingData,
+    tides: int | None = None,
 ) -> SpectralWhitening | None:
     """The coordinates of a new model (fitted to the training split) or of a resumed one."""
     if coordinates is not None and coordinates not in COORDINATES:
@@ -164,10 +174,16 @@ def _coordinates_module(
     if stored:
         names = ("grid", "whitened")
         _keep_resumed(coordinates, stored, "coordinates", names, resume, "{} coordinates")
+        kept = int((stored.get("coordinates") or {}).get("tides", 0))
+        if tides is not None and tides != kept:
+            raise CheckpointError(
+                f"{resume}: the checkpoint's mean has {kept} tidal harmonics, not {tides}; "
+                "a resumed run keeps its coordinates"
+            )
         # unfitted here: its statistics come with the weights
         return build_coordinates(grid, normalization, stored.get("coordinates"))
-    batches = _training_batches(training_data)
-    return fit_coordinates(coordinates or "grid", strategy, grid, normalization, batches)
+    batches = _training_batches_with_hours(training_data)
+    return fit_coordinates(coordinates or "grid", strategy, grid, normalization, batches, tides)
 
 
 def train_prior(
@@ -184,6 +200,7 @@ def train_prior(
     resume: str | os.PathLike[str] | None = None,
     skip: str | None = None,
     coordinates: str | None = None,
+    tides: int | None = None,
     overwrite: bool = False,
     progress: bool = True,
     memory_limit_bytes: int = DEFAULT_MEMORY_LIMIT,
@@ -212,6 +229,9 @@ def train_prior(
             normalised fields; ``"whitened"``: on the control variables of a
             spectral whitening fitted to the training fields
             (:mod:`genda.models.coordinates`). A resumed run keeps its checkpoint's.
+        tides: solar-day harmonics in the whitened coordinates' mean (default
+            :data:`genda.models.coordinates.DEFAULT_TIDES`; 0: one mean for every
+            hour); whitened coordinates only.
         overwrite: replace an existing ``out`` when not resuming.
         progress: progress bar.
         memory_limit_bytes: splits up to this size are held in memory.
@@ -291,7 +311,9 @@ def train_prior(
             "the Gaussian posterior mean there; choose one"
         )
     skip_module = _skip_module(skip, stored, resume, grid, training_data)
-    coordinates_module = _coordinates_module(coordinates, stored, resume, name, grid, training_data)
+    coordinates_module = _coordinates_module(
+        coordinates, stored, resume, name, grid, training_data, tides
+    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(run_config.seed)  # the initial weights follow the seed
         denoiser = EDMDenoiser(
