@@ -110,3 +110,43 @@ def test_tuning_scores_are_those_of_the_library_analyses(osse: ModuleType) -> No
         for name, field in expected.items():
             score = osse._normalised_rmse(field, truth, area, std)
             assert scores[name][i] == pytest.approx(score, rel=1e-6), name
+
+
+def test_pooled_member_power_averages_windows_and_takes_the_worst_small_scale(
+    osse: ModuleType, tmp_path: Path
+) -> None:
+    """Two windows whose ratios err in opposite directions pool to 1; l < 6 never counts."""
+    from osse_pooled import pooled_figure, pooled_member_power, pooled_rank_histograms
+
+    degree = np.arange(10)
+    high = np.ones((2, 10))
+    high[:, 6:] = 1.3
+    high[0, 2] = 9.0  # a large scale: the observations' business, not checked
+    low = np.ones((2, 10))
+    low[:, 6:] = 0.7
+    low[1, 8] = 0.5
+
+    def metrics(ratio: np.ndarray, histogram: list[float]) -> dict:
+        return {
+            "posterior_fidelity": {
+                "degree": degree.tolist(),
+                "power_ratio": {"T": ratio.tolist()},
+                "members": 16,
+            },
+            "ensemble": {"variables": {"T": {"total": {"rank_histogram": histogram}}}},
+        }
+
+    found = [metrics(high, [0.5, 0.25, 0.25]), metrics(low, [0.25, 0.25, 0.5])]
+    pooled = pooled_member_power(found)
+    assert pooled["members"] == 32 and pooled["windows"] == 2
+    # mean ratio at (level 1, l = 8) is (1.3 + 0.5) / 2 = 0.9: the worst |ratio - 1| is 0.1
+    assert pooled["worst_power_error"]["T"] == pytest.approx(0.1)
+    assert pooled_member_power([{"ensemble": {}}]) is None
+    histograms = pooled_rank_histograms(found)
+    np.testing.assert_allclose(histograms["T"], [0.375, 0.25, 0.375])
+    figure = pooled_figure(
+        {"mmps": {"member_power": pooled, "rank_histograms": histograms}},
+        [80.0, 85.0],
+        tmp_path / "pooled.png",
+    )
+    assert figure.stat().st_size > 0

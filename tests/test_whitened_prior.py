@@ -456,3 +456,39 @@ def test_sda_in_whitened_coordinates_uses_the_whole_covariance(whitening) -> Non
     slope = float(seen @ expected / (expected @ expected))
     correlation = float(torch.corrcoef(torch.stack([seen, expected]))[0, 1])
     assert 0.5 < slope < 1.05 and correlation > 0.9, (slope, correlation)
+
+
+def test_a_time_of_day_prior_needs_the_window_time(whitened_priors) -> None:
+    """The shipped kind of prior decodes at the window's hour: without it, a sentence."""
+    from genda.assimilation.posterior import PosteriorSettings, sample_members, state_hours
+
+    prior = load_checkpoint(whitened_priors["joint3d"])
+    assert prior.denoiser.tides == 3  # genda train's default for whitened coordinates
+    settings = PosteriorSettings(steps=2, batch_size=2)
+    with pytest.raises(InvalidValueError, match="valid time"):
+        sample_members(prior, prior.denoiser, [0, 1], 0, settings, guided=False)
+    with pytest.raises(InvalidValueError, match="one per member"):
+        state_hours(
+            prior, np.array(["2000-01-01T03", "2000-01-01T04", "2000-01-01T05"], "M8[s]"), 2
+        )
+    noon = sample_members(
+        prior, prior.denoiser, [0], 0, settings, guided=False, time=np.datetime64("2000-01-01T12")
+    )
+    midnight = sample_members(
+        prior, prior.denoiser, [0], 0, settings, guided=False, time=np.datetime64("2000-01-02T00")
+    )
+    # the same z decoded at two hours: the members differ by the tidal mean only
+    assert float((noon - midnight).abs().max()) > 0
+
+
+def test_tides_need_whitened_coordinates(tiny_archive: Path, tmp_path: Path) -> None:
+    result = runner.invoke(
+        app,
+        [
+            *("train", "--data", str(tiny_archive), "--out", str(tmp_path / "p")),
+            *("--coordinates", "grid", "--tides", "2", "--steps", "1", "--no-progress"),
+        ],
+    )
+    assert result.exit_code != 0
+    assert "whitened coordinates" in result.output
+    assert not (tmp_path / "p").exists()
