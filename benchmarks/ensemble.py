@@ -64,11 +64,13 @@ def scaling(
     from genda.assimilation.posterior import PosteriorSettings
     from genda.ensemble import ActorPool, WorkerSpec
     from genda.orchestration.assimilate import assimilate_window
+    from genda.orchestration.config import resolve_batch_size
+    from genda.orchestration.summaries import WindowSummary
 
     obs, time_ = truth_and_observations(root)
     cuda = args.device == "cuda"
-    auto = args.batch_size == "auto"
-    settings = PosteriorSettings(steps=args.steps, batch_size=8 if auto else int(args.batch_size))
+    size, auto = resolve_batch_size("auto" if args.batch_size == "auto" else int(args.batch_size))
+    settings = PosteriorSettings(steps=args.steps, batch_size=size)
     rows = []
     ray.init(
         num_cpus=max(2, os.cpu_count() or 2),
@@ -93,18 +95,20 @@ def scaling(
                 )
             finally:
                 pool.shutdown()
+            made = WindowSummary.from_dict(summary)
+            assert made.fit is not None  # the window has observations
             rows.append(
                 {
                     "actors": actors,
                     "device": args.device,
                     "members": args.members,
                     "steps": args.steps,
-                    "batch_size": summary["batch_size"],
-                    "seconds": summary["seconds"],
-                    "members_per_min": 60 * summary["members_per_second"],
-                    "peak_memory_mib": summary["peak_memory_mib"],
+                    "batch_size": made.batch_size,
+                    "seconds": made.seconds,
+                    "members_per_min": 60 * made.members_per_second,
+                    "peak_memory_mib": made.peak_memory_mib,
                     "peak_kind": "cuda_max_allocated" if cuda else "actor_peak_rss",
-                    "fit": summary["fit"]["rms_normalised_innovation"],
+                    "fit": made.fit.rms_normalised_innovation,
                 }
             )
     finally:

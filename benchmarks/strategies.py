@@ -3,7 +3,8 @@
     python benchmarks/strategies.py [--grids 16x32,32x64] [--levels 8,16,32,64]
         [--variants joint3d,layer2d-w0,layer2d-w1,layer2d-w2] [--budget-s 120]
         [--members 8] [--steps 12] [--chunks 16,4] [--chunk-members 4] [--chunk-grids G]
-        [--skip GRID-LN-VARIANT,...] [--denoiser-skip scalar|gaussian] [--jobs 2] [--device cpu|cuda]
+        [--skip GRID-LN-VARIANT,...] [--denoiser-skip scalar|gaussian] [--coordinates whitened|grid]
+        [--jobs 2] [--device cpu|cuda]
         [--precision fp32|tf32|bf16] [--compile MODE] [--max-batch N] [--work DIR] [--quick]
 
 For every horizontal grid and number of levels ``L``, one small prior per
@@ -23,9 +24,9 @@ same observations (MMPS guidance), and each ensemble is measured:
 * **quality** against the truth (the held-out run at the window time): CRPS
   over the grid divided by the model data's standard deviation, averaged over
   u, v and T (``crps_norm``), and the spread-skill ratio (``ssr``); against
-  model data (the held-out run): the error of the vertical correlation of
-  eddies (``vcorr_error``) and of the kinetic-energy spectra (``spectrum_error``),
-  :mod:`genda.evaluation.structure`.
+  model data (the held-out run): the mean error of the vertical correlation
+  of eddies (``vcorr_error``) and of the kinetic-energy spectra
+  (``spectrum_error``), :mod:`genda.evaluation.structure`.
 
 Data. The built-in model runs once per horizontal grid with 32 isentropic
 layers and writes 64 output levels (80-115 km): a training run (seed 1) and a
@@ -38,7 +39,9 @@ MLS-like limb track; two stations withheld) are drawn once per grid from the
 Variants: ``joint3d`` (variables x levels as channels) and ``layer2d-wK``
 (one layer at a time seeing ``K`` neighbours each side; ``K = 0`` has no
 vertical coupling in the network). The U-Net is the same small one for all
-(``UNET``), with EDM's scalar skip (the results in ``benchmarks/results``
+(``UNET``), in whitened coordinates with a time-of-day mean (``--coordinates``,
+the default since the shipped priors use them; ``grid``: genda 0.1's coordinates),
+with EDM's scalar skip (the results in ``benchmarks/results``
 were made so) or, with ``--denoiser-skip gaussian``, the Gaussian skip of
 :mod:`genda.models.gaussian_skip`. Each stage runs in its own process (``--jobs`` at a time, one
 CPU thread each) and is cached under ``--work``: a rerun only does what is
@@ -311,7 +314,8 @@ def train_variant(spec: dict[str, Any]) -> dict[str, Any]:
         architecture=spec["unet"],
         config=config,
         val_gap_hours=12.0,
-        skip=spec["skip"],
+        skip=None if spec.get("coordinates") == "whitened" else spec["skip"],
+        coordinates=spec.get("coordinates", "grid"),
         overwrite=True,
         progress=False,
     )
@@ -338,7 +342,10 @@ def sample_variant(spec: dict[str, Any]) -> dict[str, Any]:
     )
     from genda.ensemble.work import set_layers_per_batch
     from genda.evaluation.scores import score_members
-    from genda.evaluation.structure import spectrum_error, vertical_correlation_error
+    from genda.evaluation.structure import (
+        eddy_correlation_mean_abs_difference,
+        spectrum_mean_abs_log_ratio,
+    )
     from genda.models.checkpoint import load_checkpoint
     from genda.observations import read_observations, validate_observations
     from genda.storage import open_archive
@@ -407,8 +414,8 @@ def sample_variant(spec: dict[str, Any]) -> dict[str, Any]:
         ssr.append(scores["spread_skill"])
     model = {name: heldout[name].values for name in grid.variables}
     sampled = {name: members_np[:, i] for i, name in enumerate(grid.variables)}
-    vcorr = vertical_correlation_error(sampled, model, grid)
-    spectra = spectrum_error(sampled["u"], sampled["v"], model["u"], model["v"], grid)
+    vcorr = eddy_correlation_mean_abs_difference(sampled, model, grid)
+    spectra = spectrum_mean_abs_log_ratio(sampled["u"], sampled["v"], model["u"], model["v"], grid)
     fit = observation_fit(fields, obs, grid)
     return {
         "parameters": sum(p.numel() for p in prior.denoiser.parameters()),
@@ -513,7 +520,10 @@ def truth_reference(heldout: Path, when: str) -> dict[str, float]:
     definitions of :mod:`genda.evaluation.structure`: how far one true field
     is from the model data's statistics, the sampling noise of the scores.
     """
-    from genda.evaluation.structure import spectrum_error, vertical_correlation_error
+    from genda.evaluation.structure import (
+        eddy_correlation_mean_abs_difference,
+        spectrum_mean_abs_log_ratio,
+    )
     from genda.grid import Grid
     from genda.storage import open_archive
 
@@ -521,10 +531,10 @@ def truth_reference(heldout: Path, when: str) -> dict[str, float]:
     grid = Grid.from_dataset(ds)
     model = {name: ds[name].values for name in grid.variables}
     truth = {name: ds[name].sel(time=np.datetime64(when)).values[None] for name in grid.variables}
-    vcorr = vertical_correlation_error(truth, model, grid)
+    vcorr = eddy_correlation_mean_abs_difference(truth, model, grid)
     return {
         "vcorr_error_truth": float(np.mean(list(vcorr.values()))),
-        "spectrum_error_truth": spectrum_error(
+        "spectrum_error_truth": spectrum_mean_abs_log_ratio(
             truth["u"], truth["v"], model["u"], model["v"], grid
         ),
     }
@@ -695,6 +705,13 @@ def main() -> None:
         default="scalar",
         help="the priors' skip: EDM's scalar c_skip (as in the results) or the Gaussian skip",
     )
+    parser.add_argument(
+        "--coordinates",
+        choices=("grid", "whitened"),
+        default="whitened",
+        help="the priors' coordinates: whitened (as the shipped priors, with a time-of-day "
+        "mean) or grid (genda 0.1's, as the results before it)",
+    )
     parser.add_argument("--jobs", type=int, default=2, help="stages run at once")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--work", type=Path, default=ROOT / "outputs" / "strategies")
@@ -753,7 +770,10 @@ def main() -> None:
 
     # 2. training: one child per (grid, L, variant), cached by its result file; the
     # file names hold the settings, so other settings never reuse a stale result
+    if args.coordinates == "whitened" and args.denoiser_skip == "gaussian":
+        parser.error("whitened coordinates need no Gaussian skip; choose one")
     budget = f"-b{args.budget_s:g}" + ("-gauss" if args.denoiser_skip == "gaussian" else "")
+    budget += "-whitened" if args.coordinates == "whitened" else ""
 
     def cached(path: Path, stage: str, spec: dict[str, Any]) -> dict[str, Any]:
         if path.exists():
@@ -784,6 +804,7 @@ def main() -> None:
             "unet": UNET,
             "budget_s": args.budget_s,
             "skip": args.denoiser_skip,
+            "coordinates": args.coordinates,
             "device": args.device,
             "archive": str(work / tag / f"train-L{n}.zarr"),
             "out": str(work / tag / "priors" / f"L{n}-{v}{budget}"),
@@ -886,6 +907,7 @@ def main() -> None:
         "unet": UNET,
         "budget_s": args.budget_s,
         "denoiser_skip": args.denoiser_skip,
+        "coordinates": args.coordinates,
         "members": args.members,
         "sampling_steps": args.steps,
         "guidance": "mmps",

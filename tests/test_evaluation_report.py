@@ -92,7 +92,7 @@ def test_report_writes_metrics_and_figures(case, tmp_path: Path) -> None:
         point_operator=ObservationOperator.from_table(case["withheld"], GRID),
     )
     assert json.loads((out / "metrics.json").read_text()) == metrics
-    assert not list(out.glob("*.partial"))
+    assert not list(out.glob("*.partial*"))
     assert set(metrics["plots"]) == {
         "map_u",
         "map_v",

@@ -38,8 +38,11 @@ def test_model_data_against_itself_is_perfect() -> None:
     report = posterior_fidelity(data, data, GRID)
     for name in GRID.variables:
         np.testing.assert_allclose(report.power_ratio[name], 1.0, rtol=1e-12)
-        assert report.vertical_correlation_error[name] == pytest.approx(0.0, abs=1e-12)
+        assert report.eddy_correlation_mean_abs_difference[name] == pytest.approx(0.0, abs=1e-12)
     assert all(error < 1e-12 for error in report.worst_power_error().values())
+    # stored reports (metrics.json) keep the key they were written with
+    stored = report.to_dict()["vertical_correlation_error"]
+    assert stored == dict(report.eddy_correlation_mean_abs_difference)
 
 
 def test_doubled_members_carry_four_times_the_power() -> None:
@@ -50,7 +53,7 @@ def test_doubled_members_carry_four_times_the_power() -> None:
         np.testing.assert_allclose(report.power_ratio[name], 4.0, rtol=1e-10)
     assert all(abs(error - 3.0) < 1e-10 for error in report.worst_power_error().values())
     # scaling does not change correlations
-    assert all(e < 1e-12 for e in report.vertical_correlation_error.values())
+    assert all(e < 1e-12 for e in report.eddy_correlation_mean_abs_difference.values())
 
 
 def test_power_of_a_single_harmonic() -> None:
@@ -70,7 +73,7 @@ def test_incoherent_levels_are_caught() -> None:
         for name, values in data.items()
     }
     report = posterior_fidelity(shuffled, data, GRID)
-    assert all(error > 0.3 for error in report.vertical_correlation_error.values())
+    assert all(error > 0.3 for error in report.eddy_correlation_mean_abs_difference.values())
 
 
 def test_plot_and_bad_shapes(tmp_path: Path) -> None:

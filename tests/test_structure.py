@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from genda.evaluation.structure import (
+    eddy_correlation_mean_abs_difference,
     eddy_vertical_correlation,
-    spectrum_error,
-    vertical_correlation_error,
+    spectrum_mean_abs_log_ratio,
 )
 from genda.grid import Grid, GridMismatchError
 
@@ -49,29 +49,31 @@ def test_level_without_eddies_is_nan() -> None:
     assert correlation[0, 1] == pytest.approx(1.0)
 
 
-def test_vertical_correlation_error() -> None:
+def test_eddy_correlation_mean_abs_difference() -> None:
     ones = np.ones(GRID.nlevels)
     coherent = {v: _coherent(4, ones, 3) for v in GRID.variables}
     noise = np.random.default_rng(4).standard_normal((40, GRID.nlevels, GRID.nlat, GRID.nlon))
     independent = {v: noise for v in GRID.variables}
-    same = vertical_correlation_error(coherent, coherent, GRID)
+    same = eddy_correlation_mean_abs_difference(coherent, coherent, GRID)
     assert same == {v: 0.0 for v in GRID.variables}
-    errors = vertical_correlation_error(independent, coherent, GRID)
+    errors = eddy_correlation_mean_abs_difference(independent, coherent, GRID)
     for value in errors.values():
         assert value == pytest.approx(1.0, abs=0.05)
     with pytest.raises(KeyError, match="'T'"):
-        vertical_correlation_error({"u": noise, "v": noise}, coherent, GRID)
+        eddy_correlation_mean_abs_difference({"u": noise, "v": noise}, coherent, GRID)
 
 
-def test_spectrum_error_is_the_log_ratio() -> None:
+def test_spectrum_mean_abs_log_ratio() -> None:
     rng = np.random.default_rng(5)
     shape = (3, GRID.nlevels, GRID.nlat, GRID.nlon)
     u, v = rng.standard_normal(shape), rng.standard_normal(shape)
-    assert spectrum_error(u, v, u, v, GRID) == pytest.approx(0.0, abs=1e-12)
+    assert spectrum_mean_abs_log_ratio(u, v, u, v, GRID) == pytest.approx(0.0, abs=1e-12)
     # twice the winds: four times the energy at every wavenumber and level
-    assert spectrum_error(2 * u, 2 * v, u, v, GRID) == pytest.approx(math.log(4.0), rel=1e-10)
+    assert spectrum_mean_abs_log_ratio(2 * u, 2 * v, u, v, GRID) == pytest.approx(
+        math.log(4.0), rel=1e-10
+    )
     # the model data may have another count of fields than the samples
-    assert spectrum_error(u[:1], v[:1], u, v, GRID, truncation=5) > 0
+    assert spectrum_mean_abs_log_ratio(u[:1], v[:1], u, v, GRID, truncation=5) > 0
 
 
 def test_bad_fields_are_named() -> None:

@@ -7,7 +7,9 @@ nothing was written or lost: a snapshot of the files before and after.
 from __future__ import annotations
 
 import ast
+import importlib
 import inspect
+import pkgutil
 from pathlib import Path
 
 import numpy as np
@@ -536,10 +538,13 @@ def test_a_name_error_reads_as_a_sentence() -> None:
 
 
 def test_the_cli_catches_no_builtin_errors() -> None:
-    """Bugs must not look like user errors: cli.py catches only GendaError (and parses ints)."""
-    tree = ast.parse(inspect.getsource(genda.cli))
+    """Bugs must not look like user errors: the CLI catches only GendaError (and parses ints)."""
+    package = getattr(genda.cli, "__path__", [])  # every module of the package
+    modules = [genda.cli.__name__]
+    modules += [info.name for info in pkgutil.iter_modules(package, "genda.cli.")]
+    sources = [inspect.getsource(importlib.import_module(name)) for name in modules]
     caught = []
-    for node in ast.walk(tree):
+    for node in (node for source in sources for node in ast.walk(ast.parse(source))):
         if isinstance(node, ast.ExceptHandler) and node.type is not None:
             names = node.type.elts if isinstance(node.type, ast.Tuple) else [node.type]
             caught.extend(ast.unparse(n) for n in names)

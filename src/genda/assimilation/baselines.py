@@ -61,6 +61,7 @@ from genda.constants import EARTH_RADIUS_M
 from genda.errors import InvalidValueError
 from genda.grid import Grid
 from genda.observations.operators import ObservationOperator
+from genda.times import iso
 
 EARTH_RADIUS_KM = EARTH_RADIUS_M / 1000.0
 
@@ -279,7 +280,7 @@ def climatology_indices(
     if eligible.size < needed:
         raise InvalidValueError(
             f"only {eligible.size} of the archive's {t.size} times lie more than {exclude_hours:g} h "
-            f"from the window at {np.datetime_as_string(centre, unit='s')}; {needed} are needed "
+            f"from the window at {iso(centre)}; {needed} are needed "
             "(use a longer archive, a smaller climatology size or a smaller exclude_hours)"
         )
     return rng.permutation(eligible)[:size].astype(np.int64)
@@ -338,7 +339,7 @@ def hour_matched_indices(
         raise InvalidValueError(
             f"only {eligible.size} of the archive's {t.size} times lie within "
             f"{within_hours:g} h of the window's time of day ({clock} UTC) and more than "
-            f"{exclude_hours:g} h from the window at {np.datetime_as_string(centre, unit='s')}; "
+            f"{exclude_hours:g} h from the window at {iso(centre)}; "
             f"{needed} are needed (use an archive of more days, fewer states, a smaller "
             "exclude_hours, or states of any hour)"
         )

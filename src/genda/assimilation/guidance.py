@@ -44,7 +44,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import torch
 from azula.denoise import Denoiser as AzulaDenoiser
@@ -61,8 +61,9 @@ from genda.models.sampling import Denoiser
 from genda.observations.operators import ObservationOperator
 
 GuidanceMethod = Literal["mmps", "dps", "sda"]
-GUIDANCE_METHODS: tuple[str, ...] = ("mmps", "dps", "sda")
-TWEEDIE_COVARIANCES: tuple[str, ...] = ("jacobian", "prior")
+GUIDANCE_METHODS: tuple[str, ...] = get_args(GuidanceMethod)
+TweedieCovariance = Literal["jacobian", "prior"]
+TWEEDIE_COVARIANCES: tuple[str, ...] = get_args(TweedieCovariance)
 """MMPS's Tweedie covariance: the denoiser's Jacobian, or a whitened prior's Gaussian part."""
 
 

@@ -95,7 +95,7 @@ class WorkerSpec:
         import ray
 
         if count < 1:
-            raise InvalidValueError(f"--workers must be >= 1, got {count}")
+            raise InvalidValueError(f"count (actors to start) must be >= 1, got {count}")
         actors = [self.start() for _ in range(count)]
         try:
             ray.get([a.describe.remote() for a in actors])

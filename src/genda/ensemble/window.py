@@ -136,7 +136,7 @@ def _run_on_new_actors(
     if spec is None:
         raise ValueError("workers > 0 needs a WorkerSpec to start actors")
     if workers < 1:
-        raise InvalidValueError(f"--workers must be >= 0, got {workers}")
+        raise InvalidValueError(f"workers must be >= 0, got {workers}")
     # A local cluster gets exactly the CPUs the actors reserve: more would
     # only oversubscribe a small machine, fewer would leave actors pending.
     cpu = spec.device == "cpu"

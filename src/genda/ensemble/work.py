@@ -357,10 +357,10 @@ class MemberGenerator:
 def set_layers_per_batch(prior: LoadedPrior, layers_per_batch: int) -> None:
     """Set a ``layer2d`` prior's layers per network call; a clear error for other strategies."""
     if layers_per_batch < 1:
-        raise InvalidValueError(f"--layers-per-batch must be >= 1, got {layers_per_batch}")
+        raise InvalidValueError(f"layers_per_batch must be >= 1, got {layers_per_batch}")
     if not hasattr(prior.strategy, "layers_per_batch"):
         raise InvalidValueError(
-            f"--layers-per-batch applies to layer2d priors, not {prior.strategy.name}"
+            f"layers_per_batch applies to layer2d priors, not {prior.strategy.name}"
         )
     prior.strategy.layers_per_batch = layers_per_batch  # type: ignore[attr-defined]
 

@@ -37,9 +37,11 @@ The acceptance criteria of the "Diffusion prior" issue are
 :class:`~genda.evaluation.fidelity_checks.Check` records (value, bounds,
 pass/fail) under :class:`~genda.evaluation.fidelity_checks.AcceptanceThresholds`:
 spectra within +-20 % at every wavenumber up to the truncation, means within
-0.1 reference std, std ratio in [0.9, 1.1], vertical-correlation error at most
-0.1. The report and its records are :mod:`genda.evaluation.fidelity_records`,
-its figures :mod:`genda.evaluation.fidelity_plots`; this module computes.
+0.1 reference std, std ratio in [0.9, 1.1], largest difference of the vertical
+correlation at most 0.1 (maxima, unlike the means of
+:mod:`genda.evaluation.structure`). The report and its records are
+:mod:`genda.evaluation.fidelity_records`, its figures
+:mod:`genda.evaluation.fidelity_plots`; this module computes.
 
 Plain numpy and xarray rather than the ``scores`` library (which does the
 ensemble scores, :mod:`genda.evaluation.scores`): the moments and

@@ -3,10 +3,13 @@
 :class:`AcceptanceThresholds` holds the bounds of the criteria in
 :data:`CRITERIA` (defaults: the "Diffusion prior" issue): kinetic-energy
 spectra within +-20 % at every wavenumber up to the truncation, means within
-0.1 reference std, std ratio in [0.9, 1.1], vertical-correlation error at
-most 0.1. A :class:`Check` is one value against its bounds;
+0.1 reference std, std ratio in [0.9, 1.1], largest difference of the
+vertical correlation of the anomalies at most 0.1. A :class:`Check` is one
+value against its bounds;
 :attr:`genda.evaluation.fidelity_records.FidelityReport.checks` derives them
-from the report's numbers.
+from the report's numbers. The spectrum and correlation criteria bound the
+largest error; the means that :mod:`genda.evaluation.structure` computes for
+posterior members and benchmarks are other scores.
 """
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from genda.atomic import write_file
 from genda.errors import InvalidValueError
 from genda.evaluation.fidelity_checks import (
     CRITERIA,
@@ -348,13 +349,7 @@ class FidelityReport:
 
     def to_json(self, path: str | Path) -> Path:
         """Write :meth:`to_dict` as indented JSON to ``path`` (via a temporary file)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        text = json.dumps(self.to_dict(), indent=1) + "\n"
-        partial = path.with_name(path.name + ".partial")
-        partial.write_text(text)
-        partial.replace(path)  # no half-written report under the final name
-        return path
+        return write_file(Path(path), json.dumps(self.to_dict(), indent=1) + "\n")
 
     @classmethod
     def from_json(cls, path: str | Path) -> FidelityReport:

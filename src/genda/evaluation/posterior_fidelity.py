@@ -12,7 +12,8 @@ archive's other times as the model data):
   truncation ``(W - 1) // 3``;
 * the vertical correlation of the eddies (departures from the zonal mean),
   members against model data: the mean ``|C_members - C_model|`` over pairs of
-  levels (:func:`genda.evaluation.structure.vertical_correlation_error`).
+  levels (:func:`genda.evaluation.structure.eddy_correlation_mean_abs_difference`),
+  stored under the JSON key ``vertical_correlation_error``.
 
 Shapes: members ``(N, L, H, W)`` and model data ``(T, L, H, W)`` per variable.
 """
@@ -29,7 +30,7 @@ import torch
 import torch_harmonics as th
 
 from genda.errors import InvalidValueError
-from genda.evaluation.structure import vertical_correlation_error
+from genda.evaluation.structure import eddy_correlation_mean_abs_difference
 from genda.grid import Grid, harmonic_grid_kind
 from genda.threads import cpu_threads
 
@@ -72,13 +73,14 @@ class PosteriorFidelity:
     Attributes:
         degree: ``(T,)`` total wavenumbers ``1 .. T``.
         power_ratio: variable -> ``(L, T)`` ``P_members(l) / P_model(l)``.
-        vertical_correlation_error: variable -> mean ``|C_members - C_model|``.
+        eddy_correlation_mean_abs_difference: variable -> mean ``|C_members - C_model|``
+            over pairs of levels of the eddies' vertical correlation.
         members, model_fields: how many fields each side had.
     """
 
     degree: np.ndarray
     power_ratio: Mapping[str, np.ndarray]
-    vertical_correlation_error: Mapping[str, float]
+    eddy_correlation_mean_abs_difference: Mapping[str, float]
     members: int
     model_fields: int
 
@@ -96,7 +98,7 @@ class PosteriorFidelity:
             "power_ratio": {name: ratio.tolist() for name, ratio in self.power_ratio.items()},
             "worst_power_error_from_degree": SMALL_SCALES_FROM,
             "worst_power_error": self.worst_power_error(),
-            "vertical_correlation_error": dict(self.vertical_correlation_error),
+            "vertical_correlation_error": dict(self.eddy_correlation_mean_abs_difference),
             "members": self.members,
             "model_fields": self.model_fields,
         }
@@ -123,7 +125,7 @@ def posterior_fidelity(
         theirs = scalar_power(model[name], grid, truncation)[:, 1:]
         with np.errstate(divide="ignore", invalid="ignore"):
             ratio[name] = np.where(theirs > 0, mine / theirs, np.nan)
-    correlation = vertical_correlation_error(members, model, grid)
+    correlation = eddy_correlation_mean_abs_difference(members, model, grid)
     first = next(iter(members.values()))
     count = next(iter(model.values())).shape[0]
     return PosteriorFidelity(
@@ -154,7 +156,7 @@ def plot_posterior_fidelity(report: PosteriorFidelity, grid: Grid, path: Path) -
             )
         ax.axhline(1.0, color="k", lw=0.8)
         ax.axvline(SMALL_SCALES_FROM, color="0.5", ls=":", lw=0.8)
-        error = report.vertical_correlation_error[name]
+        error = report.eddy_correlation_mean_abs_difference[name]
         ax.set_title(f"{name} (vertical corr. error {error:.3f})", fontsize=10)
         ax.set_xlabel("total wavenumber l")
         ax.set_yscale("log")

@@ -34,6 +34,7 @@ import pandas as pd
 import torch
 import xarray as xr
 
+from genda.atomic import write_file
 from genda.errors import InvalidValueError, MissingInputError, UnknownNameError
 from genda.evaluation.ensemble_plots import (
     plot_maps,
@@ -206,11 +207,7 @@ def evaluate_ensemble(
         withheld=withheld_scores,
         plots=plots,
     )
-    path = out / "metrics.json"
-    out.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(metrics, indent=1) + "\n")
-    partial.replace(path)  # no half-written metrics under the final name
+    write_file(out / "metrics.json", json.dumps(metrics, indent=1) + "\n")
     return metrics
 
 

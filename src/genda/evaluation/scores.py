@@ -98,6 +98,7 @@ from scores.processing import aggregate
 
 from genda.errors import InvalidValueError, UnknownNameError
 from genda.grid import VARIABLES, Grid, GridMismatchError
+from genda.times import iso
 
 __all__ = [
     "MEMBER_DIM",
@@ -303,7 +304,7 @@ def align_time(
     # the truth's labels once selected: the same instants, in its calendar and format
     if "time" in truth.coords:
         ensemble_times = np.atleast_1d(truth["time"].values)
-    times = [] if ensemble_times is None else [_iso(t) for t in ensemble_times]
+    times = [] if ensemble_times is None else [iso(t) for t in ensemble_times]
     return ensemble, truth, times
 
 
@@ -318,7 +319,7 @@ def _select_time(ds: xr.Dataset, times: list[Any], what: str) -> xr.Dataset:
     try:
         return ds.sel(time=times)
     except (KeyError, TypeError, ValueError):
-        wanted = ", ".join(_iso(t) for t in times)
+        wanted = ", ".join(iso(t) for t in times)
         raise InvalidValueError(
             f"the {what} has no time {wanted}; it covers {_time_range(ds)}"
         ) from None
@@ -330,15 +331,7 @@ def _time_range(ds: xr.Dataset) -> str:
     values = np.atleast_1d(ds["time"].values)
     if values.size == 0:
         return "no times"
-    return f"{_iso(values[0])} to {_iso(values[-1])} ({values.size} steps)"
-
-
-def _iso(value: Any) -> str:
-    if isinstance(value, np.datetime64):
-        return str(np.datetime_as_string(value.astype("datetime64[s]")))
-    if hasattr(value, "isoformat"):
-        return str(value.isoformat())
-    return str(value)
+    return f"{iso(values[0])} to {iso(values[-1])} ({values.size} steps)"
 
 
 def _check_dataset(ds: xr.Dataset, grid: Grid, what: str, member: bool) -> None:

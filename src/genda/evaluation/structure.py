@@ -1,7 +1,8 @@
 """Vertical coherence and spectral character of generated fields against model data.
 
 Two scores of the 3D-versus-layers question (``benchmarks/strategies.py``,
-``docs/strategies.md``) that need no truth at the same time, only model data:
+``docs/strategies.md``) and of ``genda evaluate`` that need no truth at the
+same time, only model data. Both are means, not maxima:
 
 * :func:`eddy_vertical_correlation` ``(L, L)``: the correlation between levels
   of the eddies ``e = x - zonal mean(x)`` (per field and level), pooled over
@@ -9,12 +10,20 @@ Two scores of the 3D-versus-layers question (``benchmarks/strategies.py``,
   over fields, so that a posterior ensemble at one time (whose members differ
   little) and model data over many times are measured alike: it says how
   coherent the horizontal structures are from one level to the next.
-  :func:`vertical_correlation_error` is the mean ``|C_samples - C_model|`` over
-  the pairs of distinct levels, per variable.
-* :func:`spectrum_error`: the mean over levels and total wavenumbers
-  ``1 .. T`` (the 2/3 truncation) of ``|ln(E_samples(l) / E_model(l))|`` for
-  the mean kinetic-energy spectra (:func:`genda.evaluation.spectra.kinetic_energy_spectrum`);
-  0.18 is a typical factor of 1.2.
+  :func:`eddy_correlation_mean_abs_difference` is the mean
+  ``|C_samples - C_model|`` over the pairs of distinct levels, per variable.
+* :func:`spectrum_mean_abs_log_ratio`: the mean over levels and total
+  wavenumbers ``1 .. T`` (the 2/3 truncation) of
+  ``|ln(E_samples(l) / E_model(l))|`` for the mean kinetic-energy spectra
+  (:func:`genda.evaluation.spectra.kinetic_energy_spectrum`); 0.18 is a
+  typical factor of 1.2.
+
+The prior's acceptance checks (:mod:`genda.evaluation.fidelity`) judge
+related but different quantities by their largest value: the vertical
+correlation of the anomalies from the per-point mean over samples
+(:attr:`~genda.evaluation.fidelity_records.CorrelationComparison.max_abs_difference`)
+and ``E_s / E_r - 1``
+(:attr:`~genda.evaluation.fidelity_records.SpectrumComparison.max_relative_error`).
 """
 
 from __future__ import annotations
@@ -57,7 +66,7 @@ def eddy_vertical_correlation(fields: np.ndarray, grid: Grid) -> np.ndarray:
     return np.where(np.outer(scale, scale) > 0, np.clip(correlation, -1.0, 1.0), np.nan)
 
 
-def vertical_correlation_error(
+def eddy_correlation_mean_abs_difference(
     samples: Mapping[str, np.ndarray], model: Mapping[str, np.ndarray], grid: Grid
 ) -> dict[str, float]:
     """Per variable of ``grid``: mean ``|C_samples - C_model|`` over pairs of distinct levels.
@@ -87,7 +96,7 @@ def vertical_correlation_error(
     return errors
 
 
-def spectrum_error(
+def spectrum_mean_abs_log_ratio(
     u_samples: np.ndarray,
     v_samples: np.ndarray,
     u_model: np.ndarray,

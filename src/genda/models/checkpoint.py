@@ -57,6 +57,7 @@ from genda.atomic import partial_path, publish_directory, remove_path
 from genda.devices import check_device
 from genda.errors import GendaError, InvalidValueError, OutputExistsError
 from genda.grid import Grid, GridMismatchError
+from genda.json_values import json_round_trip
 from genda.models.coordinates import build_coordinates, coordinates_config, unfitted_statistics
 from genda.models.diffusion import EDMDenoiser
 from genda.models.gaussian_skip import SKIP_KIND, GaussianSkip
@@ -248,7 +249,7 @@ def build_denoiser(
     wrong = [
         f"{k}: {architecture.get(k)!r} stored, {built[k]!r} for strategy {strategy.name!r} on this grid"
         for k in built
-        if k in architecture and _jsonish(architecture[k]) != _jsonish(built[k])
+        if k in architecture and json_round_trip(architecture[k]) != json_round_trip(built[k])
     ]
     missing = [k for k in built if k not in architecture]
     if wrong or missing:
@@ -265,11 +266,6 @@ def build_denoiser(
     return EDMDenoiser(
         backbone, sigma_data=sigma_data, skip=build_skip(grid, skip), coordinates=transform
     )
-
-
-def _jsonish(value: Any) -> Any:
-    """``value`` as it reads back from JSON (tuples -> lists)."""
-    return json.loads(json.dumps(value))
 
 
 # ---------------------------------------------------------------------------- optimizer

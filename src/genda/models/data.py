@@ -47,6 +47,8 @@ from genda.errors import InvalidValueError
 from genda.grid import Grid, GridMismatchError
 from genda.models.time_of_day import hours_of_day
 from genda.normalization import Normalization
+from genda.seeds import stable_seed
+from genda.times import iso
 
 __all__ = [
     "ChunkShuffleSampler",
@@ -69,17 +71,6 @@ READ_BYTES = 256 * 2**20
 
 VOLATILE_ATTRS = frozenset({"created", "history", "genda_source"})
 """Global attributes left out of the fingerprint: they name the file or the moment, not the data."""
-
-
-def stable_seed(*parts: object) -> int:
-    """A 63-bit seed from ``parts`` (their ``repr``), the same on every machine and process.
-
-    BLAKE2b of the text, like :func:`genda.models.sampling.member_seed`; used
-    for the per-step training generators and the fixed validation noise.
-    """
-    text = "genda:" + ":".join(repr(p) for p in parts)
-    digest = hashlib.blake2b(text.encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") & (2**63 - 1)
 
 
 # ---------------------------------------------------------------------------- split
@@ -113,13 +104,9 @@ class TimeSplit:
         if times is not None:
             for name, idx in (("train", self.train), ("validation", self.validation)):
                 out[f"{name}_range"] = (
-                    [_time_text(times[idx[0]]), _time_text(times[idx[-1]])] if idx.size else None
+                    [iso(times[idx[0]]), iso(times[idx[-1]])] if idx.size else None
                 )
         return out
-
-
-def _time_text(t: Any) -> str:
-    return str(np.datetime_as_string(np.datetime64(t, "s"), unit="s"))
 
 
 def split_by_time(
@@ -159,7 +146,7 @@ def split_by_time(
     n_train = int(np.searchsorted(t[:first_val], t[first_val] - gap, side="right"))
     if n_train == 0:
         raise InvalidValueError(
-            f"the archive's {count} times ({_time_text(t[0])} .. {_time_text(t[-1])}) leave no "
+            f"the archive's {count} times ({iso(t[0])} .. {iso(t[-1])}) leave no "
             f"training time after holding out {n_val} for validation (val_fraction={val_fraction}) "
             f"and a gap of {gap_hours} h before them; lower val_fraction or gap_hours, "
             "or use a longer archive"
@@ -224,7 +211,7 @@ def archive_description(ds: xr.Dataset, grid: Grid | None = None) -> dict[str, A
         "fingerprint": archive_fingerprint(ds, grid),
         "source": str(ds.attrs.get("genda_source", ds.encoding.get("source", "dataset"))),
         "times": int(times.size),
-        "time_range": [_time_text(times[0]), _time_text(times[-1])] if times.size else None,
+        "time_range": [iso(times[0]), iso(times[-1])] if times.size else None,
     }
     for key in ("source", "seed", "model_config", "genda_version"):
         if key in ds.attrs:

@@ -19,7 +19,8 @@ from ``sigma_max`` down to 0 on the noise levels of :func:`~genda.models.diffusi
 Reproducibility (NVlabs/edm ``generate.py``: one generator per seed). Every
 random number of a member -- its initial noise, then one draw per churned
 step -- comes from that member's own generator (:func:`member_generator`,
-seeded from ``(window_seed, member)`` by a stable hash), is drawn on the CPU in
+seeded from ``(window_seed, member)`` by a stable hash,
+:func:`genda.seeds.member_seed`), is drawn on the CPU in
 float32 and only then moved to the device and dtype. The sampler's arithmetic
 is elementwise with plain ``+ - * /`` (no fused kernels whose vector and
 scalar paths could round differently). So on the CPU a member comes out bit
@@ -45,11 +46,10 @@ gradients (DPS, MMPS) enables them inside its own ``__call__``.
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import math
 from collections.abc import Sequence
-from typing import Literal, Protocol, runtime_checkable
+from typing import Literal, Protocol, get_args, runtime_checkable
 
 import torch
 from torch import Tensor
@@ -57,6 +57,7 @@ from tqdm.auto import tqdm
 
 from genda.errors import InvalidValueError
 from genda.models.diffusion import RHO, SIGMA_MAX, SIGMA_MIN, karras_sigmas
+from genda.seeds import member_seed
 
 __all__ = [
     "Denoiser",
@@ -68,7 +69,8 @@ __all__ = [
 ]
 
 SamplingMethod = Literal["heun", "euler", "stochastic"]
-METHODS: tuple[str, ...] = ("heun", "euler", "stochastic")
+METHODS: tuple[str, ...] = get_args(SamplingMethod)
+"""The sampler names, in the order of :data:`SamplingMethod`."""
 
 
 @runtime_checkable
@@ -81,24 +83,6 @@ class Denoiser(Protocol):
     """
 
     def __call__(self, x: Tensor, sigma: Tensor) -> Tensor: ...
-
-
-def member_seed(window_seed: int, member: int) -> int:
-    """Stable 64-bit seed of ``member`` in the window ``window_seed``.
-
-    The first 8 bytes (little endian) of BLAKE2b over the decimal text of both
-    integers: the same on every machine, Python version and process (unlike
-    ``hash``), and independent of the batch or worker the member lands in.
-    """
-    for name, value in (("window_seed", window_seed), ("member", member)):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise TypeError(f"{name} must be an int, got {type(value).__name__}")  # a caller's bug
-    if member < 0:
-        raise InvalidValueError(f"member index must be non-negative, got {member}")
-    digest = hashlib.blake2b(
-        f"genda-member:{window_seed}:{member}".encode(), digest_size=8
-    ).digest()
-    return int.from_bytes(digest, "little")
 
 
 def member_generator(

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -41,10 +41,8 @@ from genda.observations.catalog import (
     LimbInstrument,
     Station,
 )
-from genda.observations.table import OBSERVATION_COLUMNS, OPTIONAL_COLUMNS, as_datetime64
-
-if TYPE_CHECKING:
-    from genda.observations.networks import TimeLike
+from genda.observations.table import OBSERVATION_COLUMNS, OPTIONAL_COLUMNS
+from genda.times import TimeLike, as_datetime64
 
 SIDEREAL_DAY_S = 86164.0905
 """Length of the sidereal day: the Earth's rotation relative to the stars (s)."""

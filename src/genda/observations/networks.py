@@ -21,7 +21,6 @@ the window only spreads the track.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from datetime import datetime
 from typing import Literal
 
 import numpy as np
@@ -34,10 +33,8 @@ from genda.grid import Grid
 from genda.observations.catalog import STATIONS, Station, station
 from genda.observations.geometry import lidar_geometry, limb_track, radar_geometry
 from genda.observations.operators import ObservationOperator
-from genda.observations.table import as_datetime64, validate_observations
-
-TimeLike = str | np.datetime64 | datetime | pd.Timestamp
-
+from genda.observations.table import validate_observations
+from genda.times import TimeLike, as_datetime64, iso
 
 NETWORKS: dict[str, tuple[str, ...]] = {
     "radars": ("u", "v"),
@@ -69,10 +66,6 @@ def network_names(networks: str | Sequence[str]) -> list[str]:
     return names
 
 
-def _iso(time: np.datetime64) -> str:
-    return str(np.datetime_as_string(time, unit="s"))
-
-
 def select_time(truth: xr.Dataset, time: TimeLike, source: str = "truth") -> xr.Dataset:
     """The field of ``truth`` at ``time`` (exactly), without the time dimension.
 
@@ -96,10 +89,10 @@ def select_time(truth: xr.Dataset, time: TimeLike, source: str = "truth") -> xr.
     found = np.flatnonzero(times == when)
     if found.size == 0:
         if times.size == 0:
-            raise InvalidValueError(f"{source} holds no times; {_iso(when)} is not in it")
+            raise InvalidValueError(f"{source} holds no times; {iso(when)} is not in it")
         raise InvalidValueError(
-            f"time {_iso(when)} is not in {source}, which holds {times.size} time(s) "
-            f"from {_iso(times.min())} to {_iso(times.max())}"
+            f"time {iso(when)} is not in {source}, which holds {times.size} time(s) "
+            f"from {iso(times.min())} to {iso(times.max())}"
         )
     return truth.isel(time=int(found[0]))
 
@@ -188,7 +181,7 @@ def draw_observations(
         rng = np.random.default_rng(seed)
         values = values + rng.standard_normal(len(table)) * table["sigma"].to_numpy()
     table["value"] = values.astype(np.float64)
-    return validate_observations(table, grid, source=f"observations drawn at {_iso(when)}")
+    return validate_observations(table, grid, source=f"observations drawn at {iso(when)}")
 
 
 def split_withheld(obs: pd.DataFrame, stations: Sequence[str]) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -21,8 +21,6 @@ import pandas as pd
 from genda.errors import InvalidValueError, OutputExistsError
 from genda.grid import Grid
 from genda.observations.networks import (
-    TimeLike,
-    _iso,
     draw_observations,
     network_names,
     select_time,
@@ -31,10 +29,10 @@ from genda.observations.networks import (
 from genda.observations.table import (
     OBSERVATION_COLUMNS,
     ObservationError,
-    as_datetime64,
     read_observations,
     write_observations,
 )
+from genda.times import TimeLike, as_datetime64, iso
 
 
 def _counts(obs: pd.DataFrame) -> dict[str, dict[str, int]]:
@@ -133,7 +131,7 @@ def observe_to_file(
         withheld_path(out).unlink()
     write_observations(assimilated, out)
     return {
-        "time": _iso(when),
+        "time": iso(when),
         "seed": int(seed),
         "networks": network_names(networks),
         "observations": len(assimilated),

@@ -38,7 +38,6 @@ positions in the table (for a CSV file with a header, the line is row + 2).
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -46,9 +45,11 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from genda.atomic import partial_path, remove_path
+from genda.atomic import write_file
 from genda.errors import GendaError, InvalidTypeError, InvalidValueError, MissingInputError
 from genda.grid import Grid
+from genda.times import as_datetime64, iso
+from genda.units import canonical_units
 
 OBSERVATION_COLUMNS: tuple[str, ...] = (
     "time",
@@ -89,7 +90,7 @@ _ALIASES: dict[str, str] = {
     **dict.fromkeys(("los", "line_of_sight", "line_of_sight_wind", "radial_wind"), "los"),
 }
 
-# Units of ``value`` accepted in an optional ``units`` column, after _canonical_units:
+# Units of ``value`` accepted in an optional ``units`` column, after canonical_units:
 # (scale, offset) to the grid variable's unit.
 _SPEED_UNITS = {u: (1.0, 0.0) for u in ("m/s", "m s-1", "ms-1", "m.s-1", "m/sec")}
 _TEMPERATURE_UNITS = {u: (1.0, 0.0) for u in ("k", "kelvin")}
@@ -180,12 +181,6 @@ def _rows(mask: np.ndarray) -> str:
     return f"{positions.size} rows, first {shown}"
 
 
-def _canonical_units(units: str) -> str:
-    """Lower case, single spaces, ``**``/``^`` dropped: ``"m s**-1"`` -> ``"m s-1"``."""
-    text = re.sub(r"\s+", " ", units.strip().lower())
-    return text.replace("**", "").replace("^", "")
-
-
 def _as_text(series: pd.Series) -> pd.Series:
     """Strings, ``''`` for missing values, in the default string dtype of this pandas."""
     values = series.astype(object)
@@ -215,14 +210,6 @@ def _as_times(series: pd.Series) -> pd.Series | None:
         return parsed.astype("datetime64[ns]")
     except (OverflowError, ValueError, pd.errors.OutOfBoundsDatetime):
         return None
-
-
-def as_datetime64(value: object) -> np.datetime64:
-    """A time (ISO string, datetime, numpy or pandas; with a zone or UTC) as naive UTC ``datetime64[ns]``."""
-    stamp = pd.Timestamp(value)  # type: ignore[arg-type]
-    if stamp.tzinfo is not None:
-        stamp = stamp.tz_convert("UTC").tz_localize(None)
-    return np.datetime64(stamp.as_unit("ns").to_datetime64(), "ns")
 
 
 def window_bounds(time: np.datetime64, hours: float) -> tuple[np.datetime64, np.datetime64]:
@@ -407,7 +394,7 @@ def validate_observations(
         t = table["time"].to_numpy()
         check(
             time_ok & ((t < start) | (t > end)),
-            f"time outside the window [{_iso(start)}, {_iso(end)}]",
+            f"time outside the window [{iso(start)}, {iso(end)}]",
         )
 
     if problems:
@@ -421,10 +408,6 @@ def validate_observations(
     columns = [*OBSERVATION_COLUMNS, *OPTIONAL_COLUMNS]
     others = [c for c in table.columns if c not in columns]
     return table[columns + others]
-
-
-def _iso(time: np.datetime64) -> str:
-    return str(np.datetime_as_string(time, unit="s"))
 
 
 def _duplicates(table: pd.DataFrame) -> str:
@@ -499,7 +482,7 @@ def _apply_units(table: pd.DataFrame, names: pd.Series, problems: list[str]) -> 
     is a difference and only needs the scale. Returns the ``(M,)`` mask of rows
     whose unit was given.
     """
-    units = _as_text(table["units"]).map(_canonical_units).astype(object)
+    units = _as_text(table["units"]).map(canonical_units).astype(object)
     scale = np.ones(len(table))
     offset = np.zeros(len(table))
     rejected = np.zeros(len(table), dtype=bool)
@@ -656,8 +639,9 @@ def read_observations(path: str | os.PathLike[str]) -> pd.DataFrame:
 def write_observations(df: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
     """Write a (validated) observation table to CSV, Parquet or NetCDF, by suffix.
 
-    The file is written to a temporary sibling and moved into place with
-    :func:`os.replace`: ``path`` holds either the old or the complete new table.
+    The file is written to a temporary sibling and moved into place
+    (:func:`genda.atomic.write_file`): ``path`` holds either the old or the
+    complete new table.
     The index is not written (a validated table has ``0..M-1``).
 
     Returns:
@@ -677,16 +661,7 @@ def write_observations(df: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
             f"{path}: column 'time' has dtype {df['time'].dtype}; write a table returned by "
             "validate_observations (naive UTC datetime64)"
         )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = partial_path(path)
-    remove_path(partial)
-    try:
-        writer(df.reset_index(drop=True), partial)
-        os.replace(partial, path)
-    except BaseException:
-        remove_path(partial)
-        raise
-    return path
+    return write_file(path, lambda partial: writer(df.reset_index(drop=True), partial))
 
 
 __all__ = [

@@ -44,6 +44,7 @@ from genda.observations.table import (
     validate_observations,
     window_bounds,
 )
+from genda.orchestration.summaries import ObservationFit, WindowSummary
 from genda.ownership import check_extendable, check_replaceable
 from genda.storage.ensemble_store import EnsembleStore
 
@@ -169,8 +170,9 @@ def assimilate_window(
             (``RAY_AUTH_MODE=disabled``; :func:`genda.ensemble.cluster.check_local_cluster`).
 
     Returns:
-        A summary: store, counts, timing (members/s over the members made now),
-        retries, and the fit to the observations.
+        The JSON form of the window's :class:`~genda.orchestration.summaries.WindowSummary`
+        (store, counts, timing in members/s over the members made now, retries,
+        and the fit to the observations); ``WindowSummary.from_dict`` reads it.
 
     Raises:
         EnsembleStoreError: the store holds another grid or ensemble size, or
@@ -261,32 +263,35 @@ def assimilate_window(
             progress=progress,
         )
     run = report.run
-    summary: dict[str, Any] = {
-        "store": str(store.path),
-        "time": str(np.datetime64(when, "s")),
-        "members": members,
-        "written": run.written,
-        "already_complete": report.already_complete,
-        "strategy": prior.strategy.name,
-        "method": provenance["method"],
-        "steps": settings.steps,
-        "batch_size": report.batch_size,
-        "workers": report.workers,
-        "cluster": report.cluster,
-        "seconds": run.seconds,
-        "members_per_second": run.members_per_second,
-        "failures_retried": run.failures_retried,
-        "by_worker": run.by_worker,
-        "peak_memory_mib": run.peak_memory_mib,
-        "observations": 0 if obs is None else len(obs),
-        "outliers": 0 if qc is None else qc.n_flagged,
-        "outliers_by_variable": {} if qc is None else {k: v for k, v in qc.flagged.items() if v},
-        "outliers_kept": keep_outliers,
-    }
+    fit = level_mean_fit = None
     if obs is not None:
         operator = ObservationOperator.from_table(obs, prior.grid).to(dtype=torch.float64)
-        summary["fit"] = ensemble_fit(store, when, obs, operator)
+        fit = ObservationFit.from_dict(ensemble_fit(store, when, obs, operator))
         # The reference: the prior's training mean per variable and level.
         level_mean = prior.normalization.denormalize(torch.zeros(1, *prior.grid.shape))
-        summary["level_mean_fit"] = fit_of_values(operator(level_mean.double()), obs)
-    return summary
+        level_mean_fit = ObservationFit.from_dict(fit_of_values(operator(level_mean.double()), obs))
+    summary = WindowSummary(
+        store=str(store.path),
+        time=str(np.datetime64(when, "s")),
+        members=members,
+        written=run.written,
+        already_complete=report.already_complete,
+        strategy=prior.strategy.name,
+        method=provenance["method"],
+        steps=settings.steps,
+        batch_size=report.batch_size,
+        workers=report.workers,
+        cluster=report.cluster,
+        seconds=run.seconds,
+        members_per_second=run.members_per_second,
+        failures_retried=run.failures_retried,
+        by_worker=run.by_worker,
+        peak_memory_mib=run.peak_memory_mib,
+        observations=0 if obs is None else len(obs),
+        outliers=0 if qc is None else qc.n_flagged,
+        outliers_by_variable={} if qc is None else {k: v for k, v in qc.flagged.items() if v},
+        outliers_kept=keep_outliers,
+        fit=fit,
+        level_mean_fit=level_mean_fit,
+    )
+    return summary.to_dict()

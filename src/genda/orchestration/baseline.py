@@ -47,11 +47,11 @@ from genda.assimilation.baselines import (
 from genda.assimilation.posterior import observation_fit, window_seed
 from genda.errors import InvalidValueError
 from genda.grid import Grid
-from genda.observations.table import as_datetime64
 from genda.orchestration.assimilate import load_window_observations, observation_fingerprint
 from genda.ownership import check_extendable, check_replaceable
 from genda.storage.ensemble_store import EnsembleStore
 from genda.storage.readers import open_archive
+from genda.times import as_datetime64
 
 
 def baseline_generators(

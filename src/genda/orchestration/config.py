@@ -34,8 +34,10 @@ import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from genda.assimilation.guidance import GuidanceMethod, TweedieCovariance
 from genda.assimilation.posterior import PosteriorSettings
 from genda.errors import GendaError, InvalidValueError
+from genda.models.sampling import SamplingMethod
 from genda.observations.qc import DEFAULT_OUTLIER_K
 
 
@@ -80,11 +82,11 @@ class CycleConfig(BaseModel):
     )
     keep_outliers: bool = Field(False, description="Assimilate the flagged observations too.")
     members: int = Field(16, ge=1)
-    method: Literal["mmps", "dps", "sda"] = "mmps"
+    method: GuidanceMethod = "mmps"
     steps: int = Field(32, ge=1)
-    sampler: Literal["heun", "euler", "stochastic"] = "heun"
+    sampler: SamplingMethod = "heun"
     iterations: int = Field(3, ge=1, description="MMPS solver (GMRES) iterations.")
-    covariance: Literal["jacobian", "prior"] = Field(
+    covariance: TweedieCovariance = Field(
         "jacobian",
         description="MMPS's Tweedie covariance: the network's Jacobian, or the whitened "
         "prior's Gaussian part (no backward pass).",
@@ -149,9 +151,14 @@ class CycleConfig(BaseModel):
     def withheld_path(self, time: np.datetime64) -> Path | None:
         return None if self.withheld is None else _expand(self.withheld, time)
 
+    @property
+    def auto_batch(self) -> bool:
+        """Whether each device is probed for the batch size (``batch_size: auto``)."""
+        return resolve_batch_size(self.batch_size)[1]
+
     def settings(self) -> PosteriorSettings:
-        """The sampling settings (an ``auto`` batch size starts at 8 and is probed on GPUs)."""
-        batch = 8 if self.batch_size == "auto" else int(self.batch_size)
+        """The sampling settings (an ``auto`` batch size: :func:`resolve_batch_size`)."""
+        batch, _ = resolve_batch_size(self.batch_size)
         return PosteriorSettings(
             method=self.method,
             steps=self.steps,
@@ -163,6 +170,18 @@ class CycleConfig(BaseModel):
             corrections=self.corrections,
             batch_size=batch,
         )
+
+
+def resolve_batch_size(batch_size: int | Literal["auto"]) -> tuple[int, bool]:
+    """A batch-size setting -> (members per denoiser batch, whether to probe the device).
+
+    ``"auto"`` starts from :class:`PosteriorSettings`' default batch size; a
+    GPU replaces it by the largest batch that fits its memory, a CPU keeps it
+    (:meth:`genda.ensemble.work.MemberGenerator.probe_batch_size`).
+    """
+    if batch_size == "auto":
+        return PosteriorSettings().batch_size, True
+    return int(batch_size), False
 
 
 def check_time_pattern(pattern: str) -> None:
@@ -247,4 +266,10 @@ def load_cycle_config(path: str | os.PathLike[str]) -> CycleConfig:
     return config.model_copy(update=updates)
 
 
-__all__ = ["ConfigError", "CycleConfig", "RayConfig", "load_cycle_config"]
+__all__ = [
+    "ConfigError",
+    "CycleConfig",
+    "RayConfig",
+    "load_cycle_config",
+    "resolve_batch_size",
+]

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from genda.orchestration.config import CycleConfig
+from genda.orchestration.summaries import WindowSummary
 
 
 def prefect_environment(home: str | os.PathLike[str] | None = None) -> None:
@@ -89,16 +90,17 @@ def make_ensemble(config: CycleConfig, time: str) -> dict[str, Any]:
         threads_per_worker=config.ray.threads_per_worker,
         ray_address=config.ray.address,
         insecure=config.ray.insecure,
-        auto_batch=config.batch_size == "auto",
+        auto_batch=config.auto_batch,
         progress=sys.stderr.isatty(),  # a bar for a person watching, not in logs
     )
+    made = WindowSummary.from_dict(summary)
     get_run_logger().info(
         "window %s: %d members made, %d already stored, %.2f members/s, %d retried",
         time,
-        summary["written"],
-        summary["already_complete"],
-        summary["members_per_second"],
-        summary["failures_retried"],
+        made.written,
+        made.already_complete,
+        made.members_per_second,
+        made.failures_retried,
     )
     return summary
 
@@ -147,22 +149,23 @@ def report_dir(config: CycleConfig, time: str) -> Path:
 
 def markdown_report(time: str, ensemble: dict[str, Any], evaluation: dict[str, Any] | None) -> str:
     """The window's artifact: what was made, the fit, the scores and the plot paths."""
+    made = WindowSummary.from_dict(ensemble)
     lines = [
         f"# Window {time}",
         "",
-        f"- store: `{ensemble['store']}`",
-        f"- members: {ensemble['members']} ({ensemble['written']} made now, "
-        f"{ensemble['already_complete']} already stored), {ensemble['method']}, "
-        f"{ensemble['steps']} steps, {ensemble['strategy']}",
-        f"- workers: {ensemble['workers'] or 'in process'}, "
-        + (f"{ensemble['members_per_second']:.2f} members/s, " if ensemble["written"] else "")
-        + f"{ensemble['failures_retried']} tasks retried",
+        f"- store: `{made.store}`",
+        f"- members: {made.members} ({made.written} made now, "
+        f"{made.already_complete} already stored), {made.method}, "
+        f"{made.steps} steps, {made.strategy}",
+        f"- workers: {made.workers or 'in process'}, "
+        + (f"{made.members_per_second:.2f} members/s, " if made.written else "")
+        + f"{made.failures_retried} tasks retried",
     ]
-    if "fit" in ensemble:
+    if made.fit is not None and made.level_mean_fit is not None:
         lines.append(
-            f"- fit to the {ensemble['observations']} observations, rms (y - Hx)/sigma: "
-            f"{ensemble['fit']['rms_normalised_innovation']:.2f} (training mean per level: "
-            f"{ensemble['level_mean_fit']['rms_normalised_innovation']:.2f})"
+            f"- fit to the {made.observations} observations, rms (y - Hx)/sigma: "
+            f"{made.fit.rms_normalised_innovation:.2f} (training mean per level: "
+            f"{made.level_mean_fit.rms_normalised_innovation:.2f})"
         )
     if evaluation:
         names = list(next(iter(evaluation["scores"].values())))

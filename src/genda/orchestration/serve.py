@@ -127,7 +127,9 @@ def serve_cycle(
     ``interval_seconds`` gives the schedule.
     """
     if (cron is None) == (interval_seconds is None):
-        raise InvalidValueError("give exactly one schedule: --cron or --interval")
+        raise InvalidValueError(
+            "give exactly one schedule: cron (--cron) or interval_seconds (--interval)"
+        )
     path = Path(config_path).resolve()
     config = load_cycle_config(path)  # a bad configuration fails before any server starts
     with ExitStack() as stack:

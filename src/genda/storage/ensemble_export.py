@@ -8,7 +8,7 @@ from typing import Any
 
 import xarray as xr
 
-from genda.atomic import remove_path
+from genda.atomic import write_file
 from genda.errors import InvalidValueError
 from genda.storage.ensemble_layout import TIME_UNITS
 
@@ -30,20 +30,16 @@ def to_file(da: xr.DataArray, path: str | os.PathLike[str]) -> Path:
     clean.encoding = {}
     for coord in clean.coords.values():
         coord.encoding = {}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f"{path.name}.partial-{os.getpid()}")
-    try:
+
+    def write(partial: Path) -> None:
         if suffix == ".csv":
             clean.to_dataframe(name=name).reset_index().to_csv(partial, index=False)
-        else:
-            ds = clean.to_dataset(name=name)
-            ds.attrs["Conventions"] = "CF-1.10"
-            encoding: dict[str, dict[str, Any]] = {}
-            if "time" in ds.coords:
-                encoding["time"] = {"units": TIME_UNITS, "dtype": "int64"}
-            ds.to_netcdf(partial, encoding=encoding)
-        partial.replace(path)
-    except BaseException:
-        remove_path(partial)
-        raise
-    return path
+            return
+        ds = clean.to_dataset(name=name)
+        ds.attrs["Conventions"] = "CF-1.10"
+        encoding: dict[str, dict[str, Any]] = {}
+        if "time" in ds.coords:
+            encoding["time"] = {"units": TIME_UNITS, "dtype": "int64"}
+        ds.to_netcdf(partial, encoding=encoding)
+
+    return write_file(path, write)

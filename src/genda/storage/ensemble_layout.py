@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -42,6 +41,7 @@ from genda.grid import Grid, lookup_variable
 from genda.storage.archive import provenance_attrs
 from genda.storage.damage import open_naming_group
 from genda.storage.errors import EnsembleStoreError
+from genda.times import TimeLike, as_datetime64
 
 MEMBER_DIM = "member"
 MEMBER_DIMS = ("time", MEMBER_DIM, "altitude", "latitude", "longitude")
@@ -87,13 +87,10 @@ members, so there it is invisible to readers (at the root Zarr warns of it)."""
 
 
 # ---------------------------------------------------------------------------- time
-TimeLike = np.datetime64 | datetime | str
-
-
 def _as_time(time: TimeLike) -> np.datetime64:
     """``time`` as whole seconds; sub-second times are refused (the store encodes seconds)."""
     try:
-        t = np.datetime64(time, "ns")
+        t = as_datetime64(time)
     except (TypeError, ValueError) as err:
         raise EnsembleStoreError(f"cannot read {time!r} as a time: {err}") from None
     if np.isnat(t):
@@ -102,10 +99,6 @@ def _as_time(time: TimeLike) -> np.datetime64:
     if seconds != t:
         raise EnsembleStoreError(f"window time {t} is not a whole second")
     return seconds
-
-
-def _iso(time: np.datetime64) -> str:
-    return str(np.datetime_as_string(time, unit="s"))
 
 
 def _seconds(time: np.datetime64) -> int:

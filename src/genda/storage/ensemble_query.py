@@ -25,9 +25,10 @@ import xarray as xr
 
 from genda.errors import InvalidValueError, UnknownNameError
 from genda.storage.damage import naming_reads
-from genda.storage.ensemble_layout import COMPLETE, TimeLike, _as_time, _iso, _open_group
+from genda.storage.ensemble_layout import COMPLETE, _as_time, _open_group
 from genda.storage.ensemble_store import EnsembleStore
 from genda.storage.errors import EnsembleStoreError, damaged_members_message
+from genda.times import TimeLike, iso
 
 QueryStat = Literal["mean", "std", "q05", "q50", "q95", "members"]
 """What :func:`query` returns: a statistic of the members, or the members themselves."""
@@ -174,13 +175,13 @@ def query(
         index = store.window_index(t)
         if stat != "members" and not store.is_finalized(t):
             raise InvalidValueError(
-                f"window {_iso(t)} of {path} is not finalised; run finalize for its {stat}"
+                f"window {iso(t)} of {path} is not finalised; run finalize for its {stat}"
             )
-        chosen, keys = [index], [_iso(t)]
+        chosen, keys = [index], [iso(t)]
     else:
         times = store.windows()
         chosen = [store.window_index(w) for w in times]
-        keys = [_iso(w) for w in times]
+        keys = [iso(w) for w in times]
         if stat != "members":
             kept = [
                 (i, k) for i, k, w in zip(chosen, keys, times, strict=True) if store.is_finalized(w)

@@ -51,9 +51,7 @@ from genda.storage.ensemble_layout import (
     LOCK_FILE,
     TIME_FILL,
     WINDOWS_ATTR,
-    TimeLike,
     _as_time,
-    _iso,
     _open_group,
     _seconds,
     auto_members_per_shard,
@@ -65,6 +63,7 @@ from genda.storage.ensemble_layout import (
 from genda.storage.ensemble_stats import window_statistics
 from genda.storage.ensemble_windows import canonical, provenance_differences, register_window
 from genda.storage.errors import EnsembleStoreError, damaged_members_message
+from genda.times import TimeLike, iso
 
 if TYPE_CHECKING:
     from genda.storage.integrity import StoreCheck, StoreRepair
@@ -225,12 +224,13 @@ class EnsembleStore:
         if differ:
             raise EnsembleStoreError(
                 f"{path} holds ensembles on another grid ({'; '.join(differ)}); "
-                "use another store or --overwrite"
+                "use another store or set overwrite (--overwrite) to replace it"
             )
         if store.n_members != members:
             raise EnsembleStoreError(
                 f"{path} holds {store.n_members} members per window, {members} were asked for; "
-                f"ask for {store.n_members}, or use another store or --overwrite"
+                f"ask for {store.n_members}, or use another store or set overwrite (--overwrite) "
+                "to replace it"
             )
         return store
 
@@ -269,7 +269,7 @@ class EnsembleStore:
             if seconds == TIME_FILL:
                 continue
             t = _EPOCH + np.timedelta64(int(seconds), "s")
-            if _iso(t) in registered:
+            if iso(t) in registered:
                 out.append(t)
         return out
 
@@ -279,11 +279,11 @@ class EnsembleStore:
 
     def _locate(self, group: zarr.Group, t: np.datetime64) -> int:
         found = np.flatnonzero(self._times(group) == _seconds(t))
-        if found.size == 0 or _iso(t) not in self._windows(group):
-            known = [_iso(w) for w in self.windows()]
+        if found.size == 0 or iso(t) not in self._windows(group):
+            known = [iso(w) for w in self.windows()]
             shown = ", ".join(known[-5:]) if known else "none"
             raise EnsembleStoreError(
-                f"window {_iso(t)} is not in {self.path} (add it with add_window first; "
+                f"window {iso(t)} is not in {self.path} (add it with add_window first; "
                 f"{len(known)} windows, latest: {shown})"
             )
         return int(found[0])
@@ -293,14 +293,14 @@ class EnsembleStore:
         t = _as_time(time)
         group = _open_group(self.path, "r")
         self._locate(group, t)
-        return self._windows(group)[_iso(t)]["provenance"]
+        return self._windows(group)[iso(t)]["provenance"]
 
     def is_finalized(self, time: TimeLike) -> bool:
         """Whether :meth:`finalize` has written the window's statistics."""
         t = _as_time(time)
         group = _open_group(self.path, "r")
         self._locate(group, t)
-        return bool(self._windows(group)[_iso(t)].get("finalized", False))
+        return bool(self._windows(group)[iso(t)].get("finalized", False))
 
     def _time_arrays(self, group: zarr.Group) -> list[zarr.Array]:
         """Every array with a ``time`` axis, the ``time`` coordinate last (see :meth:`add_window`)."""
@@ -328,7 +328,7 @@ class EnsembleStore:
         store's metadata lock makes concurrent registrations wait their turn.
         """
         t = _as_time(time)
-        key = _iso(t)
+        key = iso(t)
         if not isinstance(provenance, Mapping):
             raise EnsembleStoreError(
                 f"provenance must be a mapping, got {type(provenance).__name__}"
@@ -421,9 +421,9 @@ class EnsembleStore:
             )
         group = _open_group(self.path, "r+")
         index = self._locate(group, t)
-        if self._windows(group)[_iso(t)].get("finalized", False):
+        if self._windows(group)[iso(t)].get("finalized", False):
             raise EnsembleStoreError(
-                f"window {_iso(t)} is finalised; its statistics would no longer match new members"
+                f"window {iso(t)} is finalised; its statistics would no longer match new members"
             )
         order = np.argsort(indices, kind="stable")
         sorted_members = [indices[i] for i in order]
@@ -443,11 +443,11 @@ class EnsembleStore:
         """Refuse members made under a provenance the window no longer has."""
         if provenance is None:
             return
-        record = canonical(dict(provenance), f"provenance of window {_iso(t)}")
+        record = canonical(dict(provenance), f"provenance of window {iso(t)}")
         differ = provenance_differences(self.provenance(t), record)
         if differ:
             raise EnsembleStoreError(
-                f"window {_iso(t)} was registered again under other settings ({', '.join(differ)}) "
+                f"window {iso(t)} was registered again under other settings ({', '.join(differ)}) "
                 f"while members {members[0]}..{members[-1]} were made; they are not flagged "
                 "complete: run the window again with the settings you want"
             )
@@ -491,7 +491,7 @@ class EnsembleStore:
         finite = np.isfinite(out.reshape(len(chosen), -1)).all(axis=1)
         damaged = sorted({m for m, ok in zip(chosen, finite, strict=True) if flags[m] and not ok})
         if damaged:
-            raise EnsembleStoreError(damaged_members_message(self.path, _iso(t), damaged))
+            raise EnsembleStoreError(damaged_members_message(self.path, iso(t), damaged))
         return out
 
     def missing(self, time: TimeLike) -> list[int]:
@@ -515,7 +515,7 @@ class EnsembleStore:
             self._finalize(_as_time(time))
 
     def _finalize(self, t: np.datetime64) -> None:
-        key = _iso(t)
+        key = iso(t)
         group = _open_group(self.path, "r+")
         index = self._locate(group, t)
         if self._windows(group)[key].get("finalized", False):

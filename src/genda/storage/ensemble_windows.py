@@ -12,45 +12,35 @@ behind :meth:`~genda.storage.ensemble_store.EnsembleStore.add_window`.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping
-from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from genda.json_values import json_round_trip
 from genda.storage.archive import consolidate
 from genda.storage.ensemble_layout import (
     _EPOCH,
     COMPLETE,
     TIME_FILL,
     WINDOWS_ATTR,
-    _iso,
     _open_group,
     _seconds,
 )
 from genda.storage.errors import EnsembleStoreError
+from genda.times import iso
 
 if TYPE_CHECKING:
     from genda.storage.ensemble_store import EnsembleStore
 
 
 def canonical(value: Any, what: str) -> Any:
-    """``value`` through JSON, so tuples and lists, numpy and Python numbers compare alike."""
+    """``value`` through JSON (:func:`~genda.json_values.json_round_trip`), so tuples and
+    lists, numpy and Python numbers compare alike; ``what`` names it in the error."""
     try:
-        return json.loads(json.dumps(value, sort_keys=True, default=_json_default))
+        return json_round_trip(value)
     except (TypeError, ValueError) as err:
         raise EnsembleStoreError(f"{what} is not JSON-serialisable: {err}") from None
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, os.PathLike | datetime | np.datetime64):
-        return str(value)
-    raise TypeError(f"{type(value).__name__} is not JSON-serialisable")
 
 
 def provenance_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
@@ -68,7 +58,7 @@ def register_window(store: EnsembleStore, t: np.datetime64, record: dict[str, An
     no member of it is complete yet), a slot left by an interrupted
     registration is reused, and otherwise every array grows by one slot.
     """
-    key = _iso(t)
+    key = iso(t)
     group = _open_group(store.path, "r+")
     arrays = store._time_arrays(group)
     length = max(a.shape[0] for a in arrays)
@@ -107,7 +97,7 @@ def register_window(store: EnsembleStore, t: np.datetime64, record: dict[str, An
             length > 0
             and (
                 times[-1] == TIME_FILL
-                or _iso(_EPOCH + np.timedelta64(int(times[-1]), "s")) not in windows
+                or iso(_EPOCH + np.timedelta64(int(times[-1]), "s")) not in windows
             )
             and not np.any(group[COMPLETE][length - 1])
         )

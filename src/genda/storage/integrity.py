@@ -43,13 +43,12 @@ from genda.storage.ensemble_layout import (
     STATS,
     TIME_FILL,
     WINDOWS_ATTR,
-    TimeLike,
     _as_time,
-    _iso,
     _open_group,
 )
 from genda.storage.ensemble_store import _runs
 from genda.storage.errors import EnsembleStoreError
+from genda.times import TimeLike, iso
 
 if TYPE_CHECKING:
     from genda.storage.ensemble_store import EnsembleStore
@@ -368,7 +367,7 @@ def check_store(store: EnsembleStore) -> StoreCheck:
             problems.append(f"time slot {i} has no time (an interrupted add_window)")
             unrepairable.append(problems[-1])
             continue
-        key = _iso(_EPOCH + np.timedelta64(int(seconds), "s"))
+        key = iso(_EPOCH + np.timedelta64(int(seconds), "s"))
         if key in seen:
             problems.append(f"window {key} occupies time slots {seen[key]} and {i}")
             unrepairable.append(problems[-1])
@@ -529,7 +528,7 @@ def recheck_window(store: EnsembleStore, time: TimeLike) -> list[int]:
         window regenerates them. Empty when nothing was damaged.
     """
     t = _as_time(time)
-    key = _iso(t)
+    key = iso(t)
     group = _open_group(store.path, "r")
     index = store._locate(group, t)
     finalized = bool(store._windows(group)[key].get("finalized", False))

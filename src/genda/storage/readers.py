@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +56,7 @@ from genda.grid import DEFAULT_VARIABLES, VARIABLES_ATTR, Grid, lookup_variable
 from genda.normalization import MEAN_ATTR, STD_ATTR
 from genda.storage.damage import naming_reads
 from genda.storage.errors import ArchiveError
+from genda.units import canonical_units
 
 NETCDF_SUFFIXES = (".nc", ".nc4", ".netcdf", ".cdf", ".h5", ".hdf5")
 
@@ -93,12 +93,6 @@ PRESSURE_NAMES = (
     "air_pressure",
 )
 TIME_NAMES = ("time", "valid_time", "Time", "t")
-
-
-def _canonical_units(units: str) -> str:
-    """Lower case, single spaces, ``**``/``^`` dropped: ``"m s**-1"`` -> ``"m s-1"``."""
-    text = re.sub(r"\s+", " ", units.strip().lower())
-    return text.replace("**", "").replace("^", "")
 
 
 _SPEED = {"m s-1": 1.0, "m/s": 1.0, "m.s-1": 1.0, "ms-1": 1.0, "m/sec": 1.0, "m sec-1": 1.0}
@@ -218,7 +212,7 @@ def _find_horizontal(
         if name in ds.variables and ds[name].ndim >= 1:
             return _as_axis(ds, name, what, source)
     for name, var in ds.variables.items():
-        unit = _canonical_units(_units(var) or "")
+        unit = canonical_units(_units(var) or "")
         if var.ndim >= 1 and (var.attrs.get("standard_name") == what or unit in units):
             return _as_axis(ds, name, what, source)
     raise ArchiveError(
@@ -256,7 +250,7 @@ def _find_vertical(ds: xr.Dataset, source: str) -> tuple[_Axis, np.ndarray, str]
             f"{source}: vertical coordinate {name!r} has no 'units' attribute; "
             "genda needs m or km (heights) or Pa, hPa (pressure)"
         )
-    unit = _canonical_units(raw_units)
+    unit = canonical_units(raw_units)
     values = axis.values.astype(np.float64)
     if unit in _LENGTH_M:
         altitude = values * _LENGTH_M[unit] / 1000.0
@@ -330,9 +324,9 @@ def _conversion(ds: xr.Dataset, src: Hashable, name: str, source: str) -> tuple[
         raise ArchiveError(
             f"{source}: variable {src!r} ({name}) has no 'units' attribute; expected {target!r}"
         )
-    table = _UNIT_CONVERSIONS.get(name, {_canonical_units(target): (1.0, 0.0)})
+    table = _UNIT_CONVERSIONS.get(name, {canonical_units(target): (1.0, 0.0)})
     try:
-        return table[_canonical_units(raw)]
+        return table[canonical_units(raw)]
     except KeyError:
         known = sorted({k for k in table if " " in k or "/" in k or len(k) <= 2})
         raise ArchiveError(

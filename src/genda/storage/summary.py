@@ -12,6 +12,8 @@ import dask
 import numpy as np
 import xarray as xr
 
+from genda.times import iso
+
 
 @dataclass(frozen=True)
 class VariableSummary:
@@ -45,12 +47,6 @@ class ArchiveSummary:
         return tuple(self.sizes.values())
 
 
-def _iso(value: object) -> str:
-    if isinstance(value, np.datetime64):
-        return str(np.datetime_as_string(value, unit="s"))
-    return str(value)  # cftime dates of non-standard calendars
-
-
 def summarize(ds: xr.Dataset, source: str | None = None) -> ArchiveSummary:
     """Summarise a Dataset in genda's conventions (one dask pass over the data).
 
@@ -76,7 +72,7 @@ def summarize(ds: xr.Dataset, source: str | None = None) -> ArchiveSummary:
     time_range = None
     if "time" in ds.coords and ds["time"].size > 0:
         times = ds["time"].values
-        time_range = (_iso(times[0]), _iso(times[-1]))
+        time_range = (iso(times[0]), iso(times[-1]))
     return ArchiveSummary(
         source or str(ds.attrs.get("genda_source", "dataset")), sizes, time_range, variables
     )

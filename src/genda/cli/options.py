@@ -1,0 +1,62 @@
+"""Options shared by several commands, and option text parsed into settings."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from genda.cli.group import fail
+
+InsecureOption = Annotated[
+    bool,
+    typer.Option(
+        "--insecure",
+        help="Allow a local Ray cluster without token authentication (RAY_AUTH_MODE="
+        "disabled; its ports are open to the network; also GENDA_RAY_INSECURE=1).",
+    ),
+]
+"""``--insecure`` of the commands that may start a local Ray cluster."""
+
+
+def parse_channel_mult(text: str) -> list[int]:
+    """``--channel-mult``: integers separated by commas, e.g. ``1,2,2``."""
+    try:
+        values = [int(part) for part in text.replace(" ", "").split(",") if part]
+    except ValueError:
+        raise typer.BadParameter(f"expected integers separated by commas, got {text!r}") from None
+    if not values:
+        raise typer.BadParameter("expected at least one multiplier, e.g. 1,2,2")
+    return values
+
+
+def parse_batch_size(text: str) -> tuple[int, bool]:
+    """``--batch-size``: a positive integer, or ``auto`` (probe the device) -> (size, auto)."""
+    from genda.orchestration.config import resolve_batch_size
+
+    if text.strip().lower() == "auto":
+        return resolve_batch_size("auto")
+    try:
+        value = int(text)
+    except ValueError:
+        raise fail(f"--batch-size takes a positive integer or 'auto', got {text!r}") from None
+    if value < 1:
+        raise fail(f"--batch-size must be >= 1, got {value}")
+    return resolve_batch_size(value)
+
+
+def command_line(ctx: typer.Context) -> str:
+    """The command as given, rebuilt from its parsed options (for provenance)."""
+    parts = [f"genda {ctx.info_name}"]
+    for name, value in ctx.params.items():
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, bool):
+            default = next((p.default for p in ctx.command.params if p.name == name), None)
+            if value != default:
+                parts.append(flag if value else "--no-" + name.replace("_", "-"))
+        elif value is not None:
+            parts.append(f"{flag} {value}")
+    return " ".join(parts)
+
+
+__all__ = ["InsecureOption", "command_line", "parse_batch_size", "parse_channel_mult"]

@@ -1,0 +1,212 @@
+"""Commands that fill one window of an ensemble store: ``assimilate`` and ``baseline``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from genda.cli.group import console, fail
+from genda.cli.options import InsecureOption, parse_batch_size
+from genda.cli.render import render_baseline, render_window
+
+
+def assimilate(
+    obs: Annotated[
+        Path | None, typer.Option(help="Observation table; omit to sample the prior.")
+    ] = None,
+    time_: Annotated[str, typer.Option("--time", help="Centre of the window, ISO (UTC).")] = "",
+    out: Annotated[
+        Path, typer.Option(help="Ensemble store (Zarr v3); created, or the window added.")
+    ] = Path("ensemble.zarr"),
+    checkpoint: Annotated[
+        str, typer.Option(help="Checkpoint directory, or default / default-layer2d.")
+    ] = "default",
+    members: Annotated[int, typer.Option(help="Ensemble size.")] = 16,
+    method: Annotated[str, typer.Option(help="Guidance: mmps, dps or sda.")] = "mmps",
+    steps: Annotated[int, typer.Option(help="Sampler steps.")] = 32,
+    sampler: Annotated[str, typer.Option(help="heun, euler or stochastic.")] = "heun",
+    iterations: Annotated[int, typer.Option(help="MMPS solver (GMRES) iterations.")] = 3,
+    covariance: Annotated[
+        str,
+        typer.Option(
+            help="MMPS's Tweedie covariance: jacobian (the network's) or prior (the whitened "
+            "prior's Gaussian part: no backward pass, whitened priors only)."
+        ),
+    ] = "jacobian",
+    zeta: Annotated[float, typer.Option(help="DPS guidance strength.")] = 1.0,
+    gamma: Annotated[float, typer.Option(help="SDA likelihood inflation gamma.")] = 0.1,
+    corrections: Annotated[
+        int | None, typer.Option(help="Langevin corrections per step (SDA default 1).")
+    ] = None,
+    batch_size: Annotated[
+        str, typer.Option(help="Members per denoiser batch, or 'auto' (probe each GPU).")
+    ] = "8",
+    layers_per_batch: Annotated[
+        int | None,
+        typer.Option(
+            help="layer2d: layer samples per network call, the memory knob (also under "
+            "guidance: each call's activations are recomputed in the backward passes)."
+        ),
+    ] = None,
+    window_hours: Annotated[
+        float, typer.Option(help="Observations within time +- window/2 are used.")
+    ] = 1.0,
+    outlier_k: Annotated[
+        float,
+        typer.Option(
+            help="Background check: observations more than k standard deviations "
+            "(climatology and observation error) from the prior's mean are left out."
+        ),
+    ] = 5.0,  # genda.observations.qc.DEFAULT_OUTLIER_K (not imported: it loads torch)
+    keep_outliers: Annotated[
+        bool, typer.Option(help="Assimilate the observations the background check flags.")
+    ] = False,
+    seed: Annotated[int, typer.Option(help="Experiment seed (hashed with the time).")] = 0,
+    device: Annotated[str, typer.Option(help="torch device: cpu or cuda.")] = "cpu",
+    workers: Annotated[
+        int, typer.Option(help="Ray actors (one per GPU with cuda); 0: in this process.")
+    ] = 0,
+    threads_per_worker: Annotated[
+        int, typer.Option(help="CPU workers: torch threads (Ray CPUs) per actor.")
+    ] = 1,
+    ray_address: Annotated[
+        str | None,
+        typer.Option(help="Running Ray cluster (else RAY_ADDRESS, else start a local one)."),
+    ] = None,
+    insecure: InsecureOption = False,
+    members_per_shard: Annotated[
+        int | None, typer.Option(help="New store: members per shard file (1: no sharding).")
+    ] = None,
+    overwrite: Annotated[
+        bool,
+        typer.Option(help="Replace an existing genda store (all its windows; nothing else)."),
+    ] = False,
+    yes: Annotated[bool, typer.Option("--yes", help="Confirm a very large store.")] = False,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Sample a posterior ensemble for one window into a Zarr store; a rerun fills what is missing."""
+    from genda.assimilation.posterior import PosteriorSettings
+    from genda.orchestration.assimilate import assimilate_window
+    from genda.orchestration.summaries import WindowSummary
+
+    if not time_:
+        raise fail("--time is required (the centre of the window, e.g. 2000-02-10T12:00)")
+    size, auto_batch = parse_batch_size(batch_size)
+    settings = PosteriorSettings(
+        method=method,
+        steps=steps,
+        sampler=sampler,
+        iterations=iterations,
+        covariance=covariance,
+        zeta=zeta,
+        gamma=gamma,
+        corrections=corrections,
+        batch_size=size,
+    )
+    summary = assimilate_window(
+        checkpoint,
+        obs,
+        time_,
+        out,
+        members=members,
+        settings=settings,
+        seed=seed,
+        window_hours=window_hours,
+        outlier_k=outlier_k,
+        keep_outliers=keep_outliers,
+        layers_per_batch=layers_per_batch,
+        device=device,
+        workers=workers,
+        threads_per_worker=threads_per_worker,
+        ray_address=ray_address,
+        auto_batch=auto_batch,
+        members_per_shard=members_per_shard,
+        overwrite=overwrite,
+        progress=progress,
+        yes=yes,
+        insecure=insecure,
+    )
+    console.print(render_window(WindowSummary.from_dict(summary)))
+
+
+def baseline(
+    archive: Annotated[Path, typer.Option(help="Archive the climatological states come from.")],
+    time_: Annotated[str, typer.Option("--time", help="Centre of the window, ISO (UTC).")],
+    out: Annotated[Path, typer.Option(help="Ensemble store to write (Zarr v3).")],
+    obs: Annotated[
+        Path | None, typer.Option(help="Observation table (not needed for climatology).")
+    ] = None,
+    method: Annotated[
+        str,
+        typer.Option(
+            help="enkf, enoi (every eligible archive state behind the covariance), oi or "
+            "climatology."
+        ),
+    ] = "enkf",
+    members: Annotated[
+        int, typer.Option(help="Ensemble size (oi and enoi write one member).")
+    ] = 16,
+    hour_matched: Annotated[
+        bool,
+        typer.Option(
+            "--hour-matched/--any-hour",
+            help="Draw archive states only within 1 h of the window's time of day, so that "
+            "their tides share its phase (the default), or at any hour.",
+        ),
+    ] = True,
+    climatology_size: Annotated[
+        int | None,
+        typer.Option(
+            help="Archive states behind the covariance (oi, enkf); default: every "
+            "hour-matched state, or 200 with --any-hour."
+        ),
+    ] = None,
+    horizontal_km: Annotated[
+        float | None,
+        typer.Option(
+            help="Gaspari-Cohn half-width in the horizontal (km); default: tuned per method "
+            "(docs/baselines.md)."
+        ),
+    ] = None,
+    vertical_km: Annotated[
+        float | None,
+        typer.Option(help="Gaspari-Cohn half-width in altitude (km); default: tuned per method."),
+    ] = None,
+    exclude_hours: Annotated[
+        float, typer.Option(help="Archive times this close to the window are not drawn.")
+    ] = 48.0,
+    window_hours: Annotated[
+        float, typer.Option(help="Observations within time +- window/2 are used.")
+    ] = 1.0,
+    seed: Annotated[int, typer.Option(help="Experiment seed (hashed with the time).")] = 0,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing store.")] = False,
+) -> None:
+    """Classical baselines on the same footing: climatology, localised OI, EnOI, EnKF.
+
+    Archive states are hour-matched unless --any-hour is given; the localisation
+    defaults to the half-widths tuned for the method (docs/baselines.md).
+    """
+    from genda.orchestration.baseline import baseline_window
+
+    result = baseline_window(
+        archive,
+        obs,
+        time_,
+        out,
+        method=method,
+        members=members,
+        climatology_size=climatology_size,
+        hour_matched=hour_matched,
+        seed=seed,
+        window_hours=window_hours,
+        horizontal_km=horizontal_km,
+        vertical_km=vertical_km,
+        exclude_hours=exclude_hours,
+        overwrite=overwrite,
+    )
+    console.print(render_baseline(result))
+
+
+__all__ = ["assimilate", "baseline"]
