@@ -249,6 +249,7 @@ def per_call(prior: Any, args: argparse.Namespace) -> tuple[list[dict[str, Any]]
                     "target": target,
                     "meets": meets,
                     "denoiser_calls": 1,
+                    "window_setup_s": "-",
                 }
             )
     details = {
