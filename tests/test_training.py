@@ -32,10 +32,10 @@ from genda.models.diffusion import edm_loss
 from genda.models.training import (
     EMA,
     TrainConfig,
-    _weighted_loss,
     learning_rate,
     validation_loss,
 )
+from genda.models.training_step import weighted_loss
 from genda.orchestration.train import train_prior
 from genda.storage import open_archive
 from genda.threads import cpu_threads
@@ -205,7 +205,7 @@ def test_training_loss_is_the_edm_loss() -> None:
     gen = torch.Generator().manual_seed(1)
     sigma = torch.exp(-1.2 + 1.2 * torch.randn(2, generator=gen))
     noise = torch.randn(x0.shape, generator=gen)
-    assert torch.allclose(_weighted_loss(model, model, x0, sigma, noise), expected)
+    assert torch.allclose(weighted_loss(model, model, x0, sigma, noise), expected)
 
 
 # ---------------------------------------------------------------------------- training

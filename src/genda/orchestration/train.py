@@ -186,6 +186,95 @@ def _coordinates_module(
     return fit_coordinates(coordinates or "grid", strategy, grid, normalization, batches, tides)
 
 
+def _check_output(out: Path, resume: str | os.PathLike[str] | None, overwrite: bool) -> None:
+    """Refuse an existing ``out`` unless resuming it in place or ``overwrite``."""
+    # Continuing a checkpoint in place replaces it by design; writing a resumed run
+    # to another existing directory replaces that one, which needs overwrite.
+    in_place = resume is not None and Path(resume).resolve() == out.resolve()
+    if not in_place and (out.exists() or out.is_symlink()) and not overwrite:
+        raise OutputExistsError(
+            f"{out} exists; pass overwrite=True (--overwrite) to replace it "
+            "or resume=... (--resume) to continue it"
+        )
+
+
+def _run_config(
+    config: TrainConfig | None,
+    overrides: Mapping[str, Any] | None,
+    stored: Mapping[str, Any],
+    resume: str | os.PathLike[str] | None,
+) -> TrainConfig:
+    """``config``, else the resumed checkpoint's, else the defaults; with ``overrides``."""
+    base = config
+    if base is None:
+        try:
+            base = TrainConfig.from_dict(stored["training"]) if stored else TrainConfig()
+        except (TypeError, ValueError) as error:
+            raise CheckpointError(f"{resume}: invalid training settings: {error}") from error
+    return base.replace(**dict(overrides or {}))
+
+
+@dataclass
+class _ModelSettings:
+    """The strategy (name and options) and U-Net options of the model to train."""
+
+    strategy: str
+    options: dict[str, Any]
+    architecture: dict[str, Any]
+
+
+def _model_settings(
+    stored: Mapping[str, Any],
+    resume: str | os.PathLike[str] | None,
+    strategy: str | None,
+    strategy_options: Mapping[str, Any] | None,
+    architecture: Mapping[str, Any] | None,
+) -> _ModelSettings:
+    """Explicit settings, else the resumed checkpoint's, else the defaults.
+
+    Raises:
+        CheckpointError: a strategy or architecture that conflicts with the resumed checkpoint.
+    """
+    if not stored:
+        return _ModelSettings(
+            strategy or "joint3d",
+            dict(strategy_options or {}),
+            {**DEFAULT_ARCHITECTURE, **_plain(dict(architecture or {}))},
+        )
+    name = stored["strategy"]["name"]
+    if strategy is not None and strategy != name:
+        raise CheckpointError(
+            f"{resume}: the checkpoint was trained with strategy {name!r}, not {strategy!r}"
+        )
+    options = {**stored["strategy"].get("options", {}), **dict(strategy_options or {})}
+    arch = {
+        k: v
+        for k, v in stored["architecture"]["config"].items()
+        if k not in ("in_channels", "out_channels", "cond_dim", "pole_sign")
+    }
+    changed = {k: v for k, v in _plain(dict(architecture or {})).items() if arch.get(k) != v}
+    if changed:
+        raise CheckpointError(
+            f"{resume}: cannot change the architecture of a resumed model: {changed} "
+            f"(the checkpoint has {{{', '.join(f'{k!r}: {arch.get(k)!r}' for k in changed)}}})"
+        )
+    return _ModelSettings(name, options, arch)
+
+
+def _split_settings(
+    stored: Mapping[str, Any], val_fraction: float | None, val_gap_hours: float | None
+) -> tuple[float, float]:
+    """The time split: explicit, else the resumed run's, else 0.1 and the default gap."""
+    split = stored.get("archive", {}).get("split", {}) if stored else {}
+    if val_fraction is None:
+        val_fraction = split.get("val_fraction", 0.1)
+    if val_gap_hours is None:
+        val_gap_hours = split.get("gap_hours", DEFAULT_GAP_HOURS)
+    val_fraction = 0.1 if val_fraction is None else val_fraction
+    val_gap_hours = DEFAULT_GAP_HOURS if val_gap_hours is None else val_gap_hours
+    return val_fraction, val_gap_hours
+
+
 def train_prior(
     data: str | os.PathLike[str] | xr.Dataset,
     out: str | os.PathLike[str],
@@ -247,56 +336,14 @@ def train_prior(
         ValueError, KeyError: invalid options (unknown strategy, split leaving no data...).
     """
     out = Path(out)
-    # Continuing a checkpoint in place replaces it by design; writing a resumed run
-    # to another existing directory replaces that one, which needs overwrite.
-    in_place = resume is not None and Path(resume).resolve() == out.resolve()
-    if not in_place and (out.exists() or out.is_symlink()) and not overwrite:
-        # before reading anything: a refused run should fail fast
-        raise OutputExistsError(
-            f"{out} exists; pass overwrite=True (--overwrite) to replace it "
-            "or resume=... (--resume) to continue it"
-        )
+    _check_output(out, resume, overwrite)  # before reading anything: a refused run fails fast
     stored: dict[str, Any] = {}
     if resume is not None:
         stored = read_checkpoint(resume).config
-    base = config if config is not None else None
-    if base is None:
-        try:
-            base = TrainConfig.from_dict(stored["training"]) if stored else TrainConfig()
-        except (TypeError, ValueError) as error:
-            raise CheckpointError(f"{resume}: invalid training settings: {error}") from error
-    run_config = base.replace(**dict(overrides or {}))
-
-    # strategy and architecture: explicit, else the resumed checkpoint's, else defaults
-    if stored:
-        name = stored["strategy"]["name"]
-        if strategy is not None and strategy != name:
-            raise CheckpointError(
-                f"{resume}: the checkpoint was trained with strategy {name!r}, not {strategy!r}"
-            )
-        options = {**stored["strategy"].get("options", {}), **dict(strategy_options or {})}
-        arch = {
-            k: v
-            for k, v in stored["architecture"]["config"].items()
-            if k not in ("in_channels", "out_channels", "cond_dim", "pole_sign")
-        }
-        changed = {k: v for k, v in _plain(dict(architecture or {})).items() if arch.get(k) != v}
-        if changed:
-            raise CheckpointError(
-                f"{resume}: cannot change the architecture of a resumed model: {changed} "
-                f"(the checkpoint has {{{', '.join(f'{k!r}: {arch.get(k)!r}' for k in changed)}}})"
-            )
-        split = stored.get("archive", {}).get("split", {})
-        val_fraction = split.get("val_fraction", 0.1) if val_fraction is None else val_fraction
-        val_gap_hours = (
-            split.get("gap_hours", DEFAULT_GAP_HOURS) if val_gap_hours is None else val_gap_hours
-        )
-    else:
-        name = strategy or "joint3d"
-        options = dict(strategy_options or {})
-        arch = {**DEFAULT_ARCHITECTURE, **_plain(dict(architecture or {}))}
-    val_fraction = 0.1 if val_fraction is None else val_fraction
-    val_gap_hours = DEFAULT_GAP_HOURS if val_gap_hours is None else val_gap_hours
+    run_config = _run_config(config, overrides, stored, resume)
+    model = _model_settings(stored, resume, strategy, strategy_options, architecture)
+    name, options, arch = model.strategy, model.options, model.architecture
+    val_fraction, val_gap_hours = _split_settings(stored, val_fraction, val_gap_hours)
     strategy_obj = get_strategy(name, **options)
 
     ds = open_archive(data)
