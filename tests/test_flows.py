@@ -346,3 +346,36 @@ def test_genda_serve_owns_a_server_whose_schedule_runs_a_window(
     # The server `genda serve` started is gone with it.
     with pytest.raises(OSError):
         urllib.request.urlopen(f"{url}/health", timeout=2)
+
+
+def test_stopping_a_process_group_waits_for_children_that_outlive_the_leader(
+    monkeypatch,
+) -> None:
+    """The leader exits on SIGTERM, its child ignores it: the child is killed before returning."""
+    import signal
+    import subprocess
+    import sys
+
+    from genda.orchestration import serve
+
+    monkeypatch.setattr(serve, "GROUP_EXIT_SECONDS", 0.5)
+    child = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)"
+    leader = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import subprocess, sys, time; "
+            f"subprocess.Popen([sys.executable, '-c', {child!r}]); time.sleep(60)",
+        ],
+        start_new_session=True,
+    )
+    try:
+        import time as clock
+
+        clock.sleep(1.0)  # the child is running
+        assert serve._group_alive(leader.pid)
+        serve.stop_process_group(leader, signal.SIGTERM, timeout=5)
+        assert not serve._group_alive(leader.pid)
+    finally:
+        if serve._group_alive(leader.pid):
+            os.killpg(leader.pid, signal.SIGKILL)

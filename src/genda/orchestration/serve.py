@@ -24,7 +24,7 @@ import sys
 import time as clock
 import urllib.request
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 
 from genda.errors import InvalidValueError, RunFailedError
@@ -43,7 +43,12 @@ def free_port() -> int:
 def stop_process_group(
     process: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 60
 ) -> None:
-    """Stop a process started with ``start_new_session=True`` and its children; KILL if it lingers."""
+    """Stop a process started with ``start_new_session=True`` and its children; KILL if it lingers.
+
+    Returns when the whole process group is gone, not only its leader: a
+    server's workers can outlive the process that started them by a moment,
+    and a stopped server must not answer any more.
+    """
     if process.poll() is None:
         os.killpg(process.pid, sig)
         try:
@@ -51,6 +56,45 @@ def stop_process_group(
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
+    # At most two waits: exited children that nobody reaps (zombies) stay in the
+    # group whatever is sent to them, and must not hold the caller forever.
+    for last in (False, True):
+        deadline = clock.monotonic() + min(timeout, GROUP_EXIT_SECONDS)
+        while _group_alive(process.pid) and clock.monotonic() < deadline:
+            clock.sleep(0.1)
+        if last or not _group_alive(process.pid):
+            return
+        with suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+
+
+GROUP_EXIT_SECONDS = 10.0
+"""How long the rest of a stopped process group may take to follow its leader."""
+
+
+def _group_alive(group: int) -> bool:
+    """Some process of the process group ``group`` still runs (exited, unreaped ones do not count).
+
+    On Linux from ``/proc`` (field 3 of ``/proc/<pid>/stat`` is the state,
+    field 5 the group), where a zombie, which no signal removes, is told
+    apart; elsewhere ``killpg(group, 0)``.
+    """
+    proc = Path("/proc")
+    if not proc.is_dir():
+        try:
+            os.killpg(group, 0)
+        except (ProcessLookupError, PermissionError):
+            return False
+        return True
+    for stat in proc.glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:  # the process ended while we looked
+            continue
+        fields = text[text.rfind(")") + 2 :].split()  # after the command, which may hold spaces
+        if len(fields) > 2 and int(fields[2]) == group and fields[0] not in ("Z", "X"):
+            return True
+    return False
 
 
 def _healthy(url: str) -> bool:
