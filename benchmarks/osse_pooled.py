@@ -81,12 +81,17 @@ def pooled_figure(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    methods = [m for m, p in pooled.items() if p.get("member_power")]
+    # ensembles only: a one-member analysis is a mean, smooth by construction
+    methods = [
+        m
+        for m, p in pooled.items()
+        if p.get("member_power") and p["member_power"]["members"] > p["member_power"]["windows"]
+    ]
     variables = list(pooled[methods[0]]["member_power"]["power_ratio"]) if methods else []
     fig, axes = plt.subplots(
         2, max(1, len(variables)), figsize=(4.2 * max(1, len(variables)), 7.0), squeeze=False
     )
-    colours = plt.get_cmap("tab10")
+    colours = plt.get_cmap("tab20")
     for column, name in enumerate(variables):
         ax = axes[0, column]
         ax.axhspan(0.8, 1.2, color="0.9", label="+-20 %")
@@ -109,8 +114,8 @@ def pooled_figure(
         ax.set_xlabel("total wavenumber l")
         ax.set_title(f"{name}: member power / model data (all levels)", fontsize=9)
         ax = axes[1, column]
-        for i, (method, entry) in enumerate(pooled.items()):
-            histogram = entry.get("rank_histograms", {}).get(name)
+        for i, method in enumerate(methods):
+            histogram = pooled[method].get("rank_histograms", {}).get(name)
             if histogram is None or len(histogram) < 3:
                 continue
             bins = np.arange(len(histogram))
