@@ -113,23 +113,8 @@ def _run_method(
     eligible: int,
 ) -> dict[str, Any]:
     """Make ``method``'s ensemble of the window at ``when`` in ``store``; return its summary."""
-    if method in HOUR_MATCHED:
-        horizontal, vertical = localisation.get(method, (1500.0, 15.0))
-        return baseline_window(
-            args.archive,
-            obs,
-            when,
-            store,
-            method=method.removesuffix("-hour"),
-            members=args.members,
-            hour_matched=True,
-            seed=args.seed,
-            horizontal_km=horizontal,
-            vertical_km=vertical,
-            exclude_hours=EXCLUDE_HOURS,
-            overwrite=True,
-        )
-    if method in ("climatology", "oi", "enkf", "enoi"):
+    if method in HOUR_MATCHED or method in ("climatology", "oi", "enkf", "enoi"):
+        hour_matched = method in HOUR_MATCHED
         horizontal, vertical = localisation.get(method, (1500.0, 15.0))
         return baseline_window(
             args.archive,
@@ -137,9 +122,12 @@ def _run_method(
             when,
             store,
             # EnOI is the OI analysis with every eligible archive state behind B
-            method="oi" if method == "enoi" else method,
+            method="oi" if method == "enoi" else method.removesuffix("-hour"),
             members=args.members,
-            climatology_size=eligible if method == "enoi" else CLIMATOLOGY_SIZE,
+            climatology_size=None
+            if hour_matched
+            else (eligible if method == "enoi" else CLIMATOLOGY_SIZE),
+            hour_matched=hour_matched,
             seed=args.seed,
             horizontal_km=horizontal,
             vertical_km=vertical,
