@@ -314,29 +314,41 @@ def test_genda_serve_owns_a_server_whose_schedule_runs_a_window(
     env["PREFECT_HOME"] = str(tmp_path / "prefect")
     log = tmp_path / "server.log"
     genda = Path(sys.executable).with_name("genda")
-    served = subprocess.Popen(
-        [str(genda), "serve", "--config", str(config), "--interval", "5", "--server-log", str(log)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=env,
-        start_new_session=True,
-    )
+    # Its output goes to a file, not a pipe: a pipe nobody drains fills up with the
+    # runs' logs and blocks the process, which then cannot stop when asked.
+    output = tmp_path / "serve.out"
+    with output.open("w") as sink:
+        served = subprocess.Popen(
+            [
+                *(str(genda), "serve", "--config", str(config), "--interval", "5"),
+                *("--server-log", str(log)),
+            ],
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
     store = tmp_path / "served.zarr"
     first = cycle_files["times"][0]
     url = None
     try:
-        line = served.stdout.readline()
-        assert line.startswith("serving deployment"), line
-        url = line.split(" on ")[-1].strip()
-        assert url.startswith("http://127.0.0.1:")
         deadline = clock.monotonic() + 240
+        while url is None:
+            lines = output.read_text().splitlines()
+            serving = [line for line in lines if line.startswith("serving deployment")]
+            if serving:
+                url = serving[0].split(" on ")[-1].strip()
+                break
+            assert served.poll() is None, output.read_text()
+            assert clock.monotonic() < deadline, output.read_text()
+            clock.sleep(0.5)
+        assert url.startswith("http://127.0.0.1:")
         while clock.monotonic() < deadline:
             if store.exists():
                 opened = EnsembleStore.open(store)
                 if first in opened.windows() and opened.is_finalized(first):
                     break
-            assert served.poll() is None, served.stdout.read()
+            assert served.poll() is None, output.read_text()
             clock.sleep(1)
         else:
             raise AssertionError(f"no scheduled run finished a window; server log: {log}")
@@ -344,7 +356,9 @@ def test_genda_serve_owns_a_server_whose_schedule_runs_a_window(
         # A loaded machine may take a while to cancel the runner and stop the
         # server: generous, since a KILL would orphan the server it must stop.
         stop_process_group(served, signal.SIGINT, timeout=240)
-    assert served.returncode != -signal.SIGKILL, "genda serve had to be killed"
+    assert served.returncode != -signal.SIGKILL, (
+        f"genda serve had to be killed:\n{output.read_text()[-4000:]}"
+    )
     assert EnsembleStore.open(store).validate().ok
     # The server `genda serve` started is gone with it.
     with pytest.raises(OSError):

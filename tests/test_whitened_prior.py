@@ -203,18 +203,25 @@ def test_the_prior_covariance_step_is_the_gaussian_posterior_mean(
     torch.testing.assert_close(result.reshape(2, -1), expected, atol=1e-8, rtol=1e-8)
 
 
-@pytest.mark.parametrize("dense", [True, False])
+@pytest.mark.parametrize(("dense", "exact"), [(True, True), (False, True), (True, False)])
 def test_the_observation_space_solves_and_applies_a_exactly(
-    tidal_whitening, dense, monkeypatch
+    tidal_whitening, dense, exact, monkeypatch
 ) -> None:
-    """``A``, ``A^T`` and ``(Sigma_y + c A A^T)^-1`` against the dense Jacobian, per member ``c``."""
+    """``A``, ``A^T`` and ``(Sigma_y + c A A^T)^-1`` against the dense Jacobian, per member ``c``.
+
+    Beyond the exact-solve limit, conjugate gradients: exact here too, since 5
+    observations need at most 5 of its 24 iterations.
+    """
     if not dense:
         monkeypatch.setattr(gaussian_tweedie, "DENSE_ROWS_LIMIT", 0)
+    if not exact:
+        monkeypatch.setattr(gaussian_tweedie, "EXACT_SOLVE_LIMIT", 0)
     obs = _observations()
     operator, jacobian = _dense_problem(tidal_whitening, obs, 9.5)
     sigma_y = torch.tensor(obs["sigma"].to_numpy(), dtype=torch.float64)
     space = gaussian_tweedie.ObservationSpace(operator, sigma_y)
     assert (space.rows is not None) == dense
+    assert (space.eigenvalues is not None) == exact
     g = torch.Generator().manual_seed(4)
     z = torch.randn(3, *operator.state_shape, generator=g, dtype=torch.float64)
     torch.testing.assert_close(space.apply(z), operator(z))

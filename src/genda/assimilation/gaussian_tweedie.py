@@ -29,7 +29,8 @@ which needs one network call per step and no Jacobian. Once per window:
 * ``A A^T`` (``M x M``), the prior covariance of the observations, and
   ``Sigma_y^-1/2 A A^T Sigma_y^-1/2 = Q diag(lam) Q^T`` diagonalised, so that
   each noise level is solved exactly by ``(I + c S)^-1 = Q diag(1 / (1 + c
-  lam)) Q^T``.
+  lam)) Q^T`` (up to :data:`EXACT_SOLVE_LIMIT` observations; beyond, a fixed
+  number of conjugate-gradient steps on ``A (A^T v)``).
 
 For the Gaussian prior itself (an untrained network) this is MMPS exactly,
 and the Kalman test holds with no solver tolerance. With a trained network
@@ -43,6 +44,7 @@ Shapes: states ``z`` ``(B, *state)``, observations ``(M,)``.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -53,15 +55,25 @@ from genda.errors import InvalidValueError
 from genda.models.sampling import Denoiser
 
 __all__ = [
+    "CG_ITERATIONS",
     "DENSE_ROWS_LIMIT",
+    "EXACT_SOLVE_LIMIT",
     "GaussianTweedieGuidance",
     "ObservationSpace",
+    "conjugate_gradients",
     "observation_covariance",
 ]
 
 DENSE_ROWS_LIMIT = 2**27
 """Most entries of ``A`` (``M x N``) kept as a matrix (512 MiB in float32); beyond,
 each step applies ``A`` and ``A^T`` through the operator."""
+
+EXACT_SOLVE_LIMIT = 6000
+"""Most observations whose ``A A^T`` is built and diagonalised (``O(M^3)``, 288 MB at
+the limit); beyond, each solve runs :data:`CG_ITERATIONS` conjugate-gradient steps."""
+
+CG_ITERATIONS = 24
+"""Conjugate-gradient iterations of a solve beyond :data:`EXACT_SOLVE_LIMIT`."""
 
 
 def _adjoint_rows(operator: StateOperator, start: int, count: int) -> Tensor:
@@ -106,29 +118,45 @@ def observation_covariance(
 
 
 class ObservationSpace:
-    """``Sigma_y + c A A^T`` for any ``c >= 0`` (per member), solved exactly.
+    """``Sigma_y + c A A^T`` for any ``c >= 0`` (per member), solved once per window.
 
-    Built once per window from the linear part of ``operator`` (``A = H U`` on
-    whitened states) and the observation errors ``sigma_y`` ``(M,)``:
-    ``S = Sigma_y^-1/2 A A^T Sigma_y^-1/2 = Q diag(lam) Q^T``. ``A`` itself is
+    Built from the linear part of ``operator`` (``A = H U`` on whitened
+    states) and the observation errors ``sigma_y`` ``(M,)``. Up to
+    :data:`EXACT_SOLVE_LIMIT` observations, ``S = Sigma_y^-1/2 A A^T
+    Sigma_y^-1/2 = Q diag(lam) Q^T`` is diagonalised and every solve is exact;
+    beyond, solves run conjugate gradients on ``A (A^T v)``. ``A`` itself is
     kept ``(M, N)`` when it fits :data:`DENSE_ROWS_LIMIT`.
     """
 
     def __init__(self, operator: StateOperator, sigma_y: Tensor) -> None:
         self.operator = operator
         self.sigma_y = sigma_y
-        size = operator.fields.n_obs * math.prod(operator.state_shape)
-        covariance, self.rows = observation_covariance(operator, keep_rows=size <= DENSE_ROWS_LIMIT)
+        m = operator.fields.n_obs
+        self.rows: Tensor | None = None
         self.offset: Tensor | None = None
+        self.eigenvalues: Tensor | None = None
+        self.eigenvectors: Tensor | None = None
+        keep_rows = m * math.prod(operator.state_shape) <= DENSE_ROWS_LIMIT
+        if m <= EXACT_SOLVE_LIMIT:
+            covariance, self.rows = observation_covariance(operator, keep_rows=keep_rows)
+            scale = sigma_y.double()
+            values, vectors = torch.linalg.eigh(covariance / scale[:, None] / scale[None, :])
+            self.eigenvalues = values.clamp(min=0.0).to(sigma_y.dtype)
+            self.eigenvectors = vectors.to(sigma_y.dtype)
+        elif keep_rows:
+            self.rows = torch.cat(
+                [
+                    _adjoint_rows(operator, start, min(256, m - start)).reshape(
+                        min(256, m - start), -1
+                    )
+                    for start in range(0, m, 256)
+                ]
+            )
         if self.rows is not None:
             zero = torch.zeros(
                 (1, *operator.state_shape), dtype=self.rows.dtype, device=self.rows.device
             )
             self.offset = operator(zero)[0].detach()  # A(0) = H mu
-        scale = sigma_y.double()
-        eigenvalues, eigenvectors = torch.linalg.eigh(covariance / scale[:, None] / scale[None, :])
-        self.eigenvalues = eigenvalues.clamp(min=0.0).to(sigma_y.dtype)
-        self.eigenvectors = eigenvectors.to(sigma_y.dtype)
 
     def apply(self, z: Tensor) -> Tensor:
         """``A(z)`` ``(B, M)`` of states ``(B, *state)``."""
@@ -151,13 +179,52 @@ class ObservationSpace:
             (out,) = pullback(weights)
         return out.detach()
 
+    def linear(self, z: Tensor) -> Tensor:
+        """``A z`` without the offset: ``(B, *state) -> (B, M)``."""
+        if self.rows is not None:
+            return z.reshape(z.shape[0], -1) @ self.rows.T.to(z.dtype)
+        return self.operator.linear(z)
+
     def solve(self, innovation: Tensor, c: Tensor) -> Tensor:
         """``(Sigma_y + c A A^T)^-1 d`` row by row: ``d`` ``(B, M)``, ``c`` ``(B,)``."""
         dtype = innovation.dtype
-        q = self.eigenvectors.to(dtype)
-        gain = 1.0 / (1.0 + c.to(dtype)[:, None] * self.eigenvalues.to(dtype))
         sigma_y = self.sigma_y.to(dtype)
+        c = c.to(dtype)
+        if self.eigenvalues is None or self.eigenvectors is None:
+            variance = sigma_y**2
+
+            def system(v: Tensor) -> Tensor:
+                return variance * v + c[:, None] * self.linear(self.adjoint(v))
+
+            return conjugate_gradients(system, innovation, variance, CG_ITERATIONS)
+        q = self.eigenvectors.to(dtype)
+        gain = 1.0 / (1.0 + c[:, None] * self.eigenvalues.to(dtype))
         return (((innovation / sigma_y) @ q) * gain) @ q.T / sigma_y
+
+
+def conjugate_gradients(
+    matvec: Callable[[Tensor], Tensor], b: Tensor, diagonal: Tensor, iterations: int
+) -> Tensor:
+    """Solve ``C u = b`` row by row for symmetric positive definite ``C``, ``(B, M)``.
+
+    Jacobi-preconditioned with ``diagonal`` (``(M,)``, e.g. ``Sigma_y``'s), a
+    fixed number of iterations so that every member does the same work.
+    """
+    u = torch.zeros_like(b)
+    r = b.clone()
+    z = r / diagonal
+    p = z.clone()
+    rz = (r * z).sum(-1, keepdim=True)
+    for _ in range(iterations):
+        cp = matvec(p)
+        alpha = rz / (p * cp).sum(-1, keepdim=True).clamp(min=1e-30)
+        u = u + alpha * p
+        r = r - alpha * cp
+        z = r / diagonal
+        rz_next = (r * z).sum(-1, keepdim=True)
+        p = z + (rz_next / rz.clamp(min=1e-30)) * p
+        rz = rz_next
+    return u
 
 
 class GaussianTweedieGuidance(nn.Module):
