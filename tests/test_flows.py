@@ -310,8 +310,11 @@ def test_genda_serve_owns_a_server_whose_schedule_runs_a_window(
             "withheld-{time", f"{root}/withheld-{{time"
         )
     )
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_API", "RAY_ADDRESS"))}
+    # A user's shell: no Prefect or Ray settings left behind by the tests that ran
+    # in this process before (the harness, the flows), only those named here.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "RAY_ADDRESS"))}
     env["PREFECT_HOME"] = str(tmp_path / "prefect")
+    env["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
     log = tmp_path / "server.log"
     genda = Path(sys.executable).with_name("genda")
     # Its output goes to a file, not a pipe: a pipe nobody drains fills up with the
@@ -357,7 +360,7 @@ def test_genda_serve_owns_a_server_whose_schedule_runs_a_window(
         # server: generous, since a KILL would orphan the server it must stop.
         stop_process_group(served, signal.SIGINT, timeout=240)
     assert served.returncode != -signal.SIGKILL, (
-        f"genda serve had to be killed:\n{output.read_text()[-4000:]}"
+        f"genda serve had to be killed (environment: {sorted(env)}):\n{output.read_text()[-4000:]}"
     )
     assert EnsembleStore.open(store).validate().ok
     # The server `genda serve` started is gone with it.
