@@ -330,6 +330,9 @@ def test_genda_serve_owns_a_server_whose_schedule_runs_a_window(
             stderr=subprocess.STDOUT,
             env=env,
             start_new_session=True,
+            # A shell without job control starts background commands with SIGINT
+            # ignored, and a child inherits that: restore Ctrl-C for the server.
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
     store = tmp_path / "served.zarr"
     first = cycle_files["times"][0]
