@@ -443,7 +443,7 @@ def main() -> None:
         },
         "targets": {"call_vs_old": CALL_TARGET, "mmps_vs_unconditional": MMPS_TARGET},
         "prior": {
-            "path": str(prior.path),
+            "checkpoint": prior.path.name,  # the name, not where it lies
             "weights_sha256": prior.weights_sha256,
             "coordinates": prior.config.get("coordinates"),
             "state_shape": list(prior.state_shape),

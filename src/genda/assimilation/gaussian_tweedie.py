@@ -62,6 +62,7 @@ __all__ = [
     "ObservationSpace",
     "conjugate_gradients",
     "observation_covariance",
+    "operator_rows",
 ]
 
 DENSE_ROWS_LIMIT = 2**27
@@ -89,6 +90,17 @@ def _adjoint_rows(operator: StateOperator, start: int, count: int) -> Tensor:
     return rows.detach()
 
 
+def operator_rows(operator: StateOperator, block: int = 256) -> Tensor:
+    """``A`` ``(M, N)``: the rows of the linear part of ``operator``, ``block`` at a time."""
+    m = operator.fields.n_obs
+    return torch.cat(
+        [
+            _adjoint_rows(operator, start, min(block, m - start)).reshape(min(block, m - start), -1)
+            for start in range(0, m, block)
+        ]
+    )
+
+
 def observation_covariance(
     operator: StateOperator, block: int = 256, keep_rows: bool = False
 ) -> tuple[Tensor, Tensor | None]:
@@ -98,14 +110,7 @@ def observation_covariance(
     """
     m = operator.fields.n_obs
     if keep_rows:
-        rows = torch.cat(
-            [
-                _adjoint_rows(operator, start, min(block, m - start)).reshape(
-                    min(block, m - start), -1
-                )
-                for start in range(0, m, block)
-            ]
-        )
+        rows = operator_rows(operator, block)
         covariance = (rows @ rows.T).double()
         return 0.5 * (covariance + covariance.T), rows
     out = torch.empty((m, m), dtype=torch.float64, device=operator.fields.weight.device)
@@ -144,14 +149,7 @@ class ObservationSpace:
             self.eigenvalues = values.clamp(min=0.0).to(sigma_y.dtype)
             self.eigenvectors = vectors.to(sigma_y.dtype)
         elif keep_rows:
-            self.rows = torch.cat(
-                [
-                    _adjoint_rows(operator, start, min(256, m - start)).reshape(
-                        min(256, m - start), -1
-                    )
-                    for start in range(0, m, 256)
-                ]
-            )
+            self.rows = operator_rows(operator)
         if self.rows is not None:
             zero = torch.zeros(
                 (1, *operator.state_shape), dtype=self.rows.dtype, device=self.rows.device

@@ -549,14 +549,13 @@ class SpectralWhitening(nn.Module):
         return mu + torch.einsum("br,rtmgp->btmgp", r[:, 1:].to(tidal.dtype), tidal)
 
     # ------------------------------------------------------------------ applying
-    def _statistics(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """``mu`` ``(T, M, G, P)``, ``Q`` ``(T, M, G, P, P)`` complex, ``lam^(1/2)``, ``lam^(-1/2)``."""
-        mu = torch.view_as_complex(self.mean)
+    def _statistics(self) -> tuple[Tensor, Tensor, Tensor]:
+        """``Q`` ``(T, M, G, P, P)`` complex, ``lam^(1/2)``, ``lam^(-1/2)`` (the mean: :meth:`mean_at`)."""
         vectors = torch.view_as_complex(self.eigenvectors)
         lam = self.eigenvalues
         root = lam.clamp(min=0.0).sqrt()
         inverse_root = torch.where(lam > 0, 1.0 / torch.where(lam > 0, root, 1.0), 0.0)
-        return mu, vectors, root, inverse_root
+        return vectors, root, inverse_root
 
     def encode(self, x: Tensor, hours: Any = None) -> Tensor:
         """Normalised fields ``(B, V, L, H, W)`` -> control variables ``z`` ``(B, V, L, K)``.
@@ -569,7 +568,7 @@ class SpectralWhitening(nn.Module):
         a = self._analyse(
             x.to(dtype), transforms.sht, transforms.vsht, self.wind_std, self.wind_mean
         )
-        _, vectors, _, inverse_root = self._statistics()
+        vectors, _, inverse_root = self._statistics()
         mu = self.mean_at(hours, x.shape[0])
         projected = torch.einsum("tmgpq,btmgp->btmgq", vectors.conj(), self._to_groups(a) - mu)
         w = self._from_groups(projected * inverse_root)
@@ -583,7 +582,7 @@ class SpectralWhitening(nn.Module):
         self._check(z, "control variables", self.state_shape)
         dtype = self.mean.dtype
         w = self._to_groups(self._unpack(z.to(dtype)))
-        _, vectors, root, _ = self._statistics()
+        vectors, root, _ = self._statistics()
         mu = self.mean_at(hours, z.shape[0])
         a = mu + torch.einsum("tmgpq,btmgq->btmgp", vectors, w * root)
         return self._synthesise(self._from_groups(a)).to(z.dtype)
