@@ -36,7 +36,9 @@ summed over the variables in units of their climatological standard
 deviation, is used on the scored windows. The same is done for an EnOI and an
 EnKF whose ensemble is the archive states within an hour of the window's time
 of day (``enoi-hour``, ``enkf-hour``): the tides, which dominate the region,
-then share the truth's phase. Writes
+then share the truth's phase. The members' power per degree, pooled over
+the windows, is compared with that of a long model run (``--reference``,
+:mod:`osse_pooled`). Writes
 ``benchmarks/results/osse-windows-<machine>.json`` (after every window, so
 that an interrupted run keeps what it measured) and the tuning curves
 ``--figures/osse_tuning.png``.
@@ -78,7 +80,13 @@ from genda.orchestration.baseline import (
 from genda.orchestration.simulate import simulate_archive
 from genda.simulator import SimulatorConfig
 from genda.storage.readers import open_archive
-from osse_pooled import pooled_figure, pooled_member_power, pooled_rank_histograms
+from osse_pooled import (
+    pooled_figure,
+    pooled_member_power,
+    pooled_rank_histograms,
+    reference_power,
+    window_member_power,
+)
 
 CLIMATOLOGY_SIZE = 200
 """``K`` of the OI and the EnKF (``baseline_window``'s default)."""
@@ -519,6 +527,11 @@ def multi_window(args: argparse.Namespace) -> None:
     rows: list[dict[str, Any]] = []
     scored: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}  # metrics per window
     pooled: dict[str, dict[str, Any]] = {}
+    # The model data of the member-power test: a long run, not each window's 96 fields
+    reference_run = args.reference or max(truths, key=lambda t: open_archive(t).sizes["time"])
+    reference = reference_power(open_archive(reference_run), grid)
+    power_sums: dict[str, dict[str, np.ndarray]] = {}
+    power_members: dict[str, int] = dict.fromkeys(methods, 0)
     with Progress() as progress:
         task = progress.add_task("scored windows", total=len(windows))
         for index, (truth, when) in enumerate(windows):
@@ -547,6 +560,13 @@ def multi_window(args: argparse.Namespace) -> None:
                     overwrite=True,
                 )
                 scored[method].append(metrics)
+                sums, count = window_member_power(store, grid)
+                if method in power_sums:
+                    for name, value in sums.items():
+                        power_sums[method][name] += value
+                else:
+                    power_sums[method] = sums
+                power_members[method] += count
                 row = _score(method, summary, seconds, metrics)
                 row.update(
                     window=index, truth=truth.name, time=when, observations=drawn["observations"]
@@ -556,14 +576,23 @@ def multi_window(args: argparse.Namespace) -> None:
             # Written after every window: an interrupted run keeps what it measured.
             pooled = {
                 m: {
-                    "member_power": pooled_member_power(found),
+                    "member_power": pooled_member_power(
+                        power_sums[m], power_members[m], len(found), reference
+                    ),
                     "rank_histograms": pooled_rank_histograms(found),
                 }
                 for m, found in scored.items()
                 if found
             }
             path = _write_windows(
-                args, truths, windows[: index + 1], rows, tuning, localisation, pooled
+                args,
+                truths,
+                windows[: index + 1],
+                rows,
+                tuning,
+                localisation,
+                pooled,
+                reference_run,
             )
     _print_summary(_summary(rows, methods), len(windows))
     _print_pooled(pooled)
@@ -585,6 +614,7 @@ def _write_windows(
     tuning: dict[str, Any],
     localisation: dict[str, tuple[float, float]],
     pooled: dict[str, dict[str, Any]],
+    reference_run: Path,
 ) -> Path:
     """``benchmarks/results/osse-windows-<machine>.json`` of the windows scored so far."""
     return write_result(
@@ -601,6 +631,7 @@ def _write_windows(
             },
             # file names only: the result says what was run, not where
             "truths": [t.name for t in truths],
+            "member_power_reference": reference_run.name,
             "archive": args.archive.name,
             "members": args.members,
             "steps": args.steps,
@@ -623,7 +654,10 @@ def _print_pooled(pooled: dict[str, dict[str, Any]]) -> None:
             row[f"{name} worst / median"] = f"{worst:.2f} / {median:.2f}"
         shown.append(row)
     if shown:
-        print_table("member power / model data, |ratio - 1| at l >= 6, pooled over windows", shown)
+        print_table(
+            "member power / the reference run's, |ratio - 1| at l >= 6, pooled over windows",
+            shown,
+        )
 
 
 def _print_summary(table: list[dict[str, Any]], windows: int) -> None:
@@ -651,6 +685,12 @@ def main() -> None:
     parser.add_argument("--archive", type=Path, help="training archive (default: made in --work)")
     parser.add_argument("--time", default="2000-02-10T12:00")
     parser.add_argument("--windows", type=int, default=0, help="windows per truth (0: --time only)")
+    parser.add_argument(
+        "--reference",
+        type=Path,
+        help="model run whose mean power the pooled members are compared with "
+        "(default: the longest of --truths)",
+    )
     parser.add_argument("--tune-windows", type=int, default=4)
     parser.add_argument("--horizontal-km", default="500,1500,3000,6000,12000,100000")
     parser.add_argument("--vertical-km", default="5,15,30,60,1000")

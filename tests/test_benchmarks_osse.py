@@ -112,37 +112,61 @@ def test_tuning_scores_are_those_of_the_library_analyses(osse: ModuleType) -> No
             assert scores[name][i] == pytest.approx(score, rel=1e-6), name
 
 
-def test_pooled_member_power_averages_windows_and_takes_the_worst_small_scale(
+def test_pooled_member_power_is_a_ratio_of_means_over_complete_members(
     osse: ModuleType, tmp_path: Path
 ) -> None:
-    """Two windows whose ratios err in opposite directions pool to 1; l < 6 never counts."""
-    from osse_pooled import pooled_figure, pooled_member_power, pooled_rank_histograms
+    """Two windows pool to the members' mean power over the run's; incomplete members and
+    ``l < 6`` never count; rank histograms average over windows."""
+    from genda.evaluation.posterior_fidelity import scalar_power
+    from osse_pooled import (
+        pooled_figure,
+        pooled_member_power,
+        pooled_rank_histograms,
+        reference_power,
+        window_member_power,
+    )
 
-    degree = np.arange(10)
-    high = np.ones((2, 10))
-    high[:, 6:] = 1.3
-    high[0, 2] = 9.0  # a large scale: the observations' business, not checked
-    low = np.ones((2, 10))
-    low[:, 6:] = 0.7
-    low[1, 8] = 0.5
+    grid = Grid.gaussian(16, 32, 2)
+    rng = np.random.default_rng(0)
+    run = grid.to_dataset(
+        rng.standard_normal((30, *grid.shape)).astype(np.float32),
+        time=T0 + np.arange(30) * np.timedelta64(1, "h"),
+    )
+    reference = reference_power(run, grid)
+    order = ("time", "altitude", "latitude", "longitude")
+    np.testing.assert_allclose(
+        reference["T"], scalar_power(run["T"].transpose(*order).values, grid), rtol=1e-12
+    )
 
-    def metrics(ratio: np.ndarray, histogram: list[float]) -> dict:
-        return {
-            "posterior_fidelity": {
-                "degree": degree.tolist(),
-                "power_ratio": {"T": ratio.tolist()},
-                "members": 16,
-            },
-            "ensemble": {"variables": {"T": {"total": {"rank_histogram": histogram}}}},
-        }
+    def store(path: Path, scale: float, complete: list[bool]) -> Path:
+        members = scale * rng.standard_normal((len(complete), *grid.shape)).astype(np.float32)
+        members[~np.asarray(complete)] = 1e6  # a member never written completely
+        ds = grid.to_dataset(members, time=T0 + np.arange(len(complete)) * np.timedelta64(1, "h"))
+        ds = ds.rename(time="member").assign_coords(member=np.arange(len(complete)))
+        ds = ds.expand_dims(time=[T0])
+        ds["complete"] = (("time", "member"), np.asarray([complete]))
+        ds.to_zarr(path, mode="w", consolidated=False)
+        return path
 
-    found = [metrics(high, [0.5, 0.25, 0.25]), metrics(low, [0.25, 0.25, 0.5])]
-    pooled = pooled_member_power(found)
-    assert pooled["members"] == 32 and pooled["windows"] == 2
-    # mean ratio at (level 1, l = 8) is (1.3 + 0.5) / 2 = 0.9: the worst |ratio - 1| is 0.1
-    assert pooled["worst_power_error"]["T"] == pytest.approx(0.1)
-    assert pooled_member_power([{"ensemble": {}}]) is None
-    histograms = pooled_rank_histograms(found)
+    first, n1 = window_member_power(store(tmp_path / "a.zarr", 1.0, [True, True, False]), grid)
+    second, n2 = window_member_power(store(tmp_path / "b.zarr", 2.0, [True, True, True]), grid)
+    assert (n1, n2) == (2, 3)
+    assert np.all(first["T"] < 1e3)  # the incomplete member's 1e6 stayed out
+    sums = {name: first[name] + second[name] for name in first}
+    pooled = pooled_member_power(sums, n1 + n2, 2, reference)
+    assert pooled["members"] == 5 and pooled["windows"] == 2
+    ratio = np.asarray(pooled["power_ratio"]["T"])
+    expected = (first["T"] + second["T"])[:, 1:] / 5 / reference["T"][:, 1:]
+    np.testing.assert_allclose(ratio, expected, rtol=1e-12)
+    # variance 1 (two members) and 4 (three) against 1: the mean ratio is near 14 / 5
+    assert pooled["mean_power_ratio"]["T"] == pytest.approx(14 / 5, rel=0.15)
+    keep = np.asarray(pooled["degree"]) >= 6
+    assert pooled["worst_power_error"]["T"] == pytest.approx(np.abs(ratio[:, keep] - 1).max())
+
+    def metrics(histogram: list[float]) -> dict:
+        return {"ensemble": {"variables": {"T": {"total": {"rank_histogram": histogram}}}}}
+
+    histograms = pooled_rank_histograms([metrics([0.5, 0.25, 0.25]), metrics([0.25, 0.25, 0.5])])
     np.testing.assert_allclose(histograms["T"], [0.375, 0.25, 0.375])
     figure = pooled_figure(
         {"mmps": {"member_power": pooled, "rank_histograms": histograms}},
