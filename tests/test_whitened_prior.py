@@ -331,9 +331,9 @@ def test_train_and_assimilate_in_whitened_coordinates(
     assert np.isfinite(ds["T"].values).all() and ds["T"].dims[1] == "member"
 
 
-def test_layer2d_coordinates_keep_levels_apart(whitened_priors) -> None:
+def test_layer2d_coordinates_are_the_cascade_and_joint3d_the_columns(whitened_priors) -> None:
     prior = load_checkpoint(whitened_priors["layer2d"])
-    assert prior.denoiser.coordinates.config()["coupling"] == "levels"
+    assert prior.denoiser.coordinates.config()["coupling"] == "cascade"
     assert load_checkpoint(whitened_priors["joint3d"]).denoiser.coordinates.config()[
         "coupling"
     ] == ("columns")

@@ -146,7 +146,7 @@ def data(prior) -> tuple[torch.Tensor, torch.Tensor]:
     return draw(N_FIT, *prior, seed=1), draw(N_TEST, *prior, seed=2)
 
 
-@pytest.fixture(scope="module", params=["columns", "levels"])
+@pytest.fixture(scope="module", params=["columns", "levels", "cascade"])
 def fitted(request, data) -> SpectralWhitening:
     whitening = SpectralWhitening(GRID, NORM, coupling=request.param).double()
     return whitening.fit(torch.split(data[0], 500))
@@ -155,7 +155,7 @@ def fitted(request, data) -> SpectralWhitening:
 def level_block(coupling: str) -> torch.Tensor:
     """``(V L K, V L K)`` mask of the pairs of z entries that the coupling makes independent."""
     level = torch.arange(L)[None, :, None].expand(V, L, K).reshape(-1)
-    if coupling == "columns":
+    if coupling in ("columns", "cascade"):
         return torch.ones(level.numel(), level.numel(), dtype=torch.bool)
     return level[:, None] == level[None, :]
 
@@ -248,7 +248,7 @@ def test_decoded_white_noise_reproduces_the_mode_covariances(prior, fitted) -> N
     error = ((estimate - covariance).abs() / norm)[triangle()]  # (modes, C, C)
     level = torch.arange(C) % L
     # "levels" models no covariance between levels: only pairs of one level are kept.
-    pairs = (level[:, None] == level[None, :]) | (fitted.coupling == "columns")
+    pairs = (level[:, None] == level[None, :]) | (fitted.coupling != "levels")
     alive = scale[triangle()] > 0  # (modes, C): not the degree-0 wind potentials
     usable = alive[:, :, None] & alive[:, None, :] & pairs
     # Correlation errors ~ sqrt(1/N_TEST + 1/N_FIT) ~ 0.03 per entry.
@@ -264,7 +264,7 @@ def test_decoded_white_noise_reproduces_the_mode_covariances(prior, fitted) -> N
 
 # ---------------------------------------------------------------------- 3. separability
 @pytest.mark.parametrize("changed", [0, 1])
-def test_levels_coupling_keeps_layers_separable_and_columns_does_not(
+def test_levels_keep_layers_separable_cascade_looks_down_only_and_columns_mixes_all(
     prior, fitted, changed
 ) -> None:
     x = draw(2, *prior, seed=8)
@@ -282,6 +282,15 @@ def test_levels_coupling_keeps_layers_separable_and_columns_does_not(
     if fitted.coupling == "levels":
         assert dz[:, :, other].abs().max() < 1e-10
         assert dx[:, :, other].abs().max() < 1e-10
+    elif fitted.coupling == "cascade":
+        # lower-triangular in level order: the lower level's x and z reach the upper
+        # level's z and x, the upper level's never reach the lower level's
+        above = changed == 0
+        assert (dz[:, :, other].abs().max() > 0.1) == above
+        assert (dx[:, :, other].abs().max() > 0.1) == above
+        if not above:
+            assert dz[:, :, other].abs().max() < 1e-10
+            assert dx[:, :, other].abs().max() < 1e-10
     else:
         assert dz[:, :, other].abs().max() > 0.1
         assert dx[:, :, other].abs().max() > 0.1
@@ -400,9 +409,10 @@ def test_equiangular_grids_round_trip_exactly_within_their_truncation() -> None:
         SpectralWhitening(grid, truncation=10)
 
 
-def test_fewer_fields_than_channels_give_a_usable_rank_deficient_fit(prior) -> None:
+@pytest.mark.parametrize("coupling", ["columns", "cascade"])
+def test_fewer_fields_than_channels_give_a_usable_rank_deficient_fit(prior, coupling) -> None:
     fields = draw(4, *prior, seed=16)  # C = 6 channels per mode, rank <= 3
-    whitening = SpectralWhitening(GRID, NORM).double().fit([fields])
+    whitening = SpectralWhitening(GRID, NORM, coupling=coupling).double().fit([fields])
     assert ((whitening.eigenvalues > 0).sum(dim=-1) <= 3).all()
     z = whitening.encode(fields)
     assert torch.isfinite(z).all()
@@ -449,3 +459,29 @@ def test_rejects_fields_it_cannot_fit_or_map() -> None:
         whitening.decode(torch.randn(2, 3, 2, 63))
     with pytest.raises(InvalidValueError, match="shape"):
         whitening.coefficients(torch.randn(2, 3, 2, 8, 15))
+
+
+def test_cascade_square_root_is_lower_triangular_in_level_order_with_a_positive_diagonal(
+    data,
+) -> None:
+    """``U R`` per mode: zero above the diagonal, real positive diagonal on live channels,
+    ``R`` unitary, and ``(U R)(U R)^H`` still the fitted covariance."""
+    whitening = SpectralWhitening(GRID, NORM, coupling="cascade").double()
+    whitening.fit(torch.split(data[0], 500))
+    vectors = torch.view_as_complex(whitening.eigenvectors)[:, :, 0]
+    lam = whitening.eigenvalues[:, :, 0]
+    rotation = torch.view_as_complex(whitening.rotation)[:, :, 0]
+    root = (vectors * lam.sqrt()[..., None, :]) @ rotation
+    live = triangle()
+    above = torch.triu(torch.ones(C, C, dtype=torch.bool), diagonal=1)
+    scale = root.abs().amax()
+    assert root[live][:, above].abs().max() < 1e-12 * scale
+    diagonal = root[live].diagonal(dim1=-2, dim2=-1)
+    assert diagonal.imag.abs().max() < 1e-12 * scale
+    # every channel but the degree-0 wind potentials carries its own innovation
+    alive = diagonal.real > 1e-8 * scale
+    assert int((~alive).sum()) == 2 * L and (diagonal.real >= -1e-12 * scale).all()
+    eye = torch.eye(C, dtype=rotation.dtype)
+    torch.testing.assert_close(rotation @ rotation.mH, eye.expand_as(rotation), atol=1e-12, rtol=0)
+    covariance = (vectors * lam[..., None, :]) @ vectors.mH
+    torch.testing.assert_close(root @ root.mH, covariance, atol=1e-12 * float(scale) ** 2, rtol=0)

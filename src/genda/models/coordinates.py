@@ -5,9 +5,12 @@ genda 0.1's priors. ``whitened``: the control variables ``z`` of
 :class:`genda.models.whitening.SpectralWhitening` (``x = mu + U z``), the
 entry ``"coordinates": {"kind": "spectral-whitening", ...}``; the transform's
 statistics are buffers of the denoiser, saved (and checksummed) with the
-weights. The coupling of the covariance follows the strategy: ``joint3d``
-couples every variable and level of a mode, ``layer2d`` only the variables
-of one level, so that layers stay separable.
+weights. The square root of the covariance follows the strategy: ``joint3d``
+takes the eigen-directions of every variable and level of a mode;
+``layer2d`` the cascade, lower-triangular in level order, so that each layer
+of ``z`` belongs to one level while the Gaussian part's vertical covariance
+stays in the transform. Priors whose levels were whitened apart
+(``"levels"``) still load.
 """
 
 from __future__ import annotations
@@ -45,8 +48,10 @@ and terdiurnal tides, which carry nearly all the migrating tides' variance."""
 
 
 def coupling_for(strategy: str) -> str:
-    """The covariance coupling that keeps ``strategy``'s structure: columns, or levels apart."""
-    return "levels" if strategy == "layer2d" else "columns"
+    """The covariance coupling of a new prior: eigen-directions of whole columns for ``joint3d``;
+    for ``layer2d``, whose network sees one layer of ``z`` and its neighbours, the cascade,
+    whose ``z`` layer ``k`` is level ``k``'s innovation on the levels below."""
+    return "cascade" if strategy == "layer2d" else "columns"
 
 
 def coordinates_config(denoiser: EDMDenoiser) -> dict[str, Any] | None:

@@ -35,9 +35,11 @@ Maths, per mode ``(l, m)``, ``m <= l < T``:
   coefficients of the training fields, the Gaussian that is stationary in
   longitude (its pseudo-covariance ``E[a a^T]`` is taken as 0 for ``m > 0``).
   ``coupling="columns"`` (``joint3d``): one group of all ``C = V * L``
-  channels per mode, channel ``c = v * L + level``. ``coupling="levels"``
-  (``layer2d``): one group of the ``V`` variables per level and mode, so the
-  ``z`` of a level depends on the ``x`` of that level only.
+  channels per mode, channel ``c = v * L + level``. ``coupling="levels"``:
+  one group of the ``V`` variables per level and mode, so the ``z`` of a
+  level depends on the ``x`` of that level only. ``coupling="cascade"``
+  (``layer2d``): one group of all channels in level order, ``c = level * V +
+  v``, with a lower-triangular square root (below).
 * With ``tides = N > 0`` the mean follows the time of day: ``mu_lm(h) =
   mu_lm + sum_k (c_lm,k cos(k Omega h) + s_lm,k sin(k Omega h))``, ``k =
   1..N``, ``Omega = 2 pi / 24 h``, ``h`` the UT hour
@@ -58,6 +60,18 @@ Maths, per mode ``(l, m)``, ``m <= l < T``:
   ``z`` channel ``(p // L, p % L)`` for ``"columns"`` (the ``C`` components
   reshaped to ``(V, L)``: eigen-directions, not physical variables) and
   ``(p, g)`` for ``"levels"`` (variable slot ``p`` of level ``g``).
+* ``"cascade"`` rotates the eigen-square-root into a lower-triangular one,
+  ``L_lm = Q_lm diag(lam_lm)^(1/2) R_lm`` with ``R_lm`` unitary (from the QR
+  factorisation of ``(Q diag(lam)^(1/2))^H``; Golub & Van Loan, "Matrix
+  Computations", 4th ed., 5.2): ``S_lm = L_lm L_lm^H`` as before, but channel
+  ``(level k, v)`` is made of the ``z`` of levels ``<= k`` only, and ``z``
+  channel ``(v, k)`` is the part of level ``k`` that the levels below do not
+  predict (Cholesky's innovations). Under the fitted Gaussian ``z`` is as white
+  as with the other couplings, and the whole vertical covariance of the
+  Gaussian part sits in the transform, so a network that sees one layer of
+  ``z`` and its neighbours (``layer2d``) need not make the vertical coupling
+  itself, which the levels-apart square root left to it. Encoding applies
+  ``R^H diag(lam)^(-1/2) Q^H``, the (pseudo-)inverse of ``L``.
 * Real degrees of freedom, the fixed layout of the last axis of ``z``
   (``K = T * T``; checkpoints depend on it): degree ``l`` owns
   ``k in [l^2, (l + 1)^2)``; ``k = l^2`` is ``w_l0`` (real), ``k = l^2 + 2m - 1``
@@ -105,9 +119,11 @@ __all__ = ["COUPLINGS", "WHITENING_KIND", "HarmonicTransforms", "SpectralWhiteni
 WHITENING_KIND = "spectral-whitening"
 """The name of this transform in a checkpoint's ``config.json``."""
 
-COUPLINGS = ("columns", "levels")
+COUPLINGS = ("columns", "levels", "cascade")
 """``"columns"``: all variables and levels of a mode together (``joint3d``);
-``"levels"``: the variables of each level, levels separable (``layer2d``)."""
+``"levels"``: the variables of each level, levels separable (``layer2d`` priors
+until the cascade); ``"cascade"``: all together, with a square root that is
+lower-triangular in level order (``layer2d``)."""
 
 RELATIVE_FLOOR = 1e-10
 """Eigenvalues at or below this fraction of the largest of their group and mode are dropped."""
@@ -148,7 +164,7 @@ class SpectralWhitening(nn.Module):
             default ``min(nlat, (nlon + 1) // 2)`` on Gauss-Legendre grids (``nlat``
             for ``nlon = 2 nlat``) and ``min((nlat + 1) // 2, (nlon + 1) // 2)`` on
             equiangular ones, where the quadrature is exact.
-        coupling: ``"columns"`` or ``"levels"`` (see :data:`COUPLINGS`).
+        coupling: ``"columns"``, ``"levels"`` or ``"cascade"`` (see :data:`COUPLINGS`).
         tides: solar-day harmonics in the mean (0: one mean for every hour;
             3: the diurnal, semidiurnal and terdiurnal tides).
 
@@ -157,9 +173,11 @@ class SpectralWhitening(nn.Module):
     ``eigenvectors`` ``(T, M, G, P, P, 2)`` (column ``p`` is component
     ``p``), with ``tides`` also ``tidal_mean`` ``(2 tides, T, M, G, P, 2)``
     (cosine then sine coefficients of each harmonic), all zero until
-    :meth:`fit`; ``wind_std`` and ``wind_mean`` ``(2, L)``. ``G, P = 1, V * L`` for ``"columns"`` and ``L, V`` for
-    ``"levels"``. ``dof_degree``, ``dof_order`` ``(K,)`` give the ``(l, m)``
-    of each entry of ``z``'s last axis (not saved).
+    :meth:`fit`; ``wind_std`` and ``wind_mean`` ``(2, L)``; ``"cascade"`` also
+    ``rotation`` ``(T, M, G, P, P, 2)``, the unitary ``R``. ``G, P = 1, V * L``
+    for ``"columns"`` and ``"cascade"``, ``L, V`` for ``"levels"``.
+    ``dof_degree``, ``dof_order`` ``(K,)`` give the ``(l, m)`` of each entry
+    of ``z``'s last axis (not saved).
     """
 
     mean: Tensor
@@ -208,7 +226,7 @@ class SpectralWhitening(nn.Module):
         nvar, nlev = len(grid.variables), grid.nlevels
         self.grid, self.truncation, self.coupling = grid, t, coupling
         self.field_shape = (nvar, nlev, nlat, nlon)
-        self.groups, self.group_size = (1, nvar * nlev) if coupling == "columns" else (nlev, nvar)
+        self.groups, self.group_size = (nlev, nvar) if coupling == "levels" else (1, nvar * nlev)
         self.dofs = t * t
         self._options: dict[str, Any] = {"lmax": t, "mmax": t, "grid": kind, "csphase": False}
 
@@ -251,6 +269,8 @@ class SpectralWhitening(nn.Module):
         self.register_buffer("eigenvectors", torch.zeros(t, t, g, p, p, 2))
         if tides:
             self.register_buffer("tidal_mean", torch.zeros(2 * tides, t, t, g, p, 2))
+        if coupling == "cascade":
+            self.register_buffer("rotation", torch.zeros(t, t, g, p, p, 2))
 
     def _transform(self, kind: type[nn.Module]) -> nn.Module:
         """A float64 torch-harmonics transform of this grid on the CPU."""
@@ -359,6 +379,8 @@ class SpectralWhitening(nn.Module):
         b, nvar, nlev, t, m = a.shape
         if self.coupling == "columns":
             return a.reshape(b, nvar * nlev, t, m).permute(0, 2, 3, 1).unsqueeze(3)
+        if self.coupling == "cascade":  # level order: c = level * V + v
+            return a.permute(0, 3, 4, 2, 1).reshape(b, t, m, 1, nlev * nvar)
         return a.permute(0, 3, 4, 2, 1)
 
     def _from_groups(self, g: Tensor) -> Tensor:
@@ -367,6 +389,8 @@ class SpectralWhitening(nn.Module):
         nvar, nlev = self.field_shape[:2]
         if self.coupling == "columns":
             return g.squeeze(3).permute(0, 3, 1, 2).reshape(b, nvar, nlev, t, m)
+        if self.coupling == "cascade":
+            return g.reshape(b, t, m, nlev, nvar).permute(0, 4, 3, 1, 2)
         return g.permute(0, 4, 3, 1, 2)
 
     def _pack(self, w: Tensor) -> Tensor:
@@ -506,6 +530,9 @@ class SpectralWhitening(nn.Module):
             self.tidal_mean.copy_(torch.view_as_real(tidal).to(device, dtype))
         self.eigenvalues.copy_(eigenvalues.to(device, dtype))
         self.eigenvectors.copy_(torch.view_as_real(eigenvectors).to(device, dtype))
+        if self.coupling == "cascade":
+            rotation = _triangular_rotation(eigenvectors, eigenvalues)
+            self.rotation.copy_(torch.view_as_real(rotation).to(device, dtype))
         return self
 
     # ------------------------------------------------------------------ time of day
@@ -571,7 +598,11 @@ class SpectralWhitening(nn.Module):
         vectors, _, inverse_root = self._statistics()
         mu = self.mean_at(hours, x.shape[0])
         projected = torch.einsum("tmgpq,btmgp->btmgq", vectors.conj(), self._to_groups(a) - mu)
-        w = self._from_groups(projected * inverse_root)
+        projected = projected * inverse_root
+        if self.coupling == "cascade":
+            rotation = torch.view_as_complex(self.rotation)
+            projected = torch.einsum("tmgpq,btmgp->btmgq", rotation.conj(), projected)
+        w = self._from_groups(projected)
         return self._pack(w).to(x.dtype)
 
     def decode(self, z: Tensor, hours: Any = None) -> Tensor:
@@ -582,6 +613,8 @@ class SpectralWhitening(nn.Module):
         self._check(z, "control variables", self.state_shape)
         dtype = self.mean.dtype
         w = self._to_groups(self._unpack(z.to(dtype)))
+        if self.coupling == "cascade":
+            w = torch.einsum("tmgpq,btmgq->btmgp", torch.view_as_complex(self.rotation), w)
         vectors, root, _ = self._statistics()
         mu = self.mean_at(hours, z.shape[0])
         a = mu + torch.einsum("tmgpq,btmgq->btmgp", vectors, w * root)
@@ -606,3 +639,39 @@ class SpectralWhitening(nn.Module):
         self._check(image, "images", self.field_shape)
         w = self.transforms().sht(image.to(self.mean.dtype)) / math.sqrt(4.0 * math.pi / self.dofs)
         return self._pack(w).to(image.dtype)
+
+
+def _triangular_rotation(vectors: Tensor, eigenvalues: Tensor) -> Tensor:
+    """The unitary ``R`` ``(T, M, G, P, P)`` that makes ``U R`` lower-triangular, ``U = Q diag(lam)^(1/2)``.
+
+    QR of ``U^H = R T`` (``T`` upper-triangular) gives ``U R = T^H``. Channels
+    without variance (the vector potentials of degree 0; every channel of the
+    modes ``m > l``) have zero columns in ``U^H``, and a QR that meets a zero
+    column before live ones spends a direction on nothing and leaves later
+    channels a zero diagonal, whose inverse is no longer triangular. So each
+    such channel's column gets a 1 in the row of one dropped eigen-direction
+    first: those rows are orthogonal to everything live, ``T`` keeps a
+    non-zero diagonal on the live channels, and ``U R`` is ``T^H`` with the
+    dead rows and columns zero. The columns of ``R`` are then rephased so that
+    the diagonal is real and non-negative (a channel's innovation enters it
+    with a positive sign); ``m = 0`` modes, whose ``Q`` is real, get a real
+    ``R``. Float64 or complex128 in and out.
+    """
+    factor = vectors * eigenvalues.clamp(min=0.0).sqrt()[..., None, :].to(vectors.dtype)
+    target = factor.mH.clone()  # rows: eigen-directions; columns: channels
+    variance = factor.abs().square().sum(dim=-1)  # (T, M, G, P) per channel
+    dead = variance <= RELATIVE_FLOOR * variance.amax(dim=-1, keepdim=True)
+    dropped = eigenvalues <= 0
+    for t, m, g in torch.nonzero(dead.any(dim=-1)).tolist():
+        channels = torch.nonzero(dead[t, m, g]).flatten().tolist()
+        spare = torch.nonzero(dropped[t, m, g]).flatten().tolist()
+        target[t, m, g][:, channels] = 0.0
+        for channel, direction in zip(channels, spare, strict=False):
+            target[t, m, g, direction, channel] = 1.0
+    rotation, upper = torch.linalg.qr(target)
+    diagonal = upper.diagonal(dim1=-2, dim2=-1)
+    size = diagonal.abs()
+    phase = torch.where(size > 0, diagonal / torch.where(size > 0, size, 1.0), 1.0)
+    rotation = rotation * phase[..., None, :]
+    rotation[:, 0] = rotation[:, 0].real.to(rotation.dtype)
+    return rotation
