@@ -28,6 +28,7 @@ from genda.observations.operators import ObservationOperator
 from genda.observations.table import ObservationError, validate_observations, write_observations
 from genda.orchestration.baseline import baseline_window
 from genda.storage import EnsembleStore
+from kalman_reference import dense_kalman
 
 TINY = Grid.gaussian(4, 8, 2)
 MEAN = np.array([10.0, 0.0, 200.0])  # u, v, T
@@ -76,27 +77,6 @@ def table(rows: list[tuple], time: np.datetime64 = T0, grid: Grid = TINY) -> pd.
             }
         )
     return validate_observations(pd.DataFrame(records), grid)
-
-
-def dense_kalman(
-    states: np.ndarray, obs: pd.DataFrame, grid: Grid, rho: np.ndarray | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """Brute-force Kalman mean and covariance with the full ``N x N`` sample covariance (o rho)."""
-    flat = states.reshape(states.shape[0], -1).astype(np.float64)
-    x_b = flat.mean(0)
-    anomalies = flat - x_b
-    b = anomalies.T @ anomalies / (flat.shape[0] - 1)
-    if rho is not None:
-        b = b * rho
-    operator = ObservationOperator.from_table(obs, grid)
-    h = operator.adjoint(torch.eye(operator.n_obs, dtype=torch.float64)).reshape(operator.n_obs, -1)
-    h = h.numpy()
-    r = np.diag(obs["sigma"].to_numpy() ** 2)
-    s = h @ b @ h.T + r
-    gain = np.linalg.solve(s, h @ b).T
-    mean = x_b + gain @ (obs["value"].to_numpy() - h @ x_b)
-    cov = b - gain @ h @ b
-    return mean.reshape(grid.shape), cov
 
 
 def dense_rho(grid: Grid, localization: Localization) -> np.ndarray:

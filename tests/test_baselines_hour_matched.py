@@ -30,6 +30,7 @@ from genda.orchestration.baseline import (
     hour_matched_generator,
 )
 from genda.storage import EnsembleStore
+from kalman_reference import dense_kalman
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = Grid.gaussian(4, 8, 2)
@@ -89,19 +90,6 @@ def observations(ds: xr.Dataset, when: np.datetime64, path: Path, m: int = 12) -
     obs["value"] = values + rng.standard_normal(m) * obs["sigma"].to_numpy()
     write_observations(obs, path)
     return obs
-
-
-def dense_kalman_mean(states: np.ndarray, obs: pd.DataFrame) -> np.ndarray:
-    """``x_b + B H^T (H B H^T + R)^{-1} (y - H x_b)`` with the full ``N x N`` sample ``B``."""
-    flat = states.reshape(states.shape[0], -1).astype(np.float64)
-    x_b = flat.mean(0)
-    b = np.cov(flat, rowvar=False)
-    operator = ObservationOperator.from_table(obs, TINY)
-    h = operator.adjoint(torch.eye(operator.n_obs, dtype=torch.float64))
-    h = h.reshape(operator.n_obs, -1).numpy()
-    r = np.diag(obs["sigma"].to_numpy() ** 2)
-    gain = np.linalg.solve(h @ b @ h.T + r, h @ b).T
-    return (x_b + gain @ (obs["value"].to_numpy() - h @ x_b)).reshape(TINY.shape)
 
 
 @pytest.fixture(scope="module")
@@ -202,7 +190,7 @@ def test_unlocalised_hour_matched_enoi_is_the_kalman_mean_of_its_states(window: 
     drawn = np.array(provenance["climatology_times"], dtype="datetime64[ns]")
     assert sorted(drawn.tolist()) == sorted(times[eligible].tolist())
     states = TINY.tensor_from_dataset(window["ds"].sel(time=drawn)).numpy()
-    expected = dense_kalman_mean(states, window["obs"])
+    expected, _ = dense_kalman(states, window["obs"], TINY)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ds = xr.open_zarr(out)
