@@ -363,6 +363,32 @@ def test_missing_transform_statistics_are_named(whitened_priors, tmp_path: Path)
         load_checkpoint(damaged)
 
 
+def test_a_cascade_without_its_rotation_is_refused(whitened_priors, tmp_path: Path) -> None:
+    import hashlib
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from genda.models.checkpoint import CONFIG_FILE, MODEL_FILE
+
+    damaged = tmp_path / "no-rotation"
+    shutil.copytree(whitened_priors["layer2d"], damaged)
+    tensors = load_file(damaged / MODEL_FILE)
+    rotations = [k for k in tensors if k.endswith("coordinates.rotation")]
+    assert rotations
+    save_file(
+        {k: v.zero_() if k in rotations else v for k, v in tensors.items()}, damaged / MODEL_FILE
+    )
+    config = json.loads((damaged / CONFIG_FILE).read_text())
+    digest = hashlib.sha256((damaged / MODEL_FILE).read_bytes()).hexdigest()
+    config["files"][MODEL_FILE]["sha256"] = digest
+    (damaged / CONFIG_FILE).write_text(json.dumps(config))
+    with pytest.raises(
+        CheckpointError, match="statistics of the whitened coordinates are all zero"
+    ):
+        load_checkpoint(damaged)
+
+
 def test_damaged_transform_statistics_fail_the_checksum(whitened_priors, tmp_path: Path) -> None:
     import shutil
 
