@@ -73,11 +73,13 @@ from genda.observations.operators import ObservationOperator
 from genda.observations.table import as_datetime64
 from genda.orchestration.assimilate import assimilate_window, load_window_observations
 from genda.orchestration.baseline import (
+    BaselineSummary,
     baseline_generators,
     baseline_window,
     hour_matched_generator,
 )
 from genda.orchestration.simulate import simulate_archive
+from genda.orchestration.summaries import WindowSummary
 from genda.simulator import SimulatorConfig
 from genda.storage.readers import open_archive
 from osse_pooled import (
@@ -119,7 +121,7 @@ def _run_method(
     store: Path,
     localisation: dict[str, tuple[float, float]],
     eligible: int,
-) -> dict[str, Any]:
+) -> BaselineSummary | WindowSummary:
     """Make ``method``'s ensemble of the window at ``when`` in ``store``; return its summary."""
     if method in HOUR_MATCHED or method in ("climatology", "oi", "enkf", "enoi"):
         hour_matched = method in HOUR_MATCHED
@@ -144,7 +146,7 @@ def _run_method(
         )
     layer2d = method.endswith("layer2d")
     guidance, *variant = method.split("-")
-    return assimilate_window(
+    summary = assimilate_window(
         args.layer2d_checkpoint if layer2d else args.checkpoint,
         None if guidance == "prior" else obs,
         when,
@@ -161,18 +163,19 @@ def _run_method(
         overwrite=True,
         progress=False,
     )
+    return WindowSummary.from_dict(summary)
 
 
 def _score(
     method: str,
-    summary: dict[str, Any],
+    summary: BaselineSummary | WindowSummary,
     seconds: float,
     metrics: dict[str, Any],
 ) -> dict[str, Any]:
     """One table row from a window's summary and ``genda evaluate`` metrics."""
-    row: dict[str, Any] = {"method": method, "members": summary["members"], "seconds": seconds}
-    fit = summary.get("fit")
-    row["obs_fit"] = fit["rms_normalised_innovation"] if fit else float("nan")
+    row: dict[str, Any] = {"method": method, "members": summary.members, "seconds": seconds}
+    fit = summary.fit
+    row["obs_fit"] = fit.rms_normalised_innovation if fit is not None else float("nan")
     for name, entry in metrics["ensemble"]["variables"].items():
         total = entry["total"]
         row[f"{name}_crps"] = total["crps"]

@@ -26,7 +26,7 @@ from genda.assimilation.baselines import (
 from genda.grid import Grid
 from genda.observations.operators import ObservationOperator
 from genda.observations.table import ObservationError, validate_observations, write_observations
-from genda.orchestration.baseline import baseline_window
+from genda.orchestration.baseline import BaselineSummary, baseline_window
 from genda.storage import EnsembleStore
 from kalman_reference import dense_kalman
 
@@ -336,8 +336,10 @@ def test_baseline_window_writes_stores_that_fit_the_observations(window: dict) -
         summary = baseline_window(
             window["archive"], window["obs"], str(window["time"]), out, method=method, **common
         )
-        assert {"store", "members", "method", "seconds", "members_per_second"} <= set(summary)
-        assert summary["method"] == method and summary["observations"] == 15
+        keys = {"store", "members", "method", "seconds", "members_per_second"}
+        assert keys <= set(summary.to_dict())
+        assert BaselineSummary.from_dict(summary.to_dict()) == summary
+        assert summary.method == method and summary.observations == 15
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             ds = xr.open_zarr(out)
@@ -352,9 +354,9 @@ def test_baseline_window_writes_stores_that_fit_the_observations(window: dict) -
         stores[method] = (summary, ds, provenance)
 
     for method in ("oi", "enkf"):
-        fit = stores[method][0]["fit"]["rms_normalised_innovation"]
-        climatological = stores[method][0]["climatology_fit"]["rms_normalised_innovation"]
-        assert fit < 0.5 * climatological
+        fit, climatological = stores[method][0].fit, stores[method][0].climatology_fit
+        assert fit is not None and climatological is not None
+        assert fit.rms_normalised_innovation < 0.5 * climatological.rms_normalised_innovation
     # The climatology baseline is the background of the EnKF members (same draw).
     clim_times = stores["climatology"][2]["climatology_times"]
     enkf_times = stores["enkf"][2]["climatology_times"]
@@ -368,7 +370,7 @@ def test_baseline_window_writes_stores_that_fit_the_observations(window: dict) -
         method="enkf",
         **common,
     )
-    assert again["fit"] == stores["enkf"][0]["fit"]
+    assert again.fit == stores["enkf"][0].fit
 
 
 def test_baseline_window_rejects_bad_inputs_and_writes_nothing(window: dict) -> None:

@@ -184,8 +184,8 @@ def test_unlocalised_hour_matched_enoi_is_the_kalman_mean_of_its_states(window: 
     )
     times = window["ds"]["time"].values
     eligible = hour_matched_indices(times, window["time"], np.random.default_rng(0))
-    assert summary["members"] == 1 and summary["hour_matched"] is True
-    assert summary["states"] == eligible.size == 47  # 3 a day for 20 days, 13 too near
+    assert summary.members == 1 and summary.hour_matched is True
+    assert summary.states == eligible.size == 47  # 3 a day for 20 days, 13 too near
     provenance = EnsembleStore.open(out).provenance(window["time"])
     drawn = np.array(provenance["climatology_times"], dtype="datetime64[ns]")
     assert sorted(drawn.tolist()) == sorted(times[eligible].tolist())

@@ -18,6 +18,7 @@ from rich.table import Table
 if TYPE_CHECKING:
     import xarray as xr
 
+    from genda.orchestration.baseline import BaselineSummary
     from genda.orchestration.demo import DemoResult
     from genda.orchestration.summaries import WindowSummary
     from genda.orchestration.train import TrainingRun
@@ -133,28 +134,25 @@ def render_window(summary: WindowSummary) -> Table:
     return table
 
 
-def render_baseline(result: Mapping[str, Any]) -> Table:
+def render_baseline(summary: BaselineSummary) -> Table:
     """``genda baseline``: the store, the archive states, the localisation and the fit."""
-    from genda.orchestration.summaries import ObservationFit
-
-    table = Table(title=f"{result['method']} baseline", header_style="bold", show_header=False)
-    table.add_row("store", result["store"])
-    table.add_row("members", str(result["members"]))
+    table = Table(title=f"{summary.method} baseline", header_style="bold", show_header=False)
+    table.add_row("store", summary.store)
+    table.add_row("members", str(summary.members))
     table.add_row(
         "archive states",
-        f"{result['states']} {'hour-matched' if result['hour_matched'] else 'of any hour'}",
+        f"{summary.states} {'hour-matched' if summary.hour_matched else 'of any hour'}",
     )
-    if result["horizontal_km"] is not None:
+    if summary.horizontal_km is not None:
         half_widths = [
             f"{value:g} km" if isinstance(value, int | float) else f"{value} km"
-            for value in (result["horizontal_km"], result["vertical_km"])
+            for value in (summary.horizontal_km, summary.vertical_km)
         ]
         table.add_row("localisation", f"horizontal {half_widths[0]}, vertical {half_widths[1]}")
-    table.add_row("time", f"{result['seconds']:.1f} s")
-    if result.get("fit"):
-        fit = ObservationFit.from_dict(result["fit"])
-        climatology = ObservationFit.from_dict(result["climatology_fit"])
-        table.add_row("observations", str(result["observations"]))
+    table.add_row("time", f"{summary.seconds:.1f} s")
+    fit, climatology = summary.fit, summary.climatology_fit
+    if fit is not None and climatology is not None:
+        table.add_row("observations", str(summary.observations))
         table.add_row(
             "fit (rms (y - Hx)/sigma)",
             f"{fit.rms_normalised_innovation:.2f} ensemble mean, "

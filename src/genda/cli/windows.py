@@ -190,7 +190,7 @@ def baseline(
     """
     from genda.orchestration.baseline import baseline_window
 
-    result = baseline_window(
+    summary = baseline_window(
         archive,
         obs,
         time_,
@@ -206,7 +206,7 @@ def baseline(
         exclude_hours=exclude_hours,
         overwrite=overwrite,
     )
-    console.print(render_baseline(result))
+    console.print(render_baseline(summary))
 
 
 __all__ = ["assimilate", "baseline"]

@@ -29,7 +29,7 @@ from genda.assimilation.posterior import (
 )
 from genda.budget import check_output_size, human_bytes
 from genda.devices import check_device
-from genda.ensemble import MemberGenerator, WindowJob, WorkerSpec, complete_window
+from genda.ensemble import MemberGenerator, WindowJob, WindowReport, WorkerSpec, complete_window
 from genda.ensemble.cluster import check_cluster, ray_session
 from genda.ensemble.cluster import ray_address as ray_address_of
 from genda.ensemble.scheduler import ActorPool
@@ -37,7 +37,12 @@ from genda.ensemble.work import set_layers_per_batch
 from genda.errors import InvalidValueError
 from genda.models.checkpoint import LoadedPrior, load_checkpoint
 from genda.observations.operators import ObservationOperator
-from genda.observations.qc import DEFAULT_OUTLIER_K, check_outlier_k, screen_observations
+from genda.observations.qc import (
+    DEFAULT_OUTLIER_K,
+    BackgroundCheck,
+    check_outlier_k,
+    screen_observations,
+)
 from genda.observations.table import (
     as_datetime64,
     read_observations,
@@ -181,6 +186,81 @@ def assimilate_window(
     """
     # Everything is checked before the store is created, replaced or a window
     # registered: a refused run leaves the store as it was and the window free.
+    _check_arguments(members, workers, threads_per_worker, window_hours, layers_per_batch)
+    outlier_k = check_outlier_k(outlier_k)
+    settings = settings or PosteriorSettings()
+    when = as_datetime64(time)
+    in_process = workers == 0 and pool is None
+    driver_device = device if in_process else "cpu"
+    if in_process:  # Ray workers check their own devices; a driver may have no GPU
+        check_device(device)
+    _check_output(out, overwrite)
+    prior = _load_prior(checkpoint, driver_device, layers_per_batch)
+    _check_store_size(prior, members, out, yes)
+    obs, qc = _load_observations(observations, prior, when, window_hours, outlier_k, keep_outliers)
+    provenance = window_provenance(prior, obs, settings, seed, when, window_hours)
+    check_guidance(prior, obs, settings, driver_device, when)
+    spec = None
+    if not in_process:
+        spec = _worker_spec(
+            prior, device, threads_per_worker, layers_per_batch, pool, ray_address, insecure
+        )
+
+    store = _register_window(
+        out,
+        prior,
+        members,
+        when,
+        provenance,
+        posterior=obs is not None,
+        members_per_shard=members_per_shard,
+        overwrite=overwrite,
+    )
+    job = WindowJob(
+        store,
+        when,
+        window_seed(seed, when),
+        settings,
+        obs,
+        provenance["observations_sha256"],
+        provenance,
+    )
+    report = _make_members(
+        job,
+        prior,
+        spec=spec,
+        device=device,
+        workers=workers,
+        threads_per_worker=threads_per_worker,
+        ray_address=ray_address,
+        pool=pool,
+        auto_batch=auto_batch,
+        progress=progress,
+        insecure=insecure,
+    )
+    summary = _summarise(
+        store,
+        when,
+        prior,
+        report,
+        members=members,
+        method=provenance["method"],
+        steps=settings.steps,
+        obs=obs,
+        qc=qc,
+        keep_outliers=keep_outliers,
+    )
+    return summary.to_dict()
+
+
+def _check_arguments(
+    members: int,
+    workers: int,
+    threads_per_worker: int,
+    window_hours: float,
+    layers_per_batch: int | None,
+) -> None:
+    """Refuse a bad count or window before anything is loaded."""
     if members < 1:
         raise InvalidValueError(f"members must be >= 1, got {members}")
     if workers < 0:
@@ -191,44 +271,99 @@ def assimilate_window(
         raise InvalidValueError(f"window_hours must be a finite number >= 0, got {window_hours}")
     if layers_per_batch is not None and layers_per_batch < 1:
         raise InvalidValueError(f"layers_per_batch must be >= 1, got {layers_per_batch}")
-    outlier_k = check_outlier_k(outlier_k)
-    settings = settings or PosteriorSettings()
-    when = as_datetime64(time)
-    in_process = workers == 0 and pool is None
-    if in_process:  # Ray workers check their own devices; a driver may have no GPU
-        check_device(device)
+
+
+def _check_output(out: str | os.PathLike[str], overwrite: bool) -> None:
+    """Refuse an ``out`` that may not be extended (or, with ``overwrite``, replaced)."""
     if overwrite:
         check_replaceable(out, "ensemble store", overwrite=True)
     else:
         check_extendable(out, "ensemble store")
-    # The driver loads the prior to check the grid and the observations; it
-    # samples with it only in-process (actors load their own copy).
-    prior = load_checkpoint(checkpoint, device=device if in_process else "cpu")
+
+
+def _load_prior(
+    checkpoint: str | os.PathLike[str], device: str, layers_per_batch: int | None
+) -> LoadedPrior:
+    """The driver's prior on ``device``, with ``layers_per_batch`` applied when given.
+
+    The driver loads it to check the grid and the observations; it samples
+    with it only in-process (Ray actors load their own copy).
+    """
+    prior = load_checkpoint(checkpoint, device=device)
     if layers_per_batch is not None:
         set_layers_per_batch(prior, layers_per_batch)
+    return prior
+
+
+def _check_store_size(
+    prior: LoadedPrior, members: int, out: str | os.PathLike[str], yes: bool
+) -> None:
+    """Refuse a window of float32 members too large for the disk, or unconfirmed."""
     field_bytes = int(np.prod(prior.grid.shape)) * 4  # float32 members
     check_output_size(
         members * field_bytes, out, f"{members} members of {human_bytes(field_bytes)}", yes=yes
     )
-    obs = None
-    qc = None
-    if observations is not None:
-        obs = load_window_observations(observations, prior.grid, when, window_hours)
-        # The provenance fingerprints the table assimilated (after the background
-        # check): outlier_k and keep_outliers enter it through what they change,
-        # so windows made before the check, with nothing flagged, still match.
-        obs, qc = screen_observations(
-            obs, prior.grid, prior.normalization, outlier_k, keep_outliers, str(observations)
-        )
-    provenance = window_provenance(prior, obs, settings, seed, when, window_hours)
-    check_guidance(prior, obs, settings, device if in_process else "cpu", when)
-    spec = None
-    if not in_process:
-        spec = WorkerSpec(str(prior.path), device, threads_per_worker, layers_per_batch)
-        if pool is None:  # the cluster must answer, or be allowed, before the store is touched
-            check_cluster(ray_address_of(ray_address), insecure=insecure)
 
-    title = "genda posterior ensemble" if obs is not None else "genda prior ensemble"
+
+def _load_observations(
+    observations: str | os.PathLike[str] | None,
+    prior: LoadedPrior,
+    when: np.datetime64,
+    window_hours: float,
+    outlier_k: float,
+    keep_outliers: bool,
+) -> tuple[pd.DataFrame | None, BackgroundCheck | None]:
+    """``(table, check)``: the window's table checked on the prior's grid and screened.
+
+    Both are ``None`` without observations (the prior is sampled). The
+    provenance fingerprints the table assimilated (after the background
+    check): ``outlier_k`` and ``keep_outliers`` enter it through what they
+    change, so windows made before the check, with nothing flagged, still match.
+    """
+    if observations is None:
+        return None, None
+    obs = load_window_observations(observations, prior.grid, when, window_hours)
+    return screen_observations(
+        obs, prior.grid, prior.normalization, outlier_k, keep_outliers, str(observations)
+    )
+
+
+def _worker_spec(
+    prior: LoadedPrior,
+    device: str,
+    threads_per_worker: int,
+    layers_per_batch: int | None,
+    pool: ActorPool | None,
+    ray_address: str | None,
+    insecure: bool,
+) -> WorkerSpec:
+    """How Ray actors load the prior; without a ``pool`` the cluster is checked first.
+
+    The cluster must answer, or be allowed, before the store is touched.
+    """
+    spec = WorkerSpec(str(prior.path), device, threads_per_worker, layers_per_batch)
+    if pool is None:
+        check_cluster(ray_address_of(ray_address), insecure=insecure)
+    return spec
+
+
+def _register_window(
+    out: str | os.PathLike[str],
+    prior: LoadedPrior,
+    members: int,
+    when: np.datetime64,
+    provenance: dict[str, Any],
+    *,
+    posterior: bool,
+    members_per_shard: int | None,
+    overwrite: bool,
+) -> EnsembleStore:
+    """Open (or create, or replace) the store and register the window at ``when`` in it.
+
+    The run's first write: every check has passed by now. ``posterior``: there
+    are observations (the store's title says so).
+    """
+    title = "genda posterior ensemble" if posterior else "genda prior ensemble"
     store = EnsembleStore.open_or_create(
         out,
         prior.grid,
@@ -238,21 +373,34 @@ def assimilate_window(
         overwrite=overwrite,
     )
     store.add_window(when, provenance)
-    job = WindowJob(
-        store,
-        when,
-        window_seed(seed, when),
-        settings,
-        obs,
-        provenance["observations_sha256"],
-        provenance,
-    )
-    # Ray is attached here so that the insecure setting reaches a local
-    # cluster; complete_window then uses the initialised Ray as it is.
+    return store
+
+
+def _make_members(
+    job: WindowJob,
+    prior: LoadedPrior,
+    *,
+    spec: WorkerSpec | None,
+    device: str,
+    workers: int,
+    threads_per_worker: int,
+    ray_address: str | None,
+    pool: ActorPool | None,
+    auto_batch: bool,
+    progress: bool,
+    insecure: bool,
+) -> WindowReport:
+    """Make the window's missing members, in this process (no ``spec``) or on Ray actors.
+
+    Ray is attached here so that the insecure setting reaches a local
+    cluster; :func:`~genda.ensemble.complete_window` then uses the
+    initialised Ray as it is.
+    """
+    in_process = spec is None
     cpus = workers * threads_per_worker if device == "cpu" else None
     attach = spec is not None and pool is None
     with ray_session(ray_address, num_cpus=cpus, insecure=insecure) if attach else nullcontext():
-        report = complete_window(
+        return complete_window(
             job,
             workers=workers,
             spec=spec,
@@ -262,23 +410,50 @@ def assimilate_window(
             auto_batch=auto_batch,
             progress=progress,
         )
+
+
+def _fits(
+    store: EnsembleStore, when: np.datetime64, obs: pd.DataFrame, prior: LoadedPrior
+) -> tuple[ObservationFit, ObservationFit]:
+    """``(ensemble, reference)``: the fit of the stored members and of the prior's training mean.
+
+    The reference is the training mean per variable and level, a
+    ``(1, V, L, H, W)`` field; both go through the table's operator in float64.
+    """
+    operator = ObservationOperator.from_table(obs, prior.grid).to(dtype=torch.float64)
+    fit = ObservationFit.from_dict(ensemble_fit(store, when, obs, operator))
+    level_mean = prior.normalization.denormalize(torch.zeros(1, *prior.grid.shape))
+    level_mean_fit = ObservationFit.from_dict(fit_of_values(operator(level_mean.double()), obs))
+    return fit, level_mean_fit
+
+
+def _summarise(
+    store: EnsembleStore,
+    when: np.datetime64,
+    prior: LoadedPrior,
+    report: WindowReport,
+    *,
+    members: int,
+    method: str,
+    steps: int,
+    obs: pd.DataFrame | None,
+    qc: BackgroundCheck | None,
+    keep_outliers: bool,
+) -> WindowSummary:
+    """The window's :class:`~genda.orchestration.summaries.WindowSummary`, with the fits."""
     run = report.run
     fit = level_mean_fit = None
     if obs is not None:
-        operator = ObservationOperator.from_table(obs, prior.grid).to(dtype=torch.float64)
-        fit = ObservationFit.from_dict(ensemble_fit(store, when, obs, operator))
-        # The reference: the prior's training mean per variable and level.
-        level_mean = prior.normalization.denormalize(torch.zeros(1, *prior.grid.shape))
-        level_mean_fit = ObservationFit.from_dict(fit_of_values(operator(level_mean.double()), obs))
-    summary = WindowSummary(
+        fit, level_mean_fit = _fits(store, when, obs, prior)
+    return WindowSummary(
         store=str(store.path),
         time=str(np.datetime64(when, "s")),
         members=members,
         written=run.written,
         already_complete=report.already_complete,
         strategy=prior.strategy.name,
-        method=provenance["method"],
-        steps=settings.steps,
+        method=method,
+        steps=steps,
         batch_size=report.batch_size,
         workers=report.workers,
         cluster=report.cluster,
@@ -294,4 +469,3 @@ def assimilate_window(
         fit=fit,
         level_mean_fit=level_mean_fit,
     )
-    return summary.to_dict()
