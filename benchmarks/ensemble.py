@@ -65,7 +65,6 @@ def scaling(
     from genda.ensemble import ActorPool, WorkerSpec
     from genda.orchestration.assimilate import assimilate_window
     from genda.orchestration.config import resolve_batch_size
-    from genda.orchestration.summaries import WindowSummary
 
     obs, time_ = truth_and_observations(root)
     cuda = args.device == "cuda"
@@ -82,7 +81,7 @@ def scaling(
         for actors in (1, 2):
             pool = ActorPool.start(WorkerSpec("default", args.device, threads=1), actors)
             try:
-                summary = assimilate_window(
+                made = assimilate_window(
                     "default",
                     obs,
                     time_,
@@ -95,7 +94,6 @@ def scaling(
                 )
             finally:
                 pool.shutdown()
-            made = WindowSummary.from_dict(summary)
             assert made.fit is not None  # the window has observations
             rows.append(
                 {

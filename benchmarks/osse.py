@@ -146,7 +146,7 @@ def _run_method(
         )
     layer2d = method.endswith("layer2d")
     guidance, *variant = method.split("-")
-    summary = assimilate_window(
+    return assimilate_window(
         args.layer2d_checkpoint if layer2d else args.checkpoint,
         None if guidance == "prior" else obs,
         when,
@@ -163,7 +163,6 @@ def _run_method(
         overwrite=True,
         progress=False,
     )
-    return WindowSummary.from_dict(summary)
 
 
 def _score(
@@ -200,7 +199,7 @@ def one_window(args: argparse.Namespace) -> None:
         withhold=[s for s in args.withhold.split(",") if s],
         overwrite=True,  # the benchmark's own work folder: redrawn every run
     )
-    withheld = drawn["paths"]["withheld"]
+    withheld = drawn.withheld_path
     eligible = _eligible(open_archive(args.archive)["time"].values, args.time)
 
     rows: list[dict[str, Any]] = []
@@ -223,8 +222,8 @@ def one_window(args: argparse.Namespace) -> None:
             # file names only: the result says what was run, not where
             "truth": args.truth.name,
             "archive": args.archive.name,
-            "observations": drawn["observations"],
-            "withheld": drawn["withheld"],
+            "observations": drawn.observations,
+            "withheld": drawn.withheld,
             "steps": args.steps,
             "work": work.name,
         },
@@ -559,7 +558,7 @@ def multi_window(args: argparse.Namespace) -> None:
                     truth,
                     work / f"report-{method}",
                     obs_path=obs,
-                    withheld_path=drawn["paths"]["withheld"],
+                    withheld_path=drawn.withheld_path,
                     overwrite=True,
                 )
                 scored[method].append(metrics)
@@ -572,7 +571,7 @@ def multi_window(args: argparse.Namespace) -> None:
                 power_members[method] += count
                 row = _score(method, summary, seconds, metrics)
                 row.update(
-                    window=index, truth=truth.name, time=when, observations=drawn["observations"]
+                    window=index, truth=truth.name, time=when, observations=drawn.observations
                 )
                 rows.append(row)
             progress.advance(task)

@@ -243,8 +243,8 @@ def make_data(spec: dict[str, Any]) -> dict[str, Any]:
     )
     return {
         "time": str(np.datetime64(when, "s")),
-        "observations": drawn["observations"],
-        "withheld": drawn["withheld"],
+        "observations": drawn.observations,
+        "withheld": drawn.withheld,
     }
 
 

@@ -126,7 +126,7 @@ def test_guidance_pulls_the_ensemble_to_the_observations(setup: dict, method: st
             settings=PosteriorSettings(method=method, steps=6),
             progress=False,
         )
-        assert summary["method"] == name
+        assert summary.method == name
     table = read_observations(setup["precise"])
     grid = Grid.from_dataset(xr.open_zarr(stores["prior"]))
 

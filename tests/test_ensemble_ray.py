@@ -116,8 +116,8 @@ def test_two_actors_make_the_members_one_process_makes(cluster: str, window: dic
         )
     finally:
         pool.shutdown()
-    assert summary["written"] == MEMBERS and summary["failures_retried"] == 0
-    assert len(summary["by_worker"]) == 2, summary["by_worker"]  # both actors took tasks
+    assert summary.written == MEMBERS and summary.failures_retried == 0
+    assert len(summary.by_worker) == 2, summary.by_worker  # both actors took tasks
     store = EnsembleStore.open(out)
     np.testing.assert_array_equal(store.read_members(window["time"]), window["reference"])
     assert store.is_finalized(window["time"]) and store.validate().ok
@@ -160,13 +160,13 @@ def test_an_actor_killed_mid_window_loses_no_member(cluster: str, window: dict) 
         killer.join(timeout=5)
         pool.shutdown()
     assert killed.is_set()
-    assert summary["failures_retried"] >= 1, summary
+    assert summary.failures_retried >= 1, summary
     store = EnsembleStore.open(out)
     assert store.missing(window["time"]) == [] and store.validate().ok
     # Each member once: members written add up to at most the ensemble (a
     # block the dead actor finished is not made twice), and every value is
     # the undisturbed run's.
-    assert sum(summary["by_worker"].values()) <= MEMBERS
+    assert sum(summary.by_worker.values()) <= MEMBERS
     np.testing.assert_array_equal(
         store.read_members(window["time"]),
         reference,
@@ -224,8 +224,8 @@ def test_a_killed_driver_is_resumed_with_only_the_missing_members(
             settings=SETTINGS,
             progress=False,
         )
-    assert summary["written"] == len(missing)
-    assert summary["already_complete"] == members - len(missing)
+    assert summary.written == len(missing)
+    assert summary.already_complete == members - len(missing)
     assert store.validate().ok and store.is_finalized(window["time"])
     np.testing.assert_array_equal(
         store.read_members(window["time"]),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -248,17 +249,27 @@ def test_observe_to_file(tmp_path: Path) -> None:
         withhold=("Andenes", "Davis"),
     )
     withheld_file = tmp_path / "obs-withheld.parquet"
-    assert summary["paths"] == {"observations": str(out), "withheld": str(withheld_file)}
-    assert summary["time"] == "2024-03-01T13:00:00" and summary["networks"] == [
-        "radars",
-        "lidars",
-        "mls",
-    ]
+    assert summary.observations_path == str(out) and summary.withheld_path == str(withheld_file)
+    assert summary.time == "2024-03-01T13:00:00"
+    assert summary.networks == ("radars", "lidars", "mls")
     obs, withheld = read_observations(out), read_observations(withheld_file)
-    assert summary["observations"] == len(obs) and summary["withheld"] == len(withheld) == 8
-    assert summary["counts"]["radars"] == {"u": 28, "v": 28}
-    assert summary["withheld_counts"] == {"radars": {"u": 4, "v": 4}}
-    assert sum(sum(c.values()) for c in summary["counts"].values()) == len(obs)
+    assert summary.observations == len(obs) and summary.withheld == len(withheld) == 8
+    assert summary.counts["radars"] == {"u": 28, "v": 28}
+    assert summary.withheld_counts == {"radars": {"u": 4, "v": 4}}
+    assert sum(sum(c.values()) for c in summary.counts.values()) == len(obs)
+    # The JSON form, key for key and in order
+    assert json.dumps(summary.to_dict()) == json.dumps(
+        {
+            "time": "2024-03-01T13:00:00",
+            "seed": 5,
+            "networks": ["radars", "lidars", "mls"],
+            "observations": len(obs),
+            "withheld": 8,
+            "counts": summary.counts,
+            "withheld_counts": {"radars": {"u": 4, "v": 4}},
+            "paths": {"observations": str(out), "withheld": str(withheld_file)},
+        }
+    )
     assert (obs["time"] == np.datetime64("2024-03-01T13:00")).all()
     # the same draw as in memory
     direct = draw_observations(truth(), GRID, "2024-03-01T13:00", "radars,lidars,limb", seed=5)

@@ -149,6 +149,21 @@ def check_extendable(path: str | os.PathLike[str], kind: Kind) -> None:
     _refuse_other_kind(path, kind, f"not a genda {kind}; choose another path")
 
 
+def check_store_output(path: str | os.PathLike[str], overwrite: bool) -> None:
+    """Refuse an ensemble store ``path`` that may not be extended (or, with ``overwrite``, replaced).
+
+    Without ``overwrite`` the window is added to the store (:func:`check_extendable`);
+    with it the store is replaced whole (:func:`check_replaceable`).
+
+    Raises:
+        OutputExistsError: as :func:`check_extendable` or :func:`check_replaceable`.
+    """
+    if overwrite:
+        check_replaceable(path, "ensemble store", overwrite=True)
+    else:
+        check_extendable(path, "ensemble store")
+
+
 def check_file_replaceable(path: str | os.PathLike[str], overwrite: bool) -> None:
     """Refuse to write a single-file export over a directory, or over a file without overwrite.
 
@@ -169,6 +184,7 @@ __all__ = [
     "check_extendable",
     "check_file_replaceable",
     "check_replaceable",
+    "check_store_output",
     "is_empty_directory",
     "written_kind",
 ]

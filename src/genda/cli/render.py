@@ -18,6 +18,7 @@ from rich.table import Table
 if TYPE_CHECKING:
     import xarray as xr
 
+    from genda.observations.observe import ObservationDraw
     from genda.orchestration.baseline import BaselineSummary
     from genda.orchestration.demo import DemoResult
     from genda.orchestration.summaries import WindowSummary
@@ -80,20 +81,20 @@ def render_training(run: TrainingRun) -> Table:
     return facts
 
 
-def render_observations(result: Mapping[str, Any]) -> list[RenderableType]:
+def render_observations(result: ObservationDraw) -> list[RenderableType]:
     """``genda observe``: counts per network and variable, then the tables written."""
-    table = Table(title=f"observations at {result['time']}", header_style="bold")
+    table = Table(title=f"observations at {result.time}", header_style="bold")
     table.add_column("network")
     table.add_column("variables")
     table.add_column("count", justify="right")
-    for name, counts in result["counts"].items():
+    for name, counts in result.counts.items():
         table.add_row(name, ", ".join(counts), str(sum(counts.values())))
     parts: list[RenderableType] = [
         table,
-        f"observations  {result['paths']['observations']} ({result['observations']})",
+        f"observations  {result.observations_path} ({result.observations})",
     ]
-    if result["paths"]["withheld"]:
-        parts.append(f"withheld      {result['paths']['withheld']} ({result['withheld']})")
+    if result.withheld_path:
+        parts.append(f"withheld      {result.withheld_path} ({result.withheld})")
     return parts
 
 

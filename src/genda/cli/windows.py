@@ -89,7 +89,6 @@ def assimilate(
     """Sample a posterior ensemble for one window into a Zarr store; a rerun fills what is missing."""
     from genda.assimilation.posterior import PosteriorSettings
     from genda.orchestration.assimilate import assimilate_window
-    from genda.orchestration.summaries import WindowSummary
 
     if not time_:
         raise fail("--time is required (the centre of the window, e.g. 2000-02-10T12:00)")
@@ -128,7 +127,7 @@ def assimilate(
         yes=yes,
         insecure=insecure,
     )
-    console.print(render_window(WindowSummary.from_dict(summary)))
+    console.print(render_window(summary))
 
 
 def baseline(

@@ -13,7 +13,8 @@
 - :mod:`genda.observations.networks`: :func:`draw_observations` of a truth by
   named networks, for synthetic experiments;
 - :mod:`genda.observations.observe`: :func:`observe_to_file`, drawing from an
-  archive and writing the tables (``genda observe``).
+  archive and writing the tables (``genda observe``), and its
+  :class:`ObservationDraw`.
 
 See docs/observations.md.
 """
@@ -28,7 +29,7 @@ from genda.observations.catalog import (
 )
 from genda.observations.geometry import limb_track
 from genda.observations.networks import draw_observations, split_withheld
-from genda.observations.observe import observe_to_file
+from genda.observations.observe import ObservationDraw, observe_to_file
 from genda.observations.operators import ObservationOperator
 from genda.observations.table import (
     OBSERVATION_COLUMNS,
@@ -47,6 +48,7 @@ __all__ = [
     "STATIONS",
     "ErrorModel",
     "LimbInstrument",
+    "ObservationDraw",
     "ObservationError",
     "ObservationOperator",
     "Station",

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,50 @@ from genda.observations.table import (
     write_observations,
 )
 from genda.times import TimeLike, as_datetime64, iso
+
+
+@dataclass(frozen=True)
+class ObservationDraw:
+    """What :func:`observe_to_file` drew and wrote.
+
+    Attributes:
+        time: the archive time observed (ISO, seconds).
+        seed: the noise seed.
+        networks: the canonical network names drawn (:func:`network_names`).
+        observations: rows written to the main table (the ones to assimilate).
+        withheld: rows written to the withheld table (0 without one).
+        counts: rows of the main table per network and variable.
+        withheld_counts: rows of the withheld table per network and variable.
+        observations_path: the main table.
+        withheld_path: the withheld table, ``None`` when nothing was withheld.
+    """
+
+    time: str
+    seed: int
+    networks: tuple[str, ...]
+    observations: int
+    withheld: int
+    counts: dict[str, dict[str, int]]
+    withheld_counts: dict[str, dict[str, int]]
+    observations_path: str
+    withheld_path: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form: plain data, new dicts and lists.
+
+        ``{"time", "seed", "networks", "observations", "withheld", "counts",
+        "withheld_counts", "paths": {"observations", "withheld"}}``, in that order.
+        """
+        return {
+            "time": self.time,
+            "seed": self.seed,
+            "networks": list(self.networks),
+            "observations": self.observations,
+            "withheld": self.withheld,
+            "counts": {k: dict(v) for k, v in self.counts.items()},
+            "withheld_counts": {k: dict(v) for k, v in self.withheld_counts.items()},
+            "paths": {"observations": self.observations_path, "withheld": self.withheld_path},
+        }
 
 
 def _counts(obs: pd.DataFrame) -> dict[str, dict[str, int]]:
@@ -90,7 +135,7 @@ def observe_to_file(
     seed: int,
     withhold: Sequence[str] = (),
     overwrite: bool = False,
-) -> dict[str, Any]:
+) -> ObservationDraw:
     """Draw observations of an archive at one time and write them (``genda observe``).
 
     Args:
@@ -104,9 +149,8 @@ def observe_to_file(
             withheld file (nothing that is not an observation table is replaced).
 
     Returns:
-        ``{"time", "seed", "networks", "observations", "withheld", "counts",
-        "withheld_counts", "paths": {"observations", "withheld"}}`` with counts
-        per network and variable.
+        The :class:`ObservationDraw`: counts per network and variable and the
+        paths written; :meth:`ObservationDraw.to_dict` is its JSON form.
     """
     from genda.storage import open_archive  # deferred: see the module docstring
 
@@ -122,24 +166,25 @@ def observe_to_file(
     assimilated, withheld = split_withheld(obs, withhold) if withhold else (obs, obs.iloc[:0])
     if assimilated.empty:
         raise InvalidValueError(f"withholding {list(withhold)} leaves no observation to assimilate")
-    paths: dict[str, str | None] = {"observations": str(out), "withheld": None}
+    withheld_file: str | None = None
     if not withheld.empty:
         # The withheld file first, so that a complete main file has its withheld one.
-        paths["withheld"] = str(write_observations(withheld, withheld_path(out)))
+        withheld_file = str(write_observations(withheld, withheld_path(out)))
     elif withheld_path(out).exists():
         # A withheld file of an earlier draw would hold stations this table assimilates.
         withheld_path(out).unlink()
     write_observations(assimilated, out)
-    return {
-        "time": iso(when),
-        "seed": int(seed),
-        "networks": network_names(networks),
-        "observations": len(assimilated),
-        "withheld": len(withheld),
-        "counts": _counts(assimilated),
-        "withheld_counts": _counts(withheld),
-        "paths": paths,
-    }
+    return ObservationDraw(
+        time=iso(when),
+        seed=int(seed),
+        networks=tuple(network_names(networks)),
+        observations=len(assimilated),
+        withheld=len(withheld),
+        counts=_counts(assimilated),
+        withheld_counts=_counts(withheld),
+        observations_path=str(out),
+        withheld_path=withheld_file,
+    )
 
 
-__all__ = ["check_table_replaceable", "observe_to_file", "withheld_path"]
+__all__ = ["ObservationDraw", "check_table_replaceable", "observe_to_file", "withheld_path"]

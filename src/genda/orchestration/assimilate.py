@@ -50,7 +50,7 @@ from genda.observations.table import (
     window_bounds,
 )
 from genda.orchestration.summaries import ObservationFit, WindowSummary
-from genda.ownership import check_extendable, check_replaceable
+from genda.ownership import check_store_output
 from genda.storage.ensemble_store import EnsembleStore
 
 FIT_BLOCK_MEMBERS = 32
@@ -140,7 +140,7 @@ def assimilate_window(
     progress: bool = True,
     yes: bool = False,
     insecure: bool = False,
-) -> dict[str, Any]:
+) -> WindowSummary:
     """Complete the window at ``time`` in the ensemble store ``out`` (created when absent).
 
     Args:
@@ -175,9 +175,10 @@ def assimilate_window(
             (``RAY_AUTH_MODE=disabled``; :func:`genda.ensemble.cluster.check_local_cluster`).
 
     Returns:
-        The JSON form of the window's :class:`~genda.orchestration.summaries.WindowSummary`
+        The window's :class:`~genda.orchestration.summaries.WindowSummary`
         (store, counts, timing in members/s over the members made now, retries,
-        and the fit to the observations); ``WindowSummary.from_dict`` reads it.
+        and the fit to the observations); its JSON form is
+        :meth:`~genda.orchestration.summaries.WindowSummary.to_dict`.
 
     Raises:
         EnsembleStoreError: the store holds another grid or ensemble size, or
@@ -194,7 +195,7 @@ def assimilate_window(
     driver_device = device if in_process else "cpu"
     if in_process:  # Ray workers check their own devices; a driver may have no GPU
         check_device(device)
-    _check_output(out, overwrite)
+    check_store_output(out, overwrite)
     prior = _load_prior(checkpoint, driver_device, layers_per_batch)
     _check_store_size(prior, members, out, yes)
     obs, qc = _load_observations(observations, prior, when, window_hours, outlier_k, keep_outliers)
@@ -238,7 +239,7 @@ def assimilate_window(
         progress=progress,
         insecure=insecure,
     )
-    summary = _summarise(
+    return _summarise(
         store,
         when,
         prior,
@@ -250,7 +251,6 @@ def assimilate_window(
         qc=qc,
         keep_outliers=keep_outliers,
     )
-    return summary.to_dict()
 
 
 def _check_arguments(
@@ -271,14 +271,6 @@ def _check_arguments(
         raise InvalidValueError(f"window_hours must be a finite number >= 0, got {window_hours}")
     if layers_per_batch is not None and layers_per_batch < 1:
         raise InvalidValueError(f"layers_per_batch must be >= 1, got {layers_per_batch}")
-
-
-def _check_output(out: str | os.PathLike[str], overwrite: bool) -> None:
-    """Refuse an ``out`` that may not be extended (or, with ``overwrite``, replaced)."""
-    if overwrite:
-        check_replaceable(out, "ensemble store", overwrite=True)
-    else:
-        check_extendable(out, "ensemble store")
 
 
 def _load_prior(

@@ -55,7 +55,7 @@ from genda.errors import InvalidValueError
 from genda.grid import Grid
 from genda.orchestration.assimilate import load_window_observations, observation_fingerprint
 from genda.orchestration.summaries import ObservationFit
-from genda.ownership import check_extendable, check_replaceable
+from genda.ownership import check_store_output
 from genda.storage.ensemble_store import EnsembleStore
 from genda.storage.readers import open_archive
 from genda.times import as_datetime64
@@ -233,7 +233,7 @@ def baseline_window(
         localization = baseline_localization(method, hour_matched, horizontal_km, vertical_km)
     size, minimum = _draw_size(method, members, climatology_size, hour_matched)
     out = Path(out)
-    _check_output(out, overwrite)  # before the analysis, so that a refused output costs nothing
+    check_store_output(out, overwrite)  # before the analysis: a refused output costs nothing
     when = as_datetime64(time)
     ds, grid, obs = _load_inputs(archive, observations, when, window_hours)
     draw_rng, perturbation_rng = _generators(seed, when, hour_matched)
@@ -330,14 +330,6 @@ def _draw_size(
         size = CLIMATOLOGY_SIZE if climatology_size is None else climatology_size
     minimum = max(2, members) if method == "enkf" else 2
     return size, minimum
-
-
-def _check_output(out: Path, overwrite: bool) -> None:
-    """Refuse an ``out`` that may not be extended (or, with ``overwrite``, replaced)."""
-    if overwrite:
-        check_replaceable(out, "ensemble store", overwrite=True)
-    else:
-        check_extendable(out, "ensemble store")
 
 
 def _load_inputs(

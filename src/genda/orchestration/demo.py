@@ -140,7 +140,7 @@ def run_demo(
     observed = observe_to_file(
         truth, time, DEMO_NETWORKS, obs_path, seed, DEMO_WITHHELD, overwrite=True
     )
-    withheld = observed["paths"]["withheld"]
+    withheld = observed.withheld_path
     baseline = out / "enkf.zarr"
     baseline_window(
         truth,

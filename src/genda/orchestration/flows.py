@@ -71,7 +71,11 @@ def check_observations(config: CycleConfig, time: str) -> dict[str, Any]:
 
 @task(name="ensemble", retries=2, retry_delay_seconds=5, cache_policy=NONE)
 def make_ensemble(config: CycleConfig, time: str) -> dict[str, Any]:
-    """The window's members and statistics in the store (resumes what a failed try left)."""
+    """The window's members and statistics in the store (resumes what a failed try left).
+
+    Returns the window's summary in its JSON form
+    (:meth:`genda.orchestration.summaries.WindowSummary.to_dict`).
+    """
     from genda.orchestration.assimilate import assimilate_window
 
     summary = assimilate_window(
@@ -93,16 +97,15 @@ def make_ensemble(config: CycleConfig, time: str) -> dict[str, Any]:
         auto_batch=config.auto_batch,
         progress=sys.stderr.isatty(),  # a bar for a person watching, not in logs
     )
-    made = WindowSummary.from_dict(summary)
     get_run_logger().info(
         "window %s: %d members made, %d already stored, %.2f members/s, %d retried",
         time,
-        made.written,
-        made.already_complete,
-        made.members_per_second,
-        made.failures_retried,
+        summary.written,
+        summary.already_complete,
+        summary.members_per_second,
+        summary.failures_retried,
     )
-    return summary
+    return summary.to_dict()  # plain data between tasks and in the flow's result
 
 
 @task(name="evaluate", cache_policy=NONE)

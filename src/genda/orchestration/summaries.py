@@ -1,9 +1,9 @@
 """Typed summaries of an assimilated window and their JSON form.
 
-:func:`genda.orchestration.assimilate.assimilate_window` builds a
-:class:`WindowSummary` and returns its JSON form (:meth:`WindowSummary.to_dict`):
-plain data that crosses Prefect tasks and that the benchmarks write. The
-command, the flows' report and the demo read a summary back with
+:func:`genda.orchestration.assimilate.assimilate_window` returns a
+:class:`WindowSummary`. Its JSON form (:meth:`WindowSummary.to_dict`) is the
+plain data that crosses Prefect tasks and that the benchmarks write; the
+flows' report and the cycle and demo commands read it back with
 :meth:`WindowSummary.from_dict` and use its attributes.
 """
 
