@@ -52,7 +52,9 @@ class PosteriorSettings:
     Attributes:
         method: guidance, ``"mmps"`` (default), ``"dps"`` or ``"sda"``.
         steps: sampler steps (noise levels before 0).
-        sampler: ``"heun"`` (deterministic), ``"euler"`` or ``"stochastic"``.
+        sampler: ``"exponential"`` (default: Heun with the unit Gaussian's part
+            integrated exactly, right for whitened priors), ``"heun"``, ``"euler"``
+            or ``"stochastic"`` (:mod:`genda.models.sampling`).
         iterations: MMPS solver (GMRES) iterations.
         covariance: MMPS's Tweedie covariance: ``"jacobian"`` (default; the
             network's, by vector-Jacobian products, azula's MMPS) or ``"prior"``
@@ -67,7 +69,7 @@ class PosteriorSettings:
 
     method: str = "mmps"
     steps: int = 32
-    sampler: str = "heun"
+    sampler: str = "exponential"
     iterations: int = 3
     covariance: str = "jacobian"
     zeta: float = 1.0

@@ -149,7 +149,13 @@ def fidelity(
     out: Annotated[Path, typer.Option(help="Directory for fidelity.json and the plots.")],
     members: Annotated[int, typer.Option(help="Unconditional members to draw.")] = 64,
     steps: Annotated[int, typer.Option(help="Sampler steps.")] = 32,
-    method: Annotated[str, typer.Option(help="heun, euler or stochastic.")] = "heun",
+    method: Annotated[
+        str,
+        typer.Option(
+            help="exponential (Heun with the unit Gaussian integrated exactly), heun, euler "
+            "or stochastic."
+        ),
+    ] = "exponential",
     seed: Annotated[int, typer.Option(help="Window seed of the members.")] = 0,
     batch_size: Annotated[int, typer.Option(help="Members per denoiser batch.")] = 8,
     device: Annotated[str, typer.Option(help="torch device.")] = "cpu",
@@ -162,10 +168,11 @@ def fidelity(
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
     """Compare unconditional samples of a prior with held-out model data."""
+    from genda.models.sampling import METHODS
     from genda.orchestration.fidelity import prior_fidelity
 
-    if method not in ("heun", "euler", "stochastic"):
-        raise fail(f"unknown sampling method {method!r}; use heun, euler or stochastic")
+    if method not in METHODS:
+        raise fail(f"unknown sampling method {method!r}; use {', '.join(METHODS)}")
     run = prior_fidelity(
         checkpoint,
         data,

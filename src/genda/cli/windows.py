@@ -26,7 +26,13 @@ def assimilate(
     members: Annotated[int, typer.Option(help="Ensemble size.")] = 16,
     method: Annotated[str, typer.Option(help="Guidance: mmps, dps or sda.")] = "mmps",
     steps: Annotated[int, typer.Option(help="Sampler steps.")] = 32,
-    sampler: Annotated[str, typer.Option(help="heun, euler or stochastic.")] = "heun",
+    sampler: Annotated[
+        str,
+        typer.Option(
+            help="exponential (Heun with the unit Gaussian integrated exactly), heun, euler "
+            "or stochastic."
+        ),
+    ] = "exponential",
     iterations: Annotated[int, typer.Option(help="MMPS solver (GMRES) iterations.")] = 3,
     covariance: Annotated[
         str,

@@ -11,6 +11,24 @@ from ``sigma_max`` down to 0 on the noise levels of :func:`~genda.models.diffusi
 * ``"heun"``: EDM Algorithm 1, second order, the last step (to ``sigma = 0``) Euler;
   ``2 steps - 1`` denoiser calls.
 * ``"euler"``: first order, ``steps`` calls.
+* ``"exponential"``: Heun on the departure from the unit Gaussian, whose part
+  is integrated exactly (an exponential integrator: Zhang & Chen 2023,
+  "Fast Sampling of Diffusion Models with Exponential Integrator",
+  https://arxiv.org/abs/2204.13902; the semi-linear form of DPM-Solver, Lu
+  et al. 2022). With ``s = sqrt(1 + sigma^2)`` and ``Q = D + (D - x) /
+  sigma^2``, the ODE is ``d(x / s) / dsigma = -Q sigma / s^3``: ``Q`` is 0 for
+  data ``N(0, I)`` (``D = x / s^2``) and the mean for ``N(mu, I)``, and stays
+  bounded at every noise level. Taking ``Q`` as the mean of its values at the
+  two ends of a step (Heun's predictor and corrector):
+
+      x_n / s_n = x_c / s_c - (Q_c + Q_n) / 2 * (1 / s_c - 1 / s_n)
+
+  The last step (to ``sigma = 0``) is Euler, as in ``"heun"``; the calls are
+  the same ``2 steps - 1``. In whitened coordinates the model data are
+  ``N(0, I)`` up to what the network adds, and a guided posterior shifts that
+  Gaussian's mean, so the Gaussian part is sampled exactly at any number of
+  steps, where ``"heun"`` on EDM's noise levels gives the unit Gaussian a
+  variance of 1.13 at 16 steps and 1.03 at 32 (too much power in every mode).
 * ``"stochastic"``: EDM Algorithm 2, Heun steps preceded by "churn": at each
   ``sigma_i`` in ``[s_tmin, s_tmax]`` the noise level is raised to
   ``sigma_hat = (1 + gamma) sigma_i``, ``gamma = min(churn / steps, sqrt(2) - 1)``,
@@ -48,7 +66,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Literal, Protocol, get_args, runtime_checkable
 
 import torch
@@ -68,7 +86,7 @@ __all__ = [
     "sample",
 ]
 
-SamplingMethod = Literal["heun", "euler", "stochastic"]
+SamplingMethod = Literal["heun", "euler", "stochastic", "exponential"]
 METHODS: tuple[str, ...] = get_args(SamplingMethod)
 """The sampler names, in the order of :data:`SamplingMethod`."""
 
@@ -146,8 +164,9 @@ def sample(
         members: distinct non-negative member indices.
         window_seed: the seed of the assimilation window.
         steps: number of integration steps (noise levels before the final 0).
-        method: ``"heun"`` (EDM Algorithm 1), ``"euler"``, or ``"stochastic"``
-            (EDM Algorithm 2).
+        method: ``"heun"`` (EDM Algorithm 1), ``"euler"``, ``"stochastic"``
+            (EDM Algorithm 2) or ``"exponential"`` (Heun with the unit Gaussian's
+            part integrated exactly; module docstring).
         churn: EDM's ``S_churn`` for ``"stochastic"`` (ignored otherwise):
             ``gamma = min(churn / steps, sqrt(2) - 1)``. The default 5 gives
             ``gamma = 0.156`` at 32 steps, the per-step churn of EDM's
@@ -206,9 +225,12 @@ def sample(
                 scale = s_noise * math.sqrt(sigma_hat**2 - sigma_cur**2)
                 x_hat = x + scale * member_noise(generators, shape, device, dtype)
 
-            slope = (x_hat - call(x_hat, sigma_hat)) / sigma_hat
-            x = x_hat + (sigma_next - sigma_hat) * slope
-            if method != "euler" and sigma_next > 0:
+            if method == "exponential" and sigma_next > 0:
+                x = _exponential_step(call, x_hat, sigma_hat, sigma_next)
+            else:
+                slope = (x_hat - call(x_hat, sigma_hat)) / sigma_hat
+                x = x_hat + (sigma_next - sigma_hat) * slope
+            if method in ("heun", "stochastic") and sigma_next > 0:
                 slope_next = (x - call(x, sigma_next)) / sigma_next
                 x = x_hat + (sigma_next - sigma_hat) * (0.5 * slope + 0.5 * slope_next)
             for _ in range(corrections if sigma_next > 0 else 0):
@@ -218,6 +240,26 @@ def sample(
                 delta = tau / eps.square().mean(dim=dims, keepdim=True)
                 x = x - sigma_next * (delta * eps + torch.sqrt(2 * delta) * z)
     return x
+
+
+def _exponential_step(
+    call: Callable[[Tensor, float], Tensor], x: Tensor, sigma: float, sigma_next: float
+) -> Tensor:
+    """One ``"exponential"`` step from ``sigma`` to ``sigma_next > 0`` (module docstring).
+
+    The unit Gaussian's part of the flow, ``x_n = (s_n / s_c) x_c``, is exact;
+    ``Q = D + (D - x) / sigma^2`` (0 for the unit Gaussian, its mean for a
+    shifted one) is averaged over the step's two ends.
+    """
+    scale, scale_next = math.sqrt(1.0 + sigma**2), math.sqrt(1.0 + sigma_next**2)
+    weight = 1.0 / scale - 1.0 / scale_next  # negative: the noise level falls
+    y = x / scale
+    denoised = call(x, sigma)
+    departure = denoised + (denoised - x) / sigma**2
+    predicted = scale_next * (y - weight * departure)
+    denoised_next = call(predicted, sigma_next)
+    departure_next = denoised_next + (denoised_next - predicted) / sigma_next**2
+    return scale_next * (y - weight * (0.5 * departure + 0.5 * departure_next))
 
 
 def _noise_levels(

@@ -84,7 +84,7 @@ class CycleConfig(BaseModel):
     members: int = Field(16, ge=1)
     method: GuidanceMethod = "mmps"
     steps: int = Field(32, ge=1)
-    sampler: SamplingMethod = "heun"
+    sampler: SamplingMethod = "exponential"
     iterations: int = Field(3, ge=1, description="MMPS solver (GMRES) iterations.")
     covariance: TweedieCovariance = Field(
         "jacobian",

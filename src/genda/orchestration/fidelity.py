@@ -91,7 +91,7 @@ def prior_fidelity(
     out: Path,
     members: int = 64,
     steps: int = 32,
-    method: SamplingMethod = "heun",
+    method: SamplingMethod = "exponential",
     seed: int = 0,
     batch_size: int = 8,
     device: str = "cpu",
