@@ -104,23 +104,48 @@ def test_deterministic_samplers_follow_the_exact_flow(method: str, order: int) -
     assert 0.75 * 2**order < ratio < 1.5 * 2**order
 
 
-def test_exponential_sampler_is_exact_for_unit_variance_gaussians_at_any_step_count() -> None:
-    """For ``N(mu, I)`` (``Q = mu``) every step but the last (Euler, to 0) is the exact flow,
-    which keeps ``(x - mu) / sqrt(1 + sigma^2)``: ``x_0 = mu + (T z - mu) / (sqrt(1 + T^2)
-    sqrt(1 + sigma_min^2))``. Heun on the same levels gives the members about 13 % too much
-    variance at 16 steps."""
+def test_exponential_sampler_follows_unit_variance_gaussians_whatever_the_step_count() -> None:
+    """For ``N(mu, I)`` (``Q = mu``) the exponential steps are the exact flow, which keeps
+    ``(x - mu) / sqrt(1 + sigma^2)``; below ``EXPONENTIAL_FLOOR`` Heun's short steps add
+    little. Member by member against the exact flow map: within 0.2 % at 8 and 16 steps,
+    where Heun alone is off by over 4 % at 16 (13 % too much variance)."""
     members = range(40)
     mu, one = MU.double(), torch.ones(2, 1, dtype=torch.float64)
-    z = initial_normals(members, 5, SHAPE).double()
-    sigma_min = float(karras_sigmas(4)[-2])
-    exact = mu + (T * z - mu) / (math.sqrt(1 + T**2) * math.sqrt(1 + sigma_min**2))
+    exact = flow_map(initial_normals(members, 5, SHAPE).double(), mu, one)
+
+    def error(steps: int, method: str) -> float:
+        x = sample(GaussianDenoiser(mu, one), SHAPE, members, 5, steps, method, dtype=torch.float64)
+        return ((x - exact) / (exact - mu)).abs().max().item()
+
+    assert error(8, "exponential") < 2e-3 and error(16, "exponential") < 2e-3
+    assert error(16, "heun") > 0.04
+
+
+def test_exponential_sampler_does_not_amplify_the_denoisers_errors_at_small_noise() -> None:
+    """A denoiser with relative errors of 1e-6 (float32 round-off, batch-dependent kernels)
+    moves members by no more than it moves Heun's, also at 4 steps where the last step
+    before 0 is long."""
+    members = range(40)
+    mu, one = MU.double(), torch.ones(2, 1, dtype=torch.float64)
+    clean = GaussianDenoiser(mu, one)
+
+    def noisy(x: Tensor, sigma: Tensor) -> Tensor:
+        g = torch.Generator().manual_seed(int(1e6 * float(sigma[0])))
+        wobble = 1e-6 * torch.randn(x.shape, generator=g, dtype=x.dtype)
+        return clean(x, sigma) * (1 + wobble)
+
     for steps in (4, 16):
-        x = sample(
-            GaussianDenoiser(mu, one), SHAPE, members, 5, steps, "exponential", dtype=torch.float64
-        )
-        torch.testing.assert_close(x, exact, rtol=0, atol=1e-10)
-    heun = sample(GaussianDenoiser(mu, one), SHAPE, members, 5, 16, "heun", dtype=torch.float64)
-    assert ((heun - mu).square().mean() / (exact - mu).square().mean()) > 1.08
+        moved = {
+            method: (
+                sample(noisy, SHAPE, members, 5, steps, method, dtype=torch.float64)
+                - sample(clean, SHAPE, members, 5, steps, method, dtype=torch.float64)
+            )
+            .abs()
+            .max()
+            .item()
+            for method in ("heun", "exponential")
+        }
+        assert moved["exponential"] < 2 * moved["heun"] + 1e-9, moved
 
 
 def test_exponential_sampler_is_second_order_elsewhere() -> None:

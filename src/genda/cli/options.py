@@ -2,11 +2,39 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Mapping, Sequence
+from typing import Annotated, Final
 
 import typer
 
+from genda.assimilation.posterior import PosteriorSettings
 from genda.cli.group import fail
+from genda.models.sampling import METHODS as SAMPLERS
+
+POSTERIOR_DEFAULTS: Final = PosteriorSettings()
+"""The defaults of the sampling options: :class:`PosteriorSettings`' own."""
+
+
+def one_of(names: Sequence[str], first: str, notes: Mapping[str, str] | None = None) -> str:
+    """``first``, then the other ``names`` in their order, as ``a (note), b or c``.
+
+    ``notes``: a short explanation, in brackets after the name it explains.
+    """
+    notes = notes or {}
+    ordered = [first, *(name for name in names if name != first)]
+    shown = [f"{name} ({notes[name]})" if name in notes else name for name in ordered]
+    return shown[0] if len(shown) == 1 else ", ".join(shown[:-1]) + " or " + shown[-1]
+
+
+SAMPLER_HELP: Final = (
+    one_of(
+        SAMPLERS,
+        POSTERIOR_DEFAULTS.sampler,
+        {"exponential": "Heun with the unit Gaussian integrated exactly"},
+    )
+    + "."
+)
+"""``--sampler`` and ``fidelity --method``: the sampler names, the default first."""
 
 InsecureOption = Annotated[
     bool,
@@ -59,4 +87,12 @@ def command_line(ctx: typer.Context) -> str:
     return " ".join(parts)
 
 
-__all__ = ["InsecureOption", "command_line", "parse_batch_size", "parse_channel_mult"]
+__all__ = [
+    "POSTERIOR_DEFAULTS",
+    "SAMPLER_HELP",
+    "InsecureOption",
+    "command_line",
+    "one_of",
+    "parse_batch_size",
+    "parse_channel_mult",
+]

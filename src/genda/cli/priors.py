@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from genda.cli.group import console, fail
-from genda.cli.options import command_line, parse_channel_mult
+from genda.cli.options import SAMPLER_HELP, command_line, parse_channel_mult
 from genda.cli.render import render_training
 
 
@@ -149,13 +149,7 @@ def fidelity(
     out: Annotated[Path, typer.Option(help="Directory for fidelity.json and the plots.")],
     members: Annotated[int, typer.Option(help="Unconditional members to draw.")] = 64,
     steps: Annotated[int, typer.Option(help="Sampler steps.")] = 32,
-    method: Annotated[
-        str,
-        typer.Option(
-            help="exponential (Heun with the unit Gaussian integrated exactly), heun, euler "
-            "or stochastic."
-        ),
-    ] = "exponential",
+    method: Annotated[str, typer.Option(help=SAMPLER_HELP)] = "exponential",
     seed: Annotated[int, typer.Option(help="Window seed of the members.")] = 0,
     batch_size: Annotated[int, typer.Option(help="Members per denoiser batch.")] = 8,
     device: Annotated[str, typer.Option(help="torch device.")] = "cpu",

@@ -7,9 +7,24 @@ from typing import Annotated
 
 import typer
 
+from genda.assimilation.guidance import GUIDANCE_METHODS, TWEEDIE_COVARIANCES
+from genda.assimilation.posterior import PosteriorSettings
 from genda.cli.group import console, fail
-from genda.cli.options import InsecureOption, parse_batch_size
+from genda.cli.options import (
+    POSTERIOR_DEFAULTS,
+    SAMPLER_HELP,
+    InsecureOption,
+    one_of,
+    parse_batch_size,
+)
 from genda.cli.render import render_baseline, render_window
+from genda.observations.qc import DEFAULT_OUTLIER_K
+
+_COVARIANCE_NOTES: dict[str, str] = {
+    "jacobian": "the network's",
+    "prior": "the whitened prior's Gaussian part: no backward pass, whitened priors only",
+}
+"""What ``--covariance``'s help says of each Tweedie covariance."""
 
 
 def assimilate(
@@ -24,31 +39,32 @@ def assimilate(
         str, typer.Option(help="Checkpoint directory, or default / default-layer2d.")
     ] = "default",
     members: Annotated[int, typer.Option(help="Ensemble size.")] = 16,
-    method: Annotated[str, typer.Option(help="Guidance: mmps, dps or sda.")] = "mmps",
-    steps: Annotated[int, typer.Option(help="Sampler steps.")] = 32,
-    sampler: Annotated[
+    method: Annotated[
         str,
-        typer.Option(
-            help="exponential (Heun with the unit Gaussian integrated exactly), heun, euler "
-            "or stochastic."
-        ),
-    ] = "exponential",
-    iterations: Annotated[int, typer.Option(help="MMPS solver (GMRES) iterations.")] = 3,
+        typer.Option(help=f"Guidance: {one_of(GUIDANCE_METHODS, POSTERIOR_DEFAULTS.method)}."),
+    ] = POSTERIOR_DEFAULTS.method,
+    steps: Annotated[int, typer.Option(help="Sampler steps.")] = POSTERIOR_DEFAULTS.steps,
+    sampler: Annotated[str, typer.Option(help=SAMPLER_HELP)] = POSTERIOR_DEFAULTS.sampler,
+    iterations: Annotated[
+        int, typer.Option(help="MMPS solver (GMRES) iterations.")
+    ] = POSTERIOR_DEFAULTS.iterations,
     covariance: Annotated[
         str,
         typer.Option(
-            help="MMPS's Tweedie covariance: jacobian (the network's) or prior (the whitened "
-            "prior's Gaussian part: no backward pass, whitened priors only)."
+            help="MMPS's Tweedie covariance: "
+            f"{one_of(TWEEDIE_COVARIANCES, POSTERIOR_DEFAULTS.covariance, _COVARIANCE_NOTES)}."
         ),
-    ] = "jacobian",
-    zeta: Annotated[float, typer.Option(help="DPS guidance strength.")] = 1.0,
-    gamma: Annotated[float, typer.Option(help="SDA likelihood inflation gamma.")] = 0.1,
+    ] = POSTERIOR_DEFAULTS.covariance,
+    zeta: Annotated[float, typer.Option(help="DPS guidance strength.")] = POSTERIOR_DEFAULTS.zeta,
+    gamma: Annotated[
+        float, typer.Option(help="SDA likelihood inflation gamma.")
+    ] = POSTERIOR_DEFAULTS.gamma,
     corrections: Annotated[
         int | None, typer.Option(help="Langevin corrections per step (SDA default 1).")
-    ] = None,
+    ] = POSTERIOR_DEFAULTS.corrections,
     batch_size: Annotated[
         str, typer.Option(help="Members per denoiser batch, or 'auto' (probe each GPU).")
-    ] = "8",
+    ] = str(POSTERIOR_DEFAULTS.batch_size),
     layers_per_batch: Annotated[
         int | None,
         typer.Option(
@@ -65,7 +81,7 @@ def assimilate(
             help="Background check: observations more than k standard deviations "
             "(climatology and observation error) from the prior's mean are left out."
         ),
-    ] = 5.0,  # genda.observations.qc.DEFAULT_OUTLIER_K (not imported: it loads torch)
+    ] = DEFAULT_OUTLIER_K,
     keep_outliers: Annotated[
         bool, typer.Option(help="Assimilate the observations the background check flags.")
     ] = False,
@@ -93,7 +109,6 @@ def assimilate(
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Sample a posterior ensemble for one window into a Zarr store; a rerun fills what is missing."""
-    from genda.assimilation.posterior import PosteriorSettings
     from genda.orchestration.assimilate import assimilate_window
 
     if not time_:

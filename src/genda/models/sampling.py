@@ -23,12 +23,14 @@ from ``sigma_max`` down to 0 on the noise levels of :func:`~genda.models.diffusi
 
       x_n / s_n = x_c / s_c - (Q_c + Q_n) / 2 * (1 / s_c - 1 / s_n)
 
-  The last step (to ``sigma = 0``) is Euler, as in ``"heun"``; the calls are
-  the same ``2 steps - 1``. In whitened coordinates the model data are
+  Below ``sigma = 0.1`` (:data:`EXPONENTIAL_FLOOR`) the steps are Heun's and
+  the last one (to ``sigma = 0``) Euler, as in ``"heun"``; the calls are the
+  same ``2 steps - 1``. In whitened coordinates the model data are
   ``N(0, I)`` up to what the network adds, and a guided posterior shifts that
-  Gaussian's mean, so the Gaussian part is sampled exactly at any number of
-  steps, where ``"heun"`` on EDM's noise levels gives the unit Gaussian a
-  variance of 1.13 at 16 steps and 1.03 at 32 (too much power in every mode).
+  Gaussian's mean, so the Gaussian part is sampled almost exactly at any
+  number of steps (variance within 0.03 % at 16 steps, 0.1 % at 8), where
+  ``"heun"`` on EDM's noise levels gives the unit Gaussian a variance of 1.13
+  at 16 steps and 1.03 at 32 (too much power in every mode).
 * ``"stochastic"``: EDM Algorithm 2, Heun steps preceded by "churn": at each
   ``sigma_i`` in ``[s_tmin, s_tmax]`` the noise level is raised to
   ``sigma_hat = (1 + gamma) sigma_i``, ``gamma = min(churn / steps, sqrt(2) - 1)``,
@@ -89,6 +91,13 @@ __all__ = [
 SamplingMethod = Literal["heun", "euler", "stochastic", "exponential"]
 METHODS: tuple[str, ...] = get_args(SamplingMethod)
 """The sampler names, in the order of :data:`SamplingMethod`."""
+
+EXPONENTIAL_FLOOR = 0.1
+"""``"exponential"`` steps to noise levels at or above this; Heun's below. There
+``Q = D + (D - x) / sigma^2`` divides the denoiser's own error (and float32
+round-off) by ``sigma^2``, while Heun's error on the short steps left is
+negligible: the unit Gaussian's variance is then exact to 0.03 % at 16 steps
+(Heun alone: 13 % too much)."""
 
 
 @runtime_checkable
@@ -225,12 +234,14 @@ def sample(
                 scale = s_noise * math.sqrt(sigma_hat**2 - sigma_cur**2)
                 x_hat = x + scale * member_noise(generators, shape, device, dtype)
 
-            if method == "exponential" and sigma_next > 0:
+            if method == "exponential" and sigma_next >= EXPONENTIAL_FLOOR:
                 x = _exponential_step(call, x_hat, sigma_hat, sigma_next)
+                continue_with_heun = False
             else:
                 slope = (x_hat - call(x_hat, sigma_hat)) / sigma_hat
                 x = x_hat + (sigma_next - sigma_hat) * slope
-            if method in ("heun", "stochastic") and sigma_next > 0:
+                continue_with_heun = method != "euler"
+            if continue_with_heun and sigma_next > 0:
                 slope_next = (x - call(x, sigma_next)) / sigma_next
                 x = x_hat + (sigma_next - sigma_hat) * (0.5 * slope + 0.5 * slope_next)
             for _ in range(corrections if sigma_next > 0 else 0):

@@ -28,7 +28,7 @@ import os
 import string
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Literal
+from typing import Final, Literal
 
 import numpy as np
 import yaml
@@ -39,6 +39,9 @@ from genda.assimilation.posterior import PosteriorSettings
 from genda.errors import GendaError, InvalidValueError
 from genda.models.sampling import SamplingMethod
 from genda.observations.qc import DEFAULT_OUTLIER_K
+
+_SETTINGS: Final = PosteriorSettings()
+"""The defaults of the sampling keys (``method`` to ``batch_size``): :class:`PosteriorSettings`'."""
 
 
 class ConfigError(GendaError, ValueError):
@@ -82,21 +85,27 @@ class CycleConfig(BaseModel):
     )
     keep_outliers: bool = Field(False, description="Assimilate the flagged observations too.")
     members: int = Field(16, ge=1)
-    method: GuidanceMethod = "mmps"
-    steps: int = Field(32, ge=1)
-    sampler: SamplingMethod = "exponential"
-    iterations: int = Field(3, ge=1, description="MMPS solver (GMRES) iterations.")
+    method: GuidanceMethod = Field(_SETTINGS.method)
+    steps: int = Field(_SETTINGS.steps, ge=1)
+    sampler: SamplingMethod = Field(_SETTINGS.sampler)
+    iterations: int = Field(
+        _SETTINGS.iterations, ge=1, description="MMPS solver (GMRES) iterations."
+    )
     covariance: TweedieCovariance = Field(
-        "jacobian",
+        _SETTINGS.covariance,
         description="MMPS's Tweedie covariance: the network's Jacobian, or the whitened "
         "prior's Gaussian part (no backward pass).",
     )
-    zeta: float = Field(1.0, ge=0, allow_inf_nan=False, description="DPS guidance strength.")
-    gamma: float = Field(0.1, ge=0, allow_inf_nan=False, description="SDA likelihood inflation.")
-    corrections: int | None = Field(
-        None, ge=0, description="Langevin corrections per step (SDA default 1)."
+    zeta: float = Field(
+        _SETTINGS.zeta, ge=0, allow_inf_nan=False, description="DPS guidance strength."
     )
-    batch_size: int | Literal["auto"] = 8
+    gamma: float = Field(
+        _SETTINGS.gamma, ge=0, allow_inf_nan=False, description="SDA likelihood inflation."
+    )
+    corrections: int | None = Field(
+        _SETTINGS.corrections, ge=0, description="Langevin corrections per step (SDA default 1)."
+    )
+    batch_size: int | Literal["auto"] = _SETTINGS.batch_size
     seed: int = 0
     store: Path
     truth: Path | None = Field(None, description="Model data to evaluate each window against.")
@@ -180,7 +189,7 @@ def resolve_batch_size(batch_size: int | Literal["auto"]) -> tuple[int, bool]:
     (:meth:`genda.ensemble.work.MemberGenerator.probe_batch_size`).
     """
     if batch_size == "auto":
-        return PosteriorSettings().batch_size, True
+        return _SETTINGS.batch_size, True
     return int(batch_size), False
 
 
