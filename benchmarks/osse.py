@@ -225,6 +225,7 @@ def one_window(args: argparse.Namespace) -> None:
             "observations": drawn.observations,
             "withheld": drawn.withheld,
             "steps": args.steps,
+            "sampler": PosteriorSettings().sampler,
             "work": work.name,
         },
     )
@@ -637,6 +638,7 @@ def _write_windows(
             "archive": args.archive.name,
             "members": args.members,
             "steps": args.steps,
+            "sampler": PosteriorSettings().sampler,
             "climatology_size": CLIMATOLOGY_SIZE,
             "work": args.work.name,
         },

@@ -58,7 +58,10 @@ def window_member_power(store: Path, grid: Grid) -> tuple[dict[str, np.ndarray],
     sums = {}
     for name in grid.variables:
         members = ds[name].transpose(*MEMBER_ORDER).values[keep]
-        sums[name] = scalar_power(members, grid) * count
+        if count:
+            sums[name] = scalar_power(members, grid) * count
+        else:  # a window without complete members adds nothing (not NaN) to the sums
+            sums[name] = np.zeros((grid.nlevels, (grid.nlon - 1) // 3 + 1))
     return sums, count
 
 

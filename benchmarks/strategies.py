@@ -642,6 +642,9 @@ def plot_chunks(rows: list[dict[str, Any]], out: Path) -> Path:
 
 # --------------------------------------------------------------------------- main
 def main() -> None:
+    from genda.assimilation.posterior import PosteriorSettings
+    from genda.models.coordinates import coupling_for
+
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -910,6 +913,8 @@ def main() -> None:
         "coordinates": args.coordinates,
         "members": args.members,
         "sampling_steps": args.steps,
+        "sampler": PosteriorSettings().sampler,
+        "layer2d_coupling": coupling_for("layer2d"),
         "guidance": "mmps",
         "precision": args.precision,
         "compile": args.compile,

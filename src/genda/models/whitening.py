@@ -65,8 +65,9 @@ Maths, per mode ``(l, m)``, ``m <= l < T``:
   factorisation of ``(Q diag(lam)^(1/2))^H``; Golub & Van Loan, "Matrix
   Computations", 4th ed., 5.2): ``S_lm = L_lm L_lm^H`` as before, but channel
   ``(level k, v)`` is made of the ``z`` of levels ``<= k`` only, and ``z``
-  channel ``(v, k)`` is the part of level ``k`` that the levels below do not
-  predict (Cholesky's innovations). Under the fitted Gaussian ``z`` is as white
+  channel ``(v, k)`` is the part of variable ``v`` at level ``k`` that the
+  levels below and the earlier variables of level ``k`` do not predict
+  (Cholesky's innovations). Under the fitted Gaussian ``z`` is as white
   as with the other couplings, and the whole vertical covariance of the
   Gaussian part sits in the transform, so a network that sees one layer of
   ``z`` and its neighbours (``layer2d``) need not make the vertical coupling
@@ -665,6 +666,11 @@ def _triangular_rotation(vectors: Tensor, eigenvalues: Tensor) -> Tensor:
     for t, m, g in torch.nonzero(dead.any(dim=-1)).tolist():
         channels = torch.nonzero(dead[t, m, g]).flatten().tolist()
         spare = torch.nonzero(dropped[t, m, g]).flatten().tolist()
+        if len(spare) < len(channels):  # a channel without variance needs a free direction
+            raise InvalidValueError(
+                f"mode (l={t}, m={m}) has {len(channels)} channels without variance but only "
+                f"{len(spare)} dropped directions; the cascade cannot be built"
+            )
         target[t, m, g][:, channels] = 0.0
         for channel, direction in zip(channels, spare, strict=False):
             target[t, m, g, direction, channel] = 1.0
