@@ -33,7 +33,7 @@ def problem():
 
 
 def _posterior_ensemble(
-    prior, likelihood, method: str, members: int = MEMBERS, **options
+    prior, likelihood, method: str, members: int = MEMBERS, sampler: str = "heun", **options
 ) -> torch.Tensor:
     corrections = options.pop("corrections", 0)
     denoiser = guided_denoiser(prior, likelihood, method, **options)
@@ -46,16 +46,17 @@ def _posterior_ensemble(
         window_seed=3,
         steps=32,
         sigma_max=20.0,
-        method="heun",
+        method=sampler,
         corrections=corrections,
         dtype=torch.float64,
     )
 
 
-def test_mmps_recovers_the_kalman_posterior(problem) -> None:
+@pytest.mark.parametrize("sampler", ["heun", "exponential"])
+def test_mmps_recovers_the_kalman_posterior(problem, sampler: str) -> None:
     prior, likelihood, mean, cov = problem
     members = _posterior_ensemble(
-        prior, likelihood, "mmps", iterations=6
+        prior, likelihood, "mmps", sampler=sampler, iterations=6
     )  # M = 6: GMRES is exact in 6 iterations
     flat = members.reshape(MEMBERS, -1)
     prior_std = prior.covariance.diagonal().sqrt()
