@@ -363,30 +363,23 @@ def test_missing_transform_statistics_are_named(whitened_priors, tmp_path: Path)
         load_checkpoint(damaged)
 
 
-def test_a_cascade_without_its_rotation_is_refused(whitened_priors, tmp_path: Path) -> None:
-    import hashlib
-    import shutil
+def test_the_cascade_rotation_is_derived_not_saved(whitened_priors) -> None:
+    """The checkpoint holds the eigen-decomposition only; loading rebuilds the rotation
+    that fitting made, to round-off, and a unitary one."""
+    from safetensors import safe_open
 
-    from safetensors.torch import load_file, save_file
+    from genda.models.checkpoint import MODEL_FILE
+    from genda.models.whitening import _triangular_rotation
 
-    from genda.models.checkpoint import CONFIG_FILE, MODEL_FILE
-
-    damaged = tmp_path / "no-rotation"
-    shutil.copytree(whitened_priors["layer2d"], damaged)
-    tensors = load_file(damaged / MODEL_FILE)
-    rotations = [k for k in tensors if k.endswith("coordinates.rotation")]
-    assert rotations
-    save_file(
-        {k: v.zero_() if k in rotations else v for k, v in tensors.items()}, damaged / MODEL_FILE
-    )
-    config = json.loads((damaged / CONFIG_FILE).read_text())
-    digest = hashlib.sha256((damaged / MODEL_FILE).read_bytes()).hexdigest()
-    config["files"][MODEL_FILE]["sha256"] = digest
-    (damaged / CONFIG_FILE).write_text(json.dumps(config))
-    with pytest.raises(
-        CheckpointError, match="statistics of the whitened coordinates are all zero"
-    ):
-        load_checkpoint(damaged)
+    with safe_open(str(whitened_priors["layer2d"] / MODEL_FILE), "pt") as handle:
+        assert not [k for k in handle.keys() if "rotation" in k]
+    module = load_checkpoint(whitened_priors["layer2d"]).denoiser.coordinates
+    vectors = torch.view_as_complex(module.eigenvectors.double().contiguous())
+    expected = _triangular_rotation(vectors, module.eigenvalues.double())
+    rotation = torch.view_as_complex(module.rotation.double().contiguous())
+    torch.testing.assert_close(rotation, expected.to(rotation.dtype), atol=1e-6, rtol=0)
+    eye = torch.eye(rotation.shape[-1], dtype=rotation.dtype).expand_as(rotation)
+    torch.testing.assert_close(rotation @ rotation.mH, eye, atol=1e-5, rtol=0)
 
 
 def test_damaged_transform_statistics_fail_the_checksum(whitened_priors, tmp_path: Path) -> None:

@@ -117,10 +117,7 @@ def fit_coordinates(
 
 
 def unfitted_statistics(module: nn.Module | None) -> bool:
-    """The transform's covariances (or the cascade's rotation) are all zero: it was never
-    fitted (a damaged checkpoint)."""
+    """The transform's covariances are all zero: it was never fitted (a damaged checkpoint)."""
     if not isinstance(module, SpectralWhitening):
         return False
-    if module.coupling == "cascade" and not bool(torch.any(module.rotation != 0)):
-        return True
     return not bool(torch.any(module.eigenvalues != 0))

@@ -175,7 +175,8 @@ class SpectralWhitening(nn.Module):
     ``p``), with ``tides`` also ``tidal_mean`` ``(2 tides, T, M, G, P, 2)``
     (cosine then sine coefficients of each harmonic), all zero until
     :meth:`fit`; ``wind_std`` and ``wind_mean`` ``(2, L)``; ``"cascade"`` also
-    ``rotation`` ``(T, M, G, P, P, 2)``, the unitary ``R``. ``G, P = 1, V * L``
+    ``rotation`` ``(T, M, G, P, P, 2)``, the unitary ``R``, not saved but derived
+    from the eigen-decomposition after fitting and after loading. ``G, P = 1, V * L``
     for ``"columns"`` and ``"cascade"``, ``L, V`` for ``"levels"``.
     ``dof_degree``, ``dof_order`` ``(K,)`` give the ``(l, m)`` of each entry
     of ``z``'s last axis (not saved).
@@ -271,7 +272,10 @@ class SpectralWhitening(nn.Module):
         if tides:
             self.register_buffer("tidal_mean", torch.zeros(2 * tides, t, t, g, p, 2))
         if coupling == "cascade":
-            self.register_buffer("rotation", torch.zeros(t, t, g, p, p, 2))
+            # Derived from the eigen-decomposition, so not saved: recomputed after
+            # fitting and after loading the saved statistics.
+            self.register_buffer("rotation", torch.zeros(t, t, g, p, p, 2), persistent=False)
+            self.register_load_state_dict_post_hook(lambda module, _: module._refresh_rotation())
 
     def _transform(self, kind: type[nn.Module]) -> nn.Module:
         """A float64 torch-harmonics transform of this grid on the CPU."""
@@ -532,9 +536,15 @@ class SpectralWhitening(nn.Module):
         self.eigenvalues.copy_(eigenvalues.to(device, dtype))
         self.eigenvectors.copy_(torch.view_as_real(eigenvectors).to(device, dtype))
         if self.coupling == "cascade":
-            rotation = _triangular_rotation(eigenvectors, eigenvalues)
-            self.rotation.copy_(torch.view_as_real(rotation).to(device, dtype))
+            self._refresh_rotation()
         return self
+
+    def _refresh_rotation(self) -> None:
+        """The cascade's ``R`` from the stored eigen-decomposition (in float64), so that
+        fitting and loading a checkpoint give the same rotation."""
+        vectors = torch.view_as_complex(self.eigenvectors.detach().cpu().double().contiguous())
+        rotation = _triangular_rotation(vectors, self.eigenvalues.detach().cpu().double())
+        self.rotation.copy_(torch.view_as_real(rotation).to(self.rotation))
 
     # ------------------------------------------------------------------ time of day
     def _regressors(
