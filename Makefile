@@ -41,7 +41,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/sampling.py
 	$(BIN)/python benchmarks/posterior_gaussian.py
 	$(BIN)/python benchmarks/osse.py
-	$(BIN)/python benchmarks/ensemble.py
+	$(BIN)/python benchmarks/distributed.py
 	$(BIN)/python benchmarks/strategies.py
 	$(BIN)/python benchmarks/cost.py
 	$(BIN)/python benchmarks/summary.py

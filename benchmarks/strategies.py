@@ -340,7 +340,7 @@ def sample_variant(spec: dict[str, Any]) -> dict[str, Any]:
         posterior_members,
         window_seed,
     )
-    from genda.ensemble.work import set_layers_per_batch
+    from genda.distributed.work import set_layers_per_batch
     from genda.evaluation.scores import score_members
     from genda.evaluation.structure import (
         eddy_correlation_mean_abs_difference,

@@ -507,8 +507,8 @@ def test_binary_cycle_configuration(tmp_path: Path) -> None:
 
 # ------------------------------------------------------------------ one error base
 def test_every_error_class_derives_from_the_base() -> None:
-    from genda.ensemble.cluster import ClusterConnectionError
-    from genda.ensemble.scheduler import EnsembleRunError
+    from genda.distributed.cluster import ClusterConnectionError
+    from genda.distributed.scheduler import EnsembleRunError
     from genda.grid import GridMismatchError
     from genda.models.checkpoint import CheckpointError
     from genda.models.training import TrainingDivergedError

@@ -26,8 +26,8 @@ import pytest
 from hostile_checks import refused
 from typer.testing import CliRunner
 
-from genda.ensemble import cluster
-from genda.ensemble.cluster import (
+from genda.distributed import cluster
+from genda.distributed.cluster import (
     RAY_TEMP_DIR_MAX,
     InsecureClusterError,
     check_local_cluster,
@@ -144,7 +144,7 @@ def test_an_allowed_cluster_warns_and_keeps_its_session_private(
     cache = short_dir
     monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
     monkeypatch.setenv("GENDA_RAY_INSECURE", "1")
-    with caplog.at_level(logging.WARNING, logger="genda.ensemble.cluster"):
+    with caplog.at_level(logging.WARNING, logger="genda.distributed.cluster"):
         with ray_session(num_cpus=1) as session:
             assert session.started
             temp = Path(ray._private.worker._global_node.get_session_dir_path()).parent

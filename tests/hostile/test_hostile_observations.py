@@ -20,7 +20,7 @@ import torch
 from typer.testing import CliRunner
 
 import genda.cli
-import genda.ensemble.work as work
+import genda.distributed.work as work
 from genda.cli import app
 from genda.grid import Grid
 from genda.models.checkpoint import load_checkpoint

@@ -120,7 +120,7 @@ PHYSICAL_RANGES: dict[str, tuple[float, float]] = {
 """Plausible ``(low, high)`` values per observed variable (m s-1 or K), inclusive.
 
 Members are held to wider limits, what no atmosphere can hold
-(:data:`genda.ensemble.work.MEMBER_LIMITS`)."""
+(:data:`genda.distributed.work.MEMBER_LIMITS`)."""
 
 # sigma per variable: the floor keeps one observation from having (nearly) infinite
 # weight: no MLT instrument measures winds to better than ~1 m/s or temperatures to

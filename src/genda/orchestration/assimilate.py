@@ -6,7 +6,7 @@ store fails in seconds and writes nothing), registers the window in the
 multi-window store (:class:`genda.storage.ensemble_store.EnsembleStore`) with
 its provenance, makes the members that are missing (all of them the first
 time, the gaps after an interruption), in this process or on Ray actors
-(:mod:`genda.ensemble`), and writes the window's statistics.
+(:mod:`genda.distributed`), and writes the window's statistics.
 """
 
 from __future__ import annotations
@@ -29,11 +29,11 @@ from genda.assimilation.posterior import (
 )
 from genda.budget import check_output_size, human_bytes
 from genda.devices import check_device
-from genda.ensemble import MemberGenerator, WindowJob, WindowReport, WorkerSpec, complete_window
-from genda.ensemble.cluster import check_cluster, ray_session
-from genda.ensemble.cluster import ray_address as ray_address_of
-from genda.ensemble.scheduler import ActorPool
-from genda.ensemble.work import set_layers_per_batch
+from genda.distributed import MemberGenerator, WindowJob, WindowReport, WorkerSpec, complete_window
+from genda.distributed.cluster import check_cluster, ray_session
+from genda.distributed.cluster import ray_address as ray_address_of
+from genda.distributed.scheduler import ActorPool
+from genda.distributed.work import set_layers_per_batch
 from genda.errors import InvalidValueError
 from genda.models.checkpoint import LoadedPrior, load_checkpoint
 from genda.observations.operators import ObservationOperator
@@ -172,7 +172,7 @@ def assimilate_window(
         progress: progress bar over members.
         yes: confirm a store larger than :data:`genda.budget.CONFIRM_BYTES`.
         insecure: allow a local Ray cluster without token authentication
-            (``RAY_AUTH_MODE=disabled``; :func:`genda.ensemble.cluster.check_local_cluster`).
+            (``RAY_AUTH_MODE=disabled``; :func:`genda.distributed.cluster.check_local_cluster`).
 
     Returns:
         The window's :class:`~genda.orchestration.summaries.WindowSummary`
@@ -385,7 +385,7 @@ def _make_members(
     """Make the window's missing members, in this process (no ``spec``) or on Ray actors.
 
     Ray is attached here so that the insecure setting reaches a local
-    cluster; :func:`~genda.ensemble.complete_window` then uses the
+    cluster; :func:`~genda.distributed.complete_window` then uses the
     initialised Ray as it is.
     """
     in_process = spec is None

@@ -186,7 +186,7 @@ def resolve_batch_size(batch_size: int | Literal["auto"]) -> tuple[int, bool]:
 
     ``"auto"`` starts from :class:`PosteriorSettings`' default batch size; a
     GPU replaces it by the largest batch that fits its memory, a CPU keeps it
-    (:meth:`genda.ensemble.work.MemberGenerator.probe_batch_size`).
+    (:meth:`genda.distributed.work.MemberGenerator.probe_batch_size`).
     """
     if batch_size == "auto":
         return _SETTINGS.batch_size, True

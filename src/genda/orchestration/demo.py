@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from genda.atomic import remove_path
-from genda.ensemble.cluster import check_cluster, ray_address
+from genda.distributed.cluster import check_cluster, ray_address
 from genda.errors import OutputExistsError, RunFailedError
 from genda.observations.observe import observe_to_file
 from genda.orchestration.baseline import baseline_window
@@ -108,7 +108,7 @@ def run_demo(
         exclude_hours: the baseline's climatology keeps this far from the window.
         simulator: the model's grid and settings (default: the default grid).
         insecure: allow a local Ray cluster without token authentication
-            (:func:`genda.ensemble.cluster.check_local_cluster`).
+            (:func:`genda.distributed.cluster.check_local_cluster`).
     """
     out = Path(out_dir)
     if workers:  # a refused or unreachable cluster fails before minutes of simulation

@@ -215,7 +215,7 @@ def assimilation_cycle(config: CycleConfig) -> list[dict[str, Any]]:
     """Every window of the configuration, in time order; a failed window is reported, not fatal."""
     from contextlib import nullcontext
 
-    from genda.ensemble.cluster import ray_session
+    from genda.distributed.cluster import ray_session
 
     results = []
     # One Ray for the whole cycle: each window's actors then start in seconds

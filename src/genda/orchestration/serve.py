@@ -179,7 +179,7 @@ def serve_cycle(
     with ExitStack() as stack:
         url = stack.enter_context(prefect_server(log))
         if config.ray.workers and not (config.ray.address or os.environ.get("RAY_ADDRESS")):
-            from genda.ensemble.cluster import ray_session
+            from genda.distributed.cluster import ray_session
 
             cpus = config.ray.workers * config.ray.threads_per_worker
             session = stack.enter_context(

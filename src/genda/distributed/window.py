@@ -5,8 +5,8 @@
 missing, makes exactly those (a rerun after a crash fills the gaps and
 nothing else), and writes the window's statistics once every member is in.
 With ``workers=0`` the members are made in this process by the caller's prior; otherwise by
-``workers`` Ray actors (:mod:`genda.ensemble.actors`) on the cluster of
-:func:`genda.ensemble.cluster.ray_session`, or on a pool the caller
+``workers`` Ray actors (:mod:`genda.distributed.actors`) on the cluster of
+:func:`genda.distributed.cluster.ray_session`, or on a pool the caller
 already holds.
 """
 
@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 
 from tqdm.auto import tqdm
 
-from genda.ensemble.actors import WorkerSpec
-from genda.ensemble.cluster import ray_session
-from genda.ensemble.scheduler import ActorPool, RunReport, run_tasks
-from genda.ensemble.work import MemberGenerator, TaskReport, WindowJob, writer_tasks
+from genda.distributed.actors import WorkerSpec
+from genda.distributed.cluster import ray_session
+from genda.distributed.scheduler import ActorPool, RunReport, run_tasks
+from genda.distributed.work import MemberGenerator, TaskReport, WindowJob, writer_tasks
 from genda.errors import InvalidValueError
 
 

@@ -1,7 +1,7 @@
 """Hand a window's missing members to worker actors; survive losing actors.
 
 The driver keeps one task in flight per actor (a task is whole shards of
-members, :func:`genda.ensemble.work.writer_tasks`) and hands out the next as
+members, :func:`genda.distributed.work.writer_tasks`) and hands out the next as
 each finishes, so faster workers take more. When an actor dies mid-task its
 task goes back to the front of the queue and a replacement actor is started;
 the replacement skips the blocks the dead actor had already written and
@@ -24,8 +24,8 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from genda.ensemble.actors import WorkerSpec
-from genda.ensemble.work import TaskReport, WindowJob
+from genda.distributed.actors import WorkerSpec
+from genda.distributed.work import TaskReport, WindowJob
 from genda.errors import GendaError
 
 
@@ -82,7 +82,7 @@ class RunReport:
         seconds: wall time of the run.
         by_worker: members written per worker (``host:pid``).
         peak_memory_mib: the largest peak a worker reported
-            (:func:`genda.ensemble.work.peak_memory_mib`).
+            (:func:`genda.distributed.work.peak_memory_mib`).
     """
 
     members: int = 0

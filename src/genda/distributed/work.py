@@ -5,7 +5,7 @@ store, the window, its seed, the sampling settings, the validated
 observations); it is small and picklable, so the driver hands it to every
 worker once. A :class:`MemberGenerator` holds a loaded prior on one device
 and turns ``(job, members)`` into members written straight into the store;
-the in-process path and every Ray actor (:mod:`genda.ensemble.actors`) run
+the in-process path and every Ray actor (:mod:`genda.distributed.actors`) run
 this same code.
 
 Batches are fixed by the member indices alone (:func:`member_blocks`): a

@@ -1,6 +1,6 @@
 """Ensemble throughput on Ray actors, and the store's write speed against plain files.
 
-    python benchmarks/ensemble.py [--members 16] [--steps 8] [--batch-size 2] [--device cpu|cuda]
+    python benchmarks/distributed.py [--members 16] [--steps 8] [--batch-size 2] [--device cpu|cuda]
 
 1. Scaling: one window of MMPS members of the shipped ``default`` prior,
    guided by the station catalogue's radars and lidars plus the MLS track
@@ -19,7 +19,7 @@
    and unsharded), against the same bytes written as one plain ``.npy``-less
    raw file per member (``ndarray.tofile``). Neither side calls fsync.
 
-Writes ``benchmarks/results/ensemble-<machine>.json`` and prints tables.
+Writes ``benchmarks/results/distributed-<machine>.json`` and prints tables.
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def scaling(
     import ray
 
     from genda.assimilation.posterior import PosteriorSettings
-    from genda.ensemble import ActorPool, WorkerSpec
+    from genda.distributed import ActorPool, WorkerSpec
     from genda.orchestration.assimilate import assimilate_window
     from genda.orchestration.config import resolve_batch_size
 
@@ -232,7 +232,7 @@ def main() -> None:
     parser.add_argument("--store-members", type=int, default=32)
     args = parser.parse_args()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a local cluster on this machine only
-    root = Path(tempfile.mkdtemp(prefix="genda-bench-ensemble-"))
+    root = Path(tempfile.mkdtemp(prefix="genda-bench-distributed-"))
     try:
         scaled, plain = scaling(args, root)
         writes = store_writes(args.store_members, root)
@@ -243,7 +243,7 @@ def main() -> None:
         print_table("the same sampling in plain processes (no Ray, no store)", plain)
     print_table("store writes (64 x 128 x 32 grid, float32)", writes)
     path = write_result(
-        "ensemble",
+        "distributed",
         scaled,
         {
             "plain_processes": plain,

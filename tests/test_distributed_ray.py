@@ -2,7 +2,7 @@
 
 Every test compares with members made in one process without Ray: each
 member's noise comes from its own seed and each batch's composition from the
-member indices (genda.ensemble.work), so the comparisons are bit-for-bit.
+member indices (genda.distributed.work), so the comparisons are bit-for-bit.
 The references use one torch thread, as the actors do: CPU kernels sum in
 another order with another thread count (differences ~1e-6 relative).
 """
@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from genda.assimilation.posterior import PosteriorSettings
-from genda.ensemble import ActorPool, WorkerSpec, member_blocks, writer_tasks
+from genda.distributed import ActorPool, WorkerSpec, member_blocks, writer_tasks
 from genda.grid import Grid
 from genda.observations import draw_observations, write_observations
 from genda.orchestration.assimilate import assimilate_window

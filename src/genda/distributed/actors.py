@@ -5,11 +5,11 @@ configurable number of actors with a thread budget each (``num_cpus=threads``
 and as many torch threads). An actor loads the checkpoint once, keeps the
 guided denoiser of the current window, and writes the members it makes into
 the store itself: fields never travel back through the driver, only a
-:class:`~genda.ensemble.work.TaskReport`.
+:class:`~genda.distributed.work.TaskReport`.
 
 Actors are created with ``max_restarts=0``: when one dies the driver sees it
 (:class:`ray.exceptions.RayActorError`), counts it, starts a replacement and
-hands the task out again (:mod:`genda.ensemble.scheduler`). Ray's own restart
+hands the task out again (:mod:`genda.distributed.scheduler`). Ray's own restart
 and retry would hide the failure from the window's summary.
 """
 
@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from genda.ensemble.work import MemberGenerator, TaskReport, WindowJob
+from genda.distributed.work import MemberGenerator, TaskReport, WindowJob
 from genda.errors import InvalidValueError
 
 
