@@ -14,7 +14,7 @@ TORCH  := torch==2.13.0
 # uses need only torch and einops, so it is installed without its requirements.
 AZULA  := azula==0.11.1
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test test-fast lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,10 @@ lint: $(STAMP)
 
 test: $(STAMP) lint
 	$(BIN)/python -m pytest -q
+
+# the tests without those marked slow (Ray clusters, Prefect servers, the benchmark studies)
+test-fast: $(STAMP) lint
+	$(BIN)/python -m pytest -q -m "not slow"
 
 # every benchmark, then benchmarks/results/<machine>.json and .md (hours on a CPU)
 bench: $(STAMP)

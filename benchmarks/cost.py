@@ -45,8 +45,10 @@
    in batches of ``--batch-size``; the time per member is the wall time over
    the members, the median over ``--rounds`` rounds (methods in a rotating
    order; on a busy machine take several). Target: MMPS at most 2.5 times an
-   unconditional member. ``mmps-prior`` is MMPS with the whitened prior's
-   Gaussian Tweedie covariance (``covariance="prior"``, no backward pass); its
+   unconditional member. ``mmps`` is MMPS with the network's Jacobian
+   (``covariance="jacobian"``, azula's); ``mmps-prior`` is MMPS with the whitened
+   prior's Gaussian Tweedie covariance (``covariance="prior"``, no backward pass),
+   what ``genda assimilate`` runs for the shipped priors (``"auto"``); its
    once-per-window set-up (``A`` and ``A A^T``) is reported apart, as
    ``window_setup_s``, since an ensemble of any size shares it.
 

@@ -12,7 +12,8 @@ variant is trained on the built-in model with the same budget of wall-clock
 training time (``--budget-s`` on one device or CPU thread: the step time is
 measured first, then the cosine schedule is set to the number of steps that
 fits). Every prior then makes a posterior ensemble of one window from the
-same observations (MMPS guidance), and each ensemble is measured:
+same observations (MMPS guidance with the network's Jacobian as its Tweedie covariance), and
+each ensemble is measured:
 
 * **time** per posterior member (wall time of the sampling over ``--members``);
 * **memory** per member: the peak above the loaded model while sampling,
@@ -361,7 +362,12 @@ def sample_variant(spec: dict[str, Any]) -> dict[str, Any]:
     when = np.datetime64(spec["time"])
     seed = window_seed(0, when)
     members = list(range(spec["members"]))
-    settings = PosteriorSettings(method="mmps", steps=spec["steps"], batch_size=len(members))
+    # MMPS with the network's Jacobian: the path whose memory and time depend on the
+    # strategy (the whitened prior's Gaussian covariance, the default for whitened
+    # priors, calls the network forward only)
+    settings = PosteriorSettings(
+        method="mmps", covariance="jacobian", steps=spec["steps"], batch_size=len(members)
+    )
     precision = spec.get("precision", "fp32")
     set_precision(precision)
     if spec.get("compile"):
@@ -777,6 +783,13 @@ def main() -> None:
         parser.error("whitened coordinates need no Gaussian skip; choose one")
     budget = f"-b{args.budget_s:g}" + ("-gauss" if args.denoiser_skip == "gaussian" else "")
     budget += "-whitened" if args.coordinates == "whitened" else ""
+    # The names also hold what the package decides: layer2d's coupling and the sampler,
+    # so that a change of either default is not answered from the cache.
+    sampler = PosteriorSettings().sampler
+
+    def prior_tag(variant: str) -> str:
+        layered = args.coordinates == "whitened" and variant.startswith("layer2d")
+        return budget + (f"-{coupling_for('layer2d')}" if layered else "")
 
     def cached(path: Path, stage: str, spec: dict[str, Any]) -> dict[str, Any]:
         if path.exists():
@@ -810,9 +823,9 @@ def main() -> None:
             "coordinates": args.coordinates,
             "device": args.device,
             "archive": str(work / tag / f"train-L{n}.zarr"),
-            "out": str(work / tag / "priors" / f"L{n}-{v}{budget}"),
+            "out": str(work / tag / "priors" / f"L{n}-{v}{prior_tag(v)}"),
         }
-        result = work / tag / "priors" / f"L{n}-{v}{budget}.json"
+        result = work / tag / "priors" / f"L{n}-{v}{prior_tag(v)}.json"
         result.parent.mkdir(parents=True, exist_ok=True)
         train_tasks.append((spec["name"], lambda r=result, s=spec: cached(r, "train", s)))
     trained = _parallel(args.jobs, train_tasks, "priors")
@@ -820,13 +833,13 @@ def main() -> None:
     # 3. posterior ensembles: one child per prior (cached per arithmetic)
     flavour = "" if args.precision == "fp32" else f"-{args.precision}"
     flavour += f"-compile-{args.compile}" if args.compile else ""
-    sampling = f"-m{args.members}-s{args.steps}{flavour}"
+    sampling = f"-m{args.members}-s{args.steps}-{sampler}{flavour}"
     fast = {"precision": args.precision, "compile": args.compile, "max_batch": args.max_batch}
 
     def sample_spec(tag: str, n: int, v: str, members: int, **extra: Any) -> dict[str, Any]:
         return {
             "name": name(tag, n, v),
-            "checkpoint": str(work / tag / "priors" / f"L{n}-{v}{budget}"),
+            "checkpoint": str(work / tag / "priors" / f"L{n}-{v}{prior_tag(v)}"),
             "obs": str(work / tag / "obs.parquet"),
             "heldout": str(work / tag / f"heldout-L{n}.zarr"),
             "time": windows[tag]["time"],
@@ -840,7 +853,7 @@ def main() -> None:
     sample_tasks = []
     for tag, n, v in configs:
         spec = sample_spec(tag, n, v, args.members)
-        result = work / tag / "posteriors" / f"L{n}-{v}{budget}{sampling}.json"
+        result = work / tag / "posteriors" / f"L{n}-{v}{prior_tag(v)}{sampling}.json"
         result.parent.mkdir(parents=True, exist_ok=True)
         sample_tasks.append((spec["name"], lambda r=result, s=spec: cached(r, "sample", s)))
     sampled = _parallel(args.jobs, sample_tasks, "posteriors")
@@ -865,7 +878,8 @@ def main() -> None:
             work
             / tag
             / "posteriors"
-            / f"L{n}-layer2d-w1{budget}-m{args.chunk_members}-s{args.steps}-chunk{chunk}{flavour}.json"
+            / f"L{n}-layer2d-w1{prior_tag('layer2d-w1')}-m{args.chunk_members}-s{args.steps}-{sampler}"
+            f"-chunk{chunk}{flavour}.json"
         )
         chunk_tasks.append((spec["name"], lambda r=result, s=spec: cached(r, "sample", s)))
     chunked = _parallel(args.jobs, chunk_tasks, "layer2d chunks") if chunk_tasks else {}
@@ -913,9 +927,10 @@ def main() -> None:
         "coordinates": args.coordinates,
         "members": args.members,
         "sampling_steps": args.steps,
-        "sampler": PosteriorSettings().sampler,
+        "sampler": sampler,
         "layer2d_coupling": coupling_for("layer2d"),
         "guidance": "mmps",
+        "covariance": "jacobian",
         "precision": args.precision,
         "compile": args.compile,
         "device": args.device,

@@ -105,6 +105,7 @@ def test_assimilate_writes_a_store_that_fits_the_observations(setup: dict, strat
     )
     provenance = EnsembleStore.open(out).provenance(setup["time"])
     assert provenance["method"] == "mmps"
+    assert "covariance" not in provenance["settings"]  # a grid prior's "auto": the Jacobian
     assert provenance["checkpoint_strategy"] == strategy
     assert len(provenance["observations_sha256"]) == 64
     assert provenance["checkpoint_sha256"] == load_checkpoint(setup[strategy]).weights_sha256

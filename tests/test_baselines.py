@@ -24,8 +24,9 @@ from genda.assimilation.baselines import (
     oi_analysis,
 )
 from genda.grid import Grid
+from genda.observations.files import write_observations
 from genda.observations.operators import ObservationOperator
-from genda.observations.table import ObservationError, validate_observations, write_observations
+from genda.observations.table import ObservationError, validate_observations
 from genda.orchestration.baseline import BaselineSummary, baseline_window
 from genda.storage import EnsembleStore
 from kalman_reference import dense_kalman

@@ -22,8 +22,9 @@ from genda.assimilation.baselines import (
 )
 from genda.cli import app
 from genda.grid import Grid
+from genda.observations.files import write_observations
 from genda.observations.operators import ObservationOperator
-from genda.observations.table import validate_observations, write_observations
+from genda.observations.table import validate_observations
 from genda.orchestration.baseline import (
     baseline_localization,
     baseline_window,

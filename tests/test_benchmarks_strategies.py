@@ -17,6 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "strategies.py"
 
 
+@pytest.mark.slow
 def test_quick_strategies_study(tmp_path: Path) -> None:
     work = tmp_path / "study"
     command = [

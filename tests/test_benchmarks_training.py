@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "training.py"
 
@@ -16,6 +18,7 @@ def _positive(value: object) -> bool:
     return isinstance(value, int | float) and math.isfinite(value) and value > 0
 
 
+@pytest.mark.slow
 def test_quick_training_benchmark(tmp_path: Path) -> None:
     out = tmp_path / "training.json"
     # run as a script, as users do: it imports ``_common`` from its own folder

@@ -335,3 +335,20 @@ def test_build_denoiser_refuses_an_architecture_for_another_strategy() -> None:
 def test_nothing_is_unpickled() -> None:
     source = Path(ckpt.__file__).read_text()
     assert not re.search(r"torch\.load\b|\bimport pickle|pickle\.load", source)
+
+
+def test_tensors_a_module_derives_on_loading_are_set_aside() -> None:
+    """A checkpoint that saved a derived buffer (the cascade's rotation once) still loads."""
+    from torch import nn
+
+    from genda.models.checkpoint_build import without_derived
+
+    class Derives(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.register_buffer("saved", torch.ones(2))
+            self.register_buffer("derived", torch.zeros(2), persistent=False)
+
+    parent = nn.Sequential(Derives())
+    tensors = {"0.saved": torch.ones(2), "0.derived": torch.zeros(2), "0.other": torch.ones(1)}
+    assert set(without_derived(tensors, parent)) == {"0.saved", "0.other"}

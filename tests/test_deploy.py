@@ -152,6 +152,7 @@ def _ray_node(*args: str, env: dict[str, str]) -> subprocess.Popen:
     )
 
 
+@pytest.mark.slow
 def test_a_window_runs_on_a_two_node_cluster_started_with_ray_start(
     tiny_archive: Path, tiny_prior: Path, tmp_path: Path
 ) -> None:

@@ -100,6 +100,7 @@ def test_blocks_and_tasks_follow_member_indices_and_shards() -> None:
         member_blocks([0], batch_size=0, members_per_shard=1)
 
 
+@pytest.mark.slow
 def test_two_actors_make_the_members_one_process_makes(cluster: str, window: dict) -> None:
     pool = _pool(window, 2)
     try:
@@ -123,6 +124,7 @@ def test_two_actors_make_the_members_one_process_makes(cluster: str, window: dic
     assert store.is_finalized(window["time"]) and store.validate().ok
 
 
+@pytest.mark.slow
 def test_an_actor_killed_mid_window_loses_no_member(cluster: str, window: dict) -> None:
     out = window["root"] / "killed-actor.zarr"
     settings = PosteriorSettings(steps=3, batch_size=1)  # many small tasks: the kill lands mid-run
@@ -173,6 +175,7 @@ def test_an_actor_killed_mid_window_loses_no_member(cluster: str, window: dict) 
     )
 
 
+@pytest.mark.slow
 def test_a_killed_driver_is_resumed_with_only_the_missing_members(
     cluster: str, window: dict
 ) -> None:
@@ -233,6 +236,7 @@ def test_a_killed_driver_is_resumed_with_only_the_missing_members(
     )
 
 
+@pytest.mark.slow
 def test_two_windows_written_concurrently_do_not_corrupt_each_other(
     cluster: str, window: dict, tiny_archive: Path
 ) -> None:
@@ -288,6 +292,7 @@ def test_two_windows_written_concurrently_do_not_corrupt_each_other(
     np.testing.assert_array_equal(store.read_members(later), later_reference)
 
 
+@pytest.mark.slow
 def test_the_command_uses_a_running_cluster_and_leaves_it_running(
     cluster: str, window: dict
 ) -> None:

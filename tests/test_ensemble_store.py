@@ -11,10 +11,10 @@ import pytest
 import xarray as xr
 import zarr
 
-from genda.grid import Grid, lookup_variable
+from genda.grid import Grid, lookup_variable, nearest_level
 from genda.storage import ensemble_layout as layout
 from genda.storage.ensemble_export import to_file
-from genda.storage.ensemble_query import nearest_level, open_ensemble, query
+from genda.storage.ensemble_query import open_ensemble, query
 from genda.storage.ensemble_store import EnsembleStore
 from genda.storage.errors import EnsembleStoreError
 

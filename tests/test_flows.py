@@ -120,6 +120,7 @@ def cycle_files(tiny_archive: Path, tiny_prior: Path, tmp_path_factory) -> dict:
     return {"root": root, "config": _write(root / "cycle.yaml", text), "times": times}
 
 
+@pytest.mark.slow
 def test_a_cycle_runs_every_window_and_a_rerun_makes_nothing_twice(
     harness, cycle_files: dict
 ) -> None:
@@ -192,6 +193,7 @@ def test_a_bad_window_is_reported_and_the_cycle_goes_on(harness, cycle_files: di
     assert EnsembleStore.open(root / "partial.zarr").windows() == times
 
 
+@pytest.mark.slow
 def test_a_window_flow_on_ray_actors_matches_the_in_process_one(harness, cycle_files: dict) -> None:
     """The flow makes Ray actors inside its task, on a local cluster it starts and stops."""
     from genda.orchestration.config import RayConfig
@@ -219,6 +221,7 @@ def test_a_window_flow_on_ray_actors_matches_the_in_process_one(harness, cycle_f
     )
 
 
+@pytest.mark.slow
 def test_the_demo_simulates_observes_assimilates_and_scores(
     harness, tiny_prior: Path, tmp_path: Path
 ) -> None:
@@ -289,6 +292,7 @@ def test_serve_builds_cron_and_interval_schedules() -> None:
     assert result.exit_code != 0 and "no cycle configuration" in result.output
 
 
+@pytest.mark.slow
 def test_genda_serve_owns_a_server_whose_schedule_runs_a_window(
     cycle_files: dict, tmp_path: Path
 ) -> None:

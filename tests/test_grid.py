@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch_harmonics.quadrature import legendre_gauss_weights
 
+from genda.errors import InvalidValueError
 from genda.grid import (
     DEFAULT_VARIABLES,
     DIMS,
@@ -439,3 +440,17 @@ def test_check_same_names_every_difference() -> None:
     assert len(GRID.differences(other)) == 4
     # tolerance: differences below atol are not differences
     assert GRID.differences(Grid(GRID.latitude + 1e-8, GRID.longitude, GRID.altitude)) == []
+
+
+def test_nearest_level_accepts_half_a_spacing_and_names_a_farther_altitude() -> None:
+    grid = Grid.gaussian(4, 8, [80.0, 90.0, 110.0])
+    assert [grid.nearest_level(a) for a in (75.0, 84.9, 85.1, 99.9, 100.1, 120.0)] == [
+        0,
+        0,
+        1,
+        1,
+        2,
+        2,
+    ]
+    with pytest.raises(InvalidValueError, match=r"74.9 km is 5.1 km from the nearest level"):
+        grid.nearest_level(74.9)

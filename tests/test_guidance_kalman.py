@@ -53,6 +53,7 @@ def _posterior_ensemble(
 
 
 @pytest.mark.parametrize("sampler", ["heun", "exponential"])
+@pytest.mark.slow
 def test_mmps_recovers_the_kalman_posterior(problem, sampler: str) -> None:
     prior, likelihood, mean, cov = problem
     members = _posterior_ensemble(

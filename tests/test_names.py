@@ -18,10 +18,15 @@ from genda.models.sampling import METHODS, SamplingMethod
 from genda.orchestration.config import CycleConfig, resolve_batch_size
 
 
+def command_options(name: str = "assimilate") -> dict[str, typer.core.TyperOption]:
+    """A ``genda`` command's options by parameter name."""
+    command = typer.main.get_command(app).commands[name]  # type: ignore[attr-defined]
+    return {param.name: param for param in command.params}
+
+
 def assimilate_options() -> dict[str, typer.core.TyperOption]:
     """``genda assimilate``'s options by parameter name."""
-    command = typer.main.get_command(app).commands["assimilate"]  # type: ignore[attr-defined]
-    return {param.name: param for param in command.params}
+    return command_options("assimilate")
 
 
 def test_the_cycle_config_accepts_the_library_names() -> None:
@@ -46,6 +51,13 @@ def test_the_cli_and_cycle_defaults_are_the_posterior_settings() -> None:
         assert fields[name].default == default, (
             f"cycle key {name}: {fields[name].default!r} != {default!r}"
         )
+
+
+def test_the_fidelity_sampling_defaults_are_the_posterior_settings() -> None:
+    defaults, options = PosteriorSettings(), command_options("fidelity")
+    for name in ("steps", "sampler", "batch_size"):
+        assert options[name].default == getattr(defaults, name), f"fidelity --{name}"
+    assert {"--sampler", "--method"} <= set(options["sampler"].opts)
 
 
 def test_the_assimilate_help_names_every_choice() -> None:

@@ -306,6 +306,7 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+@pytest.mark.slow
 def test_two_gloo_ranks_train_like_one_process(archive, tmp_path) -> None:
     """DDP on the CPU: 2 ranks with half the batch each give the weights of one process."""
     settings = {"steps": 3, "batch_size": 4, "lr": 2e-3, "warmup_steps": 1, "val_samples": 2}

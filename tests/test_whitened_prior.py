@@ -15,7 +15,13 @@ from typer.testing import CliRunner
 
 from genda.assimilation import gaussian_tweedie
 from genda.assimilation.gaussian import GaussianFieldPrior
-from genda.assimilation.guidance import GaussianLikelihood, guided_denoiser
+from genda.assimilation.guidance import (
+    TWEEDIE_COVARIANCES,
+    GaussianLikelihood,
+    MMPSGuidance,
+    guided_denoiser,
+    resolve_covariance,
+)
 from genda.assimilation.state_operator import StateOperator, diagonal_aat
 from genda.cli import app
 from genda.errors import InvalidValueError
@@ -26,6 +32,7 @@ from genda.models.sampling import sample
 from genda.models.whitening import SpectralWhitening
 from genda.normalization import Normalization
 from genda.observations.operators import ObservationOperator
+from genda.storage import EnsembleStore
 
 runner = CliRunner()
 GRID = Grid.gaussian(8, 16, 2)
@@ -110,6 +117,7 @@ def tidal_whitening() -> SpectralWhitening:
         ("tidal_whitening", 5.0, "prior"),
     ],
 )
+@pytest.mark.slow
 def test_the_guidance_recovers_the_exact_posterior_in_whitened_coordinates(
     request, which: str, hour: float | None, covariance: str
 ) -> None:
@@ -246,6 +254,30 @@ def test_the_prior_covariance_needs_whitened_states(whitening) -> None:
         guided_denoiser(denoiser, likelihood, "mmps", covariance="diagonal")
 
 
+def test_auto_takes_the_gaussian_covariance_for_whitened_states_and_the_jacobian_otherwise(
+    whitening,
+) -> None:
+    obs = _observations()
+    sigma_y = torch.tensor(obs["sigma"].to_numpy(), dtype=torch.float64)
+    zeros = torch.zeros(len(obs)).double()
+    operator, _ = _dense_problem(whitening, obs)
+    fields_operator = ObservationOperator.from_table(obs, GRID).to(dtype=torch.float64)
+    denoiser = EDMDenoiser(ZeroNetwork()).double()
+    whitened = guided_denoiser(
+        denoiser, GaussianLikelihood(operator, zeros, sigma_y), "mmps", covariance="auto"
+    )
+    on_fields = guided_denoiser(
+        denoiser, GaussianLikelihood(fields_operator, zeros, sigma_y), "mmps", covariance="auto"
+    )
+    assert isinstance(whitened, gaussian_tweedie.GaussianTweedieGuidance)
+    assert isinstance(on_fields, MMPSGuidance)
+    assert [resolve_covariance(c, w) for c in TWEEDIE_COVARIANCES for w in (True, False)] == [
+        *("prior", "jacobian"),
+        *("jacobian", "jacobian"),
+        *("prior", "prior"),
+    ]
+
+
 def test_sda_sees_the_observations_sensitivity_in_whitened_coordinates(whitening) -> None:
     """diag(A A^T) by reverse mode equals the dense Jacobian's row norms."""
     obs = _observations()
@@ -329,6 +361,8 @@ def test_train_and_assimilate_in_whitened_coordinates(
 
     ds = xr.open_zarr(store)
     assert np.isfinite(ds["T"].values).all() and ds["T"].dims[1] == "member"
+    # the default covariance ("auto") is recorded as what it meant for this prior
+    assert EnsembleStore.open(store).provenance(time)["settings"]["covariance"] == "prior"
 
 
 def test_layer2d_coordinates_are_the_cascade_and_joint3d_the_columns(whitened_priors) -> None:

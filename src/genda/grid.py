@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -150,6 +151,36 @@ def default_altitudes(levels: int, bottom_km: float = 80.0, top_km: float = 115.
     return np.linspace(bottom_km, top_km, levels)
 
 
+def nearest_level(altitude: np.ndarray, alt_km: float) -> int:
+    """Index of the level nearest ``alt_km``; an error if it is more than half a level spacing away.
+
+    The spacing is that of the interval on the requested side of the nearest
+    level (the outermost interval beyond the column); a one-level grid
+    accepts only its own altitude.
+    """
+    altitude = np.asarray(altitude, dtype=np.float64)
+    if not math.isfinite(alt_km):
+        raise InvalidValueError(f"altitude must be a finite number of km, got {alt_km}")
+    index = int(np.argmin(np.abs(altitude - alt_km)))
+    if altitude.size == 1:
+        tolerance = 1e-6
+    else:
+        upper = alt_km > altitude[index]
+        if (upper and index + 1 < altitude.size) or index == 0:
+            spacing = altitude[index + 1] - altitude[index]
+        else:
+            spacing = altitude[index] - altitude[index - 1]
+        tolerance = 0.5 * float(spacing) + 1e-9
+    distance = abs(float(altitude[index]) - alt_km)
+    if distance > tolerance:
+        raise InvalidValueError(
+            f"altitude {alt_km:g} km is {distance:.3g} km from the nearest level "
+            f"({altitude[index]:g} km); the levels span {altitude[0]:g}-{altitude[-1]:g} km and a "
+            f"query must lie within half a level spacing ({tolerance:.3g} km) of one"
+        )
+    return index
+
+
 @dataclass(frozen=True, eq=False)
 class Grid:
     """Coordinates and variables of a field (see module docstring for the layout).
@@ -268,6 +299,10 @@ class Grid:
             ) from None
 
     # ------------------------------------------------------------------ comparison
+    def nearest_level(self, alt_km: float) -> int:
+        """Index of the level nearest ``alt_km`` (:func:`nearest_level`: within half a spacing)."""
+        return nearest_level(self.altitude, alt_km)
+
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Grid):
             return NotImplemented

@@ -138,6 +138,7 @@ def test_the_library_refuses_and_only_the_setting_allows(monkeypatch) -> None:
         check_local_cluster()
 
 
+@pytest.mark.slow
 def test_an_allowed_cluster_warns_and_keeps_its_session_private(
     monkeypatch, caplog: pytest.LogCaptureFixture, short_dir: Path
 ) -> None:
@@ -191,6 +192,7 @@ def test_a_planted_link_in_place_of_the_session_folder_is_not_followed(
 
 
 # ------------------------------------------------------------------ addresses that are not Ray
+@pytest.mark.slow
 def test_an_open_port_that_is_not_ray_fails_within_seconds(not_ray: str, tmp_path: Path) -> None:
     out = tmp_path / "new.zarr"
     started = clock.monotonic()
@@ -233,6 +235,7 @@ def test_the_probe_accepts_a_token_protected_gcs(monkeypatch) -> None:
 
 # ------------------------------------------------------------------ the cycle path
 @pytest.mark.parametrize("where", ["local cluster", "address not ray"])
+@pytest.mark.slow
 def test_a_cycle_checks_its_cluster_before_any_store(
     where: str, tmp_path: Path, tmp_path_factory, monkeypatch
 ) -> None:

@@ -447,6 +447,24 @@ def _solver(s: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
     return lambda b: scipy.linalg.cho_solve(factor, b)
 
 
+def _check_analysis_inputs(
+    states: np.ndarray, grid: Grid, members: int, rng: np.random.Generator | None
+) -> None:
+    """Raise :class:`InvalidValueError` unless :func:`localized_analysis` can use its inputs."""
+    grid.check_shape(states.shape, what="climatological states")
+    if states.ndim != 5:
+        raise InvalidValueError(f"states must be (K, V, L, H, W), got shape {states.shape}")
+    k = states.shape[0]
+    if k < 2:
+        raise InvalidValueError(f"a sample covariance needs at least 2 states, got {k}")
+    if not 0 <= members <= k:
+        raise InvalidValueError(f"members must lie in [0, K = {k}], got {members}")
+    if members > 0 and rng is None:
+        raise InvalidValueError(
+            "the EnKF members need a random generator for their perturbed observations"
+        )
+
+
 def localized_analysis(
     states: np.ndarray,
     obs: pd.DataFrame,
@@ -476,18 +494,8 @@ def localized_analysis(
         The background mean, the OI mean and the EnKF members (:class:`Analysis`).
     """
     states = np.asarray(states)
-    grid.check_shape(states.shape, what="climatological states")
-    if states.ndim != 5:
-        raise InvalidValueError(f"states must be (K, V, L, H, W), got shape {states.shape}")
+    _check_analysis_inputs(states, grid, members, rng)
     k = states.shape[0]
-    if k < 2:
-        raise InvalidValueError(f"a sample covariance needs at least 2 states, got {k}")
-    if not 0 <= members <= k:
-        raise InvalidValueError(f"members must lie in [0, K = {k}], got {members}")
-    if members > 0 and rng is None:
-        raise InvalidValueError(
-            "the EnKF members need a random generator for their perturbed observations"
-        )
     localization = localization or Localization()
     operator = ObservationOperator.from_table(obs, grid)
     y = obs["value"].to_numpy(dtype=np.float64)

@@ -62,9 +62,31 @@ from genda.observations.operators import ObservationOperator
 
 GuidanceMethod = Literal["mmps", "dps", "sda"]
 GUIDANCE_METHODS: tuple[str, ...] = get_args(GuidanceMethod)
-TweedieCovariance = Literal["jacobian", "prior"]
+TweedieCovariance = Literal["auto", "jacobian", "prior"]
 TWEEDIE_COVARIANCES: tuple[str, ...] = get_args(TweedieCovariance)
-"""MMPS's Tweedie covariance: the denoiser's Jacobian, or a whitened prior's Gaussian part."""
+"""MMPS's Tweedie covariance: the denoiser's Jacobian, a whitened prior's Gaussian part, or
+``"auto"``: the Gaussian part for a prior in whitened coordinates, else the Jacobian
+(:func:`resolve_covariance`)."""
+
+
+def resolve_covariance(covariance: str, whitened: bool) -> str:
+    """``"jacobian"`` or ``"prior"``: what ``covariance`` means for a prior (whitened or not).
+
+    ``"auto"`` takes the whitened prior's Gaussian part where there is one: on
+    the multi-window OSSE it scored as the Jacobian did (CRPS and RMSE within
+    1 %, member power alike) at a sixth of the cost per member
+    (docs/assimilation.md).
+
+    Raises:
+        InvalidValueError: an unknown name.
+    """
+    if covariance not in TWEEDIE_COVARIANCES:
+        raise InvalidValueError(
+            f"unknown covariance {covariance!r}; choose one of {TWEEDIE_COVARIANCES}"
+        )
+    if covariance == "auto":
+        return "prior" if whitened else "jacobian"
+    return covariance
 
 
 @dataclass(frozen=True)
@@ -267,15 +289,12 @@ def guided_denoiser(
 ) -> Callable[[Tensor, Tensor], Tensor]:
     """The posterior denoiser of ``method``.
 
-    Options: ``iterations`` and ``covariance`` (:data:`TWEEDIE_COVARIANCES`)
-    for MMPS, ``zeta`` for DPS, ``gamma`` for SDA.
+    Options: ``iterations`` and ``covariance`` (:data:`TWEEDIE_COVARIANCES`,
+    ``"jacobian"`` when not given; ``"auto"`` looks at the likelihood's operator) for MMPS, ``zeta`` for DPS, ``gamma`` for SDA.
     """
     if method == "mmps":
-        covariance = options.pop("covariance", "jacobian")
-        if covariance not in TWEEDIE_COVARIANCES:
-            raise InvalidValueError(
-                f"unknown covariance {covariance!r}; choose one of {TWEEDIE_COVARIANCES}"
-            )
+        whitened = isinstance(getattr(likelihood, "operator", None), StateOperator)
+        covariance = resolve_covariance(options.pop("covariance", "jacobian"), whitened)
         if covariance == "prior":
             sigma_data = float(getattr(denoiser, "sigma_data", 1.0))
             return GaussianTweedieGuidance(denoiser, likelihood, sigma_data=sigma_data)

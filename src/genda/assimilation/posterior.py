@@ -33,6 +33,7 @@ from genda.assimilation.guidance import (
     TWEEDIE_COVARIANCES,
     GaussianLikelihood,
     guided_denoiser,
+    resolve_covariance,
 )
 from genda.assimilation.state_operator import StateOperator
 from genda.errors import InvalidValueError
@@ -56,9 +57,11 @@ class PosteriorSettings:
             integrated exactly, right for whitened priors), ``"heun"``, ``"euler"``
             or ``"stochastic"`` (:mod:`genda.models.sampling`).
         iterations: MMPS solver (GMRES) iterations.
-        covariance: MMPS's Tweedie covariance: ``"jacobian"`` (default; the
-            network's, by vector-Jacobian products, azula's MMPS) or ``"prior"``
-            (the whitened prior's Gaussian part, no backward pass:
+        covariance: MMPS's Tweedie covariance: ``"auto"`` (default: ``"prior"``
+            for a prior in whitened coordinates, else ``"jacobian"``;
+            :meth:`for_prior` resolves it), ``"jacobian"`` (the network's, by
+            vector-Jacobian products, azula's MMPS) or ``"prior"`` (the whitened
+            prior's Gaussian part, no backward pass:
             :mod:`genda.assimilation.gaussian_tweedie`; whitened priors only).
         zeta: DPS guidance strength.
         gamma: SDA's ``gamma`` in ``Sigma_y + gamma sigma^2 A A^T``.
@@ -71,7 +74,7 @@ class PosteriorSettings:
     steps: int = 32
     sampler: str = "exponential"
     iterations: int = 3
-    covariance: str = "jacobian"
+    covariance: str = "auto"
     zeta: float = 1.0
     gamma: float = 0.1
     corrections: int | None = None
@@ -110,6 +113,11 @@ class PosteriorSettings:
                 f"sigma_max must be a finite number > 0, got {self.sigma_max!r}"
             )
 
+    def for_prior(self, prior: LoadedPrior) -> PosteriorSettings:
+        """These settings with ``covariance`` resolved for ``prior`` (:func:`resolve_covariance`)."""
+        whitened = prior.denoiser.coordinates is not None
+        return replace(self, covariance=resolve_covariance(self.covariance, whitened))
+
     @property
     def langevin_corrections(self) -> int:
         if self.corrections is not None:
@@ -126,8 +134,9 @@ class PosteriorSettings:
     def to_dict(self) -> dict[str, Any]:
         """The settings as a window's provenance records them.
 
-        The covariance appears only when it is not the default, so that
-        windows made before it existed keep their provenance.
+        The covariance appears only when it is not the Jacobian, so that
+        windows made before it existed keep their provenance; resolve
+        ``"auto"`` first (:meth:`for_prior`), so that the record says which.
         """
         settings = asdict(self) | {"corrections": self.langevin_corrections}
         if self.covariance == "jacobian":
@@ -211,6 +220,7 @@ def posterior_denoiser(
     """
     if obs is None:
         return prior.denoiser
+    settings = settings.for_prior(prior)
     likelihood = likelihood_for(prior, obs, device, time)
     return guided_denoiser(
         prior.denoiser, likelihood, settings.method, **settings.guidance_options()
@@ -233,6 +243,7 @@ def check_guidance(
     Raises:
         InvalidValueError: the step gives non-finite values with these settings.
     """
+    settings = settings.for_prior(prior)
     denoiser = posterior_denoiser(prior, obs, settings, device, time)
     # Forward-mode AD levels (MMPS's Jacobian-vector products) are global to the
     # process: windows checked from several threads of one driver take turns.
@@ -314,6 +325,7 @@ def posterior_members(
     """
     settings = settings or PosteriorSettings()
     members = [int(m) for m in members]
+    settings = settings.for_prior(prior)
     denoiser = posterior_denoiser(prior, obs, settings, device, time)
     out = []
     batches = [

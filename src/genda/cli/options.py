@@ -34,7 +34,7 @@ SAMPLER_HELP: Final = (
     )
     + "."
 )
-"""``--sampler`` and ``fidelity --method``: the sampler names, the default first."""
+"""``--sampler`` (``assimilate``, ``fidelity``): the sampler names, the default first."""
 
 InsecureOption = Annotated[
     bool,

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from genda.cli.group import console, fail
-from genda.cli.options import SAMPLER_HELP, command_line, parse_channel_mult
+from genda.cli.options import POSTERIOR_DEFAULTS, SAMPLER_HELP, command_line, parse_channel_mult
 from genda.cli.render import render_training
 
 
@@ -148,10 +148,14 @@ def fidelity(
     data: Annotated[Path, typer.Option(help="Held-out model data (archive or NetCDF).")],
     out: Annotated[Path, typer.Option(help="Directory for fidelity.json and the plots.")],
     members: Annotated[int, typer.Option(help="Unconditional members to draw.")] = 64,
-    steps: Annotated[int, typer.Option(help="Sampler steps.")] = 32,
-    method: Annotated[str, typer.Option(help=SAMPLER_HELP)] = "exponential",
+    steps: Annotated[int, typer.Option(help="Sampler steps.")] = POSTERIOR_DEFAULTS.steps,
+    sampler: Annotated[
+        str, typer.Option("--sampler", "--method", help=SAMPLER_HELP)
+    ] = POSTERIOR_DEFAULTS.sampler,
     seed: Annotated[int, typer.Option(help="Window seed of the members.")] = 0,
-    batch_size: Annotated[int, typer.Option(help="Members per denoiser batch.")] = 8,
+    batch_size: Annotated[
+        int, typer.Option(help="Members per denoiser batch.")
+    ] = POSTERIOR_DEFAULTS.batch_size,
     device: Annotated[str, typer.Option(help="torch device.")] = "cpu",
     save_samples: Annotated[
         bool, typer.Option(help="Also write the members as samples.nc.")
@@ -162,20 +166,16 @@ def fidelity(
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
     """Compare unconditional samples of a prior with held-out model data."""
-    from genda.models.sampling import METHODS
+    from genda.assimilation.posterior import PosteriorSettings
     from genda.orchestration.fidelity import prior_fidelity
 
-    if method not in METHODS:
-        raise fail(f"unknown sampling method {method!r}; use {', '.join(METHODS)}")
     run = prior_fidelity(
         checkpoint,
         data,
         out,
         members=members,
-        steps=steps,
-        method=method,
-        seed=seed,  # type: ignore[arg-type]
-        batch_size=batch_size,
+        settings=PosteriorSettings(steps=steps, sampler=sampler, batch_size=batch_size),
+        seed=seed,
         device=device,
         save_samples=save_samples,
         progress=progress,

@@ -22,6 +22,7 @@ from genda.observations.qc import DEFAULT_OUTLIER_K
 
 _COVARIANCE_NOTES: dict[str, str] = {
     "jacobian": "the network's",
+    "auto": "prior for a whitened prior, else jacobian",
     "prior": "the whitened prior's Gaussian part: no backward pass, whitened priors only",
 }
 """What ``--covariance``'s help says of each Tweedie covariance."""

@@ -18,15 +18,18 @@ from __future__ import annotations
 
 import time as clock
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tqdm.auto import tqdm
 
 from genda.distributed.actors import WorkerSpec
 from genda.distributed.work import TaskReport, WindowJob
 from genda.errors import GendaError
+
+if TYPE_CHECKING:
+    from ray.exceptions import RayTaskError
 
 
 class EnsembleRunError(GendaError, RuntimeError):
@@ -158,21 +161,13 @@ def run_tasks(
                 except RayActorError as lost:
                     attempts[task_id] += 1
                     if attempts[task_id] > max_retries:
-                        raise EnsembleRunError(
-                            f"members {members[0]}..{members[-1]} lost their worker "
-                            f"{attempts[task_id]} times; last: {lost}. Members written so far "
-                            "are kept: run the window again to complete it"
-                        ) from lost
+                        raise _lost_too_often(members, attempts[task_id], lost) from lost
                     report.failures_retried += 1
                     bar.set_postfix(retried=report.failures_retried)
                     pool.replace(slot)
                     queue.appendleft((task_id, members))
                 except RayTaskError as failed:
-                    if isinstance(failed.cause, GendaError):
-                        # an error of the input, raised in a worker: its sentence, not
-                        # the remote traceback
-                        raise failed.cause from None
-                    raise failed.as_instanceof_cause() from None
+                    raise _task_cause(failed) from None
                 else:
                     report.add(done)
                     bar.update(len(members))
@@ -182,13 +177,37 @@ def run_tasks(
         finally:
             # Stopping early (an error above): the other tasks' members would
             # be written for nothing. Their actors are killed by the caller.
-            for ref in in_flight:
-                try:
-                    ray.cancel(ref, force=False)
-                except Exception:  # already finished or its actor is gone
-                    pass
+            _cancel(in_flight)
     report.seconds = clock.perf_counter() - started
     return report
+
+
+def _lost_too_often(members: Sequence[int], attempts: int, lost: Exception) -> EnsembleRunError:
+    """The error that stops a run: the task of ``members`` lost its worker ``attempts`` times."""
+    return EnsembleRunError(
+        f"members {members[0]}..{members[-1]} lost their worker "
+        f"{attempts} times; last: {lost}. Members written so far "
+        "are kept: run the window again to complete it"
+    )
+
+
+def _task_cause(failed: RayTaskError) -> BaseException:
+    """What to raise for an exception raised inside a task (a ``RayTaskError``)."""
+    if isinstance(failed.cause, GendaError):
+        # an error of the input, raised in a worker: its sentence, not the remote traceback
+        return failed.cause
+    return failed.as_instanceof_cause()
+
+
+def _cancel(in_flight: Iterable[Any]) -> None:
+    """Ask Ray to cancel the tasks still in flight, if any (best effort)."""
+    import ray
+
+    for ref in in_flight:
+        try:
+            ray.cancel(ref, force=False)
+        except Exception:  # already finished or its actor is gone
+            pass
 
 
 __all__ = ["ActorPool", "EnsembleRunError", "RunReport", "run_tasks"]

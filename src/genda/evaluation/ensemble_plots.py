@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 from matplotlib.axes import Axes
+from matplotlib.figure import Figure
 
 from genda.errors import InvalidValueError, UnknownNameError
 from genda.evaluation.plots import hide_unused, new_figure, panel_grid, save_figure
@@ -189,48 +190,13 @@ def plot_spread_skill(
     nrows, ncols = panel_grid(len(names), max_columns=3)
     fig, axes = new_figure(nrows, ncols, panel_size=(3.6, 3.4))
     sources = {"ensemble": metrics, **dict(baselines or {})}
-    markers = "os^vDP*X"
     for ax, name in zip(axes.ravel(), names, strict=False):
         top = 0.0
         for k, (source, data) in enumerate(sources.items()):
             entry = data["variables"].get(name)
             if entry is None:
                 continue
-            factor = math.sqrt((data["n_members"] + 1) / data["n_members"])
-            values = entry.get("levels", {k2: [v] for k2, v in entry["total"].items()})
-            rmse = np.asarray(values["rmse"], dtype=np.float64)
-            spread = factor * np.asarray(values["spread"], dtype=np.float64)
-            label = f"{source} (SSR {entry['total']['spread_skill']:.2f})"
-            if k == 0 and "levels" in entry:
-                ax.plot(rmse, spread, "-", color="0.6", lw=0.8, zorder=1)
-                points = ax.scatter(
-                    rmse,
-                    spread,
-                    c=np.asarray(data["altitude_km"], dtype=np.float64),
-                    cmap="viridis",
-                    marker=markers[0],
-                    zorder=2,
-                    label=label,
-                )
-                if rmse.size > 1:
-                    fig.colorbar(points, ax=ax, shrink=0.8, label="altitude (km)")
-            elif k == 0:  # totals only (point scores)
-                ax.plot(rmse, spread, "o", color="C0", zorder=2, label=label)
-            else:
-                shade = str(0.2 + 0.5 * (k - 1) / max(len(sources) - 2, 1))
-                ax.plot(
-                    rmse,
-                    spread,
-                    "--",
-                    marker=markers[k % len(markers)],
-                    color=shade,
-                    ms=4,
-                    lw=0.8,
-                    label=label,
-                )
-            finite = np.concatenate([rmse, spread])
-            finite = finite[np.isfinite(finite)]
-            top = max(top, float(finite.max()) if finite.size else 0.0)
+            top = max(top, _draw_spread_skill(fig, ax, source, data, entry, k, len(sources)))
         top = 1.05 * top or 1.0
         ax.plot([0, top], [0, top], "k:", lw=1, label="1:1")
         units = metrics["variables"][name]["units"]
@@ -241,6 +207,54 @@ def plot_spread_skill(
     hide_unused(axes, len(names))
     fig.suptitle("spread-skill (points: levels)" if "altitude_km" in metrics else "spread-skill")
     return save_figure(fig, Path(path))
+
+
+def _draw_spread_skill(
+    fig: Figure,
+    ax: Axes,
+    source: str,
+    data: Mapping[str, Any],
+    entry: Mapping[str, Any],
+    k: int,
+    count: int,
+) -> float:
+    """Spread against RMSE of source ``k`` of ``count`` on ``ax``; the largest finite value drawn."""
+    markers = "os^vDP*X"
+    factor = math.sqrt((data["n_members"] + 1) / data["n_members"])
+    values = entry.get("levels", {k2: [v] for k2, v in entry["total"].items()})
+    rmse = np.asarray(values["rmse"], dtype=np.float64)
+    spread = factor * np.asarray(values["spread"], dtype=np.float64)
+    label = f"{source} (SSR {entry['total']['spread_skill']:.2f})"
+    if k == 0 and "levels" in entry:
+        ax.plot(rmse, spread, "-", color="0.6", lw=0.8, zorder=1)
+        points = ax.scatter(
+            rmse,
+            spread,
+            c=np.asarray(data["altitude_km"], dtype=np.float64),
+            cmap="viridis",
+            marker=markers[0],
+            zorder=2,
+            label=label,
+        )
+        if rmse.size > 1:
+            fig.colorbar(points, ax=ax, shrink=0.8, label="altitude (km)")
+    elif k == 0:  # totals only (point scores)
+        ax.plot(rmse, spread, "o", color="C0", zorder=2, label=label)
+    else:
+        shade = str(0.2 + 0.5 * (k - 1) / max(count - 2, 1))
+        ax.plot(
+            rmse,
+            spread,
+            "--",
+            marker=markers[k % len(markers)],
+            color=shade,
+            ms=4,
+            lw=0.8,
+            label=label,
+        )
+    finite = np.concatenate([rmse, spread])
+    finite = finite[np.isfinite(finite)]
+    return float(finite.max()) if finite.size else 0.0
 
 
 def plot_rank_histograms(
@@ -329,13 +343,7 @@ def plot_profiles(
             f"member_values {values.shape} does not match the {len(obs)} observation rows"
         )
     table = obs.reset_index(drop=True)
-    if "station" in table.columns:
-        place = table["station"].astype(str)
-    else:
-        place = table["lat"].round(2).astype(str) + "N " + table["lon"].round(2).astype(str) + "E"
-    keys = [place, table["variable"].astype(str)]
-    if "time" in table.columns:
-        keys.append(table["time"].astype(str))
+    keys = _profile_keys(table)
     groups = sorted(
         table.groupby(keys, sort=False).indices.items(), key=lambda item: -len(item[1])
     )[:max_panels]
@@ -343,47 +351,7 @@ def plot_profiles(
     fig, axes = new_figure(nrows, ncols, panel_size=(3.2, 3.6))
     n = values.shape[0]
     for ax, (key, rows) in zip(axes.ravel(), groups, strict=False):
-        key = key if isinstance(key, tuple) else (key,)
-        rows = np.asarray(rows)[np.argsort(table["alt_km"].to_numpy()[rows], kind="stable")]
-        altitude = table["alt_km"].to_numpy(dtype=np.float64)[rows]
-        members = values[:, rows]
-        style = "-" if rows.size > 1 else "."
-        if n <= MAX_MEMBER_LINES:
-            lines = ax.plot(members.T, altitude, style, color="C0", lw=0.5, alpha=0.4)
-            lines[0].set_label("members")
-        else:
-            mean, spread = members.mean(0), members.std(0, ddof=1)
-            ax.fill_betweenx(
-                altitude,
-                mean - spread,
-                mean + spread,
-                color="C0",
-                alpha=0.3,
-                label="mean +- spread",
-            )
-        ax.plot(
-            members.mean(0),
-            altitude,
-            "C3" + (style if rows.size > 1 else "s"),
-            lw=1.5,
-            label="ensemble mean",
-        )
-        ax.errorbar(
-            table["value"].to_numpy(dtype=np.float64)[rows],
-            altitude,
-            xerr=table["sigma"].to_numpy(dtype=np.float64)[rows],
-            fmt="ko",
-            ms=3,
-            capsize=2,
-            label="observed +- sigma",
-        )
-        name = str(key[1])
-        ax.set(
-            title=" ".join(str(k) for k in key)[:48],
-            ylabel="altitude (km)",
-            xlabel=f"{name} ({units_of(name)})",
-        )
-        ax.title.set_fontsize(8)
+        _draw_profile(ax, table, values, key if isinstance(key, tuple) else (key,), rows)
     if groups:
         axes.ravel()[0].legend(fontsize=6)
     else:
@@ -392,3 +360,66 @@ def plot_profiles(
     shown = f"{len(groups)} of {table.groupby(keys).ngroups}" if groups else "no"
     fig.suptitle(f"profiles at stations ({shown} profiles, {n} members)", fontsize=10)
     return save_figure(fig, Path(path))
+
+
+def _profile_keys(table: pd.DataFrame) -> list[pd.Series]:
+    """What makes a profile: the station (else the place), the variable and the time if any."""
+    if "station" in table.columns:
+        place = table["station"].astype(str)
+    else:
+        place = table["lat"].round(2).astype(str) + "N " + table["lon"].round(2).astype(str) + "E"
+    keys = [place, table["variable"].astype(str)]
+    if "time" in table.columns:
+        keys.append(table["time"].astype(str))
+    return keys
+
+
+def _draw_profile(
+    ax: Axes, table: pd.DataFrame, values: np.ndarray, key: tuple[Any, ...], rows: np.ndarray
+) -> None:
+    """One profile panel: members (or their band), ensemble mean and observations +- sigma."""
+    rows = np.asarray(rows)[np.argsort(table["alt_km"].to_numpy()[rows], kind="stable")]
+    altitude = table["alt_km"].to_numpy(dtype=np.float64)[rows]
+    members = values[:, rows]
+    style = "-" if rows.size > 1 else "."
+    _draw_members(ax, members, altitude, style)
+    ax.plot(
+        members.mean(0),
+        altitude,
+        "C3" + (style if rows.size > 1 else "s"),
+        lw=1.5,
+        label="ensemble mean",
+    )
+    ax.errorbar(
+        table["value"].to_numpy(dtype=np.float64)[rows],
+        altitude,
+        xerr=table["sigma"].to_numpy(dtype=np.float64)[rows],
+        fmt="ko",
+        ms=3,
+        capsize=2,
+        label="observed +- sigma",
+    )
+    name = str(key[1])
+    ax.set(
+        title=" ".join(str(k) for k in key)[:48],
+        ylabel="altitude (km)",
+        xlabel=f"{name} ({units_of(name)})",
+    )
+    ax.title.set_fontsize(8)
+
+
+def _draw_members(ax: Axes, members: np.ndarray, altitude: np.ndarray, style: str) -> None:
+    """Members ``(N, K)`` as thin lines, or more than :data:`MAX_MEMBER_LINES` as mean +- spread."""
+    if members.shape[0] <= MAX_MEMBER_LINES:
+        lines = ax.plot(members.T, altitude, style, color="C0", lw=0.5, alpha=0.4)
+        lines[0].set_label("members")
+    else:
+        mean, spread = members.mean(0), members.std(0, ddof=1)
+        ax.fill_betweenx(
+            altitude,
+            mean - spread,
+            mean + spread,
+            color="C0",
+            alpha=0.3,
+            label="mean +- spread",
+        )

@@ -124,22 +124,9 @@ def fidelity_report(
     thresholds = thresholds if thresholds is not None else AcceptanceThresholds()
     sample_dims = _sample_dims(samples, grid, "samples")
     reference_dims = _sample_dims(reference, grid, "reference")
-    if truncation is None:
-        truncation = (grid.nlon - 1) // 3
-    if not 1 <= truncation < min(grid.nlat, grid.nlon // 2 + 1):
-        raise InvalidValueError(
-            f"truncation {truncation} is not resolved by the grid ({grid.nlat} x {grid.nlon})"
-        )
+    truncation = _truncation(grid, truncation)
     notes: list[str] = []
-    with_spectra = "u" in grid.variables and "v" in grid.variables
-    if not with_spectra:
-        notes.append("spectra: the grid has no u and v; kinetic-energy spectra skipped")
-    elif grid.latitude_kind not in ("legendre-gauss", "equiangular"):
-        with_spectra = False
-        notes.append(
-            f"spectra: no spherical-harmonic transform on {grid.latitude_kind!r} latitudes; "
-            "kinetic-energy spectra skipped"
-        )
+    with_spectra = _with_spectra(grid, notes)
     stats_s = _statistics(
         samples, grid, sample_dims, "samples", with_spectra, truncation, block_size
     )
@@ -150,30 +137,11 @@ def fidelity_report(
         name: Moments(stats_s.mean[name], stats_s.std[name], stats_r.mean[name], stats_r.std[name])
         for name in grid.variables
     }
-    spectra = None
-    if stats_s.spectrum is not None and stats_r.spectrum is not None:
-        spectra = SpectrumComparison(
-            np.arange(1, truncation + 1), stats_s.spectrum[:, 1:], stats_r.spectrum[:, 1:]
-        )
-    correlation = {
-        name: CorrelationComparison(stats_s.correlation[name], stats_r.correlation[name])
-        for name in grid.variables
-    }
-    for name in grid.variables:
-        if np.isnan(correlation[name].max_abs_difference):
-            notes.append(
-                f"vertical correlation of {name}: a level does not vary; correlation undefined"
-            )
-    tides: dict[str, TideTable] = {}
-    for source, ds, dims in (
-        ("reference", reference, reference_dims),
-        ("samples", samples, sample_dims),
-    ):
-        axis = _tidal_time_axis(ds, dims)
-        if isinstance(axis, str):
-            notes.append(f"tides of the {source}: {axis}; tidal analysis skipped")
-        else:
-            tides[source] = _tide_profiles(ds, grid, dims, *axis)
+    spectra = _spectra(stats_s, stats_r, truncation)
+    correlation = _correlations(stats_s, stats_r, grid, notes)
+    tides = _tides(
+        {"reference": (reference, reference_dims), "samples": (samples, sample_dims)}, grid, notes
+    )
     return FidelityReport(
         strategy=strategy,
         grid=grid,
@@ -187,6 +155,72 @@ def fidelity_report(
         thresholds=thresholds,
         notes=tuple(notes),
     )
+
+
+def _truncation(grid: Grid, truncation: int | None) -> int:
+    """The largest total wavenumber compared: ``truncation`` checked, or ``(W - 1) // 3``."""
+    if truncation is None:
+        truncation = (grid.nlon - 1) // 3
+    if not 1 <= truncation < min(grid.nlat, grid.nlon // 2 + 1):
+        raise InvalidValueError(
+            f"truncation {truncation} is not resolved by the grid ({grid.nlat} x {grid.nlon})"
+        )
+    return truncation
+
+
+def _with_spectra(grid: Grid, notes: list[str]) -> bool:
+    """Whether kinetic-energy spectra can be computed on ``grid``; why not goes to ``notes``."""
+    if "u" not in grid.variables or "v" not in grid.variables:
+        notes.append("spectra: the grid has no u and v; kinetic-energy spectra skipped")
+        return False
+    if grid.latitude_kind not in ("legendre-gauss", "equiangular"):
+        notes.append(
+            f"spectra: no spherical-harmonic transform on {grid.latitude_kind!r} latitudes; "
+            "kinetic-energy spectra skipped"
+        )
+        return False
+    return True
+
+
+def _spectra(
+    stats_s: _SetStatistics, stats_r: _SetStatistics, truncation: int
+) -> SpectrumComparison | None:
+    """Kinetic-energy spectra of samples against reference at wavenumbers ``1..truncation``."""
+    if stats_s.spectrum is None or stats_r.spectrum is None:
+        return None
+    return SpectrumComparison(
+        np.arange(1, truncation + 1), stats_s.spectrum[:, 1:], stats_r.spectrum[:, 1:]
+    )
+
+
+def _correlations(
+    stats_s: _SetStatistics, stats_r: _SetStatistics, grid: Grid, notes: list[str]
+) -> dict[str, CorrelationComparison]:
+    """Vertical correlations of samples against reference; undefined ones noted in ``notes``."""
+    correlation = {
+        name: CorrelationComparison(stats_s.correlation[name], stats_r.correlation[name])
+        for name in grid.variables
+    }
+    for name in grid.variables:
+        if np.isnan(correlation[name].max_abs_difference):
+            notes.append(
+                f"vertical correlation of {name}: a level does not vary; correlation undefined"
+            )
+    return correlation
+
+
+def _tides(
+    sources: dict[str, tuple[xr.Dataset, tuple[str, ...]]], grid: Grid, notes: list[str]
+) -> dict[str, TideTable]:
+    """Tidal profiles per source ``(data set, sample dims)``; skipped ones noted in ``notes``."""
+    tides: dict[str, TideTable] = {}
+    for source, (ds, dims) in sources.items():
+        axis = _tidal_time_axis(ds, dims)
+        if isinstance(axis, str):
+            notes.append(f"tides of the {source}: {axis}; tidal analysis skipped")
+        else:
+            tides[source] = _tide_profiles(ds, grid, dims, *axis)
+    return tides
 
 
 def _sample_dims(ds: xr.Dataset, grid: Grid, what: str) -> tuple[str, ...]:

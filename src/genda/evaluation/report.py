@@ -43,7 +43,11 @@ from genda.evaluation.ensemble_plots import (
     plot_spread_skill,
 )
 from genda.evaluation.plots import file_stem
-from genda.evaluation.posterior_fidelity import plot_posterior_fidelity, posterior_fidelity
+from genda.evaluation.posterior_fidelity import (
+    PosteriorFidelity,
+    plot_posterior_fidelity,
+    posterior_fidelity,
+)
 from genda.evaluation.scores import MEMBER_DIM, align_time, ensemble_scores, point_scores
 from genda.grid import DEFAULT_VARIABLES, Grid
 from genda.ownership import check_replaceable, written_kind
@@ -142,30 +146,82 @@ def evaluate_ensemble(
         as strings.
     """
     out = Path(out_dir)
-    metrics: dict[str, Any] = {"format": FORMAT, "version": FORMAT_VERSION}
     scores = ensemble_scores(ensemble, truth)
     grid = Grid.from_dataset(ensemble, list(scores["variables"]))
     model_data = truth  # every time of the run: the model states the members should resemble
+    ensemble, truth = _one_time(ensemble, truth)
+    level_km = _map_level(grid, level_km)
+    baseline_scores = {
+        name: ensemble_scores(data, truth, grid) for name, data in (baselines or {}).items()
+    }
+    values, withheld_scores = _score_withheld(ensemble, grid, withheld, point_operator, seed)
+    plots = _draw_maps(ensemble, truth, grid, level_km, out, obs, withheld)
+    plots.update(_draw_scores(scores, baseline_scores, out, values, withheld))
+    fidelity = _posterior_fidelity(ensemble, model_data, grid)
+    if fidelity is not None:
+        plots["posterior_fidelity"] = str(
+            plot_posterior_fidelity(fidelity, grid, out / "posterior_fidelity.png")
+        )
+    metrics: dict[str, Any] = {
+        "format": FORMAT,
+        "version": FORMAT_VERSION,
+        "posterior_fidelity": None if fidelity is None else fidelity.to_dict(),
+        "level_km": level_km,
+        "ensemble": scores,
+        "baselines": baseline_scores,
+        "withheld": withheld_scores,
+        "plots": plots,
+    }
+    write_file(out / "metrics.json", json.dumps(metrics, indent=1) + "\n")
+    return metrics
+
+
+def _one_time(ensemble: xr.Dataset, truth: xr.Dataset) -> tuple[xr.Dataset, xr.Dataset]:
+    """Ensemble and truth at the ensemble's one time (an error for several times)."""
     ensemble, truth, _ = align_time(ensemble, truth)
     if "time" in ensemble.dims:
         raise InvalidValueError(
             f"the ensemble has {ensemble.sizes['time']} times; the report maps one, select it first"
         )
+    return ensemble, truth
+
+
+def _map_level(grid: Grid, level_km: float | None) -> float:
+    """The altitude of the maps: ``level_km`` checked, or the middle level."""
     if level_km is None:
         level_km = float(grid.altitude[grid.nlevels // 2])
     _check_level(grid, level_km)
-    baseline_scores = {
-        name: ensemble_scores(data, truth, grid) for name, data in (baselines or {}).items()
-    }
-    withheld_scores = None
-    values = None
-    if withheld is not None and len(withheld):
-        if point_operator is None:
-            from genda.observations.operators import ObservationOperator
+    return level_km
 
-            point_operator = ObservationOperator.from_table(withheld, grid)
-        values = member_values(ensemble, grid, point_operator)
-        withheld_scores = point_scores(values, withheld, seed=seed)
+
+def _score_withheld(
+    ensemble: xr.Dataset,
+    grid: Grid,
+    withheld: pd.DataFrame | None,
+    point_operator: PointOperator | None,
+    seed: int,
+) -> tuple[np.ndarray | None, dict[str, Any] | None]:
+    """``(member values, point scores)`` at the withheld observations; ``(None, None)`` without."""
+    if withheld is None or not len(withheld):
+        return None, None
+    if point_operator is None:
+        from genda.observations.operators import ObservationOperator
+
+        point_operator = ObservationOperator.from_table(withheld, grid)
+    values = member_values(ensemble, grid, point_operator)
+    return values, point_scores(values, withheld, seed=seed)
+
+
+def _draw_maps(
+    ensemble: xr.Dataset,
+    truth: xr.Dataset,
+    grid: Grid,
+    level_km: float,
+    out: Path,
+    obs: pd.DataFrame | None,
+    withheld: pd.DataFrame | None,
+) -> dict[str, str]:
+    """``map_<variable>`` -> path: truth, ensemble mean and spread at ``level_km``."""
     plots: dict[str, str] = {}
     mean = ensemble[list(grid.variables)].mean(MEMBER_DIM)
     spread = ensemble[list(grid.variables)].std(MEMBER_DIM, ddof=1)
@@ -183,36 +239,41 @@ def evaluate_ensemble(
                 withheld=withheld,
             )
         )
-    plots["spread_skill"] = str(
-        plot_spread_skill(scores, out / "spread_skill.png", baselines=baseline_scores)
-    )
-    plots["rank_histograms"] = str(
-        plot_rank_histograms(scores, out / "rank_histograms.png", baselines=baseline_scores)
-    )
+    return plots
+
+
+def _draw_scores(
+    scores: dict[str, Any],
+    baseline_scores: dict[str, dict[str, Any]],
+    out: Path,
+    values: np.ndarray | None,
+    withheld: pd.DataFrame | None,
+) -> dict[str, str]:
+    """Name -> path of the score figures: spread-skill, rank histograms, withheld profiles."""
+    plots = {
+        "spread_skill": str(
+            plot_spread_skill(scores, out / "spread_skill.png", baselines=baseline_scores)
+        ),
+        "rank_histograms": str(
+            plot_rank_histograms(scores, out / "rank_histograms.png", baselines=baseline_scores)
+        ),
+    }
     if withheld is not None and values is not None:
         plots["profiles"] = str(plot_profiles(values, withheld, out / "profiles.png"))
-    fidelity = None
-    if grid.latitude_kind in ("legendre-gauss", "equiangular"):
-        fidelity = posterior_fidelity(
-            _members(ensemble, grid), _model_fields(model_data, grid), grid
-        )
-        plots["posterior_fidelity"] = str(
-            plot_posterior_fidelity(fidelity, grid, out / "posterior_fidelity.png")
-        )
-    metrics.update(
-        posterior_fidelity=None if fidelity is None else fidelity.to_dict(),
-        level_km=level_km,
-        ensemble=scores,
-        baselines=baseline_scores,
-        withheld=withheld_scores,
-        plots=plots,
-    )
-    write_file(out / "metrics.json", json.dumps(metrics, indent=1) + "\n")
-    return metrics
+    return plots
 
 
 MODEL_FIELDS = 96
 """Times of the model data used for the posterior fidelity (evenly spread over the run)."""
+
+
+def _posterior_fidelity(
+    ensemble: xr.Dataset, model_data: xr.Dataset, grid: Grid
+) -> PosteriorFidelity | None:
+    """Members against the model data; ``None`` on latitudes without a spherical-harmonic transform."""
+    if grid.latitude_kind not in ("legendre-gauss", "equiangular"):
+        return None
+    return posterior_fidelity(_members(ensemble, grid), _model_fields(model_data, grid), grid)
 
 
 def _members(ensemble: xr.Dataset, grid: Grid) -> dict[str, np.ndarray]:
@@ -285,36 +346,8 @@ def evaluate_paths(
     verified = _times(ensemble) or _times(truth)
     obs = withheld = None
     if obs_path is not None or withheld_path is not None:
-        from genda.observations import read_observations, validate_observations
-        from genda.observations.table import window_bounds
-
-        # Withheld observations of another time would be scored against this one.
-        window = None
-        if len(verified) == 1:
-            window = window_bounds(verified[0], _window_hours(ensemble_path, verified[0]))
-
-        def table(path: str | os.PathLike[str] | None, against: Grid) -> pd.DataFrame | None:
-            if path is None:
-                return None
-            return validate_observations(
-                read_observations(path), against, window=window, source=str(path)
-            )
-
-        # The assimilated observations are only drawn on the maps: any variable
-        # of the registry may appear; the withheld ones are scored, so the
-        # ensemble must carry their variables.
-        every_variable = Grid(
-            grid.latitude, grid.longitude, grid.altitude, DEFAULT_VARIABLES, grid.latitude_kind
-        )
-        obs, withheld = table(obs_path, every_variable), table(withheld_path, grid)
-    baselines = {name: _open_ensemble(p) for name, p in (baseline_paths or {}).items()}
-    for name, data in baselines.items():
-        theirs = _times(data)
-        if theirs and verified and not set(theirs) & set(verified):
-            raise InvalidValueError(
-                f"baseline {name!r} is for {[str(t) for t in theirs]}, the ensemble for "
-                f"{[str(t) for t in verified]}: a baseline must be of the same window"
-            )
+        obs, withheld = _read_tables(ensemble_path, grid, verified, obs_path, withheld_path)
+    baselines = _open_baselines(baseline_paths, verified)
     return evaluate_ensemble(
         ensemble,
         truth,
@@ -324,6 +357,53 @@ def evaluate_paths(
         baselines=baselines,
         level_km=level_km,
     )
+
+
+def _read_tables(
+    ensemble_path: str | os.PathLike[str],
+    grid: Grid,
+    verified: list[np.datetime64],
+    obs_path: str | os.PathLike[str] | None,
+    withheld_path: str | os.PathLike[str] | None,
+) -> tuple[pd.DataFrame | None, pd.DataFrame | None]:
+    """``(obs, withheld)`` tables, checked and cut to the window of the one verified time."""
+    from genda.observations import read_observations, validate_observations
+    from genda.observations.table import window_bounds
+
+    # Withheld observations of another time would be scored against this one.
+    window = None
+    if len(verified) == 1:
+        window = window_bounds(verified[0], _window_hours(ensemble_path, verified[0]))
+
+    def table(path: str | os.PathLike[str] | None, against: Grid) -> pd.DataFrame | None:
+        if path is None:
+            return None
+        return validate_observations(
+            read_observations(path), against, window=window, source=str(path)
+        )
+
+    # The assimilated observations are only drawn on the maps: any variable
+    # of the registry may appear; the withheld ones are scored, so the
+    # ensemble must carry their variables.
+    every_variable = Grid(
+        grid.latitude, grid.longitude, grid.altitude, DEFAULT_VARIABLES, grid.latitude_kind
+    )
+    return table(obs_path, every_variable), table(withheld_path, grid)
+
+
+def _open_baselines(
+    baseline_paths: Mapping[str, str | os.PathLike[str]] | None, verified: list[np.datetime64]
+) -> dict[str, xr.Dataset]:
+    """Name -> baseline ensemble; an error for one of another time than ``verified``."""
+    baselines = {name: _open_ensemble(p) for name, p in (baseline_paths or {}).items()}
+    for name, data in baselines.items():
+        theirs = _times(data)
+        if theirs and verified and not set(theirs) & set(verified):
+            raise InvalidValueError(
+                f"baseline {name!r} is for {[str(t) for t in theirs]}, the ensemble for "
+                f"{[str(t) for t in verified]}: a baseline must be of the same window"
+            )
+    return baselines
 
 
 def _window_hours(path: str | os.PathLike[str], time: np.datetime64) -> float:

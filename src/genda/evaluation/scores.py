@@ -383,21 +383,7 @@ def ensemble_scores(
         ValueError: times that do not match, NaN or infinite values (the
             variable and level are named).
     """
-    if MEMBER_DIM not in ensemble.dims:
-        raise GridMismatchError(
-            f"the ensemble has no {MEMBER_DIM!r} dimension (dims: {dict(ensemble.sizes)})"
-        )
-    if MEMBER_DIM in truth.dims:
-        raise GridMismatchError(f"the truth has a {MEMBER_DIM!r} dimension; give one field")
-    if grid is None:
-        grid = Grid.from_dataset(ensemble)
-        if not grid.variables:
-            raise UnknownNameError(
-                f"the ensemble has no known variables (present: {list(ensemble.data_vars)}; "
-                f"known: {sorted(VARIABLES)})"
-            )
-    _check_dataset(ensemble, grid, "ensemble", member=True)
-    _check_dataset(truth, grid, "truth", member=False)
+    grid = _check_inputs(ensemble, truth, grid)
     ensemble, truth, times = align_time(ensemble, truth, time)
     n = int(ensemble.sizes[MEMBER_DIM])
     pooled_time = ("time",) if "time" in ensemble.dims else ()
@@ -406,17 +392,7 @@ def ensemble_scores(
     for name in grid.variables:
         fcst = ensemble[name].transpose(MEMBER_DIM, *pooled_time, *SPACE_DIMS)
         obs = truth[name].transpose(*pooled_time, *SPACE_DIMS)
-        records = []
-        for level, altitude in enumerate(grid.altitude):
-            x = np.asarray(fcst.isel(altitude=level).values, dtype=np.float64)
-            y = np.asarray(obs.isel(altitude=level).values, dtype=np.float64)
-            for what, values in (("ensemble", x), ("truth", y)):
-                if not np.isfinite(values).all():
-                    raise InvalidValueError(
-                        f"the {what}'s variable {name!r} has NaN or infinite values "
-                        f"at {altitude:g} km"
-                    )
-            records.append(score_members(x, y, weights))
+        records = _level_records(fcst, obs, name, grid, weights)
         levels = {
             key: [_public(r)[key] for r in records] for key in (*SCORE_NAMES, "rank_histogram")
         }
@@ -438,6 +414,43 @@ def ensemble_scores(
         ),
         "variables": variables,
     }
+
+
+def _check_inputs(ensemble: xr.Dataset, truth: xr.Dataset, grid: Grid | None) -> Grid:
+    """The grid to verify on (default: the ensemble's), ensemble and truth checked against it."""
+    if MEMBER_DIM not in ensemble.dims:
+        raise GridMismatchError(
+            f"the ensemble has no {MEMBER_DIM!r} dimension (dims: {dict(ensemble.sizes)})"
+        )
+    if MEMBER_DIM in truth.dims:
+        raise GridMismatchError(f"the truth has a {MEMBER_DIM!r} dimension; give one field")
+    if grid is None:
+        grid = Grid.from_dataset(ensemble)
+        if not grid.variables:
+            raise UnknownNameError(
+                f"the ensemble has no known variables (present: {list(ensemble.data_vars)}; "
+                f"known: {sorted(VARIABLES)})"
+            )
+    _check_dataset(ensemble, grid, "ensemble", member=True)
+    _check_dataset(truth, grid, "truth", member=False)
+    return grid
+
+
+def _level_records(
+    fcst: xr.DataArray, obs: xr.DataArray, name: str, grid: Grid, weights: np.ndarray
+) -> list[dict[str, Any]]:
+    """The score records of variable ``name``, one level at a time (NaN or infinity named)."""
+    records = []
+    for level, altitude in enumerate(grid.altitude):
+        x = np.asarray(fcst.isel(altitude=level).values, dtype=np.float64)
+        y = np.asarray(obs.isel(altitude=level).values, dtype=np.float64)
+        for what, values in (("ensemble", x), ("truth", y)):
+            if not np.isfinite(values).all():
+                raise InvalidValueError(
+                    f"the {what}'s variable {name!r} has NaN or infinite values at {altitude:g} km"
+                )
+        records.append(score_members(x, y, weights))
+    return records
 
 
 # ---------------------------------------------------------------------- points
@@ -468,32 +481,8 @@ def point_scores(
             negative errors (the first bad row is named).
     """
     values = np.asarray(member_values, dtype=np.float64)
-    if values.ndim != 2:
-        raise InvalidValueError(
-            f"member_values must be (N members, M points), got shape {values.shape}"
-        )
-    missing = [c for c in REQUIRED_COLUMNS if c not in obs.columns]
-    if missing:
-        raise InvalidValueError(
-            f"the observation table lacks column(s) {missing} (columns: {list(obs.columns)})"
-        )
+    observed, sigma = _check_points(values, obs)
     n, m = values.shape
-    if m != len(obs):
-        raise InvalidValueError(
-            f"member_values has {m} points but the observation table {len(obs)} rows"
-        )
-    if m == 0:
-        raise InvalidValueError("the observation table is empty")
-    observed = obs["value"].to_numpy(dtype=np.float64)
-    sigma = obs["sigma"].to_numpy(dtype=np.float64)
-    for what, bad in (
-        ("value is NaN or infinite", ~np.isfinite(observed)),
-        ("sigma is NaN, infinite or negative", ~np.isfinite(sigma) | (sigma < 0)),
-        ("a member value is NaN or infinite", ~np.isfinite(values).all(axis=0)),
-    ):
-        if bad.any():
-            row = obs.index[int(np.argmax(bad))]
-            raise InvalidValueError(f"observation row {row!r}: {what}")
     rng = np.random.default_rng(seed)
     perturbed = values + rng.standard_normal(values.shape) * sigma  # one draw per (member, row)
     names = obs["variable"].astype(str).to_numpy()
@@ -524,6 +513,37 @@ def point_scores(
         "obs_error": "members perturbed with N(0, sigma^2) (Candille and Talagrand 2008)",
         "variables": variables,
     }
+
+
+def _check_points(values: np.ndarray, obs: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """``(observed values, sigma)`` of ``obs`` after checking them and ``values`` ``(N, M)``."""
+    if values.ndim != 2:
+        raise InvalidValueError(
+            f"member_values must be (N members, M points), got shape {values.shape}"
+        )
+    missing = [c for c in REQUIRED_COLUMNS if c not in obs.columns]
+    if missing:
+        raise InvalidValueError(
+            f"the observation table lacks column(s) {missing} (columns: {list(obs.columns)})"
+        )
+    m = values.shape[1]
+    if m != len(obs):
+        raise InvalidValueError(
+            f"member_values has {m} points but the observation table {len(obs)} rows"
+        )
+    if m == 0:
+        raise InvalidValueError("the observation table is empty")
+    observed = obs["value"].to_numpy(dtype=np.float64)
+    sigma = obs["sigma"].to_numpy(dtype=np.float64)
+    for what, bad in (
+        ("value is NaN or infinite", ~np.isfinite(observed)),
+        ("sigma is NaN, infinite or negative", ~np.isfinite(sigma) | (sigma < 0)),
+        ("a member value is NaN or infinite", ~np.isfinite(values).all(axis=0)),
+    ):
+        if bad.any():
+            row = obs.index[int(np.argmax(bad))]
+            raise InvalidValueError(f"observation row {row!r}: {what}")
+    return observed, sigma
 
 
 def _point_entry(

@@ -23,6 +23,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
+from matplotlib.figure import Figure
 from tqdm.auto import tqdm
 
 from genda.evaluation.circulation import (
@@ -33,6 +34,7 @@ from genda.evaluation.circulation import (
 )
 from genda.evaluation.spectra import kinetic_energy_spectrum
 from genda.evaluation.tides import tidal_harmonics
+from genda.grid import Grid
 from genda.simulator import Simulator, SimulatorConfig
 
 
@@ -114,15 +116,32 @@ def analyse(result: dict[str, Any]) -> dict[str, Any]:
 
 
 def plot(result: dict[str, Any], summary: dict[str, Any], out: Path) -> list[Path]:
+    """Write the report's figures to ``out``: map, zonal means, tides, spectrum, energy."""
     sim: Simulator = result["sim"]
     grid = sim.output_grid
     fields = result["fields"]
-    lat, lon, alt = grid.latitude, grid.longitude, grid.altitude
-    paths = []
+    return [
+        _plot_map(sim, fields[-1], out / "simulator_map.png"),
+        _plot_zonal_mean(grid, fields, out / "simulator_zonal_mean.png"),
+        _plot_tides(summary["tides"], grid.altitude, out / "simulator_tides.png"),
+        _plot_spectrum(summary, grid.altitude, out / "simulator_spectrum.png"),
+        _plot_energy(result["kinetic"], out / "simulator_energy.png"),
+    ]
 
+
+def _save(fig: Figure, path: Path) -> Path:
+    """Write ``fig`` to ``path`` and close it."""
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _plot_map(sim: Simulator, last: np.ndarray, path: Path) -> Path:
+    """T and wind vectors of the last fields ``(V, L, H, W)`` at the level nearest 95 km."""
+    grid = sim.output_grid
+    lat, lon, alt = grid.latitude, grid.longitude, grid.altitude
     level = int(np.argmin(np.abs(alt - 95.0)))
     fig, ax = plt.subplots(figsize=(8, 4), constrained_layout=True)
-    last = fields[-1]
     mesh = ax.pcolormesh(lon, lat, last[2, level], cmap="RdBu_r", shading="auto")
     step = max(1, grid.nlon // 24)
     ax.quiver(
@@ -138,10 +157,12 @@ def plot(result: dict[str, Any], summary: dict[str, Any], out: Path) -> list[Pat
         ylabel="latitude (deg N)",
         title=f"T and wind at {alt[level]:.0f} km, {np.datetime_as_string(sim.time, unit='h')}",
     )
-    paths.append(out / "simulator_map.png")
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
+    return _save(fig, path)
 
+
+def _plot_zonal_mean(grid: Grid, fields: np.ndarray, path: Path) -> Path:
+    """Time- and zonal-mean u and T of ``fields`` ``(T, V, L, H, W)`` against latitude and altitude."""
+    lat, alt = grid.latitude, grid.altitude
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True, sharey=True)
     zonal_u = fields[:, 0].mean(axis=(0, 3))
     zonal_t = fields[:, 2].mean(axis=(0, 3))
@@ -153,13 +174,13 @@ def plot(result: dict[str, Any], summary: dict[str, Any], out: Path) -> list[Pat
     for ax in axes:
         ax.set(xlabel="latitude (deg N; northern winter)")
     axes[0].set(ylabel="altitude (km)")
-    paths.append(out / "simulator_zonal_mean.png")
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
+    return _save(fig, path)
 
+
+def _plot_tides(entry: dict[str, Any], alt: np.ndarray, path: Path) -> Path:
+    """Tidal amplitude and background of u and T (the summary's ``tides``) against altitude."""
     fig, axes = plt.subplots(1, 2, figsize=(9, 4), constrained_layout=True, sharey=True)
     for ax, name, unit in ((axes[0], "u", "m/s"), (axes[1], "T", "K")):
-        entry = summary["tides"]
         for key, label, style in (
             ("diurnal_low_latitudes", "diurnal, |lat| < 35", "-o"),
             ("semidiurnal_midlatitudes", "semidiurnal, 35-65", "-s"),
@@ -176,10 +197,11 @@ def plot(result: dict[str, Any], summary: dict[str, Any], out: Path) -> list[Pat
         ax.set(xlabel=f"amplitude of {name} ({unit})", xscale="log")
         ax.legend(fontsize=7)
     axes[0].set(ylabel="altitude (km)")
-    paths.append(out / "simulator_tides.png")
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
+    return _save(fig, path)
 
+
+def _plot_spectrum(summary: dict[str, Any], alt: np.ndarray, path: Path) -> Path:
+    """The mean kinetic-energy spectrum at about four levels, with an ``l^-3`` line."""
     spectrum = np.asarray(summary["spectrum_mean"])
     degrees = np.arange(spectrum.shape[-1])
     fig, ax = plt.subplots(figsize=(6, 4), constrained_layout=True)
@@ -193,17 +215,15 @@ def plot(result: dict[str, Any], summary: dict[str, Any], out: Path) -> list[Pat
         title="horizontal kinetic-energy spectrum",
     )
     ax.legend(fontsize=8)
-    paths.append(out / "simulator_spectrum.png")
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
+    return _save(fig, path)
 
+
+def _plot_energy(kinetic: np.ndarray, path: Path) -> Path:
+    """The daily global kinetic energy against model day."""
     fig, ax = plt.subplots(figsize=(7, 3), constrained_layout=True)
-    ax.plot(np.arange(1, len(result["kinetic"]) + 1), result["kinetic"])
+    ax.plot(np.arange(1, len(kinetic) + 1), kinetic)
     ax.set(xlabel="model day", ylabel="kinetic energy (J m-2)", title="global kinetic energy")
-    paths.append(out / "simulator_energy.png")
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
-    return paths
+    return _save(fig, path)
 
 
 def main() -> None:

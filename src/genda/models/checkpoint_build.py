@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+from torch import nn
 
 from genda.errors import InvalidValueError
 from genda.grid import Grid, GridMismatchError
@@ -286,6 +288,22 @@ def _denoiser_from_config(
     return denoiser
 
 
+def without_derived(
+    tensors: Mapping[str, torch.Tensor], module: nn.Module
+) -> dict[str, torch.Tensor]:
+    """``tensors`` without those that ``module`` derives on loading (its non-persistent buffers).
+
+    Earlier checkpoints of the cascade saved its rotation, which is now rebuilt
+    from the saved eigen-decomposition after loading; the saved copy is ignored.
+    """
+    derived = {
+        f"{name}.{buffer}" if name else buffer
+        for name, child in module.named_modules()
+        for buffer in child._non_persistent_buffers_set
+    }
+    return {key: value for key, value in tensors.items() if key not in derived}
+
+
 def restore_denoiser(
     contents: CheckpointContents,
     expected_grid: Grid | None = None,
@@ -305,10 +323,10 @@ def restore_denoiser(
     if weights not in ("ema", "model"):
         raise InvalidValueError(f"weights must be 'ema' or 'model', got {weights!r}")
     model_file = contents.path / MODEL_FILE
-    check_tensors(contents.ema, denoiser, "EMA", model_file)
-    check_tensors(contents.model, denoiser, "raw", model_file)
-    tensors = contents.ema if weights == "ema" else contents.model
-    denoiser.load_state_dict(dict(tensors), strict=True)
+    ema, raw = (without_derived(t, denoiser) for t in (contents.ema, contents.model))
+    check_tensors(ema, denoiser, "EMA", model_file)
+    check_tensors(raw, denoiser, "raw", model_file)
+    denoiser.load_state_dict(dict(ema if weights == "ema" else raw), strict=True)
     if unfitted_statistics(denoiser.coordinates):
         raise CheckpointError(
             f"{model_file}: the statistics of the whitened coordinates are all zero "

@@ -69,6 +69,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Literal, Protocol, get_args, runtime_checkable
 
 import torch
@@ -201,6 +202,30 @@ def sample(
     Returns:
         ``(len(members), *shape_per_member)`` samples in ``dtype`` on ``device``.
     """
+    members = _checked_members(members, method, corrections, tau, churn, s_noise)
+    levels = _noise_levels(sigmas, steps, sigma_min, sigma_max, rho)
+    shape = tuple(int(n) for n in shape_per_member)
+    generators = [member_generator(window_seed, m) for m in members]
+    if not generators:
+        return torch.empty((0, *shape), device=device, dtype=dtype)
+    rule = _StepRule(method, churn, len(levels) - 1, s_tmin, s_tmax, s_noise, corrections, tau)
+    run = _Integrator(denoiser, generators, shape, device, dtype, rule)
+    with torch.no_grad():
+        x = levels[0] * run.noise()
+        for i in tqdm(range(rule.n_steps), disable=not progress, desc="sampling", unit="step"):
+            x = run.step(x, levels[i], levels[i + 1])
+    return x
+
+
+def _checked_members(
+    members: Sequence[int],
+    method: str,
+    corrections: int,
+    tau: float,
+    churn: float,
+    s_noise: float,
+) -> list[int]:
+    """The member indices as ``int``, after checking :func:`sample`'s options."""
     if method not in METHODS:
         raise InvalidValueError(f"unknown sampling method {method!r}; choose one of {METHODS}")
     members = [int(m) for m in members]
@@ -211,48 +236,101 @@ def sample(
         raise InvalidValueError(f"corrections must be >= 0 and tau > 0, got {corrections}, {tau}")
     if churn < 0 or s_noise < 0:
         raise InvalidValueError(f"churn and s_noise must be non-negative, got {churn}, {s_noise}")
-    levels = _noise_levels(sigmas, steps, sigma_min, sigma_max, rho)
-    n_steps = len(levels) - 1
-    shape = tuple(int(n) for n in shape_per_member)
+    return members
 
-    generators = [member_generator(window_seed, m) for m in members]
-    if not generators:
-        return torch.empty((0, *shape), device=device, dtype=dtype)
 
-    def call(x: Tensor, sigma: float) -> Tensor:
+@dataclass(frozen=True)
+class _StepRule:
+    """The options of :func:`sample` that shape each step (its Args)."""
+
+    method: str
+    churn: float
+    n_steps: int
+    s_tmin: float
+    s_tmax: float
+    s_noise: float
+    corrections: int
+    tau: float
+
+    def churns_at(self, sigma: float) -> bool:
+        """Whether the step from ``sigma`` starts with churn (``"stochastic"`` only)."""
+        return (
+            self.method == "stochastic" and self.churn > 0 and self.s_tmin <= sigma <= self.s_tmax
+        )
+
+    @property
+    def gamma(self) -> float:
+        """EDM's churn ``gamma = min(churn / steps, sqrt(2) - 1)``."""
+        gamma_max = math.sqrt(2) - 1
+        return min(self.churn / self.n_steps, gamma_max)
+
+
+@dataclass(frozen=True)
+class _Integrator:
+    """One :func:`sample` run: the denoiser, the members' generators and the step rule."""
+
+    denoiser: Denoiser
+    generators: list[torch.Generator]
+    shape: tuple[int, ...]
+    device: torch.device | str
+    dtype: torch.dtype
+    rule: _StepRule
+
+    def noise(self) -> Tensor:
+        """Fresh standard normal noise, row ``b`` from member ``b``'s generator."""
+        return member_noise(self.generators, self.shape, self.device, self.dtype)
+
+    def call(self, x: Tensor, sigma: float) -> Tensor:
+        """The denoiser on the whole batch at noise level ``sigma``, in the dtype of ``x``."""
         sigma_batch = torch.full((x.shape[0],), sigma, device=x.device, dtype=x.dtype)
-        return denoiser(x, sigma_batch).to(x.dtype)
+        return self.denoiser(x, sigma_batch).to(x.dtype)
 
-    gamma_max = math.sqrt(2) - 1
-    with torch.no_grad():
-        x = levels[0] * member_noise(generators, shape, device, dtype)
-        for i in tqdm(range(n_steps), disable=not progress, desc="sampling", unit="step"):
-            sigma_cur, sigma_next = levels[i], levels[i + 1]
+    def step(self, x: Tensor, sigma_cur: float, sigma_next: float) -> Tensor:
+        """One step from ``sigma_cur`` to ``sigma_next``: churn, update, Langevin corrections."""
+        rule = self.rule
+        sigma_hat, x_hat = sigma_cur, x
+        if rule.churns_at(sigma_cur):
+            sigma_hat, x_hat = self.churned(x, sigma_cur)
+        if rule.method == "exponential" and sigma_next >= EXPONENTIAL_FLOOR:
+            x = _exponential_step(self.call, x_hat, sigma_hat, sigma_next)
+        else:
+            second_order = rule.method != "euler"
+            x = _heun_step(self.call, x_hat, sigma_hat, sigma_next, second_order)
+        if sigma_next > 0:
+            x = self.corrected(x, sigma_next)
+        return x
 
-            sigma_hat, x_hat = sigma_cur, x
-            if method == "stochastic" and churn > 0 and s_tmin <= sigma_cur <= s_tmax:
-                gamma = min(churn / n_steps, gamma_max)
-                sigma_hat = sigma_cur + gamma * sigma_cur
-                scale = s_noise * math.sqrt(sigma_hat**2 - sigma_cur**2)
-                x_hat = x + scale * member_noise(generators, shape, device, dtype)
+    def churned(self, x: Tensor, sigma: float) -> tuple[float, Tensor]:
+        """EDM Algorithm 2's churn: ``sigma_hat = (1 + gamma) sigma`` and ``x`` with fresh noise."""
+        sigma_hat = sigma + self.rule.gamma * sigma
+        scale = self.rule.s_noise * math.sqrt(sigma_hat**2 - sigma**2)
+        return sigma_hat, x + scale * self.noise()
 
-            if method == "exponential" and sigma_next >= EXPONENTIAL_FLOOR:
-                x = _exponential_step(call, x_hat, sigma_hat, sigma_next)
-                continue_with_heun = False
-            else:
-                slope = (x_hat - call(x_hat, sigma_hat)) / sigma_hat
-                x = x_hat + (sigma_next - sigma_hat) * slope
-                continue_with_heun = method != "euler"
-            if continue_with_heun and sigma_next > 0:
-                slope_next = (x - call(x, sigma_next)) / sigma_next
-                x = x_hat + (sigma_next - sigma_hat) * (0.5 * slope + 0.5 * slope_next)
-            for _ in range(corrections if sigma_next > 0 else 0):
-                z = member_noise(generators, shape, device, dtype)
-                eps = (x - call(x, sigma_next)) / sigma_next
-                dims = tuple(range(1, x.ndim))
-                delta = tau / eps.square().mean(dim=dims, keepdim=True)
-                x = x - sigma_next * (delta * eps + torch.sqrt(2 * delta) * z)
-    return x
+    def corrected(self, x: Tensor, sigma: float) -> Tensor:
+        """``x`` after the Langevin corrector steps at ``sigma > 0`` (:func:`sample`'s ``corrections``)."""
+        for _ in range(self.rule.corrections):
+            z = self.noise()
+            eps = (x - self.call(x, sigma)) / sigma
+            dims = tuple(range(1, x.ndim))
+            delta = self.rule.tau / eps.square().mean(dim=dims, keepdim=True)
+            x = x - sigma * (delta * eps + torch.sqrt(2 * delta) * z)
+        return x
+
+
+def _heun_step(
+    call: Callable[[Tensor, float], Tensor],
+    x: Tensor,
+    sigma: float,
+    sigma_next: float,
+    second_order: bool,
+) -> Tensor:
+    """An Euler step from ``sigma`` to ``sigma_next``, Heun-corrected if ``second_order`` and ``sigma_next > 0``."""
+    slope = (x - call(x, sigma)) / sigma
+    x_next = x + (sigma_next - sigma) * slope
+    if second_order and sigma_next > 0:
+        slope_next = (x_next - call(x_next, sigma_next)) / sigma_next
+        x_next = x + (sigma_next - sigma) * (0.5 * slope + 0.5 * slope_next)
+    return x_next
 
 
 def _exponential_step(

@@ -165,6 +165,93 @@ class _Level(nn.Module):
         return x
 
 
+def _check_unet_arguments(
+    in_channels: int,
+    out_channels: int,
+    base_channels: int,
+    channel_mult: tuple[int, ...],
+    blocks_per_level: int,
+    attention_levels: tuple[int, ...],
+    cond_dim: int,
+    dropout: float,
+) -> None:
+    """Raise :class:`InvalidValueError` for :class:`UNet` arguments out of range."""
+    if in_channels < 1 or out_channels < 1 or base_channels < 1:
+        raise InvalidValueError("in_channels, out_channels and base_channels must be >= 1")
+    if not channel_mult or min(channel_mult) < 1:
+        raise InvalidValueError(
+            f"channel_mult must be a non-empty sequence of >= 1, got {channel_mult}"
+        )
+    if blocks_per_level < 1:
+        raise InvalidValueError(f"blocks_per_level must be >= 1, got {blocks_per_level}")
+    bad = [a for a in attention_levels if not 0 <= a < len(channel_mult)]
+    if bad:
+        raise InvalidValueError(
+            f"attention_levels {bad} outside the levels 0..{len(channel_mult) - 1}"
+        )
+    if cond_dim < 0:
+        raise InvalidValueError(f"cond_dim must be >= 0, got {cond_dim}")
+    if not 0.0 <= dropout < 1.0:
+        raise InvalidValueError(f"dropout must lie in [0, 1), got {dropout}")
+
+
+def _pole_signs(pole_sign: Sequence[float] | None, in_channels: int) -> list[float] | None:
+    """``pole_sign`` as floats, checked against ``in_channels`` (``None`` stays ``None``)."""
+    signs = None if pole_sign is None else [float(s) for s in pole_sign]
+    if signs is not None and len(signs) != in_channels:
+        raise InvalidValueError(f"pole_sign has {len(signs)} entries for in_channels={in_channels}")
+    return signs
+
+
+def _embedding_mlp(noise_embedding_dim: int, emb_dim: int) -> nn.Sequential:
+    """The MLP from the sinusoidal (plus conditioning) features to the block embedding."""
+    return nn.Sequential(
+        nn.Linear(noise_embedding_dim, emb_dim),
+        nn.SiLU(),
+        nn.Linear(emb_dim, emb_dim),
+        nn.SiLU(),
+    )
+
+
+def _encoder_levels(
+    in_channels: int,
+    widths: Sequence[int],
+    blocks: int,
+    emb_dim: int,
+    dropout: float,
+    attention_levels: tuple[int, ...],
+) -> nn.ModuleList:
+    """The encoder's levels, finest first: ``in_channels`` to ``widths[0]``, then on."""
+    encoder = nn.ModuleList()
+    previous = in_channels
+    for level, width in enumerate(widths):
+        attention = level in attention_levels
+        encoder.append(_Level(previous, width, blocks, emb_dim, dropout, attention))
+        previous = width
+    return encoder
+
+
+def _decoder_levels(
+    in_channels: int,
+    widths: Sequence[int],
+    blocks: int,
+    emb_dim: int,
+    dropout: float,
+    attention_levels: tuple[int, ...],
+) -> tuple[nn.ModuleList, nn.ModuleList]:
+    """The decoder's levels (input: the previous output and the skip) and upsamplings, coarsest first."""
+    decoder = nn.ModuleList()
+    upsample = nn.ModuleList()
+    previous = in_channels
+    for level in reversed(range(len(widths))):
+        width = widths[level]
+        attention = level in attention_levels
+        decoder.append(_Level(previous + width, width, blocks, emb_dim, dropout, attention))
+        upsample.append(Upsample(width) if level > 0 else nn.Identity())
+        previous = width
+    return decoder, upsample
+
+
 class UNet(nn.Module):
     """Spherical U-Net backbone ``F(x_in, c_noise, cond=None)`` (see module docstring).
 
@@ -209,28 +296,17 @@ class UNet(nn.Module):
         super().__init__()
         channel_mult = tuple(int(m) for m in channel_mult)
         attention_levels = tuple(sorted({int(a) for a in attention_levels}))
-        if in_channels < 1 or out_channels < 1 or base_channels < 1:
-            raise InvalidValueError("in_channels, out_channels and base_channels must be >= 1")
-        if not channel_mult or min(channel_mult) < 1:
-            raise InvalidValueError(
-                f"channel_mult must be a non-empty sequence of >= 1, got {channel_mult}"
-            )
-        if blocks_per_level < 1:
-            raise InvalidValueError(f"blocks_per_level must be >= 1, got {blocks_per_level}")
-        bad = [a for a in attention_levels if not 0 <= a < len(channel_mult)]
-        if bad:
-            raise InvalidValueError(
-                f"attention_levels {bad} outside the levels 0..{len(channel_mult) - 1}"
-            )
-        if cond_dim < 0:
-            raise InvalidValueError(f"cond_dim must be >= 0, got {cond_dim}")
-        if not 0.0 <= dropout < 1.0:
-            raise InvalidValueError(f"dropout must lie in [0, 1), got {dropout}")
-        signs = None if pole_sign is None else [float(s) for s in pole_sign]
-        if signs is not None and len(signs) != in_channels:
-            raise InvalidValueError(
-                f"pole_sign has {len(signs)} entries for in_channels={in_channels}"
-            )
+        _check_unet_arguments(
+            in_channels,
+            out_channels,
+            base_channels,
+            channel_mult,
+            blocks_per_level,
+            attention_levels,
+            cond_dim,
+            dropout,
+        )
+        signs = _pole_signs(pole_sign, in_channels)
 
         self.config: dict[str, Any] = {
             "in_channels": int(in_channels),
@@ -254,46 +330,22 @@ class UNet(nn.Module):
         self.cond_embedding = (
             nn.Linear(cond_dim, noise_embedding_dim, bias=False) if cond_dim > 0 else None
         )
-        self.embedding_mlp = nn.Sequential(
-            nn.Linear(noise_embedding_dim, emb_dim),
-            nn.SiLU(),
-            nn.Linear(emb_dim, emb_dim),
-            nn.SiLU(),
-        )
+        self.embedding_mlp = _embedding_mlp(noise_embedding_dim, emb_dim)
 
         self.conv_in = SphericalConv2d(in_channels, base_channels, 3, pole_sign=signs)
         widths = [base_channels * m for m in channel_mult]
-        self.encoder = nn.ModuleList()
-        previous = base_channels
-        for level, width in enumerate(widths):
-            self.encoder.append(
-                _Level(
-                    previous, width, blocks_per_level, emb_dim, dropout, level in attention_levels
-                )
-            )
-            previous = width
-        coarsest = self.levels - 1
-        self.middle = _Level(
-            previous, previous, 2, emb_dim, dropout, attention=coarsest in attention_levels
+        self.encoder = _encoder_levels(
+            base_channels, widths, blocks_per_level, emb_dim, dropout, attention_levels
         )
-        self.decoder = nn.ModuleList()
-        self.upsample = nn.ModuleList()
-        for level in reversed(range(self.levels)):
-            width = widths[level]
-            self.decoder.append(
-                _Level(
-                    previous + width,
-                    width,
-                    blocks_per_level,
-                    emb_dim,
-                    dropout,
-                    level in attention_levels,
-                )
-            )
-            self.upsample.append(Upsample(width) if level > 0 else nn.Identity())
-            previous = width
-        self.norm_out = nn.GroupNorm(_groups(previous), previous)
-        self.conv_out = SphericalConv2d(previous, out_channels, 3)
+        bottleneck, coarsest = widths[-1], self.levels - 1
+        self.middle = _Level(
+            bottleneck, bottleneck, 2, emb_dim, dropout, attention=coarsest in attention_levels
+        )
+        self.decoder, self.upsample = _decoder_levels(
+            bottleneck, widths, blocks_per_level, emb_dim, dropout, attention_levels
+        )
+        self.norm_out = nn.GroupNorm(_groups(widths[0]), widths[0])
+        self.conv_out = SphericalConv2d(widths[0], out_channels, 3)
         nn.init.zeros_(self.conv_out.conv.weight)
         if self.conv_out.conv.bias is not None:
             nn.init.zeros_(self.conv_out.conv.bias)

@@ -2,8 +2,9 @@
 
 - :mod:`genda.observations.table`: the table format (:data:`OBSERVATION_COLUMNS`),
   :func:`validate_observations` (-> canonical table or :class:`ObservationError`
-  naming the rows), :func:`read_observations` / :func:`write_observations`
-  (CSV, Parquet, NetCDF);
+  naming the rows);
+- :mod:`genda.observations.files`: :func:`read_observations` /
+  :func:`write_observations` (CSV, Parquet, NetCDF);
 - :mod:`genda.observations.operators`: :class:`ObservationOperator`, fields ->
   observation space;
 - :mod:`genda.observations.catalog`: the stations, limb sounders and error
@@ -27,6 +28,7 @@ from genda.observations.catalog import (
     LimbInstrument,
     Station,
 )
+from genda.observations.files import read_observations, write_observations
 from genda.observations.geometry import limb_track
 from genda.observations.networks import draw_observations, split_withheld
 from genda.observations.observe import ObservationDraw, observe_to_file
@@ -35,9 +37,7 @@ from genda.observations.table import (
     OBSERVATION_COLUMNS,
     OPTIONAL_COLUMNS,
     ObservationError,
-    read_observations,
     validate_observations,
-    write_observations,
 )
 
 __all__ = [

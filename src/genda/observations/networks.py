@@ -97,6 +97,47 @@ def select_time(truth: xr.Dataset, time: TimeLike, source: str = "truth") -> xr.
     return truth.isel(time=int(found[0]))
 
 
+def _check_network_variables(names: Sequence[str], grid: Grid) -> None:
+    """Refuse a network that observes a variable the grid does not carry."""
+    for name in names:
+        absent = [v for v in NETWORKS[name] if v not in grid.variables]
+        if absent:
+            raise InvalidValueError(
+                f"network {name!r} observes {', '.join(absent)}, which the grid does not carry "
+                f"(grid variables: {', '.join(grid.variables)})"
+            )
+
+
+def _network_geometry(
+    names: Sequence[str],
+    grid: Grid,
+    when: np.datetime64,
+    sites: tuple[Station, ...],
+    los: bool,
+    half_window_minutes: float,
+    saber_yaw: Literal["north", "south"],
+) -> pd.DataFrame:
+    """Where the networks observe: one row per observation, values not yet drawn."""
+    parts = []
+    for name in names:
+        if name == "radars":
+            parts.append(radar_geometry(grid, sites, los=los))
+        elif name == "lidars":
+            parts.append(lidar_geometry(grid, sites))
+        else:
+            track = limb_track(
+                when, name, grid, half_window_minutes=half_window_minutes, yaw=saber_yaw
+            )
+            parts.append(track)
+    parts = [part for part in parts if len(part)]
+    if not parts:
+        raise InvalidValueError(
+            f"networks {names} observe nothing on this grid (altitudes "
+            f"{grid.altitude.min():g}-{grid.altitude.max():g} km)"
+        )
+    return pd.concat(parts, ignore_index=True)
+
+
 def draw_observations(
     truth: xr.Dataset,
     grid: Grid,
@@ -139,36 +180,13 @@ def draw_observations(
     when = as_datetime64(time)
     snapshot = select_time(truth, when)
     names = network_names(networks)
-    for name in names:
-        absent = [v for v in NETWORKS[name] if v not in grid.variables]
-        if absent:
-            raise InvalidValueError(
-                f"network {name!r} observes {', '.join(absent)}, which the grid does not carry "
-                f"(grid variables: {', '.join(grid.variables)})"
-            )
+    _check_network_variables(names, grid)
     sites = (
         STATIONS
         if stations is None
         else tuple(s if isinstance(s, Station) else station(s) for s in stations)
     )
-    parts = []
-    for name in names:
-        if name == "radars":
-            parts.append(radar_geometry(grid, sites, los=los))
-        elif name == "lidars":
-            parts.append(lidar_geometry(grid, sites))
-        else:
-            track = limb_track(
-                when, name, grid, half_window_minutes=half_window_minutes, yaw=saber_yaw
-            )
-            parts.append(track)
-    parts = [part for part in parts if len(part)]
-    if not parts:
-        raise InvalidValueError(
-            f"networks {names} observe nothing on this grid (altitudes "
-            f"{grid.altitude.min():g}-{grid.altitude.max():g} km)"
-        )
-    geometry = pd.concat(parts, ignore_index=True)
+    geometry = _network_geometry(names, grid, when, sites, los, half_window_minutes, saber_yaw)
     # The tracks' own times only placed the profiles; the values are the truth at `time`.
     geometry["time"] = when
     geometry["value"] = 0.0  # a placeholder: the values are drawn below

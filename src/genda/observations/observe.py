@@ -21,18 +21,14 @@ import pandas as pd
 
 from genda.errors import InvalidValueError, OutputExistsError
 from genda.grid import Grid
+from genda.observations.files import read_observations, write_observations
 from genda.observations.networks import (
     draw_observations,
     network_names,
     select_time,
     split_withheld,
 )
-from genda.observations.table import (
-    OBSERVATION_COLUMNS,
-    ObservationError,
-    read_observations,
-    write_observations,
-)
+from genda.observations.table import OBSERVATION_COLUMNS, ObservationError
 from genda.times import TimeLike, as_datetime64, iso
 
 

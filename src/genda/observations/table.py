@@ -1,4 +1,4 @@
-"""Observation tables: columns, conventions, validation, reading and writing.
+"""Observation tables: columns, conventions and validation.
 
 An observation table is a :class:`pandas.DataFrame` with one row per observed
 value (docs/observations.md):
@@ -33,20 +33,17 @@ wind is not observed; see :mod:`genda.observations.operators`).
 (a new frame; the input is never changed) or raises :class:`ObservationError`
 listing every problem with the row numbers concerned. Row numbers are 0-based
 positions in the table (for a CSV file with a header, the line is row + 2).
+Files (CSV, Parquet, NetCDF) are read and written by :mod:`genda.observations.files`.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterable
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import xarray as xr
 
-from genda.atomic import write_file
-from genda.errors import GendaError, InvalidTypeError, InvalidValueError, MissingInputError
+from genda.errors import GendaError, InvalidTypeError, InvalidValueError
 from genda.grid import Grid
 from genda.times import as_datetime64, iso
 from genda.units import canonical_units
@@ -140,21 +137,6 @@ _UNIT_NAMES = {"u": "m/s", "v": "m/s", "los": "m/s", "T": "K"}
 CELSIUS_MEDIAN_K = 100.0
 """A ``T`` column without units whose median is below this (K) looks like degrees Celsius:
 no MLT temperature profile averages below ~130 K, while Celsius values there are negative."""
-
-# Extra attributes of the columns in a NetCDF file.
-_NETCDF_ATTRS: dict[str, dict[str, str]] = {
-    "time": {"standard_name": "time", "long_name": "valid time (UTC)"},
-    "lat": {"units": "degrees_north", "standard_name": "latitude"},
-    "lon": {"units": "degrees_east", "standard_name": "longitude"},
-    "alt_km": {"units": "km", "long_name": "log-pressure altitude H ln(p0/p), H = 7 km"},
-    "variable": {"long_name": "observed quantity: u, v, T or los (line-of-sight wind)"},
-    "value": {"long_name": "observed value, in m s-1 for u, v and los, in K for T"},
-    "sigma": {"long_name": "observation-error standard deviation, unit of value"},
-    "station": {"long_name": "station or instrument"},
-    "azimuth_deg": {"units": "degree", "long_name": "beam azimuth, clockwise from north"},
-    "elevation_deg": {"units": "degree", "long_name": "beam elevation above the horizon"},
-    "fwhm_km": {"units": "km", "long_name": "FWHM of the Gaussian vertical kernel (NaN: point)"},
-}
 
 
 class ObservationError(GendaError, ValueError):
@@ -250,6 +232,46 @@ def validate_observations(
         ObservationError: naming ``source``, every problem found and its rows
             (see docs/observations.md for the rules).
     """
+    _check_structure(df, source)
+    table = df.reset_index(drop=True).copy(deep=True)
+    n = len(table)
+    problems: list[str] = []
+    check = _checker(problems)
+
+    times, time_ok = _parse_times(table, check, problems)
+    not_number = _parse_numbers(table, check)
+    names = _parse_variables(table, grid, check, problems)
+    table, has_unit = _convert_units(table, names, problems)
+    _check_ranges(table, grid, names, has_unit, check, problems, check_values)
+    is_los = _check_beams_and_kernels(table, names, not_number, check)
+    _make_canonical(table, is_los)
+    _check_duplicates_and_window(table, times, time_ok, window, check, problems)
+
+    if problems:
+        listing = "\n  - ".join(problems)
+        raise ObservationError(
+            f"{source}: {len(problems)} problem(s) in {n} observation(s) "
+            f"(rows counted from 0):\n  - {listing}",
+            problems,
+        )
+
+    columns = [*OBSERVATION_COLUMNS, *OPTIONAL_COLUMNS]
+    others = [c for c in table.columns if c not in columns]
+    return table[columns + others]
+
+
+def _checker(problems: list[str]) -> Callable[[np.ndarray, str], None]:
+    """A ``check(mask, what)`` that adds ``"<what> in <rows>"`` to ``problems`` if any row is set."""
+
+    def check(mask: np.ndarray, what: str) -> None:
+        if np.any(mask):
+            problems.append(f"{what} in {_rows(mask)}")
+
+    return check
+
+
+def _check_structure(df: pd.DataFrame, source: str) -> None:
+    """Refuse at once what is no table: not a frame, missing columns, no rows, duplicated columns."""
     if not isinstance(df, pd.DataFrame):
         raise InvalidTypeError(f"{source}: expected a pandas DataFrame, got {type(df).__name__}")
     missing = [c for c in OBSERVATION_COLUMNS if c not in df.columns]
@@ -265,27 +287,29 @@ def validate_observations(
         dup = sorted({str(c) for c in df.columns[df.columns.duplicated()]})
         raise ObservationError(f"{source}: duplicated column name(s) {dup}", ["duplicated columns"])
 
-    table = df.reset_index(drop=True).copy(deep=True)
-    n = len(table)
-    problems: list[str] = []
 
-    def check(mask: np.ndarray, what: str) -> None:
-        if np.any(mask):
-            problems.append(f"{what} in {_rows(mask)}")
-
-    # Time.
+def _parse_times(
+    table: pd.DataFrame, check: Callable[[np.ndarray, str], None], problems: list[str]
+) -> tuple[pd.Series | None, np.ndarray]:
+    """Parse ``time`` in place; ``(times or None if not time-like, (M,) mask of valid times)``."""
     times = _as_times(table["time"])
     if times is None:
         problems.append(
             f"column 'time' has dtype {table['time'].dtype}; expected datetimes or ISO 8601 strings"
         )
-        time_ok = np.zeros(n, dtype=bool)
+        time_ok = np.zeros(len(table), dtype=bool)
     else:
         time_ok = times.notna().to_numpy()
         check(~time_ok, "time missing or not a date-time")
         table["time"] = times
+    return times, time_ok
 
-    # Numbers; an entry that is not a number is reported once, not again as missing.
+
+def _parse_numbers(
+    table: pd.DataFrame, check: Callable[[np.ndarray, str], None]
+) -> dict[str, np.ndarray]:
+    """Make the number columns float64 in place; the masks of entries that are not numbers."""
+    # An entry that is not a number is reported once, not again as missing.
     not_number: dict[str, np.ndarray] = {}
     for column in _FLOAT_COLUMNS:
         if column in table.columns:
@@ -294,8 +318,16 @@ def validate_observations(
     for column in ("lat", "lon", "alt_km", "value", "sigma"):
         values = table[column].to_numpy()
         check(~np.isfinite(values) & ~not_number[column], f"{column} is missing, NaN or infinite")
+    return not_number
 
-    # Variables.
+
+def _parse_variables(
+    table: pd.DataFrame,
+    grid: Grid,
+    check: Callable[[np.ndarray, str], None],
+    problems: list[str],
+) -> pd.Series:
+    """Canonical variable names (``''`` if unknown), set in place and checked against the grid."""
     raw_names = table["variable"]
     names = raw_names.map(lambda s: _ALIASES.get(s.strip().lower()) if isinstance(s, str) else None)
     unknown = names.isna().to_numpy()
@@ -316,14 +348,30 @@ def validate_observations(
                 f"(grid variables: {', '.join(grid.variables)})",
             )
     table["variable"] = names.astype(str)
+    return names
 
-    # Units.
-    has_unit = np.zeros(n, dtype=bool)
+
+def _convert_units(
+    table: pd.DataFrame, names: pd.Series, problems: list[str]
+) -> tuple[pd.DataFrame, np.ndarray]:
+    """Apply and drop a ``units`` column; ``(table, (M,) mask of rows whose unit was given)``."""
+    has_unit = np.zeros(len(table), dtype=bool)
     if "units" in table.columns:
         has_unit = _apply_units(table, names, problems)
         table = table.drop(columns="units")
+    return table, has_unit
 
-    # Ranges, of the finite values (the others are reported above).
+
+def _check_ranges(
+    table: pd.DataFrame,
+    grid: Grid,
+    names: pd.Series,
+    has_unit: np.ndarray,
+    check: Callable[[np.ndarray, str], None],
+    problems: list[str],
+    check_values: bool,
+) -> None:
+    """Report finite values out of range (the others are reported by :func:`_parse_numbers`)."""
     lat = table["lat"].to_numpy()
     lon = table["lon"].to_numpy()
     alt = table["alt_km"].to_numpy()
@@ -340,7 +388,14 @@ def validate_observations(
         f"alt_km outside the grid's altitudes [{lo:g}, {hi:g}] km",
     )
 
-    # Radar line of sight.
+
+def _check_beams_and_kernels(
+    table: pd.DataFrame,
+    names: pd.Series,
+    not_number: dict[str, np.ndarray],
+    check: Callable[[np.ndarray, str], None],
+) -> np.ndarray:
+    """Check radar beams and vertical kernels, adding absent columns; the ``(M,)`` ``los`` mask."""
     is_los = (names == "los").to_numpy()
     for column in ("azimuth_deg", "elevation_deg"):
         if column not in table.columns:
@@ -364,19 +419,33 @@ def validate_observations(
         check(fwhm <= 0, "fwhm_km <= 0")
     else:
         table["fwhm_km"] = np.nan
+    return is_los
 
-    # Canonical longitudes and azimuths; -1e-20 % 360 rounds to 360.0.
-    wrapped = np.mod(lon, 360.0)
+
+def _make_canonical(table: pd.DataFrame, is_los: np.ndarray) -> None:
+    """Wrap longitudes and azimuths to ``[0, 360)``, blank non-``los`` beams, text as strings."""
+    # -1e-20 % 360 rounds to 360.0.
+    wrapped = np.mod(table["lon"].to_numpy(), 360.0)
     table["lon"] = np.where(wrapped >= 360.0, 0.0, wrapped)
     azimuth = np.mod(table["azimuth_deg"].to_numpy(), 360.0)
     table["azimuth_deg"] = np.where(is_los, np.where(azimuth >= 360.0, 0.0, azimuth), np.nan)
-    table["elevation_deg"] = np.where(is_los, elevation, np.nan)
+    table["elevation_deg"] = np.where(is_los, table["elevation_deg"].to_numpy(), np.nan)
 
-    station = table["station"] if "station" in table.columns else pd.Series([""] * n)
+    station = table["station"] if "station" in table.columns else pd.Series([""] * len(table))
     table["station"] = _as_text(station)
     if "network" in table.columns:
         table["network"] = _as_text(table["network"])
 
+
+def _check_duplicates_and_window(
+    table: pd.DataFrame,
+    times: pd.Series | None,
+    time_ok: np.ndarray,
+    window: tuple[np.datetime64, np.datetime64] | None,
+    check: Callable[[np.ndarray, str], None],
+    problems: list[str],
+) -> None:
+    """Report repeated observations and times outside ``window`` (whose end must not precede it)."""
     # Duplicates (after wrapping: -10 and 350 degrees east are one place).
     if time_ok.all():
         repeated = _duplicates(table)
@@ -396,18 +465,6 @@ def validate_observations(
             time_ok & ((t < start) | (t > end)),
             f"time outside the window [{iso(start)}, {iso(end)}]",
         )
-
-    if problems:
-        listing = "\n  - ".join(problems)
-        raise ObservationError(
-            f"{source}: {len(problems)} problem(s) in {n} observation(s) "
-            f"(rows counted from 0):\n  - {listing}",
-            problems,
-        )
-
-    columns = [*OBSERVATION_COLUMNS, *OPTIONAL_COLUMNS]
-    others = [c for c in table.columns if c not in columns]
-    return table[columns + others]
 
 
 def _duplicates(table: pd.DataFrame) -> str:
@@ -513,157 +570,6 @@ def _apply_units(table: pd.DataFrame, names: pd.Series, problems: list[str]) -> 
     return (units != "").to_numpy()
 
 
-# ---------------------------------------------------------------------------- files
-def _read_csv(path: Path) -> pd.DataFrame:
-    return pd.read_csv(path)
-
-
-def _read_parquet(path: Path) -> pd.DataFrame:
-    return pd.read_parquet(path, engine="pyarrow")
-
-
-def _read_netcdf(path: Path) -> pd.DataFrame:
-    with xr.open_dataset(path) as ds:
-        if "obs" not in ds.dims:
-            raise ObservationError(
-                f"{path}: no 'obs' dimension (dimensions: {sorted(map(str, ds.dims))}); "
-                "an observation file holds one entry per observation along 'obs'"
-            )
-        columns = {
-            str(name): var.values
-            for name, var in ds.variables.items()
-            if var.dims == ("obs",) and name != "obs"
-        }
-    return pd.DataFrame(columns)
-
-
-def _write_csv(df: pd.DataFrame, path: Path) -> None:
-    df.to_csv(path, index=False)
-
-
-def _write_parquet(df: pd.DataFrame, path: Path) -> None:
-    df.to_parquet(path, engine="pyarrow", index=False)
-
-
-def _write_netcdf(df: pd.DataFrame, path: Path) -> None:
-    data_vars = {}
-    for column in df.columns:
-        values = df[column].to_numpy()
-        if column in _TEXT_COLUMNS or values.dtype == object:
-            # netCDF strings cannot be missing: '' stands for none, as in a validated table.
-            values = _as_text(df[column]).to_numpy(dtype=object)
-        data_vars[str(column)] = xr.Variable("obs", values, _NETCDF_ATTRS.get(str(column), {}))
-    ds = xr.Dataset(
-        data_vars,
-        attrs={
-            "Conventions": "CF-1.10",
-            "title": "genda observation table (docs/observations.md)",
-        },
-    )
-    ds.to_netcdf(path, format="NETCDF4", engine="netcdf4")
-
-
-_READERS: dict[str, Callable[[Path], pd.DataFrame]] = {
-    ".csv": _read_csv,
-    ".parquet": _read_parquet,
-    ".pq": _read_parquet,
-    ".nc": _read_netcdf,
-    ".nc4": _read_netcdf,
-}
-_WRITERS: dict[str, Callable[[pd.DataFrame, Path], None]] = {
-    ".csv": _write_csv,
-    ".parquet": _write_parquet,
-    ".pq": _write_parquet,
-    ".nc": _write_netcdf,
-    ".nc4": _write_netcdf,
-}
-
-
-def _file_type(path: Path) -> str:
-    suffix = path.suffix.lower()
-    if suffix not in _READERS:
-        raise ObservationError(
-            f"{path}: unknown observation file type {path.suffix!r}; "
-            f"expected one of {', '.join(_READERS)}"
-        )
-    return suffix
-
-
-def _restore_dtypes(df: pd.DataFrame) -> pd.DataFrame:
-    """The column types a file format loses (CSV) or varies in: times, numbers, strings.
-
-    Values that do not convert are left as read, for :func:`validate_observations`
-    to report by row.
-    """
-    out = df.copy()
-    if "time" in out.columns and not pd.api.types.is_datetime64_any_dtype(out["time"]):
-        try:
-            out["time"] = pd.to_datetime(out["time"], format="ISO8601")
-        except (ValueError, TypeError):
-            pass
-    if "time" in out.columns and pd.api.types.is_datetime64_dtype(out["time"]):
-        out["time"] = out["time"].astype("datetime64[ns]")
-    for column in _FLOAT_COLUMNS:
-        if column in out.columns and pd.api.types.is_numeric_dtype(out[column]):
-            out[column] = out[column].astype(np.float64)
-    for column in _TEXT_COLUMNS:
-        if column in out.columns:
-            out[column] = _as_text(out[column])
-    return out
-
-
-def read_observations(path: str | os.PathLike[str]) -> pd.DataFrame:
-    """Read an observation table from CSV, Parquet or NetCDF (by suffix).
-
-    NetCDF files hold one variable per column along an ``obs`` dimension.
-    Times, numbers and strings get the dtypes of a validated table where they
-    convert; validate the result with :func:`validate_observations`.
-
-    Raises:
-        FileNotFoundError: no such file.
-        ObservationError: unknown suffix or unreadable content, naming the file.
-    """
-    path = Path(path)
-    reader = _READERS[_file_type(path)]
-    if not path.is_file():
-        raise MissingInputError(f"{path}: no such observation file")
-    try:
-        df = reader(path)
-    except ObservationError:
-        raise
-    except (OSError, ValueError, KeyError) as exc:
-        raise ObservationError(f"{path}: cannot read observations: {exc}") from exc
-    return _restore_dtypes(df)
-
-
-def write_observations(df: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
-    """Write a (validated) observation table to CSV, Parquet or NetCDF, by suffix.
-
-    The file is written to a temporary sibling and moved into place
-    (:func:`genda.atomic.write_file`): ``path`` holds either the old or the
-    complete new table.
-    The index is not written (a validated table has ``0..M-1``).
-
-    Returns:
-        ``path`` as a :class:`~pathlib.Path`.
-
-    Raises:
-        ObservationError: unknown suffix, missing required columns, or times that
-            are not naive UTC datetimes (validate first).
-    """
-    path = Path(path)
-    writer = _WRITERS[_file_type(path)]
-    missing = [c for c in OBSERVATION_COLUMNS if c not in df.columns]
-    if missing:
-        raise ObservationError(f"{path}: not writing a table without column(s) {missing}")
-    if not pd.api.types.is_datetime64_dtype(df["time"]):
-        raise ObservationError(
-            f"{path}: column 'time' has dtype {df['time'].dtype}; write a table returned by "
-            "validate_observations (naive UTC datetime64)"
-        )
-    return write_file(path, lambda partial: writer(df.reset_index(drop=True), partial))
-
-
 __all__ = [
     "CELSIUS_MEDIAN_K",
     "OBSERVATION_COLUMNS",
@@ -672,7 +578,5 @@ __all__ = [
     "PHYSICAL_RANGES",
     "SIGMA_RANGES",
     "ObservationError",
-    "read_observations",
     "validate_observations",
-    "write_observations",
 ]

@@ -36,6 +36,7 @@ from genda.distributed.scheduler import ActorPool
 from genda.distributed.work import set_layers_per_batch
 from genda.errors import InvalidValueError
 from genda.models.checkpoint import LoadedPrior, load_checkpoint
+from genda.observations.files import read_observations
 from genda.observations.operators import ObservationOperator
 from genda.observations.qc import (
     DEFAULT_OUTLIER_K,
@@ -45,7 +46,6 @@ from genda.observations.qc import (
 )
 from genda.observations.table import (
     as_datetime64,
-    read_observations,
     validate_observations,
     window_bounds,
 )
@@ -84,7 +84,8 @@ def window_provenance(
     The batch size is left out: it is a memory knob, and members made with
     another one differ only by float rounding (~1e-5 of the field).
     """
-    sampling = {k: v for k, v in settings.to_dict().items() if k != "batch_size"}
+    resolved = settings.for_prior(prior).to_dict()
+    sampling = {k: v for k, v in resolved.items() if k != "batch_size"}
     return {
         "kind": "posterior" if obs is not None else "prior",
         "method": settings.method if obs is not None else "prior",

@@ -93,8 +93,9 @@ class CycleConfig(BaseModel):
     )
     covariance: TweedieCovariance = Field(
         _SETTINGS.covariance,
-        description="MMPS's Tweedie covariance: the network's Jacobian, or the whitened "
-        "prior's Gaussian part (no backward pass).",
+        description="MMPS's Tweedie covariance: auto (the whitened prior's Gaussian part "
+        "for a whitened prior, else the Jacobian), jacobian (the network's) or prior (the "
+        "whitened prior's Gaussian part, no backward pass).",
     )
     zeta: float = Field(
         _SETTINGS.zeta, ge=0, allow_inf_nan=False, description="DPS guidance strength."

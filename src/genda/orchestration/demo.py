@@ -113,14 +113,7 @@ def run_demo(
     out = Path(out_dir)
     if workers:  # a refused or unreachable cluster fails before minutes of simulation
         check_cluster(ray_address(None), insecure=insecure)
-    claim_demo_folder(out)
-    # The demo's own stores are replaced whole (a stale ensemble store would be
-    # reused as complete); each is checked to be genda's of that kind first.
-    # obs/ and reports/ are never removed: only the demo's own files in them are rewritten.
-    for name, kind in DEMO_STORES.items():  # all checked before any is removed
-        check_replaceable(out / name, kind, overwrite=True)
-    for name in DEMO_STORES:
-        remove_path(out / name)
+    _clear_demo_stores(out)
     truth = simulate_archive(
         out / "truth.zarr",
         simulator or SimulatorConfig(),
@@ -130,47 +123,24 @@ def run_demo(
         progress=progress,
         history=f"genda demo truth (spinup_days={spinup_days}, days={days}, seed={seed})",
     )
-    last = np.datetime64(str(open_archive(truth).time.values[-1])[:19], "s")
-    time = last.astype("datetime64[D]") + np.timedelta64(12, "h")  # 12 UTC of the last day
-    if time > last:
-        time -= np.timedelta64(1, "D")
-    time = time.astype("datetime64[s]")
-    stamp = str(time).replace(":", "")
-    obs_path = out / "obs" / f"obs-{stamp}.parquet"
+    time = _window_time(truth)
+    obs_path = out / "obs" / f"obs-{str(time).replace(':', '')}.parquet"
     observed = observe_to_file(
         truth, time, DEMO_NETWORKS, obs_path, seed, DEMO_WITHHELD, overwrite=True
     )
     withheld = observed.withheld_path
-    baseline = out / "enkf.zarr"
-    baseline_window(
-        truth,
-        obs_path,
-        time,
-        baseline,
-        method="enkf",
-        members=members,
-        climatology_size=max(members, 20),
-        exclude_hours=exclude_hours,
-        # The tuned defaults are for K = 200 states of a 120-day archive; the demo's
-        # 20 states of a 2-day run keep the localisation of docs/cycles.md's numbers.
-        horizontal_km=1500.0,
-        vertical_km=15.0,
-        seed=seed,
+    baseline = _enkf_baseline(
+        truth, obs_path, time, out / "enkf.zarr", members, exclude_hours, seed
     )
-    config = CycleConfig(
+    config = _cycle_config(
+        out,
+        time,
+        truth,
+        baseline,
+        withheld=bool(withheld),
         checkpoint=checkpoint,
-        observations=str(out / "obs" / "obs-{time:%Y-%m-%dT%H%M%S}.parquet"),
-        withheld=(
-            str(out / "obs" / "obs-{time:%Y-%m-%dT%H%M%S}-withheld.parquet") if withheld else None
-        ),
-        start=datetime.fromisoformat(str(time)),
-        end=datetime.fromisoformat(str(time)),
         members=members,
         steps=steps,
-        store=out / "ensemble.zarr",
-        truth=truth,
-        reports=out / "reports",
-        baselines={"enkf": baseline},
         seed=seed,
         ray=RayConfig(workers=workers, insecure=insecure),
     )
@@ -188,6 +158,90 @@ def run_demo(
         baseline,
         window,
     )
+
+
+def _cycle_config(
+    out: Path,
+    time: np.datetime64,
+    truth: Path,
+    baseline: Path,
+    *,
+    withheld: bool,
+    checkpoint: str,
+    members: int,
+    steps: int,
+    seed: int,
+    ray: RayConfig,
+) -> CycleConfig:
+    """The one-window cycle of the demo: its observations, store, reports and baseline in ``out``."""
+    tables = str(out / "obs" / "obs-{time:%Y-%m-%dT%H%M%S}")
+    return CycleConfig(
+        checkpoint=checkpoint,
+        observations=tables + ".parquet",
+        withheld=tables + "-withheld.parquet" if withheld else None,
+        start=datetime.fromisoformat(str(time)),
+        end=datetime.fromisoformat(str(time)),
+        members=members,
+        steps=steps,
+        store=out / "ensemble.zarr",
+        truth=truth,
+        reports=out / "reports",
+        baselines={"enkf": baseline},
+        seed=seed,
+        ray=ray,
+    )
+
+
+def _clear_demo_stores(out: Path) -> None:
+    """Claim ``out`` as a demo folder and remove the demo's own stores in it.
+
+    A stale ensemble store would be reused as complete, so the stores are
+    replaced whole, each checked to be genda's of that kind first (all before
+    any is removed); obs/ and reports/ are never removed: only the demo's own
+    files in them are rewritten.
+    """
+    claim_demo_folder(out)
+    for name, kind in DEMO_STORES.items():
+        check_replaceable(out / name, kind, overwrite=True)
+    for name in DEMO_STORES:
+        remove_path(out / name)
+
+
+def _window_time(truth: Path) -> np.datetime64:
+    """12 UTC of the truth run's last day (of the day before, if the run ends earlier)."""
+    last = np.datetime64(str(open_archive(truth).time.values[-1])[:19], "s")
+    time = last.astype("datetime64[D]") + np.timedelta64(12, "h")
+    if time > last:
+        time -= np.timedelta64(1, "D")
+    return time.astype("datetime64[s]")
+
+
+def _enkf_baseline(
+    truth: Path,
+    obs_path: Path,
+    time: np.datetime64,
+    store: Path,
+    members: int,
+    exclude_hours: float,
+    seed: int,
+) -> Path:
+    """The EnKF baseline of the demo's window, written to ``store``."""
+    baseline_window(
+        truth,
+        obs_path,
+        time,
+        store,
+        method="enkf",
+        members=members,
+        climatology_size=max(members, 20),
+        exclude_hours=exclude_hours,
+        # The tuned defaults are for K = 200 states of a 120-day archive; the demo's
+        # 20 states of a 2-day run keep the localisation of docs/cycles.md's numbers.
+        horizontal_km=1500.0,
+        vertical_km=15.0,
+        seed=seed,
+    )
+    return store
 
 
 __all__ = ["DemoResult", "run_demo"]

@@ -20,7 +20,6 @@ from genda.errors import InvalidValueError
 from genda.evaluation.fidelity import FidelityReport, fidelity_report
 from genda.grid import Grid, lookup_variable
 from genda.models.checkpoint import LoadedPrior, load_checkpoint
-from genda.models.sampling import SamplingMethod
 from genda.ownership import check_replaceable
 from genda.storage import open_archive
 
@@ -37,19 +36,20 @@ def sample_prior(
     prior: LoadedPrior,
     members: int,
     seed: int,
-    steps: int,
-    method: SamplingMethod,
-    batch_size: int,
+    settings: PosteriorSettings,
     device: str,
     progress: bool = True,
     times: np.ndarray | None = None,
 ) -> xr.Dataset:
     """``members`` unconditional samples of ``prior`` as a Dataset ``(member, altitude, latitude, longitude)``.
 
-    ``times`` ``(members,)``: the valid time of each member, for a prior whose
-    mean follows the time of day (kept as the coordinate ``time(member)``).
+    ``settings``: the sampler, its steps and the members per denoiser batch
+    (the guidance settings are not used). ``times`` ``(members,)``: the valid
+    time of each member, for a prior whose mean follows the time of day (kept
+    as the coordinate ``time(member)``).
     """
     grid = prior.grid
+    batch_size = settings.batch_size
     chunks = []
     for start in tqdm(
         range(0, members, batch_size), desc="sampling", unit="batch", disable=not progress
@@ -57,7 +57,6 @@ def sample_prior(
         ids = list(range(start, min(start + batch_size, members)))
         # The one sampling path of the package: the same members as `genda assimilate`
         # without observations, decoded from the prior's coordinates.
-        settings = PosteriorSettings(steps=steps, sampler=method, batch_size=batch_size)
         when = None if times is None else times[ids[0] : ids[-1] + 1]
         fields = sample_members(
             prior, prior.denoiser, ids, seed, settings, guided=False, device=device, time=when
@@ -90,10 +89,8 @@ def prior_fidelity(
     data: str | Path,
     out: Path,
     members: int = 64,
-    steps: int = 32,
-    method: SamplingMethod = "exponential",
+    settings: PosteriorSettings | None = None,
     seed: int = 0,
-    batch_size: int = 8,
     device: str = "cpu",
     save_samples: bool = False,
     progress: bool = True,
@@ -101,13 +98,14 @@ def prior_fidelity(
 ) -> FidelityRun:
     """Sample ``members`` from ``checkpoint`` and compare them with the archive ``data``.
 
-    Every setting, the checkpoint, the data and ``out`` are checked before
-    anything is sampled or written; ``overwrite`` replaces an earlier fidelity
+    ``settings``: the sampler, its steps and batch size (:class:`PosteriorSettings`;
+    its defaults when ``None``, as ``genda assimilate``'s). Every setting, the
+    checkpoint, the data and ``out`` are checked before anything is sampled or written; ``overwrite`` replaces an earlier fidelity
     report at ``out`` (a file or a folder that is not one is never written into).
     """
-    for name, value in (("members", members), ("steps", steps), ("batch_size", batch_size)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise InvalidValueError(f"{name} must be a positive integer, got {value!r}")
+    settings = settings or PosteriorSettings()
+    if isinstance(members, bool) or not isinstance(members, int) or members < 1:
+        raise InvalidValueError(f"members must be a positive integer, got {members!r}")
     if members < 2:
         raise InvalidValueError(
             f"members must be >= 2 to estimate the samples' spread, got {members}"
@@ -123,9 +121,7 @@ def prior_fidelity(
     # mean follows the time of day is compared at the hours the run covers.
     available = np.asarray(reference["time"].values)
     times = available[np.linspace(0, available.size - 1, members).round().astype(int)]
-    samples = sample_prior(
-        prior, members, seed, steps, method, batch_size, device, progress, times=times
-    )
+    samples = sample_prior(prior, members, seed, settings, device, progress, times=times)
     samples_path = None
     if save_samples:
         samples_path = out / "samples.nc"

@@ -13,7 +13,6 @@ to CSV or NetCDF (docs/store.md).
 
 from __future__ import annotations
 
-import math
 import os
 import warnings
 from collections.abc import Sequence
@@ -32,36 +31,6 @@ from genda.times import TimeLike, iso
 
 QueryStat = Literal["mean", "std", "q05", "q50", "q95", "members"]
 """What :func:`query` returns: a statistic of the members, or the members themselves."""
-
-
-def nearest_level(altitude: np.ndarray, alt_km: float) -> int:
-    """Index of the level nearest ``alt_km``; an error if it is more than half a level spacing away.
-
-    The spacing is that of the interval on the requested side of the nearest
-    level (the outermost interval beyond the column); a one-level grid
-    accepts only its own altitude.
-    """
-    altitude = np.asarray(altitude, dtype=np.float64)
-    if not math.isfinite(alt_km):
-        raise InvalidValueError(f"altitude must be a finite number of km, got {alt_km}")
-    index = int(np.argmin(np.abs(altitude - alt_km)))
-    if altitude.size == 1:
-        tolerance = 1e-6
-    else:
-        upper = alt_km > altitude[index]
-        if (upper and index + 1 < altitude.size) or index == 0:
-            spacing = altitude[index + 1] - altitude[index]
-        else:
-            spacing = altitude[index] - altitude[index - 1]
-        tolerance = 0.5 * float(spacing) + 1e-9
-    distance = abs(float(altitude[index]) - alt_km)
-    if distance > tolerance:
-        raise InvalidValueError(
-            f"altitude {alt_km:g} km is {distance:.3g} km from the nearest level "
-            f"({altitude[index]:g} km); the levels span {altitude[0]:g}-{altitude[-1]:g} km and a "
-            f"query must lie within half a level spacing ({tolerance:.3g} km) of one"
-        )
-    return index
 
 
 def open_ensemble(path: str | os.PathLike[str]) -> xr.Dataset:
@@ -140,7 +109,7 @@ def query(
         path: an ensemble store.
         var: a variable of the store (``u``, ``v``, ``T``).
         alt_km: altitude in km; the nearest level must lie within half a level
-            spacing (:func:`nearest_level`).
+            spacing (:meth:`genda.grid.Grid.nearest_level`).
         time: one window; ``None``: every window (every finalised one for a statistic).
         stat: ``mean``, ``std``, ``q05``, ``q50``, ``q95`` or ``members``.
 
@@ -167,7 +136,7 @@ def query(
         raise UnknownNameError(
             f"variable {var!r} is not in {path} (variables: {list(store.grid.variables)})"
         )
-    level = nearest_level(store.grid.altitude, alt_km)
+    level = store.grid.nearest_level(alt_km)
     ds = open_ensemble(path)
     da = ds[var if stat == "members" else f"{var}_{stat}"].isel(altitude=level)
     if time is not None:

@@ -321,17 +321,76 @@ def _check_coordinates(store: EnsembleStore, group: zarr.Group) -> list[str]:
     return problems
 
 
+def _frame_problems(
+    store: EnsembleStore, group: zarr.Group, lengths: Mapping[str, int]
+) -> list[str]:
+    """Unrepairable problems of the arrays' time lengths and of the coordinates."""
+    problems = []
+    if len(set(lengths.values())) > 1:
+        problems.append(
+            f"arrays disagree on the number of time slots ({lengths}); "
+            "a window registration was interrupted: add the window again"
+        )
+    return problems + _check_coordinates(store, group)
+
+
+def _slot_problems(
+    times: np.ndarray, windows: Mapping[str, object]
+) -> tuple[list[str], dict[str, int]]:
+    """Unrepairable problems of the time slots, and window (ISO time) -> slot of the sound ones."""
+    problems: list[str] = []
+    seen: dict[str, int] = {}
+    slots: dict[str, int] = {}
+    for i, seconds in enumerate(times):
+        if seconds == TIME_FILL:
+            problems.append(f"time slot {i} has no time (an interrupted add_window)")
+            continue
+        key = iso(_EPOCH + np.timedelta64(int(seconds), "s"))
+        if key in seen:
+            problems.append(f"window {key} occupies time slots {seen[key]} and {i}")
+            continue
+        seen[key] = i
+        if key not in windows:
+            problems.append(f"time slot {i} ({key}) has no provenance (an interrupted add_window)")
+        else:
+            slots[key] = i
+    for key in sorted(set(windows) - set(seen)):
+        problems.append(f"window {key} has provenance but no time slot")
+    return problems, slots
+
+
+def _store_check(
+    path: Path, problems: Sequence[str], unrepairable: Sequence[str], found: Mapping[str, _Findings]
+) -> StoreCheck:
+    """The :class:`StoreCheck` of the store's own problems plus each window's findings."""
+    all_problems, all_unrepairable = list(problems), list(unrepairable)
+    damaged: dict[str, tuple[int, ...]] = {}
+    bad_files: dict[Path | str, None] = {}  # ordered set
+    stale: list[str] = []
+    for key, window in found.items():
+        all_problems += window.problems
+        all_unrepairable += window.unreadable
+        bad_files.update(window.bad_files)
+        if window.damaged:
+            damaged[key] = tuple(sorted(window.damaged))
+        if window.stale:
+            stale.append(key)
+    return StoreCheck(
+        path,
+        tuple(all_problems),
+        damaged,
+        tuple(bad_files),
+        tuple(stale),
+        tuple(all_unrepairable),
+    )
+
+
 def check_store(store: EnsembleStore) -> StoreCheck:
     """Every problem of ``store``, as a :class:`StoreCheck`; never raises for damaged data.
 
     Reads every member flagged complete and every statistic: a check after a
     run, a crash or a copy, not for a loop.
     """
-    problems: list[str] = []
-    unrepairable: list[str] = []
-    damaged: dict[str, tuple[int, ...]] = {}
-    bad_files: dict[Path | str, None] = {}
-    stale: list[str] = []
     group = _open_group(store.path, "r")
     try:
         lengths = {a.basename: a.shape[0] for a in store._time_arrays(group)}
@@ -341,15 +400,8 @@ def check_store(store: EnsembleStore) -> StoreCheck:
             "genda cannot repair it: restore the store from a copy"
         )
         return StoreCheck(store.path, (problem,), unrepairable=(problem,))
-    if len(set(lengths.values())) > 1:
-        problems.append(
-            f"arrays disagree on the number of time slots ({lengths}); "
-            "a window registration was interrupted: add the window again"
-        )
-        unrepairable.append(problems[-1])
-    coordinates = _check_coordinates(store, group)
-    problems += coordinates
-    unrepairable += coordinates
+    problems = _frame_problems(store, group, lengths)
+    unrepairable = list(problems)
     try:
         times = store._times(group)
     except DamagedFileError as error:
@@ -360,49 +412,18 @@ def check_store(store: EnsembleStore) -> StoreCheck:
         unrepairable.append(problems[-1])
         return StoreCheck(store.path, tuple(problems), unrepairable=tuple(unrepairable))
     windows = store._windows(group)
-    seen: dict[str, int] = {}
-    slots: dict[str, int] = {}
-    for i, seconds in enumerate(times):
-        if seconds == TIME_FILL:
-            problems.append(f"time slot {i} has no time (an interrupted add_window)")
-            unrepairable.append(problems[-1])
-            continue
-        key = iso(_EPOCH + np.timedelta64(int(seconds), "s"))
-        if key in seen:
-            problems.append(f"window {key} occupies time slots {seen[key]} and {i}")
-            unrepairable.append(problems[-1])
-            continue
-        seen[key] = i
-        if key not in windows:
-            problems.append(f"time slot {i} ({key}) has no provenance (an interrupted add_window)")
-            unrepairable.append(problems[-1])
-        else:
-            slots[key] = i
-    for key in sorted(set(windows) - set(seen)):
-        problems.append(f"window {key} has provenance but no time slot")
-        unrepairable.append(problems[-1])
+    slot_problems, slots = _slot_problems(times, windows)
+    problems += slot_problems
+    unrepairable += slot_problems
     # A repair re-consolidates, so stale consolidated metadata is within its reach.
     problems.extend(_consolidation_problems(store.path, lengths))
     length = min(lengths.values())
-    for key, index in slots.items():
-        if index >= length:
-            continue
-        found = _check_window(store, group, index, key, bool(windows[key].get("finalized", False)))
-        problems += found.problems
-        unrepairable += found.unreadable
-        bad_files.update(found.bad_files)
-        if found.damaged:
-            damaged[key] = tuple(sorted(found.damaged))
-        if found.stale:
-            stale.append(key)
-    return StoreCheck(
-        store.path,
-        tuple(problems),
-        damaged,
-        tuple(bad_files),
-        tuple(stale),
-        tuple(unrepairable),
-    )
+    found = {
+        key: _check_window(store, group, index, key, bool(windows[key].get("finalized", False)))
+        for key, index in slots.items()
+        if index < length
+    }
+    return _store_check(store.path, problems, unrepairable, found)
 
 
 def _consolidation_problems(path: Path, lengths: Mapping[str, int]) -> list[str]:

@@ -51,79 +51,26 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from genda.constants import pressure_to_altitude_km
 from genda.grid import DEFAULT_VARIABLES, VARIABLES_ATTR, Grid, lookup_variable
 from genda.normalization import MEAN_ATTR, STD_ATTR
 from genda.storage.damage import naming_reads
 from genda.storage.errors import ArchiveError
+from genda.storage.source_conventions import (
+    LATITUDE_NAMES,
+    LONGITUDE_NAMES,
+    UNIT_CONVERSIONS,
+    VARIABLE_ALIASES,
+    Axis,
+    check_monotonic,
+    check_unique,
+    find_horizontal,
+    find_time,
+    find_vertical,
+    units_of,
+)
 from genda.units import canonical_units
 
 NETCDF_SUFFIXES = (".nc", ".nc4", ".netcdf", ".cdf", ".h5", ".hdf5")
-
-# ---------------------------------------------------------------------------- name tables
-VARIABLE_ALIASES: dict[str, tuple[str, ...]] = {
-    "u": ("u", "ua", "U", "eastward_wind", "uwnd", "UA"),
-    "v": ("v", "va", "V", "northward_wind", "vwnd", "VA"),
-    "T": ("T", "ta", "temperature", "air_temperature", "temp", "TA"),
-    "w": ("w", "wa", "W", "upward_air_velocity", "WA"),
-    "geopotential_height": ("geopotential_height", "zg", "ZG", "gph"),
-}
-"""Source names tried, in order, for each genda variable (then its ``standard_name``)."""
-
-LATITUDE_NAMES = ("latitude", "lat", "nav_lat", "Latitude", "LAT", "lats")
-LONGITUDE_NAMES = ("longitude", "lon", "nav_lon", "Longitude", "LON", "lons")
-HEIGHT_NAMES = (
-    "altitude",
-    "alt",
-    "height",
-    "z",
-    "zg",
-    "geometric_height",
-    "geopotential_height",
-    "zalt",
-)
-PRESSURE_NAMES = (
-    "plev",
-    "lev",
-    "level",
-    "pressure",
-    "pres",
-    "pfull",
-    "isobaricInhPa",
-    "air_pressure",
-)
-TIME_NAMES = ("time", "valid_time", "Time", "t")
-
-
-_SPEED = {"m s-1": 1.0, "m/s": 1.0, "m.s-1": 1.0, "ms-1": 1.0, "m/sec": 1.0, "m sec-1": 1.0}
-_SPEED.update({f"{m} second-1": 1.0 for m in ("meter", "meters", "metre", "metres")})
-_SPEED.update({f"{m}/second": 1.0 for m in ("meter", "meters", "metre", "metres")})
-_SPEED.update({"cm s-1": 0.01, "cm/s": 0.01})
-_LENGTH_M = {"m": 1.0, "meter": 1.0, "meters": 1.0, "metre": 1.0, "metres": 1.0, "gpm": 1.0}
-_LENGTH_M.update({"km": 1000.0, "kilometer": 1000.0, "kilometers": 1000.0, "kilometre": 1000.0})
-_PRESSURE_PA = {"pa": 1.0, "pascal": 1.0, "pascals": 1.0, "kpa": 1000.0}
-_PRESSURE_PA.update({u: 100.0 for u in ("hpa", "mbar", "mbars", "millibar", "millibars", "mb")})
-_KELVIN = {
-    u: 0.0 for u in ("k", "kelvin", "degk", "deg_k", "degrees_k", "degree_k", "degrees kelvin")
-}
-_KELVIN.update(
-    {
-        u: 273.15
-        for u in (
-            *("degc", "deg_c", "degrees_c", "degree_c", "celsius", "degree_celsius"),
-            *("degrees_celsius", "degrees celsius", "°c", "c"),
-        )
-    }
-)
-
-# (scale, offset) to genda's units, per genda variable, by canonical source unit.
-_UNIT_CONVERSIONS: dict[str, dict[str, tuple[float, float]]] = {
-    "u": {k: (f, 0.0) for k, f in _SPEED.items()},
-    "v": {k: (f, 0.0) for k, f in _SPEED.items()},
-    "w": {k: (f, 0.0) for k, f in _SPEED.items()},
-    "T": {k: (1.0, off) for k, off in _KELVIN.items()},
-    "geopotential_height": {k: (f, 0.0) for k, f in _LENGTH_M.items()},
-}
 
 # Encoding-related attributes that describe the file, not the decoded values.
 _DROP_ATTRS = (
@@ -171,139 +118,6 @@ def open_raw(path: str | os.PathLike[str]) -> xr.Dataset:
     raise ArchiveError(f"{path}: cannot open as NetCDF ({'; '.join(errors)})")
 
 
-# ---------------------------------------------------------------------------- coordinates
-@dataclass(frozen=True)
-class _Axis:
-    """A coordinate found in the source: its variable name, its dimension, 1-D values."""
-
-    name: Hashable
-    dim: Hashable
-    values: np.ndarray
-    attrs: dict[str, Any]
-
-
-def _units(var: xr.Variable | xr.DataArray) -> str | None:
-    units = var.attrs.get("units")
-    return str(units) if units is not None else None
-
-
-def _as_axis(ds: xr.Dataset, name: Hashable, what: str, source: str) -> _Axis:
-    """The 1-D axis of coordinate ``name``; a 2-D one must be constant along one dimension."""
-    var = ds[name].variable
-    if var.ndim == 1:
-        return _Axis(name, var.dims[0], np.asarray(var.values), dict(var.attrs))
-    if var.ndim == 2:
-        # NEMO-style nav_lat(y, x) on a regular grid: constant along x.
-        values = np.asarray(var.values)
-        if np.allclose(values, values[:, :1], equal_nan=True):
-            return _Axis(name, var.dims[0], values[:, 0], dict(var.attrs))
-        if np.allclose(values, values[:1, :], equal_nan=True):
-            return _Axis(name, var.dims[1], values[0, :], dict(var.attrs))
-    raise ArchiveError(
-        f"{source}: {what} coordinate {name!r} has dims {var.dims} and is not a regular grid axis; "
-        "remap to a regular latitude-longitude grid first (e.g. cdo remapbil)"
-    )
-
-
-def _find_horizontal(
-    ds: xr.Dataset, what: str, names: Sequence[str], units: Sequence[str], source: str
-) -> _Axis:
-    for name in names:
-        if name in ds.variables and ds[name].ndim >= 1:
-            return _as_axis(ds, name, what, source)
-    for name, var in ds.variables.items():
-        unit = canonical_units(_units(var) or "")
-        if var.ndim >= 1 and (var.attrs.get("standard_name") == what or unit in units):
-            return _as_axis(ds, name, what, source)
-    raise ArchiveError(
-        f"{source}: no {what} coordinate (looked for {', '.join(names)} or standard_name={what!r}); "
-        f"variables and coordinates present: {sorted(map(str, ds.variables))}"
-    )
-
-
-def _find_vertical(ds: xr.Dataset, source: str) -> tuple[_Axis, np.ndarray, str]:
-    """The vertical axis and its values converted to altitude in km.
-
-    Returns ``(axis, altitude_km, description)``; the description (e.g.
-    ``"plev (hPa)"``) goes into the altitude's attributes.
-    """
-    candidates: list[Hashable] = [n for n in (*HEIGHT_NAMES, *PRESSURE_NAMES) if n in ds.variables]
-    for name, var in ds.variables.items():
-        if name not in candidates and (
-            var.attrs.get("standard_name") in ("altitude", "height", "air_pressure")
-            or var.attrs.get("axis") == "Z"
-        ):
-            candidates.append(name)
-    # A vertical coordinate is 1-D along a dimension of the data, not a 4-D field like zg(time, plev, lat, lon).
-    data_dims = {d for v in ds.data_vars.values() for d in v.dims}
-    candidates = [n for n in candidates if ds[n].ndim == 1 and ds[n].dims[0] in data_dims]
-    if not candidates:
-        raise ArchiveError(
-            f"{source}: no vertical coordinate (looked for {', '.join(HEIGHT_NAMES + PRESSURE_NAMES)} "
-            f"or axis='Z'); coordinates present: {sorted(map(str, ds.coords))}"
-        )
-    name = candidates[0]
-    axis = _as_axis(ds, name, "vertical", source)
-    raw_units = _units(ds[name])
-    if raw_units is None:
-        raise ArchiveError(
-            f"{source}: vertical coordinate {name!r} has no 'units' attribute; "
-            "genda needs m or km (heights) or Pa, hPa (pressure)"
-        )
-    unit = canonical_units(raw_units)
-    values = axis.values.astype(np.float64)
-    if unit in _LENGTH_M:
-        altitude = values * _LENGTH_M[unit] / 1000.0
-    elif unit in _PRESSURE_PA:
-        pressure = values * _PRESSURE_PA[unit]
-        if np.any(pressure <= 0) or not np.all(np.isfinite(pressure)):
-            raise ArchiveError(
-                f"{source}: vertical coordinate {name!r} has non-positive or missing pressures"
-            )
-        altitude = pressure_to_altitude_km(pressure)
-    else:
-        raise ArchiveError(
-            f"{source}: vertical coordinate {name!r} has units {raw_units!r}; "
-            "expected a height (m, km) or a pressure (Pa, hPa, mbar)"
-        )
-    return axis, altitude, f"{name} ({raw_units})"
-
-
-def _find_time(ds: xr.Dataset) -> tuple[Hashable | None, Hashable | None]:
-    """``(coordinate name or None, dimension name or None)`` of time."""
-    for name in TIME_NAMES:
-        if name in ds.dims:
-            return (name if name in ds.variables else None), name
-    for name, var in ds.variables.items():
-        if var.attrs.get("standard_name") == "time" or var.attrs.get("axis") == "T":
-            if var.ndim == 1:
-                return name, var.dims[0]
-            if var.ndim == 0:
-                return name, None
-    for name in TIME_NAMES:
-        if name in ds.variables and ds[name].ndim == 0:
-            return name, None
-    return None, None
-
-
-def _check_unique(values: np.ndarray, what: str, source: str) -> None:
-    unique, counts = np.unique(values, return_counts=True)
-    if np.any(counts > 1):
-        raise ArchiveError(f"{source}: duplicated {what} values {unique[counts > 1].tolist()}")
-
-
-def _check_monotonic(values: np.ndarray, what: str, source: str) -> bool:
-    """True if strictly increasing, False if strictly decreasing, else an error."""
-    if values.size < 2:
-        return True
-    steps = np.diff(values)
-    if np.all(steps > 0):
-        return True
-    if np.all(steps < 0):
-        return False
-    raise ArchiveError(f"{source}: {what} is not monotonic: {np.round(values, 3).tolist()}")
-
-
 # ---------------------------------------------------------------------------- variables
 def _find_variable(ds: xr.Dataset, name: str) -> Hashable | None:
     aliases = VARIABLE_ALIASES.get(name, (name,))
@@ -318,13 +132,13 @@ def _find_variable(ds: xr.Dataset, name: str) -> Hashable | None:
 
 
 def _conversion(ds: xr.Dataset, src: Hashable, name: str, source: str) -> tuple[float, float]:
-    raw = _units(ds[src])
+    raw = units_of(ds[src])
     target = lookup_variable(name).units
     if raw is None:
         raise ArchiveError(
             f"{source}: variable {src!r} ({name}) has no 'units' attribute; expected {target!r}"
         )
-    table = _UNIT_CONVERSIONS.get(name, {canonical_units(target): (1.0, 0.0)})
+    table = UNIT_CONVERSIONS.get(name, {canonical_units(target): (1.0, 0.0)})
     try:
         return table[canonical_units(raw)]
     except KeyError:
@@ -347,6 +161,188 @@ def _check_not_all_nan(da: xr.DataArray, name: Hashable, source: str) -> None:
         raise ArchiveError(f"{source}: variable {name!r} contains only missing values (NaN)")
 
 
+# ---------------------------------------------------------------------------- conversion steps
+@dataclass(frozen=True)
+class _Coordinates:
+    """The source's coordinates, found and checked, with their values in genda's units."""
+
+    lat: Axis
+    lon: Axis
+    vert: Axis
+    latitude: np.ndarray
+    longitude: np.ndarray
+    altitude: np.ndarray
+    vertical_source: str
+    time_name: Hashable | None
+    dim_map: dict[Hashable, str]  # source dimension -> genda dimension
+    lat_increasing: bool
+    alt_increasing: bool
+
+
+def _find_variables(ds: xr.Dataset, wanted: Sequence[str], source: str) -> dict[str, Hashable]:
+    """genda name -> source variable of each wanted variable; an error if any is missing."""
+    for name in wanted:
+        lookup_variable(name)  # an unknown genda name is the caller's error, not the file's
+    found = {name: _find_variable(ds, name) for name in wanted}
+    missing = [name for name, src in found.items() if src is None]
+    if missing:
+        tried = "; ".join(f"{m}: {', '.join(VARIABLE_ALIASES.get(m, (m,)))}" for m in missing)
+        raise ArchiveError(
+            f"{source}: missing variable(s) {missing} (looked for {tried}, or by standard_name); "
+            f"data variables present: {sorted(map(str, ds.data_vars))}"
+        )
+    return found
+
+
+def _horizontal_values(lat: Axis, lon: Axis, source: str) -> tuple[np.ndarray, np.ndarray]:
+    """Latitude and longitude (modulo 360) as float64; an error if out of range or missing."""
+    latitude = lat.values.astype(np.float64)
+    longitude = np.mod(lon.values.astype(np.float64), 360.0)
+    if np.any(~np.isfinite(latitude)) or np.any(np.abs(latitude) > 90.0):
+        raise ArchiveError(
+            f"{source}: latitude {lat.name!r} has values outside [-90, 90] or missing"
+        )
+    if np.any(~np.isfinite(longitude)):
+        raise ArchiveError(f"{source}: longitude {lon.name!r} has missing values")
+    return latitude, longitude
+
+
+def _find_coordinates(ds: xr.Dataset, source: str) -> _Coordinates:
+    """Find latitude, longitude, the vertical and time; check the values are a regular grid."""
+    lat = find_horizontal(
+        ds, "latitude", LATITUDE_NAMES, ("degrees_north", "degree_north", "degrees_n"), source
+    )
+    lon = find_horizontal(
+        ds, "longitude", LONGITUDE_NAMES, ("degrees_east", "degree_east", "degrees_e"), source
+    )
+    vert, altitude, vertical_source = find_vertical(ds, source)
+    if lat.dim == lon.dim:
+        raise ArchiveError(
+            f"{source}: latitude and longitude share dimension {lat.dim!r} (an unstructured grid, e.g. "
+            "ICON native output); remap to a regular latitude-longitude grid first (e.g. cdo remapbil)"
+        )
+    time_name, time_dim = find_time(ds)
+    latitude, longitude = _horizontal_values(lat, lon, source)
+    check_unique(latitude, "latitude", source)
+    check_unique(longitude, "longitude (modulo 360)", source)
+    check_unique(altitude, f"altitude (from {vertical_source})", source)
+    lat_increasing = check_monotonic(latitude, "latitude", source)
+    alt_increasing = check_monotonic(altitude, f"altitude (from {vertical_source})", source)
+    dim_map: dict[Hashable, str] = {lat.dim: "latitude", lon.dim: "longitude", vert.dim: "altitude"}
+    if time_dim is not None:
+        dim_map[time_dim] = "time"
+    return _Coordinates(
+        lat,
+        lon,
+        vert,
+        latitude,
+        longitude,
+        altitude,
+        vertical_source,
+        time_name,
+        dim_map,
+        lat_increasing,
+        alt_increasing,
+    )
+
+
+def _squeezed(
+    var: xr.Variable, src: Hashable, name: str, coords: _Coordinates, source: str
+) -> xr.Variable:
+    """``var`` without its extra length-1 dimensions; an error if it lacks one or has a longer one."""
+    dim_map = coords.dim_map
+    lacking = [new for dim, new in dim_map.items() if dim not in var.dims and new != "time"]
+    if lacking:
+        raise ArchiveError(
+            f"{source}: variable {src!r} ({name}) has dims {var.dims}, lacking {lacking} "
+            f"(coordinates found: {coords.lat.name!r}, {coords.lon.name!r}, {coords.vert.name!r})"
+        )
+    extra = [d for d in var.dims if d not in dim_map]
+    for dim in extra:
+        if var.sizes[dim] != 1:
+            raise ArchiveError(
+                f"{source}: variable {src!r} ({name}) has an extra dimension {dim!r} of size "
+                f"{var.sizes[dim]}; select one entry first (ds.isel({dim}=...))"
+            )
+    return var.isel({d: 0 for d in extra}) if extra else var
+
+
+def _converted_attrs(
+    var: xr.Variable, src: Hashable, name: str, scale: float, offset: float
+) -> dict[Hashable, Any]:
+    """The variable's attributes in genda's conventions, noting the source's name and units."""
+    attrs = {k: v for k, v in var.attrs.items() if k not in _DROP_ATTRS}
+    if scale != 1.0 or offset != 0.0:
+        # Stored statistics would be in the source's units.
+        attrs.pop(MEAN_ATTR, None)
+        attrs.pop(STD_ATTR, None)
+    attrs.update(lookup_variable(name).cf_attrs())
+    if str(src) != name:
+        attrs["original_name"] = str(src)
+    if units_of(var) != attrs["units"]:
+        attrs["original_units"] = units_of(var)
+    return attrs
+
+
+def _converted_variable(
+    ds: xr.Dataset, src: Hashable, name: str, coords: _Coordinates, source: str
+) -> xr.Variable:
+    """Source variable ``src`` as genda variable ``name``: genda dims and units, float32."""
+    var = _squeezed(ds[src].variable, src, name, coords, source)
+    scale, offset = _conversion(ds, src, name, source)
+    data = var.data
+    if scale != 1.0 or offset != 0.0:
+        data = data.astype(np.float64) * scale + offset  # float32 would round 20.5 + 273.15
+    attrs = _converted_attrs(var, src, name, scale, offset)
+    dims = tuple(coords.dim_map[d] for d in var.dims)
+    return xr.Variable(dims, data.astype(np.float32), attrs)
+
+
+def _output_coords(ds: xr.Dataset, coords: _Coordinates, source: str) -> dict[str, Any]:
+    """The result's coordinates, with the source's time (checked unique) when it has one."""
+    out: dict[str, Any] = {
+        "latitude": ("latitude", coords.latitude),
+        "longitude": ("longitude", coords.longitude),
+        "altitude": ("altitude", coords.altitude),
+    }
+    time_name = coords.time_name
+    if time_name is not None:
+        times = np.atleast_1d(np.asarray(ds[time_name].values))
+        check_unique(times, "time", source)
+        # Keep how time was encoded (units, calendar), not the source's storage layout
+        # (chunks, compressors), which would clash when the result is written elsewhere.
+        encoding = {
+            k: v for k, v in ds[time_name].encoding.items() if k in ("units", "calendar", "dtype")
+        }
+        out["time"] = xr.Variable("time", times, ds[time_name].attrs, encoding=encoding)
+    return out
+
+
+def _reoriented(out: xr.Dataset, coords: _Coordinates) -> xr.Dataset:
+    """Latitude north to south, longitude increasing from 0, altitude upward."""
+    if coords.lat_increasing and coords.latitude.size > 1:
+        out = out.isel(latitude=slice(None, None, -1))
+    if not coords.alt_increasing:
+        out = out.isel(altitude=slice(None, None, -1))
+    order = np.argsort(coords.longitude, kind="stable")
+    if np.any(order != np.arange(order.size)):
+        out = out.isel(longitude=order)
+    return out
+
+
+def _set_coordinate_attrs(out: xr.Dataset, wanted: Sequence[str], vertical_source: str) -> None:
+    """Give the coordinates genda's CF attributes (in place), noting the source's vertical."""
+    template = Grid(
+        out["latitude"].values, out["longitude"].values, out["altitude"].values, wanted, "irregular"
+    )
+    for key, coord in template.coords().items():
+        out[key].attrs = dict(coord.attrs)
+    out["altitude"].attrs["genda_source_coordinate"] = vertical_source
+    if "time" in out.coords:
+        out["time"].attrs.setdefault("standard_name", "time")
+        out["time"].attrs.setdefault("axis", "T")
+
+
 # ---------------------------------------------------------------------------- public
 def to_genda_conventions(
     ds: xr.Dataset, variables: Sequence[str] | None = None, source: str = "dataset"
@@ -365,124 +361,20 @@ def to_genda_conventions(
         in km increasing) and ``time``. See the module docstring for the rules.
     """
     wanted = tuple(variables) if variables is not None else DEFAULT_VARIABLES
-    for name in wanted:
-        lookup_variable(name)  # an unknown genda name is the caller's error, not the file's
-    found = {name: _find_variable(ds, name) for name in wanted}
-    missing = [name for name, src in found.items() if src is None]
-    if missing:
-        tried = "; ".join(f"{m}: {', '.join(VARIABLE_ALIASES.get(m, (m,)))}" for m in missing)
-        raise ArchiveError(
-            f"{source}: missing variable(s) {missing} (looked for {tried}, or by standard_name); "
-            f"data variables present: {sorted(map(str, ds.data_vars))}"
-        )
-
-    lat = _find_horizontal(
-        ds, "latitude", LATITUDE_NAMES, ("degrees_north", "degree_north", "degrees_n"), source
-    )
-    lon = _find_horizontal(
-        ds, "longitude", LONGITUDE_NAMES, ("degrees_east", "degree_east", "degrees_e"), source
-    )
-    vert, altitude, vertical_source = _find_vertical(ds, source)
-    if lat.dim == lon.dim:
-        raise ArchiveError(
-            f"{source}: latitude and longitude share dimension {lat.dim!r} (an unstructured grid, e.g. "
-            "ICON native output); remap to a regular latitude-longitude grid first (e.g. cdo remapbil)"
-        )
-    time_name, time_dim = _find_time(ds)
-
-    latitude = lat.values.astype(np.float64)
-    longitude = np.mod(lon.values.astype(np.float64), 360.0)
-    if np.any(~np.isfinite(latitude)) or np.any(np.abs(latitude) > 90.0):
-        raise ArchiveError(
-            f"{source}: latitude {lat.name!r} has values outside [-90, 90] or missing"
-        )
-    if np.any(~np.isfinite(longitude)):
-        raise ArchiveError(f"{source}: longitude {lon.name!r} has missing values")
-    _check_unique(latitude, "latitude", source)
-    _check_unique(longitude, "longitude (modulo 360)", source)
-    _check_unique(altitude, f"altitude (from {vertical_source})", source)
-    lat_increasing = _check_monotonic(latitude, "latitude", source)
-    alt_increasing = _check_monotonic(altitude, f"altitude (from {vertical_source})", source)
-
-    dim_map: dict[Hashable, str] = {lat.dim: "latitude", lon.dim: "longitude", vert.dim: "altitude"}
-    if time_dim is not None:
-        dim_map[time_dim] = "time"
-    data_vars: dict[str, xr.Variable] = {}
-    for name in wanted:
-        src = found[name]
-        var = ds[src].variable
-        lacking = [new for dim, new in dim_map.items() if dim not in var.dims and new != "time"]
-        if lacking:
-            raise ArchiveError(
-                f"{source}: variable {src!r} ({name}) has dims {var.dims}, lacking {lacking} "
-                f"(coordinates found: {lat.name!r}, {lon.name!r}, {vert.name!r})"
-            )
-        extra = [d for d in var.dims if d not in dim_map]
-        for dim in extra:
-            if var.sizes[dim] != 1:
-                raise ArchiveError(
-                    f"{source}: variable {src!r} ({name}) has an extra dimension {dim!r} of size "
-                    f"{var.sizes[dim]}; select one entry first (ds.isel({dim}=...))"
-                )
-        var = var.isel({d: 0 for d in extra}) if extra else var
-        scale, offset = _conversion(ds, src, name, source)
-        data = var.data
-        if scale != 1.0 or offset != 0.0:
-            data = data.astype(np.float64) * scale + offset  # float32 would round 20.5 + 273.15
-        attrs = {k: v for k, v in var.attrs.items() if k not in _DROP_ATTRS}
-        if scale != 1.0 or offset != 0.0:
-            # Stored statistics would be in the source's units.
-            attrs.pop(MEAN_ATTR, None)
-            attrs.pop(STD_ATTR, None)
-        attrs.update(lookup_variable(name).cf_attrs())
-        if str(src) != name:
-            attrs["original_name"] = str(src)
-        if _units(var) != attrs["units"]:
-            attrs["original_units"] = _units(var)
-        data_vars[name] = xr.Variable(
-            tuple(dim_map[d] for d in var.dims), data.astype(np.float32), attrs
-        )
-
+    found = _find_variables(ds, wanted, source)
+    coords = _find_coordinates(ds, source)
+    data_vars = {
+        name: _converted_variable(ds, found[name], name, coords, source) for name in wanted
+    }
     out = xr.Dataset(
         data_vars,
         attrs={**ds.attrs, "genda_source": source, VARIABLES_ATTR: json.dumps(list(wanted))},
     )
     if "time" not in out.dims:
         out = out.expand_dims("time")
-    coords: dict[str, Any] = {
-        "latitude": ("latitude", latitude),
-        "longitude": ("longitude", longitude),
-        "altitude": ("altitude", altitude),
-    }
-    if time_name is not None:
-        times = np.atleast_1d(np.asarray(ds[time_name].values))
-        _check_unique(times, "time", source)
-        # Keep how time was encoded (units, calendar), not the source's storage layout
-        # (chunks, compressors), which would clash when the result is written elsewhere.
-        encoding = {
-            k: v for k, v in ds[time_name].encoding.items() if k in ("units", "calendar", "dtype")
-        }
-        coords["time"] = xr.Variable("time", times, ds[time_name].attrs, encoding=encoding)
-    out = out.assign_coords(coords)
-
-    # Reorder: latitude north to south, longitude increasing from 0, altitude upward.
-    if lat_increasing and latitude.size > 1:
-        out = out.isel(latitude=slice(None, None, -1))
-    if not alt_increasing:
-        out = out.isel(altitude=slice(None, None, -1))
-    order = np.argsort(longitude, kind="stable")
-    if np.any(order != np.arange(order.size)):
-        out = out.isel(longitude=order)
-
-    template = Grid(
-        out["latitude"].values, out["longitude"].values, out["altitude"].values, wanted, "irregular"
-    )
-    for key, coord in template.coords().items():
-        out[key].attrs = dict(coord.attrs)
-    out["altitude"].attrs["genda_source_coordinate"] = vertical_source
-    if "time" in out.coords:
-        out["time"].attrs.setdefault("standard_name", "time")
-        out["time"].attrs.setdefault("axis", "T")
+    out = out.assign_coords(_output_coords(ds, coords, source))
+    out = _reoriented(out, coords)
+    _set_coordinate_attrs(out, wanted, coords.vertical_source)
     out = out.transpose("time", "altitude", "latitude", "longitude")
     for name in wanted:
         _check_not_all_nan(out[name], found[name], source)

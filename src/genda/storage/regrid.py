@@ -78,6 +78,96 @@ def wrap_longitude(ds: xr.Dataset) -> xr.Dataset:
     )
 
 
+def _check_axes(ds: xr.Dataset, source: str) -> None:
+    """Error unless ``ds`` has 1-D altitude, latitude and longitude coordinates."""
+    for dim in ("altitude", "latitude", "longitude"):
+        if dim not in ds.coords or ds[dim].ndim != 1:
+            raise ArchiveError(f"{source}: cannot regrid, no 1-D {dim!r} coordinate")
+
+
+def _on_target(source_values: np.ndarray, target: np.ndarray) -> bool:
+    """Whether the source coordinate already is the target one (to round-off)."""
+    return source_values.shape == target.shape and np.allclose(
+        source_values, target, atol=1e-9, rtol=0
+    )
+
+
+def _longitude_targets(ds: xr.Dataset, grid: Grid, source: str) -> tuple[xr.Dataset, np.ndarray]:
+    """Target longitudes, with ``ds`` wrapped across 360 when it is global (else clamped targets)."""
+    src_lon = ds["longitude"].values
+    if is_periodic_longitude(src_lon):
+        return wrap_longitude(ds), np.asarray(grid.longitude)
+    targets = _clamped_targets(
+        src_lon,
+        grid.longitude,
+        "longitude",
+        "degrees_east",
+        _edge_half_spacing(src_lon),
+        source,
+    )
+    return ds, targets
+
+
+def _targets(
+    ds: xr.Dataset,
+    grid: Grid,
+    source: str,
+    altitude_tolerance_km: float,
+    latitude_tolerance_deg: float | None,
+) -> tuple[xr.Dataset, dict[str, np.ndarray]]:
+    """Target coordinates of each dimension not already on ``grid`` (``ds`` wrapped if needed)."""
+    src_lat = ds["latitude"].values
+    src_alt = ds["altitude"].values
+    lat_tol = (
+        (latitude_tolerance_deg, latitude_tolerance_deg)
+        if latitude_tolerance_deg is not None
+        else _edge_half_spacing(src_lat)
+    )
+    targets: dict[str, np.ndarray] = {}
+    if not _on_target(src_alt, grid.altitude):
+        targets["altitude"] = _clamped_targets(
+            src_alt,
+            grid.altitude,
+            "altitude",
+            "km",
+            (altitude_tolerance_km, altitude_tolerance_km),
+            source,
+        )
+    if not _on_target(src_lat, grid.latitude):
+        targets["latitude"] = _clamped_targets(
+            src_lat, grid.latitude, "latitude", "degrees_north", lat_tol, source
+        )
+    if not _on_target(ds["longitude"].values, grid.longitude):
+        ds, targets["longitude"] = _longitude_targets(ds, grid, source)
+    return ds, targets
+
+
+def _interpolated(ds: xr.Dataset, targets: dict[str, np.ndarray]) -> xr.Dataset:
+    """``ds`` linearly interpolated to ``targets`` (unchanged without targets)."""
+    if not targets:
+        return ds
+    if "latitude" in targets:
+        # scipy's interpolators want increasing coordinates; the output order follows the targets.
+        ds = ds.isel(latitude=slice(None, None, -1))
+    return ds.interp(targets, method="linear", assume_sorted=True)
+
+
+def _on_grid(ds: xr.Dataset, grid: Grid, regridded_altitude: bool) -> xr.Dataset:
+    """``ds`` with ``grid``'s exact coordinates and CF attributes, data variables float32."""
+    # Exact target coordinates (clipping moved some) with genda's CF attributes.
+    coords = grid.coords()
+    out = ds.assign_coords({name: coords[name] for name in ("altitude", "latitude", "longitude")})
+    for name in out.data_vars:
+        attrs = dict(out[name].attrs)
+        if regridded_altitude:
+            # Statistics per source level do not describe the new levels.
+            attrs.pop(MEAN_ATTR, None)
+            attrs.pop(STD_ATTR, None)
+        out[name] = out[name].astype(np.float32)
+        out[name].attrs = attrs
+    return out
+
+
 def regrid(
     ds: xr.Dataset,
     grid: Grid,
@@ -107,74 +197,12 @@ def regrid(
         ArchiveError: the target reaches beyond the source (more than the
             tolerance), or the source lacks a coordinate.
     """
-    for dim in ("altitude", "latitude", "longitude"):
-        if dim not in ds.coords or ds[dim].ndim != 1:
-            raise ArchiveError(f"{source}: cannot regrid, no 1-D {dim!r} coordinate")
+    _check_axes(ds, source)
     names = [n for n in grid.variables if n in ds.data_vars]
     if len(names) == len(grid.variables):
         ds = ds[names]
-    src_lat = ds["latitude"].values
-    src_lon = ds["longitude"].values
-    src_alt = ds["altitude"].values
-
-    lat_tol = (
-        (latitude_tolerance_deg, latitude_tolerance_deg)
-        if latitude_tolerance_deg is not None
-        else _edge_half_spacing(src_lat)
-    )
-    targets: dict[str, np.ndarray] = {}
-    if not (
-        src_alt.shape == grid.altitude.shape
-        and np.allclose(src_alt, grid.altitude, atol=1e-9, rtol=0)
-    ):
-        targets["altitude"] = _clamped_targets(
-            src_alt,
-            grid.altitude,
-            "altitude",
-            "km",
-            (altitude_tolerance_km, altitude_tolerance_km),
-            source,
-        )
-    if not (
-        src_lat.shape == grid.latitude.shape
-        and np.allclose(src_lat, grid.latitude, atol=1e-9, rtol=0)
-    ):
-        targets["latitude"] = _clamped_targets(
-            src_lat, grid.latitude, "latitude", "degrees_north", lat_tol, source
-        )
-    if not (
-        src_lon.shape == grid.longitude.shape
-        and np.allclose(src_lon, grid.longitude, atol=1e-9, rtol=0)
-    ):
-        if is_periodic_longitude(src_lon):
-            ds = wrap_longitude(ds)
-            targets["longitude"] = np.asarray(grid.longitude)
-        else:
-            targets["longitude"] = _clamped_targets(
-                src_lon,
-                grid.longitude,
-                "longitude",
-                "degrees_east",
-                _edge_half_spacing(src_lon),
-                source,
-            )
-
-    if targets:
-        if "latitude" in targets:
-            # scipy's interpolators want increasing coordinates; the output order follows the targets.
-            ds = ds.isel(latitude=slice(None, None, -1))
-        ds = ds.interp(targets, method="linear", assume_sorted=True)
-    # Exact target coordinates (clipping moved some) with genda's CF attributes.
-    coords = grid.coords()
-    out = ds.assign_coords({name: coords[name] for name in ("altitude", "latitude", "longitude")})
-    for name in out.data_vars:
-        attrs = dict(out[name].attrs)
-        if "altitude" in targets:
-            # Statistics per source level do not describe the new levels.
-            attrs.pop(MEAN_ATTR, None)
-            attrs.pop(STD_ATTR, None)
-        out[name] = out[name].astype(np.float32)
-        out[name].attrs = attrs
+    ds, targets = _targets(ds, grid, source, altitude_tolerance_km, latitude_tolerance_deg)
+    out = _on_grid(_interpolated(ds, targets), grid, "altitude" in targets)
     out.attrs["genda_regrid"] = (
         "linear in latitude and altitude, periodic-linear in longitude (genda.storage.regrid)"
         if targets
