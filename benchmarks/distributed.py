@@ -25,6 +25,7 @@ Writes ``benchmarks/results/distributed-<machine>.json`` and prints tables.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import shutil
 import tempfile
@@ -232,6 +233,8 @@ def main() -> None:
     parser.add_argument("--store-members", type=int, default=32)
     args = parser.parse_args()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a local cluster on this machine only
+    from genda.assimilation.posterior import PosteriorSettings
+
     root = Path(tempfile.mkdtemp(prefix="genda-bench-distributed-"))
     try:
         scaled, plain = scaling(args, root)
@@ -249,6 +252,12 @@ def main() -> None:
             "plain_processes": plain,
             "store_writes": writes,
             "settings": dict(vars(args)),
+            # the sampling settings besides the command's: genda assimilate's defaults
+            "posterior": {
+                key: value
+                for key, value in dataclasses.asdict(PosteriorSettings()).items()
+                if key not in ("steps", "batch_size")
+            },
         },
     )
     print(f"wrote {path.name}")

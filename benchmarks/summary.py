@@ -26,7 +26,7 @@ HEADLINES: dict[str, tuple[str, ...]] = {
     "sampling": ("strategy", "grid", "members_per_s", "peak_memory_mib"),
     "posterior_gaussian": ("method", "mean_error_rms", "variance_ratio_field", "seconds"),
     "osse": ("method", "members", "seconds", "obs_fit", "u_crps", "v_crps", "T_crps", "T_ssr"),
-    "ensemble": ("actors", "members_per_min", "scaling_efficiency", "peak_memory_mib"),
+    "distributed": ("actors", "members_per_min", "scaling_efficiency", "peak_memory_mib"),
     "strategies": (
         "grid",
         "levels",

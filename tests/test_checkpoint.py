@@ -341,7 +341,7 @@ def test_tensors_a_module_derives_on_loading_are_set_aside() -> None:
     """A checkpoint that saved a derived buffer (the cascade's rotation once) still loads."""
     from torch import nn
 
-    from genda.models.checkpoint_build import without_derived
+    from genda.models.checkpoint_format import without_derived
 
     class Derives(nn.Module):
         def __init__(self) -> None:

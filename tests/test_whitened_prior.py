@@ -112,12 +112,11 @@ def tidal_whitening() -> SpectralWhitening:
 @pytest.mark.parametrize(
     ("which", "hour", "covariance"),
     [
-        ("whitening", None, "jacobian"),
-        ("tidal_whitening", 5.0, "jacobian"),
+        pytest.param("whitening", None, "jacobian", marks=pytest.mark.slow),
+        pytest.param("tidal_whitening", 5.0, "jacobian", marks=pytest.mark.slow),
         ("tidal_whitening", 5.0, "prior"),
     ],
 )
-@pytest.mark.slow
 def test_the_guidance_recovers_the_exact_posterior_in_whitened_coordinates(
     request, which: str, hour: float | None, covariance: str
 ) -> None:
@@ -552,3 +551,21 @@ def test_tides_need_whitened_coordinates(tiny_archive: Path, tmp_path: Path) -> 
     assert result.exit_code != 0
     assert "whitened coordinates" in result.output
     assert not (tmp_path / "p").exists()
+
+
+def test_auto_is_resolved_to_what_a_window_runs(whitened_priors) -> None:
+    from dataclasses import replace
+
+    from genda.assimilation.posterior import PosteriorSettings
+
+    prior, settings = load_checkpoint(whitened_priors["joint3d"]), PosteriorSettings()
+    assert settings.covariance == "auto"
+    assert settings.for_prior(prior).covariance == "prior"
+    # nothing uses a Tweedie covariance: the record stays as before "auto" existed
+    assert settings.for_prior(prior, guided=False).covariance == "jacobian"
+    for method in ("dps", "sda"):
+        resolved = replace(settings, method=method).for_prior(prior)
+        assert "covariance" not in resolved.to_dict()
+    assert replace(settings, covariance="jacobian").for_prior(prior).covariance == "jacobian"
+    with pytest.raises(InvalidValueError, match="auto"):
+        settings.to_dict()  # an unresolved choice is never recorded

@@ -289,12 +289,13 @@ def guided_denoiser(
 ) -> Callable[[Tensor, Tensor], Tensor]:
     """The posterior denoiser of ``method``.
 
-    Options: ``iterations`` and ``covariance`` (:data:`TWEEDIE_COVARIANCES`,
-    ``"jacobian"`` when not given; ``"auto"`` looks at the likelihood's operator) for MMPS, ``zeta`` for DPS, ``gamma`` for SDA.
+    Options: ``iterations`` and ``covariance`` (:data:`TWEEDIE_COVARIANCES`;
+    ``"auto"``, the default, looks at the likelihood's operator) for MMPS,
+    ``zeta`` for DPS, ``gamma`` for SDA.
     """
     if method == "mmps":
         whitened = isinstance(getattr(likelihood, "operator", None), StateOperator)
-        covariance = resolve_covariance(options.pop("covariance", "jacobian"), whitened)
+        covariance = resolve_covariance(options.pop("covariance", "auto"), whitened)
         if covariance == "prior":
             sigma_data = float(getattr(denoiser, "sigma_data", 1.0))
             return GaussianTweedieGuidance(denoiser, likelihood, sigma_data=sigma_data)

@@ -113,8 +113,15 @@ class PosteriorSettings:
                 f"sigma_max must be a finite number > 0, got {self.sigma_max!r}"
             )
 
-    def for_prior(self, prior: LoadedPrior) -> PosteriorSettings:
-        """These settings with ``covariance`` resolved for ``prior`` (:func:`resolve_covariance`)."""
+    def for_prior(self, prior: LoadedPrior, guided: bool = True) -> PosteriorSettings:
+        """These settings with ``covariance`` resolved for ``prior`` (:func:`resolve_covariance`).
+
+        Only guided MMPS uses a Tweedie covariance: for DPS, SDA and the
+        unguided prior ``"auto"`` becomes ``"jacobian"``, which the record
+        leaves out (:meth:`to_dict`), as before ``"auto"`` existed.
+        """
+        if self.covariance == "auto" and (self.method != "mmps" or not guided):
+            return replace(self, covariance="jacobian")
         whitened = prior.denoiser.coordinates is not None
         return replace(self, covariance=resolve_covariance(self.covariance, whitened))
 
@@ -138,6 +145,10 @@ class PosteriorSettings:
         windows made before it existed keep their provenance; resolve
         ``"auto"`` first (:meth:`for_prior`), so that the record says which.
         """
+        if self.covariance == "auto":
+            raise InvalidValueError(
+                "the covariance 'auto' is resolved for a prior before it is recorded (for_prior)"
+            )
         settings = asdict(self) | {"corrections": self.langevin_corrections}
         if self.covariance == "jacobian":
             del settings["covariance"]
@@ -243,7 +254,7 @@ def check_guidance(
     Raises:
         InvalidValueError: the step gives non-finite values with these settings.
     """
-    settings = settings.for_prior(prior)
+    settings = settings.for_prior(prior, guided=obs is not None)
     denoiser = posterior_denoiser(prior, obs, settings, device, time)
     # Forward-mode AD levels (MMPS's Jacobian-vector products) are global to the
     # process: windows checked from several threads of one driver take turns.
@@ -325,7 +336,7 @@ def posterior_members(
     """
     settings = settings or PosteriorSettings()
     members = [int(m) for m in members]
-    settings = settings.for_prior(prior)
+    settings = settings.for_prior(prior, guided=obs is not None)
     denoiser = posterior_denoiser(prior, obs, settings, device, time)
     out = []
     batches = [

@@ -67,6 +67,7 @@ from genda.models.checkpoint_format import (
     read_directory,
     safetensors_blob,
     state_tensors,
+    without_derived,
     write_directory,
 )
 from genda.models.checkpoint_optimizer import load_optimizer_state, optimizer_tensors
@@ -101,6 +102,7 @@ __all__ = [
     "resolve_checkpoint",
     "restore_denoiser",
     "save_checkpoint",
+    "without_derived",
 ]
 
 CHECKPOINTS_DIR = Path(__file__).resolve().parent / "checkpoints"

@@ -21,8 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from torch import nn
 
 from genda.errors import InvalidValueError
 from genda.grid import Grid, GridMismatchError
@@ -34,6 +32,7 @@ from genda.models.checkpoint_format import (
     CheckpointError,
     CheckpointGridMismatchError,
     check_tensors,
+    without_derived,
 )
 from genda.models.coordinates import build_coordinates, coordinates_config, unfitted_statistics
 from genda.models.diffusion import EDMDenoiser
@@ -286,22 +285,6 @@ def _denoiser_from_config(
     except CheckpointError as error:
         raise CheckpointError(f"{config_file}: {error}") from error
     return denoiser
-
-
-def without_derived(
-    tensors: Mapping[str, torch.Tensor], module: nn.Module
-) -> dict[str, torch.Tensor]:
-    """``tensors`` without those that ``module`` derives on loading (its non-persistent buffers).
-
-    Earlier checkpoints of the cascade saved its rotation, which is now rebuilt
-    from the saved eigen-decomposition after loading; the saved copy is ignored.
-    """
-    derived = {
-        f"{name}.{buffer}" if name else buffer
-        for name, child in module.named_modules()
-        for buffer in child._non_persistent_buffers_set
-    }
-    return {key: value for key, value in tensors.items() if key not in derived}
 
 
 def restore_denoiser(

@@ -59,6 +59,7 @@ __all__ = [
     "read_directory",
     "safetensors_blob",
     "state_tensors",
+    "without_derived",
     "write_directory",
 ]
 
@@ -312,6 +313,22 @@ def read_directory(path: Path, *, with_optimizer: bool = False) -> CheckpointCon
     if with_optimizer and OPTIMIZER_FILE in files:
         optimizer = _read_verified(path, OPTIMIZER_FILE, files)
     return CheckpointContents(path, config, ema, raw, optimizer)
+
+
+def without_derived(
+    tensors: Mapping[str, torch.Tensor], module: nn.Module
+) -> dict[str, torch.Tensor]:
+    """``tensors`` without those that ``module`` derives on loading (its non-persistent buffers).
+
+    Earlier checkpoints of the cascade saved its rotation, which is now rebuilt
+    from the saved eigen-decomposition after loading; the saved copy is ignored.
+    """
+    derived = {
+        f"{name}.{buffer}" if name else buffer
+        for name, child in module.named_modules()
+        for buffer in child._non_persistent_buffers_set
+    }
+    return {key: value for key, value in tensors.items() if key not in derived}
 
 
 def check_tensors(

@@ -24,6 +24,7 @@ from genda.models.checkpoint import (
     check_tensors,
     describe_denoiser,
     read_checkpoint,
+    without_derived,
 )
 from genda.models.data import TrainingData
 from genda.models.diffusion import EDMDenoiser
@@ -66,15 +67,16 @@ def read_resume(
     """
     contents = read_checkpoint(resume, with_optimizer=True)
     check_resume(contents.config, denoiser, data, contents.path)
-    check_tensors(contents.model, denoiser, "raw", contents.path / MODEL_FILE)
-    check_tensors(contents.ema, denoiser, "EMA", contents.path / MODEL_FILE)
-    denoiser.load_state_dict(contents.model, strict=True)
+    raw, ema = (without_derived(t, denoiser) for t in (contents.model, contents.ema))
+    check_tensors(raw, denoiser, "raw", contents.path / MODEL_FILE)
+    check_tensors(ema, denoiser, "EMA", contents.path / MODEL_FILE)
+    denoiser.load_state_dict(raw, strict=True)
     step = int(contents.config["step"])
     state = ResumeState(
         step=step,
         history=read_history(contents.path / LOSS_CSV, step),
         wall_s=float(contents.config.get("metrics", {}).get("wall_s") or 0.0),
-        ema=contents.ema,
+        ema=ema,
         optimizer=contents.optimizer,
     )
     if step > config.steps:

@@ -84,7 +84,7 @@ def window_provenance(
     The batch size is left out: it is a memory knob, and members made with
     another one differ only by float rounding (~1e-5 of the field).
     """
-    resolved = settings.for_prior(prior).to_dict()
+    resolved = settings.for_prior(prior, guided=obs is not None).to_dict()
     sampling = {k: v for k, v in resolved.items() if k != "batch_size"}
     return {
         "kind": "posterior" if obs is not None else "prior",
