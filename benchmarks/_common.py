@@ -33,8 +33,31 @@ def rss_now_mib() -> float | None:
     return None
 
 
+def reset_peak_rss() -> bool:
+    """Start the peak resident set size again from now (Linux: ``/proc/self/clear_refs``).
+
+    Without it the peak of a measured span includes whatever came before it
+    (loading a model, a warm-up). Returns whether the peak could be reset.
+    """
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
 def peak_rss_mib() -> float:
-    """Peak resident set size of this process so far (``ru_maxrss``: KiB on Linux, bytes on macOS)."""
+    """Peak resident set size of this process since it started or since :func:`reset_peak_rss`.
+
+    Linux: ``VmHWM`` of ``/proc/self/status``; elsewhere ``ru_maxrss`` (KiB on
+    Linux, bytes on macOS), which cannot be reset.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 2**20 if sys.platform == "darwin" else peak / 1024
 

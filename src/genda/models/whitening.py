@@ -400,9 +400,17 @@ class SpectralWhitening(nn.Module):
     def _refresh_rotation(self) -> None:
         """The cascade's ``R`` from the stored eigen-decomposition (in float64), so that
         fitting and loading a checkpoint give the same rotation."""
-        vectors = torch.view_as_complex(self.eigenvectors.detach().cpu().double().contiguous())
-        rotation = triangular_rotation(vectors, self.eigenvalues.detach().cpu().double())
-        self.rotation.copy_(torch.view_as_real(rotation).to(self.rotation))
+        # One degree at a time: the float64 factors of every mode at once would hold
+        # several times the rotation's size (GBs with 64 levels on 32 x 64).
+        eigenvalues = self.eigenvalues.detach().cpu().double()
+        for degree in range(self.truncation):
+            vectors = self.eigenvectors[degree : degree + 1].detach().cpu().double()
+            rotation = triangular_rotation(
+                torch.view_as_complex(vectors.contiguous()),
+                eigenvalues[degree : degree + 1],
+                first_degree=degree,
+            )
+            self.rotation[degree : degree + 1].copy_(torch.view_as_real(rotation).to(self.rotation))
 
     # ------------------------------------------------------------------ time of day
     def _regressors(

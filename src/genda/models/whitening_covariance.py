@@ -201,7 +201,7 @@ def eigen_decomposition(covariance: Tensor, valid: Tensor) -> tuple[Tensor, Tens
     return torch.where(dropped, 0.0, eigenvalues), eigenvectors
 
 
-def triangular_rotation(vectors: Tensor, eigenvalues: Tensor) -> Tensor:
+def triangular_rotation(vectors: Tensor, eigenvalues: Tensor, first_degree: int = 0) -> Tensor:
     """The unitary ``R`` ``(T, M, G, P, P)`` that makes ``U R`` lower-triangular, ``U = Q diag(lam)^(1/2)``.
 
     QR of ``U^H = R T`` (``T`` upper-triangular) gives ``U R = T^H``. Channels
@@ -215,7 +215,8 @@ def triangular_rotation(vectors: Tensor, eigenvalues: Tensor) -> Tensor:
     dead rows and columns zero. The columns of ``R`` are then rephased so that
     the diagonal is real and non-negative (a channel's innovation enters it
     with a positive sign); ``m = 0`` modes, whose ``Q`` is real, get a real
-    ``R``. Float64 or complex128 in and out.
+    ``R``. Float64 or complex128 in and out. ``first_degree``: the degree of
+    the first row of ``T`` (for a slice of the degrees), for the messages.
     """
     factor = vectors * eigenvalues.clamp(min=0.0).sqrt()[..., None, :].to(vectors.dtype)
     target = factor.mH.clone()  # rows: eigen-directions; columns: channels
@@ -227,7 +228,7 @@ def triangular_rotation(vectors: Tensor, eigenvalues: Tensor) -> Tensor:
         spare = torch.nonzero(dropped[t, m, g]).flatten().tolist()
         if len(spare) < len(channels):  # a channel without variance needs a free direction
             raise InvalidValueError(
-                f"mode (l={t}, m={m}) has {len(channels)} channels without variance but only "
+                f"mode (l={first_degree + t}, m={m}) has {len(channels)} channels without variance but only "
                 f"{len(spare)} dropped directions; the cascade cannot be built"
             )
         target[t, m, g][:, channels] = 0.0
