@@ -22,15 +22,20 @@ import genda
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def rss_now_mib() -> float | None:
-    """Resident set size of this process now (Linux ``/proc``; ``None`` elsewhere)."""
+def _status_mib(field: str) -> float | None:
+    """A ``kB`` field of ``/proc/self/status`` (``VmRSS``, ``VmHWM``) in MiB; ``None`` off Linux."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1024
     except OSError:
         pass
     return None
+
+
+def rss_now_mib() -> float | None:
+    """Resident set size of this process now (Linux ``/proc``; ``None`` elsewhere)."""
+    return _status_mib("VmRSS")
 
 
 def reset_peak_rss() -> bool:
@@ -52,12 +57,9 @@ def peak_rss_mib() -> float:
     Linux: ``VmHWM`` of ``/proc/self/status``; elsewhere ``ru_maxrss`` (KiB on
     Linux, bytes on macOS), which cannot be reset.
     """
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
+    high_water = _status_mib("VmHWM")
+    if high_water is not None:
+        return high_water
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 2**20 if sys.platform == "darwin" else peak / 1024
 
