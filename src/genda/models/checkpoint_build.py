@@ -32,7 +32,6 @@ from genda.models.checkpoint_format import (
     CheckpointError,
     CheckpointGridMismatchError,
     check_tensors,
-    without_derived,
 )
 from genda.models.coordinates import build_coordinates, coordinates_config, unfitted_statistics
 from genda.models.diffusion import EDMDenoiser
@@ -306,10 +305,9 @@ def restore_denoiser(
     if weights not in ("ema", "model"):
         raise InvalidValueError(f"weights must be 'ema' or 'model', got {weights!r}")
     model_file = contents.path / MODEL_FILE
-    ema, raw = (without_derived(t, denoiser) for t in (contents.ema, contents.model))
-    check_tensors(ema, denoiser, "EMA", model_file)
-    check_tensors(raw, denoiser, "raw", model_file)
-    denoiser.load_state_dict(dict(ema if weights == "ema" else raw), strict=True)
+    ema = check_tensors(contents.ema, denoiser, "EMA", model_file)
+    raw = check_tensors(contents.model, denoiser, "raw", model_file)
+    denoiser.load_state_dict(ema if weights == "ema" else raw, strict=True)
     if unfitted_statistics(denoiser.coordinates):
         raise CheckpointError(
             f"{model_file}: the statistics of the whitened coordinates are all zero "

@@ -333,12 +333,17 @@ def without_derived(
 
 def check_tensors(
     tensors: Mapping[str, torch.Tensor], module: nn.Module, what: str, file: Path
-) -> None:
+) -> dict[str, torch.Tensor]:
     """Check names, shapes and dtype kinds of ``tensors`` against ``module.state_dict()``.
+
+    Returns:
+        The tensors to load into ``module``: ``tensors`` without those it
+        derives on loading (:func:`without_derived`).
 
     Raises:
         CheckpointError: naming ``file``, with up to five examples of each problem.
     """
+    tensors = without_derived(tensors, module)
     expected = module.state_dict()
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
@@ -366,3 +371,4 @@ def check_tensors(
             f"{file}: {what} weights do not match the architecture in {CONFIG_FILE}: "
             + "; ".join(problems)
         )
+    return tensors

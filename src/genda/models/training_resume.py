@@ -24,7 +24,6 @@ from genda.models.checkpoint import (
     check_tensors,
     describe_denoiser,
     read_checkpoint,
-    without_derived,
 )
 from genda.models.data import TrainingData
 from genda.models.diffusion import EDMDenoiser
@@ -67,9 +66,8 @@ def read_resume(
     """
     contents = read_checkpoint(resume, with_optimizer=True)
     check_resume(contents.config, denoiser, data, contents.path)
-    raw, ema = (without_derived(t, denoiser) for t in (contents.model, contents.ema))
-    check_tensors(raw, denoiser, "raw", contents.path / MODEL_FILE)
-    check_tensors(ema, denoiser, "EMA", contents.path / MODEL_FILE)
+    raw = check_tensors(contents.model, denoiser, "raw", contents.path / MODEL_FILE)
+    ema = check_tensors(contents.ema, denoiser, "EMA", contents.path / MODEL_FILE)
     denoiser.load_state_dict(raw, strict=True)
     step = int(contents.config["step"])
     state = ResumeState(
