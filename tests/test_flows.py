@@ -176,7 +176,7 @@ def test_a_window_flow_publishes_its_scores_as_an_artifact(harness, cycle_files:
 
 
 def test_a_bad_window_is_reported_and_the_cycle_goes_on(harness, cycle_files: dict) -> None:
-    from genda.orchestration.flows import assimilation_cycle
+    from genda.orchestration.flows import CycleError, assimilation_cycle
 
     root = cycle_files["root"]
     times = cycle_files["times"]
@@ -187,7 +187,9 @@ def test_a_bad_window_is_reported_and_the_cycle_goes_on(harness, cycle_files: di
             "truth": None,
         }
     )
-    results = assimilation_cycle(config)
+    with pytest.raises(CycleError, match="1 of 3 windows failed") as caught:
+        assimilation_cycle(config)  # every window runs; then the cycle fails
+    results = caught.value.results
     assert [("error" in r) for r in results] == [False, False, True]
     assert "FileNotFoundError" in results[2]["error"] or "no such" in results[2]["error"].lower()
     assert EnsembleStore.open(root / "partial.zarr").windows() == times

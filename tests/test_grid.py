@@ -142,11 +142,15 @@ def assert_cf(ds: xr.Dataset, grid: Grid, with_time: bool) -> None:
         assert lookup_variable(name).cf_attrs() == CF[name]
     for dim in DIMS if with_time else DIMS[1:]:
         assert ds[dim].attrs["axis"] == AXES[dim]
-        assert "standard_name" in ds[dim].attrs
     for dim, units in COORD_UNITS.items():
         assert ds[dim].attrs["units"] == units
-        assert ds[dim].attrs["standard_name"] == dim
         assert ds[dim].attrs["long_name"]
+    for dim in ("time", "latitude", "longitude") if with_time else ("latitude", "longitude"):
+        assert ds[dim].attrs["standard_name"] == dim
+    # log-pressure altitude is not CF's (geometric) altitude: CF finds it through lev and p0
+    # (tests/test_vertical_coordinates.py)
+    assert "standard_name" not in ds["altitude"].attrs
+    assert ds["lev"].attrs["standard_name"] == "atmosphere_ln_pressure_coordinate"
     assert ds["altitude"].attrs["positive"] == "up"
     assert ds.attrs["Conventions"] == "CF-1.10"
     assert json.loads(ds.attrs["genda_grid"]) == {"latitude_kind": grid.latitude_kind}

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from genda.constants import pressure_to_altitude_km
+from genda.constants import SCALE_HEIGHT_KM, altitude_km_to_pressure, pressure_to_altitude_km
 from genda.grid import Grid
 from genda.storage import ArchiveError, open_archive
 
@@ -83,6 +83,8 @@ def test_other_conventions(tmp_path, engine) -> None:
 
 
 def test_height_in_metres_and_names_by_standard_name(tmp_path) -> None:
+    # Geometric heights with the pressure of each level (1-D): exact log-pressure altitudes.
+    pressure_hpa = np.array([1e-2, 2e-3, 3e-4])
     rng = np.random.default_rng(1)
     shape = (3, LAT.size, LON.size)
     dims = ("height", "latitude", "longitude")
@@ -102,12 +104,14 @@ def test_height_in_metres_and_names_by_standard_name(tmp_path) -> None:
         },
         coords={
             "height": ("height", [80_000.0, 90_000.0, 100_000.0], {"units": "m"}),
+            "pres": ("height", pressure_hpa, {"units": "hPa"}),
             "latitude": LAT[::-1],
             "longitude": np.mod(LON, 360.0)[np.argsort(np.mod(LON, 360.0))],
         },
     )
     ds = open_archive(write_nc(src, tmp_path / "heights.nc"))
-    np.testing.assert_allclose(ds["altitude"].values, [80.0, 90.0, 100.0])
+    np.testing.assert_allclose(ds["altitude"].values, pressure_to_altitude_km(pressure_hpa * 100))
+    assert ds["altitude"].attrs["genda_source_coordinate"] == "height (m) with pressure pres (hPa)"
     # no time in the file: a length-1 time dimension without values
     assert ds["T"].dims == ("time", "altitude", "latitude", "longitude")
     assert ds.sizes["time"] == 1
@@ -123,7 +127,7 @@ def test_nemo_style_two_dimensional_coordinates(tmp_path) -> None:
         {name: (("z", "y", "x"), values, {"units": "m s-1"}) for name in ("u", "v")}
         | {"T": (("z", "y", "x"), 200 + values, {"units": "K"})},
         coords={
-            "z": ("z", [85.0, 95.0], {"units": "km"}),
+            "z": ("z", [0.01, 0.001], {"units": "hPa"}),
             "nav_lat": (("y", "x"), lat2d),
             "nav_lon": (("y", "x"), lon2d),
         },
@@ -167,7 +171,7 @@ def test_regrid_reproduces_a_smooth_field_across_the_dateline(tmp_path) -> None:
     field = smooth(lat[None, :, None], lon[None, None, :], alt[:, None, None]).astype(np.float32)
     src = xr.Dataset(
         {"ta": (("z", "lat", "lon"), field, {"units": "K"})},
-        coords={"z": ("z", alt, {"units": "km"}), "lat": lat, "lon": lon},
+        coords={"z": ("z", altitude_km_to_pressure(alt), {"units": "Pa"}), "lat": lat, "lon": lon},
     )
     src["lat"].attrs["units"] = "degrees_north"
     src["lon"].attrs["units"] = "degrees_east"
@@ -272,3 +276,289 @@ def test_missing_file_and_unknown_format(tmp_path) -> None:
     (tmp_path / "table.csv").write_text("a,b\n")
     with pytest.raises(ArchiveError, match="unknown format"):
         open_archive(tmp_path / "table.csv")
+
+
+# ---------------------------------------------------------------------------- vertical coordinates
+# Sources whose levels' pressure varies by column, generated from closed forms: every field is
+# an analytic function of log-pressure altitude z* (plus a horizontal pattern), written on the
+# source's own vertical coordinate, read back and compared with the function at the levels.
+COL_LAT = np.linspace(-60.0, 60.0, 5)  # south to north
+COL_LON = np.arange(0.0, 360.0, 60.0)
+COL_TIMES = np.array(["2010-01-01T00", "2010-01-01T12"], dtype="datetime64[ns]")
+Z_GEOMETRIC_KM = np.arange(40.0, 141.0, 2.5)
+P0_PA = 1.0e5
+CURVATURE = {  # max |d2f/dz*2| of each profile (per km2)
+    "u": 30.0 * (2 * np.pi / 40.0) ** 2,
+    "v": 10.0 * (2 * np.pi / 25.0) ** 2,
+    "T": 20.0 * (2 * np.pi / 30.0) ** 2,
+}
+
+
+def profiles(zstar, lat, lon) -> dict[str, np.ndarray]:
+    """u, v (m s-1), T (K) as functions of log-pressure altitude (km) and position (deg)."""
+    horizontal = np.cos(np.deg2rad(lat)) * np.cos(np.deg2rad(lon))
+    return {
+        "u": 30.0 * np.cos(2 * np.pi * zstar / 40.0) + 0.5 * zstar + 5.0 * horizontal,
+        "v": 10.0 * np.sin(2 * np.pi * zstar / 25.0) - 3.0 * horizontal,
+        "T": 200.0 + 20.0 * np.sin(2 * np.pi * zstar / 30.0) + 8.0 * horizontal,
+    }
+
+
+def column_grid():
+    """``(time, 1, lat, lon)`` broadcastable time index, latitude and longitude."""
+    t = np.arange(COL_TIMES.size)[:, None, None, None]
+    return t, COL_LAT[None, None, :, None], COL_LON[None, None, None, :]
+
+
+def zstar_of_height(z_km, lat, lon, t):
+    """A column-dependent, nonlinear (monotonic) log-pressure altitude of geometric height."""
+    offset = -4.0 + 3.0 * np.sin(np.deg2rad(lat)) + 1.5 * np.cos(np.deg2rad(lon - 40.0 * t))
+    return z_km + offset + 0.0015 * (z_km - 90.0) ** 2
+
+
+def column_fields(zstar: np.ndarray, dims: tuple[str, ...]) -> dict[str, tuple]:
+    _, lat, lon = column_grid()
+    return {
+        name: (dims, values, {"units": "K" if name == "ta" else "m s-1"})
+        for name, values in zip(("ua", "va", "ta"), profiles(zstar, lat, lon).values(), strict=True)
+    }
+
+
+def check_closed_form(ds: xr.Dataset, zstar: np.ndarray, levels: np.ndarray) -> dict[str, float]:
+    """Compare ``ds`` with the profiles at ``levels``; returns each variable's max error and bound.
+
+    Linear interpolation in z* errs by at most h**2 / 8 max|f''| with h the largest spacing
+    of z* along a source column, plus float32 rounding of values up to 250.
+    """
+    np.testing.assert_allclose(ds["altitude"].values, levels, rtol=0, atol=1e-9)
+    h = float(np.max(np.abs(np.diff(zstar, axis=1))))
+    lat = ds["latitude"].values[None, None, :, None]
+    lon = ds["longitude"].values[None, None, None, :]
+    truth = profiles(ds["altitude"].values[None, :, None, None], lat, lon)
+    errors = {}
+    for name in ("u", "v", "T"):
+        bound = h**2 / 8 * CURVATURE[name] + 250.0 * 2.0**-23 * 2
+        error = float(np.max(np.abs(ds[name].values - truth[name])))
+        assert ds[name].dtype == np.float32 and np.all(np.isfinite(ds[name].values))
+        assert error <= bound, (name, error, bound)
+        assert error > 0.02 * bound, (name, error, bound)  # interpolated, the bound is not vacuous
+        errors[name] = error
+    return errors
+
+
+def common_levels(zstar: np.ndarray, typical: np.ndarray) -> np.ndarray:
+    """``typical`` (increasing) within the z* range every column of ``(t, k, lat, lon)`` covers."""
+    ordered = np.sort(zstar, axis=1)
+    low, high = ordered[:, 0].max(), ordered[:, -1].min()
+    typical = np.sort(typical)
+    return typical[(typical >= low) & (typical <= high)]
+
+
+def geometric_source(per_column: bool) -> tuple[xr.Dataset, np.ndarray]:
+    """UA-ICON-like output on geometric heights, with the model's pressure at every point.
+
+    ``per_column``: heights as a variable ``z_mc(height, lat, lon)`` varying with the
+    terrain, top level first and no 1-D vertical coordinate, pressure found by its
+    standard_name; else a 1-D ``height`` coordinate (m) and ``pres`` (Pa).
+    """
+    t, lat, lon = column_grid()
+    z = Z_GEOMETRIC_KM[None, :, None, None] + (0.2 * np.cos(np.deg2rad(lat)) if per_column else 0)
+    zstar = zstar_of_height(z, lat, lon, t) + 0 * t
+    pressure = P0_PA * np.exp(-zstar / SCALE_HEIGHT_KM)
+    dims = ("time", "height", "lat", "lon")
+    coords = {
+        "time": COL_TIMES,
+        "lat": ("lat", COL_LAT, {"units": "degrees_north"}),
+        "lon": ("lon", COL_LON, {"units": "degrees_east"}),
+    }
+    if per_column:
+        top_first = slice(None, None, -1)
+        src = xr.Dataset(
+            column_fields(zstar[:, top_first], dims)
+            | {
+                "z_mc": (
+                    dims[1:],
+                    1000.0 * np.broadcast_to(z, zstar.shape)[0, top_first],
+                    {"units": "m"},
+                ),
+                "p_model": (dims, pressure[:, top_first], {"units": "Pa"}),
+            },
+            coords=coords,
+        )
+        src["p_model"].attrs["standard_name"] = "air_pressure"
+    else:
+        src = xr.Dataset(
+            column_fields(zstar, dims) | {"pres": (dims, pressure, {"units": "Pa"})},
+            coords=coords | {"height": ("height", 1000.0 * Z_GEOMETRIC_KM, {"units": "m"})},
+        )
+    return src, zstar
+
+
+@pytest.mark.parametrize("per_column", [False, True])
+def test_geometric_heights_are_interpolated_with_the_pressure(tmp_path, per_column) -> None:
+    src, zstar = geometric_source(per_column)
+    ds = open_archive(write_nc(src, tmp_path / "icon.nc"))
+    levels = common_levels(zstar, zstar.mean(axis=(0, 2, 3)))
+    assert 30 < levels.size < Z_GEOMETRIC_KM.size  # levels outside the common range are left out
+    check_closed_form(ds, zstar, levels)
+    described = ds["altitude"].attrs["genda_source_coordinate"]
+    assert ("p_model (Pa) per column" if per_column else "pres (Pa) per column") in described
+    assert "interpolated per column" in described
+    # the old reading (heights taken as log-pressure altitude) is off by kilometres
+    assert np.max(np.abs(levels - Z_GEOMETRIC_KM[: levels.size])) > 1.0
+
+
+def test_geopotential_height_with_pressure_and_levels_asked_for(tmp_path) -> None:
+    t, lat, lon = column_grid()
+    zstar = zstar_of_height(Z_GEOMETRIC_KM[None, :, None, None], lat, lon, t)
+    dims = ("time", "zg", "lat", "lon")
+    src = xr.Dataset(
+        column_fields(zstar, dims)
+        | {"pfull": (dims, 1e3 * np.exp(-zstar / SCALE_HEIGHT_KM), {"units": "hPa"})},
+        coords={
+            "time": COL_TIMES,
+            "zg": ("zg", 1000.0 * Z_GEOMETRIC_KM, {"units": "m"}),
+            "lat": ("lat", COL_LAT, {"units": "degrees_north"}),
+            "lon": ("lon", COL_LON, {"units": "degrees_east"}),
+        },
+    )
+    src["zg"].attrs["standard_name"] = "geopotential_height"
+    path = write_nc(src, tmp_path / "zg.nc")
+    levels = np.arange(50.0, 131.0, 5.0)
+    check_closed_form(open_archive(path, levels_km=levels), zstar, levels)
+    with pytest.raises(ArchiveError, match=r"levels \[20, 60\] km reach beyond the log-pressure"):
+        open_archive(path, levels_km=[20.0, 60.0])
+    with pytest.raises(ArchiveError, match="strictly increasing"):
+        open_archive(path, levels_km=[60.0, 55.0])
+
+
+P_REFERENCE = P0_PA * np.exp(-np.arange(30.0, 141.0, 2.5) / SCALE_HEIGHT_KM)  # at PS = P0
+SIGMA_SHARE = np.linspace(1.0, 0.0, P_REFERENCE.size) ** 2  # sigma at the bottom, pressure on top
+
+
+def hybrid_source(cf_terms: bool) -> tuple[xr.Dataset, np.ndarray]:
+    """WACCM-X-like hybrid sigma-pressure output, top level first (as CESM writes it).
+
+    ``cf_terms``: CESM's attributes (standard_name, formula_terms, ``P0``); else the
+    coefficients found by name only, with a lowercase ``p0``.
+    """
+    t, lat, lon = column_grid()
+    hyam = ((1.0 - SIGMA_SHARE) * P_REFERENCE / P0_PA)[::-1]
+    hybm = (SIGMA_SHARE * P_REFERENCE / P0_PA)[::-1]
+    ps = P0_PA * (0.8 + 0.15 * np.cos(np.deg2rad(lat)) * np.cos(np.deg2rad(lon - 30.0 * t)))
+    pressure = hyam[None, :, None, None] * P0_PA + hybm[None, :, None, None] * ps
+    zstar = SCALE_HEIGHT_KM * np.log(P0_PA / pressure)
+    dims = ("time", "lev", "lat", "lon")
+    lev_attrs = {"units": "hPa", "long_name": "hybrid level at midpoints (1000*(A+B))"}
+    if cf_terms:
+        lev_attrs |= {
+            "standard_name": "atmosphere_hybrid_sigma_pressure_coordinate",
+            "formula_terms": "a: hyam b: hybm p0: P0 ps: PS",
+            "positive": "down",
+        }
+    src = xr.Dataset(
+        column_fields(zstar, dims)
+        | {
+            "hyam": ("lev", hyam),
+            "hybm": ("lev", hybm),
+            "P0" if cf_terms else "p0": ((), P0_PA, {"units": "Pa"}),
+            "PS": (("time", "lat", "lon"), ps[:, 0], {"units": "Pa"}),
+        },
+        coords={
+            "time": COL_TIMES,
+            "lev": ("lev", 1000.0 * (hyam + hybm), lev_attrs),
+            "lat": ("lat", COL_LAT, {"units": "degrees_north"}),
+            "lon": ("lon", COL_LON, {"units": "degrees_east"}),
+        },
+    )
+    return src, zstar
+
+
+@pytest.mark.parametrize("cf_terms", [True, False])
+def test_hybrid_sigma_pressure_levels(tmp_path, cf_terms) -> None:
+    src, zstar = hybrid_source(cf_terms)
+    path = write_nc(src, tmp_path / "waccmx.nc")
+    ds = open_archive(path)
+    # the levels at the reference surface pressure, where every column has data
+    levels = common_levels(zstar, SCALE_HEIGHT_KM * np.log(P0_PA / P_REFERENCE))
+    assert 0 < P_REFERENCE.size - levels.size <= 3  # the lowest levels leave the common range
+    check_closed_form(ds, zstar, levels)
+    assert "hybrid sigma-pressure: hyam, hybm" in ds["altitude"].attrs["genda_source_coordinate"]
+    # with a grid, its levels are interpolated to directly (no second vertical interpolation)
+    grid = Grid(COL_LAT[::-1], COL_LON, np.arange(50.0, 121.0, 10.0), ("u", "v", "T"), "irregular")
+    check_closed_form(open_archive(path, grid=grid), zstar, grid.altitude)
+
+
+def test_hybrid_levels_that_are_pure_pressure_are_exact(tmp_path) -> None:
+    src, _ = hybrid_source(cf_terms=True)
+    src["hyam"] = src["hyam"] + src["hybm"]
+    src["hybm"] = 0.0 * src["hybm"]
+    ds = open_archive(write_nc(src, tmp_path / "pure.nc"))
+    expected = SCALE_HEIGHT_KM * np.log(P0_PA / (src["hyam"].values * P0_PA))
+    np.testing.assert_allclose(ds["altitude"].values, expected[::-1], rtol=1e-12)
+    np.testing.assert_allclose(ds["T"].values, src["ta"].values[:, ::-1, ::-1], rtol=1e-6)
+
+
+def test_heights_without_pressure_are_refused(tmp_path) -> None:
+    src, _ = geometric_source(per_column=False)
+    with pytest.raises(
+        ArchiveError, match=r"'height' holds geometric heights \(m\) but the file has no pressure"
+    ) as info:
+        open_archive(write_nc(src.drop_vars("pres"), tmp_path / "no_pres.nc"))
+    assert "no_pres.nc" in str(info.value)
+    src, _ = geometric_source(per_column=True)
+    with pytest.raises(
+        ArchiveError,
+        match=r"'z_mc' holds geometric heights \(m\) but .* no pressure along 'height'",
+    ):
+        open_archive(write_nc(src.drop_vars("p_model"), tmp_path / "no_pres_column.nc"))
+    # geopotential height of every point (CESM's Z3) as the only vertical
+    z3 = src.drop_vars(["p_model", "z_mc"]).rename(height="lev")
+    z3["Z3"] = (("time", "lev", "lat", "lon"), z3["ta"].values * 0 + 5e4)
+    z3["Z3"].attrs = {"units": "m", "standard_name": "geopotential_height"}
+    with pytest.raises(
+        ArchiveError, match=r"'Z3' holds geopotential heights \(m\) but the file has no pressure"
+    ):
+        open_archive(write_nc(z3, tmp_path / "z3.nc"))
+
+
+def test_hybrid_terms_missing(tmp_path) -> None:
+    src, _ = hybrid_source(cf_terms=True)
+    with pytest.raises(ArchiveError, match=r"need the surface pressure \(looked for PS"):
+        open_archive(write_nc(src.drop_vars("PS"), tmp_path / "no_ps.nc"))
+    with pytest.raises(ArchiveError, match=r"need the reference pressure .* p = a p0 \+ b ps"):
+        open_archive(write_nc(src.drop_vars("P0"), tmp_path / "no_p0.nc"))
+    src, _ = hybrid_source(cf_terms=True)
+    with pytest.raises(ArchiveError, match=r"coefficients are missing"):
+        open_archive(
+            write_nc(
+                src.drop_vars(["hyam", "hybm"]).assign_coords(
+                    lev=src["lev"].assign_attrs(formula_terms="")
+                ),
+                tmp_path / "no_coefficients.nc",
+            )
+        )
+
+
+def test_pressure_levels_beside_leftover_hybrid_coefficients(tmp_path) -> None:
+    # CESM output moved to pressure levels keeps hyam/hybm of its model levels: plev is exact
+    src = cmip_like().assign(hyam=("lev", [0.1, 0.2, 0.3, 0.4]), hybm=("lev", [0.0, 0.1, 0.2, 0.3]))
+    ds = open_archive(write_nc(src, tmp_path / "plev.nc"))
+    np.testing.assert_allclose(
+        ds["altitude"].values, pressure_to_altitude_km(PLEV_HPA * 100.0)[::-1]
+    )
+
+
+def test_cf_ln_pressure_coordinate_as_the_dimension(tmp_path) -> None:
+    # another model's file on CF's atmosphere_ln_pressure_coordinate, p = p0 exp(-lev)
+    grid = Grid.gaussian(nlat=4, nlon=8, levels=[80.0, 90.0, 100.0])
+    field = np.random.default_rng(5).normal(size=grid.shape).astype(np.float32)
+    src = grid.to_dataset(field).swap_dims(altitude="lev").drop_vars(["altitude", "air_pressure"])
+    src["p0"] = src["p0"] / 100.0
+    src["p0"].attrs["units"] = "hPa"
+    ds = open_archive(write_nc(src, tmp_path / "lnp.nc"))
+    np.testing.assert_allclose(ds["altitude"].values, grid.altitude, rtol=1e-13)
+    assert (
+        ds["altitude"].attrs["genda_source_coordinate"] == "lev (atmosphere_ln_pressure_coordinate)"
+    )
+    np.testing.assert_array_equal(ds["T"].values[0], field[2])

@@ -18,6 +18,8 @@ EARTH_ROTATION_RATE = 7.292e-5
 """Angular velocity of the Earth (rad s-1)."""
 GRAVITY = 9.5
 """Gravitational acceleration at about 90 km altitude (m s-2)."""
+STANDARD_GRAVITY = 9.80665
+"""Standard gravity g0 (m s-2): geopotential height is geopotential / g0 (WMO; CF ``geopotential_height``)."""
 DRY_AIR_GAS_CONSTANT = 287.0
 """Specific gas constant of dry air (J kg-1 K-1)."""
 DRY_AIR_CP = 1004.0

@@ -28,12 +28,25 @@ import numpy as np
 import torch
 import xarray as xr
 
+from genda.constants import REFERENCE_PRESSURE_PA, SCALE_HEIGHT_KM, altitude_km_to_pressure
 from genda.errors import GendaError, InvalidValueError, UnknownNameError
 
 LatitudeKind = Literal["legendre-gauss", "equiangular", "irregular"]
 
 DIMS = ("time", "altitude", "latitude", "longitude")
 """Dimension names of a field in a Dataset, per variable."""
+
+ALTITUDE_LONG_NAME = "log-pressure altitude"
+"""``long_name`` of genda's ``altitude``: readers know genda's vertical by it (archives before
+the CF auxiliaries below had ``long_name`` "log-pressure altitude H ln(p0/p), ...")."""
+LN_PRESSURE = "lev"
+"""Name of the CF ``atmosphere_ln_pressure_coordinate``, ``altitude / H``, on the ``altitude`` dim."""
+AIR_PRESSURE = "air_pressure"
+"""Name of the pressure of each level (Pa), on the ``altitude`` dim."""
+REFERENCE_PRESSURE = "p0"
+"""Name of the scalar reference pressure (Pa) of the log-pressure coordinate."""
+VERTICAL_AUXILIARIES = (LN_PRESSURE, AIR_PRESSURE, REFERENCE_PRESSURE)
+"""The auxiliary coordinates of the vertical that :meth:`Grid.coords` adds to the three axes."""
 
 
 class GridMismatchError(GendaError, ValueError):
@@ -373,17 +386,40 @@ class Grid:
 
     # ------------------------------------------------------------------ xarray
     def coords(self) -> dict[str, xr.Variable]:
-        """CF-annotated coordinate variables (no time)."""
+        """CF-annotated coordinates (no time): the three axes and the vertical's auxiliaries.
+
+        ``altitude`` (km, the dimension every query uses) is log-pressure altitude
+        ``z* = H ln(p0 / p)`` (:mod:`genda.constants`). CF has no standard name for
+        it (CF's ``altitude`` is geometric height), so it has none; CF tools find
+        the pressure of the levels through the auxiliaries on the ``altitude`` dim
+        (CF conventions 1.10, sect. 4.3.3 and appendix D, "Atmosphere natural log
+        pressure coordinate": ``p = p0 exp(-lev)``):
+
+        - ``lev`` ``(L,)``, ``z* / H``, dimensionless,
+          ``standard_name: atmosphere_ln_pressure_coordinate``,
+          ``formula_terms: "p0: p0 lev: lev"``;
+        - ``p0`` ``()``, the reference pressure (Pa);
+        - ``air_pressure`` ``(L,)``, ``p0 exp(-z* / H)`` (Pa), ``standard_name: air_pressure``.
+
+        The scale height is recorded as ``altitude.attrs["scale_height_km"]``.
+        """
+        altitude = self.altitude
         return {
             "altitude": xr.Variable(
                 "altitude",
-                self.altitude,
+                altitude,
                 {
                     "units": "km",
-                    "standard_name": "altitude",
-                    "long_name": "log-pressure altitude H ln(p0/p), H = 7 km, p0 = 1000 hPa",
+                    "long_name": ALTITUDE_LONG_NAME,
                     "axis": "Z",
                     "positive": "up",
+                    "scale_height_km": SCALE_HEIGHT_KM,
+                    "comment": (
+                        f"z* = H ln(p0 / p) with scale height H = {SCALE_HEIGHT_KM:g} km and "
+                        f"reference pressure p0 = {REFERENCE_PRESSURE_PA:g} Pa ({REFERENCE_PRESSURE}); "
+                        f"{LN_PRESSURE} = z* / H is the CF atmosphere_ln_pressure_coordinate and "
+                        f"{AIR_PRESSURE} the pressure of each level"
+                    ),
                 },
             ),
             "latitude": xr.Variable(
@@ -405,6 +441,31 @@ class Grid:
                     "long_name": "longitude",
                     "axis": "X",
                 },
+            ),
+            LN_PRESSURE: xr.Variable(
+                "altitude",
+                altitude / SCALE_HEIGHT_KM,
+                {
+                    "units": "1",
+                    "standard_name": "atmosphere_ln_pressure_coordinate",
+                    "long_name": "log-pressure altitude over the scale height, ln(p0 / p)",
+                    "positive": "up",
+                    "formula_terms": f"p0: {REFERENCE_PRESSURE} lev: {LN_PRESSURE}",
+                },
+            ),
+            AIR_PRESSURE: xr.Variable(
+                "altitude",
+                altitude_km_to_pressure(altitude),
+                {
+                    "units": "Pa",
+                    "standard_name": "air_pressure",
+                    "long_name": "pressure of the log-pressure level, p0 exp(-altitude / H)",
+                },
+            ),
+            REFERENCE_PRESSURE: xr.Variable(
+                (),
+                np.float64(REFERENCE_PRESSURE_PA),
+                {"units": "Pa", "long_name": "reference pressure of the log-pressure altitude"},
             ),
         }
 

@@ -5,6 +5,12 @@ matrix products; torch's CPU ``bmm`` then loops over the batch, and extra
 OpenMP threads only spin. With several processes on few cores (tests, Ray
 workers) the spinning oversubscribes the machine and slows a step tenfold.
 One thread is the fast and polite choice for these kernels.
+
+Sampling honours ``threads_per_worker`` (``--threads-per-worker``, default 1)
+wherever it runs: a Ray actor sets it once for its process, and in-process
+sampling (``--workers 0``) runs under :func:`cpu_threads`, so the caller's
+count is back afterwards (:class:`genda.distributed.work.MemberGenerator`;
+the measurements are in docs/distributed.md, "Threads and progress").
 """
 
 from __future__ import annotations

@@ -26,7 +26,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from genda.assimilation.guidance import (
     GUIDANCE_METHODS,
@@ -44,6 +43,7 @@ from genda.models.sampling import METHODS as SAMPLERS
 from genda.models.sampling import sample
 from genda.models.time_of_day import hours_of_day
 from genda.observations.operators import ObservationOperator
+from genda.progress import sampling_bar
 
 
 @dataclass(frozen=True)
@@ -281,6 +281,7 @@ def sample_members(
     guided: bool,
     device: torch.device | str = "cpu",
     time: Any = None,
+    on_step: Callable[[], None] | None = None,
 ) -> torch.Tensor:
     """One batch: members ``(len(members), V, L, H, W)`` in physical units, on the CPU.
 
@@ -288,7 +289,8 @@ def sample_members(
     whether it carries observations (Langevin corrections apply only then).
     The batch is sampled in one pass: ``members`` is the batch. ``time``: the
     window's valid time, or one per member (unguided only), which a prior
-    whose mean follows the hour decodes its states at.
+    whose mean follows the hour decodes its states at. ``on_step``: called
+    after each of the ``settings.steps`` sampler steps (progress).
     """
     hours = state_hours(prior, time, len(members))
     state = sample(
@@ -301,6 +303,7 @@ def sample_members(
         sigma_max=settings.sigma_max,
         corrections=settings.langevin_corrections if guided else 0,
         device=device,
+        on_step=on_step,
     )
     with torch.no_grad():
         fields = prior.denoiser.decode(state, hours)
@@ -330,7 +333,8 @@ def posterior_members(
         seed: the window seed (:func:`window_seed`).
         settings: method, steps and batch size.
         device: where the prior lives and sampling runs.
-        progress: a progress bar over batches of members.
+        progress: a progress bar over sampler steps (batches x steps;
+            :func:`genda.progress.sampling_bar`: on a terminal only).
         time: the window's valid time (datetime64), which a prior whose mean
             follows the time of day needs.
     """
@@ -342,7 +346,7 @@ def posterior_members(
     batches = [
         members[i : i + settings.batch_size] for i in range(0, len(members), settings.batch_size)
     ]
-    with tqdm(total=len(members), desc="members", unit="member", disable=not progress) as bar:
+    with sampling_bar(len(batches), settings.steps, progress) as bar:
         for batch in batches:
             out.append(
                 sample_members(
@@ -354,9 +358,9 @@ def posterior_members(
                     guided=obs is not None,
                     device=device,
                     time=time,
+                    on_step=None if bar.disable else bar.update,
                 )
             )
-            bar.update(len(batch))
     return torch.cat(out) if out else torch.empty(0, *prior.grid.shape)
 
 

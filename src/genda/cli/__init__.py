@@ -14,9 +14,11 @@ The package, one module per group of commands:
 - :mod:`~genda.cli.options`: shared options and option text parsed into settings;
 - :mod:`~genda.cli.render`: what the commands print, built from the library's results;
 - :mod:`~genda.cli.archives`: ``simulate``, ``summary``, ``observe``;
+- :mod:`~genda.cli.ingest`: ``ingest`` (instrument files to an observation table);
 - :mod:`~genda.cli.priors`: ``train``, ``fidelity``;
 - :mod:`~genda.cli.windows`: ``assimilate``, ``baseline``;
 - :mod:`~genda.cli.stores`: ``query``, ``validate``, ``evaluate``;
+- :mod:`~genda.cli.products`: ``plot``, ``export``;
 - :mod:`~genda.cli.cycles`: ``cycle``, ``serve``, ``demo``.
 
 The commands are registered below, in the order ``genda --help`` lists them.
@@ -27,7 +29,9 @@ from __future__ import annotations
 from genda.cli.archives import observe, simulate, summary
 from genda.cli.cycles import cycle, demo, serve
 from genda.cli.group import GendaGroup, app, main
+from genda.cli.ingest import ingest
 from genda.cli.priors import fidelity, train_command
+from genda.cli.products import export, plot
 from genda.cli.render import render_summary
 from genda.cli.stores import evaluate, query, validate_command
 from genda.cli.windows import assimilate, baseline
@@ -37,12 +41,15 @@ app.command()(summary)
 app.command("train")(train_command)
 app.command()(fidelity)
 app.command()(observe)
+app.command()(ingest)
 app.command()(assimilate)
 app.command()(query)
 app.command("validate")(validate_command)
 app.command()(cycle)
 app.command()(serve)
 app.command()(evaluate)
+app.command()(plot)
+app.command()(export)
 app.command()(baseline)
 app.command()(demo)
 
@@ -54,9 +61,12 @@ __all__ = [
     "cycle",
     "demo",
     "evaluate",
+    "export",
     "fidelity",
+    "ingest",
     "main",
     "observe",
+    "plot",
     "query",
     "render_summary",
     "serve",

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from genda.cli.group import console
+from genda.cli.options import IconGridOption, IconTargetOption
 from genda.cli.render import render_observations, render_summary
 from genda.storage import open_archive, summarize
 
@@ -69,10 +70,14 @@ def summary(
     path: Annotated[
         Path, typer.Argument(help="Archive or model output (Zarr directory or NetCDF file).")
     ],
+    icon_grid: IconGridOption = None,
+    icon_target: IconTargetOption = None,
 ) -> None:
     """Print shape, time range and per-variable min/mean/max of an archive."""
+    from genda.storage.icon_native import icon_options
+
     start = time.perf_counter()
-    ds = open_archive(path)
+    ds = open_archive(path, icon=icon_options(icon_grid, icon_target))
     table = render_summary(
         summarize(ds, source=str(path)), wall_seconds=time.perf_counter() - start
     )

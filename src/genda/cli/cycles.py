@@ -15,19 +15,36 @@ from genda.cli.render import render_cycle, render_demo
 
 def cycle(
     config: Annotated[Path, typer.Option(help="Cycle configuration (YAML, docs/cycles.md).")],
+    progress: Annotated[
+        bool, typer.Option(help="Show the sampling's progress (on a terminal only).")
+    ] = True,
 ) -> None:
-    """Run an assimilation cycle now: every window of the configuration, as Prefect flows."""
+    """Run an assimilation cycle now: every window of the configuration, as Prefect flows.
+
+    Exits 1 when a window failed (its evaluation included), as the flow ends Failed.
+    """
     from genda.orchestration.config import load_cycle_config
 
     settings = load_cycle_config(config)
-    from genda.orchestration.flows import assimilation_cycle
+    from genda.orchestration.flows import CycleError, assimilation_cycle
+    from genda.orchestration.summaries import CycleTable
 
-    results = assimilation_cycle(settings)
-    console.print(render_cycle(f"cycle {config.name}", results))
-    console.print(f"store  {settings.store}")
-    failed = sum("error" in result for result in results)
-    if failed:
-        raise fail(f"{failed} of {len(results)} windows failed; rerun to resume them")
+    failure: CycleError | None = None
+    try:
+        results = assimilation_cycle(settings, progress=progress)
+    except CycleError as error:  # every window ran; the table says which failed
+        results, failure = error.results, error
+    table = CycleTable.from_results(results)
+    title = f"cycle {config.name}"
+    if console.is_terminal:
+        console.print(render_cycle(title, table))
+    else:  # a log or a pipe: markdown, which no console width cuts
+        console.print(
+            f"{title}\n\n{table.to_markdown()}", soft_wrap=True, markup=False, highlight=False
+        )
+    console.print(f"store  {settings.store}", soft_wrap=True, highlight=False)
+    if failure is not None:
+        raise fail(str(failure))
 
 
 def serve(
@@ -61,6 +78,10 @@ def demo(
     workers: Annotated[int, typer.Option(help="Ray actors; 0: in this process.")] = 2,
     seed: Annotated[int, typer.Option(help="Seed of the truth run and the observations.")] = 2,
     insecure: InsecureOption = False,
+    progress: Annotated[
+        bool,
+        typer.Option(help="Show the simulation's and the sampling's progress (on a terminal)."),
+    ] = True,
 ) -> None:
     """The main job on the embedded default: simulate, observe, assimilate, evaluate."""
     import os
@@ -73,7 +94,13 @@ def demo(
 
     start = time.perf_counter()
     result = run_demo(
-        out, members=members, steps=steps, workers=workers, seed=seed, insecure=insecure
+        out,
+        members=members,
+        steps=steps,
+        workers=workers,
+        seed=seed,
+        insecure=insecure,
+        progress=progress,
     )
     wall = time.perf_counter() - start
     for part in render_demo(result, wall):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Annotated, Final
 
 import typer
@@ -35,6 +36,18 @@ SAMPLER_HELP: Final = (
     + "."
 )
 """``--sampler`` (``assimilate``, ``fidelity``): the sampler names, the default first."""
+
+IconGridOption = Annotated[
+    Path | None,
+    typer.Option(help="ICON grid file (icon_grid_*.nc) for native output without clon/clat."),
+]
+"""``--icon-grid`` (``summary``, ``train``): the mesh of ICON native output."""
+
+IconTargetOption = Annotated[
+    str | None,
+    typer.Option(help="NLATxNLON Gaussian grid that ICON native output is remapped to."),
+]
+"""``--icon-target`` (``summary``, ``train``): the grid ICON native output is remapped to."""
 
 InsecureOption = Annotated[
     bool,

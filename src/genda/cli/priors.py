@@ -8,7 +8,14 @@ from typing import Annotated
 import typer
 
 from genda.cli.group import console, fail
-from genda.cli.options import POSTERIOR_DEFAULTS, SAMPLER_HELP, command_line, parse_channel_mult
+from genda.cli.options import (
+    POSTERIOR_DEFAULTS,
+    SAMPLER_HELP,
+    IconGridOption,
+    IconTargetOption,
+    command_line,
+    parse_channel_mult,
+)
 from genda.cli.render import render_training
 
 
@@ -91,11 +98,14 @@ def train_command(
             "time of day (default 3: diurnal, semidiurnal, terdiurnal; 0: one mean).",
         ),
     ] = None,
+    icon_grid: IconGridOption = None,
+    icon_target: IconTargetOption = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing --out.")] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Train a diffusion prior on an archive and write a checkpoint."""
     from genda.orchestration.train import train_prior
+    from genda.storage.icon_native import icon_options
 
     strategy_options: dict[str, object] = {}
     if window is not None:
@@ -137,6 +147,7 @@ def train_command(
         overwrite=overwrite,
         progress=progress,
         command=command_line(ctx),
+        icon=icon_options(icon_grid, icon_target),
     )
     console.print(render_training(run))
 

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from genda.observations.observe import ObservationDraw
     from genda.orchestration.baseline import BaselineSummary
     from genda.orchestration.demo import DemoResult
-    from genda.orchestration.summaries import WindowSummary
+    from genda.orchestration.summaries import CycleTable, WindowSummary
     from genda.orchestration.train import TrainingRun
     from genda.storage import ArchiveSummary
 
@@ -185,8 +185,15 @@ def render_query(da: xr.DataArray, var: str, stat: str, out: Path | None) -> Tab
     return table
 
 
-def render_evaluation(metrics: Mapping[str, Any], name: str, out: Path) -> list[RenderableType]:
-    """``genda evaluate``: the score tables, the members against model data, the files."""
+def render_evaluation(
+    metrics: Mapping[str, Any], name: str, out: Path, level_km: float | None = None
+) -> list[RenderableType]:
+    """``genda evaluate``: the score tables, the members against model data, the files.
+
+    ``level_km``: the ``--level`` asked for; when the maps show another level
+    (the nearest one), a line says so.
+    """
+    from genda.evaluation.plots import level_label
     from genda.evaluation.scores import format_table
 
     parts: list[RenderableType] = [
@@ -207,36 +214,33 @@ def render_evaluation(metrics: Mapping[str, Any], name: str, out: Path) -> list[
             table.add_row(variable, f"{error:.2f}", f"{correlation:.3f}")
         parts.append(table)
     parts.append(f"metrics  {out / 'metrics.json'}")
+    shown = float(metrics["level_km"])
+    if level_km is not None and abs(level_km - shown) > 1e-6:
+        parts.append(
+            f"maps     at {level_label(shown)} km: --level {level_km:g} km snapped to the "
+            "nearest level"
+        )
     parts.extend(f"figure   {path}" for path in metrics["plots"].values())
     return parts
 
 
-def render_cycle(title: str, results: list[dict[str, Any]]) -> Table:
-    """``genda cycle``: one row per window, what was made or why it failed."""
-    from genda.orchestration.summaries import WindowSummary
+def render_cycle(title: str, table: CycleTable) -> Table:
+    """``genda cycle`` on a terminal: one row per window, what was made, the scores or the error.
 
-    table = Table(title=title, header_style="bold")
-    for name in ("window", "observations", "members made", "members/s", "retried", "result"):
-        table.add_column(name)
-    for result in results:
-        if "error" in result:
-            table.add_row(
-                result["time"], "", "", "", "", f"[red]{escape(str(result['error']))}[/red]"
-            )
-            continue
-        made = WindowSummary.from_dict(result["ensemble"])
-        outcome = "stored"
-        if result["evaluation"]:
-            outcome = f"report {Path(result['evaluation']['metrics_path']).parent}"
-        table.add_row(
-            result["time"],
-            str(result["observations"]),
-            f"{made.written} (+{made.already_complete} stored)",
-            f"{made.members_per_second:.2f}" if made.written else "-",
-            str(made.failures_retried),
-            outcome,
-        )
-    return table
+    Where the output is not a terminal the command prints
+    :meth:`~genda.orchestration.summaries.CycleTable.to_markdown` instead, which
+    no console width cuts.
+    """
+    shown = Table(title=title, header_style="bold")
+    for name in table.columns:
+        numeric = name not in ("window", "members made", "result")
+        shown.add_column(name, justify="right" if numeric else "left", overflow="fold")
+    for row, failed in zip(table.rows, table.failed, strict=True):
+        cells = [escape(cell) for cell in row]
+        if failed:
+            cells[-1] = f"[red]{cells[-1]}[/red]"
+        shown.add_row(*cells)
+    return shown
 
 
 def render_demo(result: DemoResult, wall_seconds: float) -> list[RenderableType]:

@@ -105,7 +105,13 @@ def evaluate(
         list[str] | None,
         typer.Option(help="NAME=STORE of a baseline ensemble; repeat for several."),
     ] = None,
-    level: Annotated[float | None, typer.Option(help="Altitude (km) of the maps.")] = None,
+    level: Annotated[
+        float | None,
+        typer.Option(
+            help="Altitude (km) of the maps: the nearest level is shown, and named "
+            "(default: the middle level)."
+        ),
+    ] = None,
     time_: Annotated[
         str | None, typer.Option("--time", help="Time to verify when the store has several.")
     ] = None,
@@ -133,7 +139,7 @@ def evaluate(
         level_km=level,
         overwrite=overwrite,
     )
-    for part in render_evaluation(metrics, ensemble.name, out):
+    for part in render_evaluation(metrics, ensemble.name, out, level):
         console.print(part)
 
 

@@ -9,7 +9,7 @@ import typer
 
 from genda.assimilation.guidance import GUIDANCE_METHODS, TWEEDIE_COVARIANCES
 from genda.assimilation.posterior import PosteriorSettings
-from genda.cli.group import console, fail
+from genda.cli.group import console
 from genda.cli.options import (
     POSTERIOR_DEFAULTS,
     SAMPLER_HELP,
@@ -29,10 +29,12 @@ _COVARIANCE_NOTES: dict[str, str] = {
 
 
 def assimilate(
+    time_: Annotated[
+        str, typer.Option("--time", help="Centre of the window, ISO (UTC), e.g. 2000-02-01T12:00.")
+    ],
     obs: Annotated[
         Path | None, typer.Option(help="Observation table; omit to sample the prior.")
     ] = None,
-    time_: Annotated[str, typer.Option("--time", help="Centre of the window, ISO (UTC).")] = "",
     out: Annotated[
         Path, typer.Option(help="Ensemble store (Zarr v3); created, or the window added.")
     ] = Path("ensemble.zarr"),
@@ -92,7 +94,11 @@ def assimilate(
         int, typer.Option(help="Ray actors (one per GPU with cuda); 0: in this process.")
     ] = 0,
     threads_per_worker: Annotated[
-        int, typer.Option(help="CPU workers: torch threads (Ray CPUs) per actor.")
+        int,
+        typer.Option(
+            help="torch threads of CPU sampling: per Ray actor (its Ray CPUs), or of this "
+            "process with --workers 0 (docs/distributed.md)."
+        ),
     ] = 1,
     ray_address: Annotated[
         str | None,
@@ -107,13 +113,14 @@ def assimilate(
         typer.Option(help="Replace an existing genda store (all its windows; nothing else)."),
     ] = False,
     yes: Annotated[bool, typer.Option("--yes", help="Confirm a very large store.")] = False,
-    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    progress: Annotated[
+        bool,
+        typer.Option(help="Show the sampling's progress, per sampler step (on a terminal only)."),
+    ] = True,
 ) -> None:
     """Sample a posterior ensemble for one window into a Zarr store; a rerun fills what is missing."""
     from genda.orchestration.assimilate import assimilate_window
 
-    if not time_:
-        raise fail("--time is required (the centre of the window, e.g. 2000-02-10T12:00)")
     size, auto_batch = parse_batch_size(batch_size)
     settings = PosteriorSettings(
         method=method,

@@ -42,8 +42,24 @@ class EnsembleWorker:
         self.name = f"{socket.gethostname()}:{os.getpid()}"
         self.generator = MemberGenerator(checkpoint, device, threads, layers_per_batch)
 
-    def generate(self, job: WindowJob, members: Sequence[int]) -> TaskReport:
-        return self.generator.generate(job, members, worker=self.name)
+    def generate(self, job: WindowJob, members: Sequence[int], steps: Any = None) -> TaskReport:
+        """The task's members into the store; each sampler step is counted on ``steps``.
+
+        ``steps``: a :class:`StepCounter` actor (the driver's progress bar), or ``None``.
+        """
+        if steps is None:
+            return self.generator.generate(job, members, worker=self.name)
+        import ray
+
+        last: list[Any] = []  # the latest count sent: a step takes far longer than a call
+
+        def counted() -> None:
+            last[:] = [steps.add.remote(1)]
+
+        report = self.generator.generate(job, members, worker=self.name, on_step=counted)
+        if last:  # one caller's calls run in order: the task's counts land before it ends
+            ray.get(last[0])
+        return report
 
     def probe_batch_size(self, job: WindowJob) -> int:
         return self.generator.probe_batch_size(job)
@@ -55,6 +71,30 @@ class EnsembleWorker:
         device = self.generator.device
         name = torch.cuda.get_device_name(device) if device.startswith("cuda") else "cpu"
         return {"worker": self.name, "device": device, "device_name": name}
+
+
+class StepCounter:
+    """Sampler steps done by the actors of one run (the body of a tiny Ray actor).
+
+    Actors add to it after every step; the driver reads it to move its
+    progress bar while it waits for whole tasks (:func:`start_step_counter`).
+    """
+
+    def __init__(self) -> None:
+        self.steps = 0
+
+    def add(self, count: int = 1) -> None:
+        self.steps += count
+
+    def total(self) -> int:
+        return self.steps
+
+
+def start_step_counter() -> Any:
+    """A :class:`StepCounter` actor; it takes no CPU, so a cluster sized to the workers fits it."""
+    import ray
+
+    return ray.remote(num_cpus=0, max_restarts=0)(StepCounter).remote()
 
 
 @dataclass(frozen=True)
@@ -106,4 +146,4 @@ class WorkerSpec:
         return actors
 
 
-__all__ = ["EnsembleWorker", "WorkerSpec"]
+__all__ = ["EnsembleWorker", "StepCounter", "WorkerSpec", "start_step_counter"]

@@ -24,12 +24,17 @@ from typing import TYPE_CHECKING, Any
 
 from tqdm.auto import tqdm
 
-from genda.distributed.actors import WorkerSpec
-from genda.distributed.work import TaskReport, WindowJob
+from genda.distributed.actors import WorkerSpec, start_step_counter
+from genda.distributed.work import TaskReport, WindowJob, member_blocks
 from genda.errors import GendaError
+from genda.progress import sampling_bar
 
 if TYPE_CHECKING:
     from ray.exceptions import RayTaskError
+
+
+STEP_POLL_SECONDS = 0.5
+"""How often the driver reads the actors' step count while it waits for tasks."""
 
 
 class EnsembleRunError(GendaError, RuntimeError):
@@ -124,7 +129,8 @@ def run_tasks(
         job: the window; put in Ray's object store once for all tasks.
         tasks: disjoint member lists, each for one writer.
         max_retries: times one task may lose its actor before the run stops.
-        progress: a progress bar over members.
+        progress: a progress bar over the actors' sampler steps (batches x
+            steps; on a terminal only), with the members written beside it.
         on_report: called in the driver after each finished task.
 
     Raises:
@@ -142,19 +148,31 @@ def run_tasks(
     queue: deque[tuple[int, list[int]]] = deque((i, list(t)) for i, t in enumerate(tasks))
     attempts = [0] * len(tasks)
     in_flight: dict[Any, tuple[int, int, list[int]]] = {}  # ref -> (slot, task id, members)
+    size, per_shard = job.settings.batch_size, job.store.members_per_shard
+    batches = [len(member_blocks(t, size, per_shard)) for t in tasks]
+    bar = sampling_bar(sum(batches), job.settings.steps, progress)
+    # The actors count their sampler steps on a tiny actor that the bar reads
+    # while the driver waits: a task (whole shards of batches) takes minutes.
+    counter = None if bar.disable else start_step_counter()
 
     def hand_out(slot: int) -> None:
         if queue:
             task_id, members = queue.popleft()
-            ref = pool.actors[slot].generate.remote(job_ref, members)
+            ref = pool.actors[slot].generate.remote(job_ref, members, counter)
             in_flight[ref] = (slot, task_id, members)
 
-    with tqdm(total=report.members, desc="members", unit="member", disable=not progress) as bar:
+    with bar:
         try:
             for slot in range(len(pool.actors)):
                 hand_out(slot)
             while in_flight:
-                (ref,), _ = ray.wait(list(in_flight), num_returns=1)
+                wait = None if counter is None else STEP_POLL_SECONDS
+                ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=wait)
+                if counter is not None:
+                    bar.update(ray.get(counter.total.remote()) - bar.n)
+                if not ready:
+                    continue
+                (ref,) = ready
                 slot, task_id, members = in_flight.pop(ref)
                 try:
                     done: TaskReport = ray.get(ref)
@@ -163,14 +181,16 @@ def run_tasks(
                     if attempts[task_id] > max_retries:
                         raise _lost_too_often(members, attempts[task_id], lost) from lost
                     report.failures_retried += 1
-                    bar.set_postfix(retried=report.failures_retried)
+                    # the task runs again: its steps are counted again
+                    bar.total += batches[task_id] * job.settings.steps
+                    _show_counts(bar, report)
                     pool.replace(slot)
                     queue.appendleft((task_id, members))
                 except RayTaskError as failed:
                     raise _task_cause(failed) from None
                 else:
                     report.add(done)
-                    bar.update(len(members))
+                    _show_counts(bar, report)
                     if on_report is not None:
                         on_report(done)
                 hand_out(slot)
@@ -178,8 +198,18 @@ def run_tasks(
             # Stopping early (an error above): the other tasks' members would
             # be written for nothing. Their actors are killed by the caller.
             _cancel(in_flight)
+            if counter is not None:
+                ray.kill(counter)
     report.seconds = clock.perf_counter() - started
     return report
+
+
+def _show_counts(bar: tqdm, report: RunReport) -> None:
+    """Members written (and tasks retried, if any) beside the bar of sampler steps."""
+    counts = {"members": f"{report.written}/{report.members}"}
+    if report.failures_retried:
+        counts["retried"] = str(report.failures_retried)
+    bar.set_postfix(counts)
 
 
 def _lost_too_often(members: Sequence[int], attempts: int, lost: Exception) -> EnsembleRunError:

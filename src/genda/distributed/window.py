@@ -17,13 +17,18 @@ import time as clock
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from tqdm.auto import tqdm
-
 from genda.distributed.actors import WorkerSpec
 from genda.distributed.cluster import ray_session
 from genda.distributed.scheduler import ActorPool, RunReport, run_tasks
-from genda.distributed.work import MemberGenerator, TaskReport, WindowJob, writer_tasks
+from genda.distributed.work import (
+    MemberGenerator,
+    TaskReport,
+    WindowJob,
+    member_blocks,
+    writer_tasks,
+)
 from genda.errors import InvalidValueError
+from genda.progress import sampling_bar
 
 
 @dataclass
@@ -79,7 +84,7 @@ def complete_window(
             and without a running Ray, a local cluster is started and stopped.
         auto_batch: probe each actor's device for the batch size (GPUs) and use
             the smallest; otherwise ``job.settings.batch_size``.
-        progress: progress bar over members.
+        progress: progress bar over sampler steps (batches x steps), on a terminal.
         on_report: called in the driver after each finished task.
         max_retries: times one task may lose its actor.
     """
@@ -177,12 +182,17 @@ def _run_here(
 ) -> RunReport:
     started = clock.perf_counter()
     report = RunReport(members=len(missing))
-    tasks = writer_tasks(missing, job.settings.batch_size, job.store.members_per_shard)
-    with tqdm(total=len(missing), desc="members", unit="member", disable=not progress) as bar:
+    size, per_shard = job.settings.batch_size, job.store.members_per_shard
+    tasks = writer_tasks(missing, size, per_shard)
+    # The bar moves per sampler step: a batch of many steps is minutes on a CPU.
+    batches = len(member_blocks(missing, size, per_shard))
+    with sampling_bar(batches, job.settings.steps, progress) as bar:
         for task in tasks:
-            done = generator.generate(job, task, worker="driver")
+            done = generator.generate(
+                job, task, worker="driver", on_step=None if bar.disable else bar.update
+            )
             report.add(done)
-            bar.update(len(task))
+            bar.set_postfix(members=f"{report.written}/{len(missing)}")
             if on_report is not None:
                 on_report(done)
     report.seconds = clock.perf_counter() - started

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import resource
 import time as clock
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -274,12 +274,19 @@ class MemberGenerator:
             self._denoiser_key = job.key
         return self._denoiser
 
-    def generate(self, job: WindowJob, members: Sequence[int], worker: str = "") -> TaskReport:
+    def generate(
+        self,
+        job: WindowJob,
+        members: Sequence[int],
+        worker: str = "",
+        on_step: Callable[[], None] | None = None,
+    ) -> TaskReport:
         """Sample the members of ``members`` not yet complete, block by block, into the store.
 
         Each block is written (and flagged complete) as soon as it is sampled,
         so an interruption loses at most the block in progress. The caller
-        gives one writer whole shards (:func:`writer_tasks`).
+        gives one writer whole shards (:func:`writer_tasks`). ``on_step`` is
+        called after every sampler step of every block (progress).
 
         Raises:
             ImplausibleMemberError: a block came out with NaN or impossible values
@@ -309,6 +316,7 @@ class MemberGenerator:
                     guided=job.observations is not None,
                     device=self.device,
                     time=job.time,
+                    on_step=on_step,
                 )
                 values = fields.numpy()[[batch.index(m) for m in todo]]
                 # A member with NaN or impossible values must never be flagged

@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 
 from genda.errors import InvalidValueError
 
-__all__ = ["file_stem", "hide_unused", "new_figure", "panel_grid", "save_figure"]
+__all__ = ["file_stem", "hide_unused", "level_label", "new_figure", "panel_grid", "save_figure"]
 
 DPI = 110
 
@@ -63,3 +63,8 @@ def file_stem(text: str) -> str:
     """``text`` reduced to characters safe in a file name (letters, digits, ``-_.``)."""
     stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("._")
     return stem or "figure"
+
+
+def level_label(level_km: float) -> str:
+    """An altitude level as file names and messages write it: ``90``, ``91.7`` (0.1 km)."""
+    return f"{level_km:.1f}".rstrip("0").rstrip(".")

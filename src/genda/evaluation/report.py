@@ -15,7 +15,7 @@ store, a truth archive and observation files.
 ``metrics.json``::
 
     {"format": "genda-ensemble-evaluation", "version": 1,
-     "level_km": ..., "ensemble": <ensemble_scores>,
+     "level_km": <altitude of the level the maps show>, "ensemble": <ensemble_scores>,
      "baselines": {name: <ensemble_scores>},
      "withheld": <point_scores> | null,
      "plots": {name: path}}
@@ -42,7 +42,7 @@ from genda.evaluation.ensemble_plots import (
     plot_rank_histograms,
     plot_spread_skill,
 )
-from genda.evaluation.plots import file_stem
+from genda.evaluation.plots import file_stem, level_label
 from genda.evaluation.posterior_fidelity import (
     PosteriorFidelity,
     plot_posterior_fidelity,
@@ -135,7 +135,9 @@ def evaluate_ensemble(
             :func:`~genda.evaluation.scores.point_scores`, marked on the maps,
             profiles drawn.
         baselines: name -> ensemble on the same grid, scored alike.
-        level_km: altitude of the maps (default: the middle level).
+        level_km: altitude of the maps (default: the middle level); the maps
+            show the level nearest it, and ``metrics.json``'s ``level_km`` is
+            that level's altitude.
         point_operator: maps ``(N, V, L, H, W)`` -> ``(N, M)`` values at the
             rows of ``withheld``; default
             ``ObservationOperator.from_table(withheld, grid)``.
@@ -151,8 +153,10 @@ def evaluate_ensemble(
     model_data = truth  # every time of the run: the model states the members should resemble
     ensemble, truth = _one_time(ensemble, truth)
     level_km = _map_level(grid, level_km)
+    verified = _times(ensemble)
     baseline_scores = {
-        name: ensemble_scores(data, truth, grid) for name, data in (baselines or {}).items()
+        name: ensemble_scores(_baseline_window(data, name, verified), truth, grid)
+        for name, data in (baselines or {}).items()
     }
     values, withheld_scores = _score_withheld(ensemble, grid, withheld, point_operator, seed)
     plots = _draw_maps(ensemble, truth, grid, level_km, out, obs, withheld)
@@ -186,12 +190,45 @@ def _one_time(ensemble: xr.Dataset, truth: xr.Dataset) -> tuple[xr.Dataset, xr.D
     return ensemble, truth
 
 
+def _baseline_window(data: xr.Dataset, name: str, verified: list[np.datetime64]) -> xr.Dataset:
+    """Baseline ``name`` at the verified window: a store of a cycle's baselines holds every window.
+
+    Without a ``time`` dimension the baseline is taken as it is (one window,
+    or a baseline for any time). With one, the verified time is selected; a
+    baseline of several times for an ensemble that names none is an error.
+    """
+    if "time" not in data.dims:
+        return data
+    if not verified:
+        if data.sizes["time"] == 1:
+            return data.isel(time=0)
+        raise InvalidValueError(
+            f"baseline {name!r} holds {data.sizes['time']} windows and the ensemble names no "
+            "time to pick one: give the time to verify"
+        )
+    held = {np.datetime64(t, "s") for t in np.atleast_1d(data["time"].values)}
+    absent = [str(t) for t in verified if t not in held]
+    if absent:
+        raise InvalidValueError(
+            f"baseline {name!r} has no window {', '.join(absent)} (it holds "
+            f"{', '.join(str(t) for t in sorted(held))}): a baseline must be of the same window"
+        )
+    chosen = data.sel(time=np.array(verified, dtype=data["time"].dtype))
+    return chosen.isel(time=0) if len(verified) == 1 else chosen
+
+
 def _map_level(grid: Grid, level_km: float | None) -> float:
-    """The altitude of the maps: ``level_km`` checked, or the middle level."""
+    """The altitude of the level the maps show: the one nearest ``level_km``, or the middle one.
+
+    ``level_km`` may lie anywhere in the layer around a level
+    (:func:`_check_level`); the maps show that level
+    (:func:`genda.evaluation.ensemble_plots.plot_maps` picks the same one), so
+    their files, titles and ``metrics.json`` name it rather than what was asked.
+    """
     if level_km is None:
-        level_km = float(grid.altitude[grid.nlevels // 2])
+        return float(grid.altitude[grid.nlevels // 2])
     _check_level(grid, level_km)
-    return level_km
+    return float(grid.altitude[int(np.argmin(np.abs(grid.altitude - level_km)))])
 
 
 def _score_withheld(
@@ -235,7 +272,7 @@ def _draw_maps(
                 name,
                 level_km,
                 obs,
-                path=out / f"map_{file_stem(name)}_{level_km:.0f}km.png",
+                path=out / f"map_{file_stem(name)}_{level_label(level_km)}km.png",
                 withheld=withheld,
             )
         )

@@ -163,6 +163,7 @@ def sample(
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
     progress: bool = False,
+    on_step: Callable[[], None] | None = None,
 ) -> Tensor:
     """Sample ensemble members from ``denoiser``, shape ``(len(members), *shape_per_member)``.
 
@@ -198,6 +199,8 @@ def sample(
         tau: the corrector's relative step size.
         device, dtype: where and in which precision the state is integrated.
         progress: show a progress bar.
+        on_step: called after each of the ``steps`` steps (a caller's progress
+            over several batches, :func:`genda.progress.sampling_bar`).
 
     Returns:
         ``(len(members), *shape_per_member)`` samples in ``dtype`` on ``device``.
@@ -214,6 +217,8 @@ def sample(
         x = levels[0] * run.noise()
         for i in tqdm(range(rule.n_steps), disable=not progress, desc="sampling", unit="step"):
             x = run.step(x, levels[i], levels[i + 1])
+            if on_step is not None:
+                on_step()
     return x
 
 

@@ -36,6 +36,7 @@ from genda.distributed.scheduler import ActorPool
 from genda.distributed.work import set_layers_per_batch
 from genda.errors import InvalidValueError
 from genda.models.checkpoint import LoadedPrior, load_checkpoint
+from genda.observations.diagnostics import observation_diagnostics
 from genda.observations.files import read_observations
 from genda.observations.operators import ObservationOperator
 from genda.observations.qc import (
@@ -51,6 +52,7 @@ from genda.observations.table import (
 )
 from genda.orchestration.summaries import ObservationFit, WindowSummary
 from genda.ownership import check_store_output
+from genda.storage.ensemble_diagnostics import write_diagnostics
 from genda.storage.ensemble_store import EnsembleStore
 
 FIT_BLOCK_MEMBERS = 32
@@ -163,14 +165,16 @@ def assimilate_window(
         layers_per_batch: ``layer2d`` only: layers per network call (the memory knob).
         device: torch device: ``cpu`` or ``cuda`` (Ray workers take one GPU each).
         workers: Ray actors to spread the members over; 0 samples in this process.
-        threads_per_worker: CPU workers: torch threads (and Ray CPUs) per actor.
+        threads_per_worker: torch threads of CPU sampling: per Ray actor (and its Ray
+            CPUs), or of this process's sampling with ``workers=0`` (the caller's
+            count is restored afterwards).
         ray_address: a running Ray cluster (else ``RAY_ADDRESS``, else a local one).
         pool: live Ray actors to use (overrides ``workers``; left running).
         auto_batch: probe the device for the batch size (GPUs; CPUs keep ``settings``').
         members_per_shard: sharding of a new store (``None``: automatic).
         overwrite: replace an existing genda store (every window in it); nothing
             that is not a genda ensemble store is ever replaced.
-        progress: progress bar over members.
+        progress: progress bar over sampler steps (batches x steps), on a terminal only.
         yes: confirm a store larger than :data:`genda.budget.CONFIRM_BYTES`.
         insecure: allow a local Ray cluster without token authentication
             (``RAY_AUTH_MODE=disabled``; :func:`genda.distributed.cluster.check_local_cluster`).
@@ -199,7 +203,9 @@ def assimilate_window(
     check_store_output(out, overwrite)
     prior = _load_prior(checkpoint, driver_device, layers_per_batch)
     _check_store_size(prior, members, out, yes)
-    obs, qc = _load_observations(observations, prior, when, window_hours, outlier_k, keep_outliers)
+    table, obs, qc = _load_observations(
+        observations, prior, when, window_hours, outlier_k, keep_outliers
+    )
     provenance = window_provenance(prior, obs, settings, seed, when, window_hours)
     check_guidance(prior, obs, settings, driver_device, when)
     spec = None
@@ -240,6 +246,8 @@ def assimilate_window(
         progress=progress,
         insecure=insecure,
     )
+    if table is not None and qc is not None:  # the posterior is complete and finalised
+        _write_diagnostics(store, when, table, qc, prior, keep_outliers, checkpoint)
     return _summarise(
         store,
         when,
@@ -305,20 +313,22 @@ def _load_observations(
     window_hours: float,
     outlier_k: float,
     keep_outliers: bool,
-) -> tuple[pd.DataFrame | None, BackgroundCheck | None]:
-    """``(table, check)``: the window's table checked on the prior's grid and screened.
+) -> tuple[pd.DataFrame | None, pd.DataFrame | None, BackgroundCheck | None]:
+    """``(table, screened, check)``: the window's table checked on the prior's grid, the
+    table to assimilate (screened by the background check) and the check.
 
-    Both are ``None`` without observations (the prior is sampled). The
+    All are ``None`` without observations (the prior is sampled). The
     provenance fingerprints the table assimilated (after the background
     check): ``outlier_k`` and ``keep_outliers`` enter it through what they
     change, so windows made before the check, with nothing flagged, still match.
     """
     if observations is None:
-        return None, None
+        return None, None, None
     obs = load_window_observations(observations, prior.grid, when, window_hours)
-    return screen_observations(
+    screened, check = screen_observations(
         obs, prior.grid, prior.normalization, outlier_k, keep_outliers, str(observations)
     )
+    return obs, screened, check
 
 
 def _worker_spec(
@@ -397,7 +407,13 @@ def _make_members(
             job,
             workers=workers,
             spec=spec,
-            generator=MemberGenerator(str(prior.path), device, prior=prior) if in_process else None,
+            # In this process, too, sampling runs on threads_per_worker torch threads
+            # (restored afterwards): all of them oversubscribe a busy machine.
+            generator=(
+                MemberGenerator(str(prior.path), device, threads_per_worker, prior=prior)
+                if in_process
+                else None
+            ),
             pool=pool,
             address=ray_address,
             auto_batch=auto_batch,
@@ -418,6 +434,37 @@ def _fits(
     level_mean = prior.normalization.denormalize(torch.zeros(1, *prior.grid.shape))
     level_mean_fit = ObservationFit.from_dict(fit_of_values(operator(level_mean.double()), obs))
     return fit, level_mean_fit
+
+
+def _write_diagnostics(
+    store: EnsembleStore,
+    when: np.datetime64,
+    table: pd.DataFrame,
+    qc: BackgroundCheck,
+    prior: LoadedPrior,
+    keep_outliers: bool,
+    checkpoint: str | os.PathLike[str],
+) -> None:
+    """Write the window's observation-space diagnostics into the store, beside the window.
+
+    Every row of ``table`` (the rejected ones flagged): the prior climatology,
+    the stored members and the background check at each observation
+    (:mod:`genda.observations.diagnostics`, :mod:`genda.storage.ensemble_diagnostics`).
+    """
+    blocks = (
+        store.read_members(when, range(lo, min(lo + FIT_BLOCK_MEMBERS, store.n_members)))
+        for lo in range(0, store.n_members, FIT_BLOCK_MEMBERS)
+    )
+    diagnostics = observation_diagnostics(
+        table, qc, prior.grid, prior.normalization, blocks, keep_outliers=keep_outliers
+    )
+    attrs = {
+        "checkpoint": str(checkpoint),
+        "checkpoint_path": str(prior.path),
+        "outlier_k": qc.k,
+        "keep_outliers": keep_outliers,
+    }
+    write_diagnostics(store.path, when, diagnostics, attrs)
 
 
 def _summarise(

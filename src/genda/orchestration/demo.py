@@ -107,6 +107,8 @@ def run_demo(
         seed: of the truth run and the observation errors.
         exclude_hours: the baseline's climatology keeps this far from the window.
         simulator: the model's grid and settings (default: the default grid).
+        progress: bars of the simulation and of the sampling's steps (the
+            latter on a terminal only).
         insecure: allow a local Ray cluster without token authentication
             (:func:`genda.distributed.cluster.check_local_cluster`).
     """
@@ -144,11 +146,12 @@ def run_demo(
         seed=seed,
         ray=RayConfig(workers=workers, insecure=insecure),
     )
-    from genda.orchestration.flows import assimilation_cycle  # imports Prefect
+    from genda.orchestration.flows import CycleError, assimilation_cycle  # imports Prefect
 
-    (window,) = assimilation_cycle(config)
-    if "error" in window:
-        raise RunFailedError(f"the demo window failed: {window['error']}")
+    try:
+        (window,) = assimilation_cycle(config, progress=progress)
+    except CycleError as failed:
+        raise RunFailedError(f"the demo window failed: {failed.results[0]['error']}") from None
     return DemoResult(
         out,
         truth,

@@ -17,7 +17,12 @@ the other. A window passes nothing to the next but the store they share:
 the prior is climatological (trained on model states, not conditioned on
 the previous analysis), so windows are independent draws and a failed
 window does not spoil the ones after it; it is reported and the cycle goes
-on.
+on. A window fails when any of its steps fails, its evaluation included. A
+cycle with a failed window ends ``Failed`` once every window has run (the
+state ``genda cycle`` mirrors with exit status 1): calling the flow raises
+:class:`CycleError`, which carries every window's result. Either way the
+cycle's table (:class:`genda.orchestration.summaries.CycleTable`) is
+published as the markdown artifact ``cycle-<store>``.
 
 Prefect runs offline by default (:func:`prefect_environment`): no
 telemetry, ``PREFECT_HOME`` under the working directory unless set.
@@ -26,15 +31,32 @@ telemetry, ``PREFECT_HOME`` under the working directory unless set.
 from __future__ import annotations
 
 import os
-import sys
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from genda.errors import RunFailedError
 from genda.orchestration.config import CycleConfig
-from genda.orchestration.summaries import WindowSummary
+from genda.orchestration.summaries import CycleTable, WindowSummary
+
+
+class CycleError(RunFailedError):
+    """Windows of a cycle failed; every window ran, and ``results`` holds what each did.
+
+    ``results``: one dict per window, as :func:`assimilation_cycle` returns them
+    (``{"time", "error"}`` for a failed one).
+    """
+
+    def __init__(self, message: str, results: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(message)
+        self.results = list(results or [])
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Prefect may pickle a flow's final state; keep the results across it.
+        return (type(self), (str(self), self.results))
 
 
 def prefect_environment(home: str | os.PathLike[str] | None = None) -> None:
@@ -54,6 +76,7 @@ prefect_environment()
 from prefect import flow, get_run_logger, task  # noqa: E402  (after the environment)
 from prefect.artifacts import create_markdown_artifact  # noqa: E402
 from prefect.cache_policies import NONE  # noqa: E402
+from prefect.states import Failed, State  # noqa: E402
 
 
 @task(name="check observations", cache_policy=NONE)
@@ -70,11 +93,12 @@ def check_observations(config: CycleConfig, time: str) -> dict[str, Any]:
 
 
 @task(name="ensemble", retries=2, retry_delay_seconds=5, cache_policy=NONE)
-def make_ensemble(config: CycleConfig, time: str) -> dict[str, Any]:
+def make_ensemble(config: CycleConfig, time: str, progress: bool = True) -> dict[str, Any]:
     """The window's members and statistics in the store (resumes what a failed try left).
 
-    Returns the window's summary in its JSON form
-    (:meth:`genda.orchestration.summaries.WindowSummary.to_dict`).
+    ``progress``: a bar over the sampler steps, drawn only when standard error
+    is a terminal (a person watching, not a log). Returns the window's summary
+    in its JSON form (:meth:`genda.orchestration.summaries.WindowSummary.to_dict`).
     """
     from genda.orchestration.assimilate import assimilate_window
 
@@ -95,7 +119,7 @@ def make_ensemble(config: CycleConfig, time: str) -> dict[str, Any]:
         ray_address=config.ray.address,
         insecure=config.ray.insecure,
         auto_batch=config.auto_batch,
-        progress=sys.stderr.isatty(),  # a bar for a person watching, not in logs
+        progress=progress,  # drawn on a terminal only (genda.progress)
     )
     get_run_logger().info(
         "window %s: %d members made, %d already stored, %.2f members/s, %d retried",
@@ -191,11 +215,16 @@ def markdown_report(time: str, ensemble: dict[str, Any], evaluation: dict[str, A
 
 
 @flow(name="assimilate-window", log_prints=True)
-def assimilate_window_flow(config: CycleConfig, time: str) -> dict[str, Any]:
-    """One window: observations -> ensemble (+ statistics) -> evaluation -> artifact."""
+def assimilate_window_flow(config: CycleConfig, time: str, progress: bool = True) -> dict[str, Any]:
+    """One window: observations -> ensemble (+ statistics) -> evaluation -> artifact.
+
+    Any step that fails fails the window (its evaluation too: members that
+    cannot be scored against the configured truth are not a finished window).
+    ``progress``: the sampling's bar on a terminal.
+    """
     time = str(np.datetime64(time, "s"))
     checked = check_observations(config, time)
-    ensemble = make_ensemble(config, time)
+    ensemble = make_ensemble(config, time, progress)
     evaluation = evaluate_window(config, time) if config.truth is not None else None
     key = "window-" + time.lower().replace(":", "").replace("t", "-")
     create_markdown_artifact(
@@ -210,9 +239,23 @@ def assimilate_window_flow(config: CycleConfig, time: str) -> dict[str, Any]:
     }
 
 
+def cycle_artifact_key(config: CycleConfig) -> str:
+    """The key of a cycle's table artifact: ``cycle-<store name>`` (Prefect keys: a-z, 0-9, -)."""
+    slug = re.sub(r"[^a-z0-9]+", "-", config.store.stem.lower()).strip("-")
+    return f"cycle-{slug or 'store'}"
+
+
 @flow(name="assimilation-cycle", log_prints=True)
-def assimilation_cycle(config: CycleConfig) -> list[dict[str, Any]]:
-    """Every window of the configuration, in time order; a failed window is reported, not fatal."""
+def assimilation_cycle(config: CycleConfig, progress: bool = True) -> list[dict[str, Any]] | State:
+    """Every window of the configuration, in time order: one result dict per window.
+
+    A failed window is reported and the cycle goes on; once every window
+    has run, a cycle with failed windows ends ``Failed`` and calling it raises
+    :class:`CycleError` (its ``results`` are the list otherwise returned).
+    The cycle's table is published as the markdown artifact
+    :func:`cycle_artifact_key` (``prefect artifact inspect cycle-<store>``).
+    ``progress``: the sampling's bar on a terminal.
+    """
     from contextlib import nullcontext
 
     from genda.distributed.cluster import ray_session
@@ -227,10 +270,22 @@ def assimilation_cycle(config: CycleConfig) -> list[dict[str, Any]]:
         for when in config.windows():
             time = str(when)
             try:
-                results.append(assimilate_window_flow(config, time))
+                results.append(assimilate_window_flow(config, time, progress))
             except Exception as error:  # the cycle goes on; the summary names the failure
                 get_run_logger().error("window %s failed: %s", time, error)
                 results.append({"time": time, "error": f"{type(error).__name__}: {error}"})
+    table = CycleTable.from_results(results)
+    create_markdown_artifact(
+        f"# Cycle of {config.store.name}\n\n{table.to_markdown()}",
+        key=cycle_artifact_key(config),
+        description=f"cycle {config.start} .. {config.end} into {config.store}",
+    )
+    failed = sum("error" in result for result in results)
+    if failed:
+        # A returned Failed state ends the run Failed without a traceback in
+        # the log; calling the flow raises its data, the error with the results.
+        message = f"{failed} of {len(results)} windows failed; rerun the cycle to resume them"
+        return Failed(message=message, data=CycleError(message, results))
     return results
 
 
@@ -275,8 +330,10 @@ def scheduled_window(config_path: str) -> dict[str, Any] | None:
 
 
 __all__ = [
+    "CycleError",
     "assimilate_window_flow",
     "assimilation_cycle",
+    "cycle_artifact_key",
     "markdown_report",
     "next_window",
     "prefect_environment",

@@ -93,6 +93,10 @@ def simulate_archive(
 ) -> Path:
     """Spin the model up, then write ``days`` of output every ``every_hours`` to ``out``.
 
+    The archive holds u, v, T and, beside them, ``zg``: the geopotential height of
+    each output level from the model's own hydrostatic diagnosis
+    (:meth:`genda.simulator.Simulator.geopotential_height`).
+
     Args:
         out: archive path (Zarr v3, see :func:`genda.storage.write_archive`).
         config: model configuration; its time step may be adjusted (:func:`fit_time_step`).
@@ -126,7 +130,8 @@ def simulate_archive(
     # Checked here too so that a refused run does not first spend the spin-up.
     check_replaceable(out, "archive", overwrite)
     config = fit_time_step(config, every_hours)
-    field_bytes = 3 * config.levels * config.nlat * config.nlon * 4  # u, v, T in float32
+    # u, v, T and the levels' geopotential height (zg), float32
+    field_bytes = 4 * config.levels * config.nlat * config.nlon * 4
     check_output_size(
         count * field_bytes, out, f"{count} snapshots of {human_bytes(field_bytes)}", yes=yes
     )

@@ -1,16 +1,22 @@
-"""Typed summaries of an assimilated window and their JSON form.
+"""Typed summaries of an assimilated window and of a cycle, and their JSON and table forms.
 
 :func:`genda.orchestration.assimilate.assimilate_window` returns a
 :class:`WindowSummary`. Its JSON form (:meth:`WindowSummary.to_dict`) is the
 plain data that crosses Prefect tasks and that the benchmarks write; the
 flows' report and the cycle and demo commands read it back with
-:meth:`WindowSummary.from_dict` and use its attributes.
+:meth:`WindowSummary.from_dict` and use its attributes. A cycle's results
+(one dict per window, :func:`genda.orchestration.flows.assimilation_cycle`)
+become a :class:`CycleTable`: the rows ``genda cycle`` prints and the cycle's
+Prefect artifact holds, as a GitHub-flavoured markdown table
+(https://github.github.com/gfm/#tables-extension-) where the output is not a
+terminal, so that a log keeps every column whole.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 
@@ -113,4 +119,100 @@ class WindowSummary:
         return data
 
 
-__all__ = ["ObservationFit", "WindowSummary"]
+CYCLE_SCORES: tuple[tuple[str, str, bool], ...] = (
+    ("crps", "CRPS", True),
+    ("rmse", "RMSE", True),
+    ("spread_skill", "spread/skill", False),
+)
+"""The scores a cycle's table shows per variable: ``(key, heading, in the variable's units)``.
+
+CRPS, the RMSE of the ensemble mean and the spread-skill ratio
+(:data:`genda.evaluation.scores.SCORE_NAMES`; ``metrics.json`` has the others)."""
+
+
+@dataclass(frozen=True)
+class CycleTable:
+    """A cycle's results as a table: one row per window, in the order run.
+
+    Attributes:
+        columns: the headings: window, observations, members made, members/s,
+            retried, then for every variable any window was evaluated on its
+            CRPS, RMSE (of the ensemble mean) and spread/skill, then the result.
+        rows: the cells, text; ``-`` where a window has no value.
+        failed: per row, whether the window failed (its result is the error).
+    """
+
+    columns: tuple[str, ...]
+    rows: tuple[tuple[str, ...], ...]
+    failed: tuple[bool, ...]
+
+    @classmethod
+    def from_results(cls, results: list[Mapping[str, Any]]) -> CycleTable:
+        """The table of :func:`~genda.orchestration.flows.assimilation_cycle`'s results."""
+        units: dict[str, str] = {}  # the evaluated variables, in the order first met
+        for result in results:
+            for name, unit in ((result.get("evaluation") or {}).get("units") or {}).items():
+                units.setdefault(name, unit)
+        scores = [
+            f"{name} {heading}" + (f" ({unit})" if with_units and unit else "")
+            for name, unit in units.items()
+            for _, heading, with_units in CYCLE_SCORES
+        ]
+        columns = (
+            "window",
+            "observations",
+            "members made",
+            "members/s",
+            "retried",
+            *scores,
+            "result",
+        )
+        rows = tuple(_cycle_row(result, list(units)) for result in results)
+        return cls(columns, rows, tuple("error" in result for result in results))
+
+    def to_markdown(self) -> str:
+        """The table in markdown, one line per row whatever its width (for logs and artifacts)."""
+        lines = [
+            _markdown_row(self.columns),
+            "|" + "|".join("---" for _ in self.columns) + "|",
+        ]
+        lines += [_markdown_row(row) for row in self.rows]
+        return "\n".join(lines) + "\n"
+
+
+def _cycle_row(result: Mapping[str, Any], variables: list[str]) -> tuple[str, ...]:
+    """The cells of one window's row (:class:`CycleTable`)."""
+    blank = ["-"] * (len(variables) * len(CYCLE_SCORES))
+    if "error" in result:
+        return (str(result["time"]), "-", "-", "-", "-", *blank, f"failed: {result['error']}")
+    made = WindowSummary.from_dict(result["ensemble"])
+    evaluation = result.get("evaluation") or {}
+    cells = []
+    for name in variables:
+        values = (evaluation.get("scores") or {}).get(name, {})
+        cells += [_number(values.get(key)) for key, _, _ in CYCLE_SCORES]
+    outcome = "stored"
+    if evaluation:
+        outcome = f"report {Path(evaluation['metrics_path']).parent}"
+    return (
+        str(result["time"]),
+        str(result["observations"]),
+        f"{made.written} (+{made.already_complete} stored)",
+        f"{made.members_per_second:.2f}" if made.written else "-",
+        str(made.failures_retried),
+        *cells,
+        outcome,
+    )
+
+
+def _number(value: Any) -> str:
+    return "-" if value is None else f"{float(value):.3g}"
+
+
+def _markdown_row(cells: tuple[str, ...]) -> str:
+    """``| a | b |``: a pipe inside a cell is escaped, line breaks become spaces."""
+    shown = (" ".join(str(cell).split()).replace("|", "\\|") for cell in cells)
+    return "| " + " | ".join(shown) + " |"
+
+
+__all__ = ["CYCLE_SCORES", "CycleTable", "ObservationFit", "WindowSummary"]

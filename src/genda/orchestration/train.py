@@ -36,7 +36,7 @@ from genda.models.gaussian_skip import GaussianSkip
 from genda.models.strategies import build_backbone, get_strategy
 from genda.models.training import TrainConfig, TrainResult, resolve_device, train
 from genda.models.whitening import SpectralWhitening
-from genda.storage import open_archive
+from genda.storage import IconRemap, open_archive
 
 __all__ = ["DEFAULT_ARCHITECTURE", "TrainingRun", "train_prior"]
 
@@ -294,6 +294,7 @@ def train_prior(
     progress: bool = True,
     memory_limit_bytes: int = DEFAULT_MEMORY_LIMIT,
     command: str | None = None,
+    icon: IconRemap | None = None,
 ) -> TrainingRun:
     """Train a diffusion prior on an archive and write the checkpoint ``out``.
 
@@ -325,6 +326,8 @@ def train_prior(
         progress: progress bar.
         memory_limit_bytes: splits up to this size are held in memory.
         command: the command line, stored in the checkpoint.
+        icon: grid file, target and method for UA-ICON native output
+            (:func:`genda.storage.open_archive`).
 
     Returns:
         :class:`TrainingRun`.
@@ -346,7 +349,7 @@ def train_prior(
     val_fraction, val_gap_hours = _split_settings(stored, val_fraction, val_gap_hours)
     strategy_obj = get_strategy(name, **options)
 
-    ds = open_archive(data)
+    ds = open_archive(data, icon=icon)
     source = str(data) if not isinstance(data, xr.Dataset) else "dataset"
     grid = Grid.from_dataset(ds)
     training_data = TrainingData.from_dataset(

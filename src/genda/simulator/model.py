@@ -4,8 +4,9 @@ A stand-in for UA-ICON / HIAMCM output of the mesosphere and lower
 thermosphere: stacked isentropic layers (:mod:`genda.simulator.dynamics`)
 forced as in :mod:`genda.simulator.forcing`, stepped with the classical
 fourth-order Runge-Kutta scheme, hyperdiffusion applied once per step, and
-interpolated linearly in log-pressure altitude to fixed output levels.
-See docs/simulator.md.
+interpolated linearly in log-pressure altitude to fixed output levels. The
+geopotential height of each output level comes from the model's own hydrostatic
+diagnosis (:func:`level_geopotential`). See docs/simulator.md.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from genda.constants import (
     REFERENCE_PRESSURE_PA,
     SCALE_HEIGHT_KM,
     SECONDS_PER_DAY,
+    STANDARD_GRAVITY,
 )
 from genda.errors import GendaError, InvalidValueError
 from genda.grid import Grid, default_altitudes
@@ -28,7 +30,7 @@ from genda.simulator.adjustment import thickness_adjustment
 from genda.simulator.config import SimulatorConfig
 from genda.simulator.dynamics import GridState, IsentropicLayers
 from genda.simulator.forcing import Forcing
-from genda.simulator.reference import layer_geometry
+from genda.simulator.reference import exner, layer_geometry
 from genda.simulator.spectral import SpectralTransforms
 from genda.threads import cpu_threads
 
@@ -42,10 +44,19 @@ class SimulationError(GendaError, RuntimeError):
 
 @dataclass(frozen=True)
 class Snapshot:
-    """One output time: ``fields`` is ``(V, L, H, W)`` on :attr:`Simulator.output_grid`."""
+    """One output time on :attr:`Simulator.output_grid`.
+
+    Attributes:
+        time: the model time.
+        fields: ``(V, L, H, W)`` the grid's variables (u, v, T).
+        geopotential_height: ``(L, H, W)`` geopotential height of each output level (m,
+            geopotential / g0), or ``None`` (snapshots not made by the model). It is no
+            state variable: archives store it beside the fields (``zg``).
+    """
 
     time: np.datetime64
     fields: torch.Tensor
+    geopotential_height: torch.Tensor | None = None
 
 
 def interpolate_to_levels(
@@ -83,6 +94,42 @@ def interpolate_to_levels(
     return out.reshape(values.shape[0], H, W, -1).permute(0, 3, 1, 2)
 
 
+def level_geopotential(
+    interface_pressure: torch.Tensor,
+    montgomery: torch.Tensor,
+    theta: torch.Tensor,
+    level_pressure: torch.Tensor,
+) -> torch.Tensor:
+    """Geopotential (m2 s-2) at fixed pressures, from the model's hydrostatic diagnosis.
+
+    Inside isentropic layer ``k`` the Montgomery potential ``M = c_p T + Phi`` is
+    constant and ``T = theta_k Pi(p) / c_p``, so the geopotential at any pressure
+    of the layer is ``Phi(p) = M_k - theta_k Pi(p)`` (hydrostatic balance in
+    isentropic coordinates, ``dM/dtheta = Pi``; see :mod:`genda.simulator.dynamics`).
+    This is exact within the model's discretisation, continuous across interfaces
+    (where ``M`` jumps by ``Pi (theta_k - theta_{k-1})``), and anchored to the
+    model's own lower-boundary geopotential through ``M_0``. Linear interpolation
+    of the layers' geopotential would instead err where the profile curves.
+    A pressure below the bottom interface (above the top) continues the bottom
+    (top) layer's adiabatic profile.
+
+    Args:
+        interface_pressure: ``(K + 1, H, W)`` interface pressures (Pa), bottom first.
+        montgomery: ``(K, H, W)`` Montgomery potential of each layer (J kg-1).
+        theta: ``(K,)`` potential temperature of each layer (K).
+        level_pressure: ``(L,)`` pressures of the levels (Pa).
+
+    Returns:
+        ``(L, H, W)`` geopotential (m2 s-2).
+    """
+    K = montgomery.shape[0]
+    p = level_pressure.to(interface_pressure.dtype)[:, None, None, None]  # (L, 1, 1, 1)
+    # layer of each level: how many inner interfaces lie below it (at higher pressure)
+    layer = (p < interface_pressure[None, 1:K]).sum(1)  # (L, H, W)
+    m = montgomery.gather(0, layer)
+    return m - theta.to(montgomery.dtype)[layer] * exner(p[:, 0])
+
+
 class Simulator:
     """A deterministic run of the built-in model for one seed.
 
@@ -117,6 +164,7 @@ class Simulator:
         levels = default_altitudes(cfg.levels, cfg.output_bottom_km, cfg.output_top_km)
         self.output_grid = Grid.gaussian(cfg.nlat, cfg.nlon, levels.tolist())
         self._levels = torch.as_tensor(levels, dtype=dtype, device=self.transforms.device)
+        self._level_pressure = REFERENCE_PRESSURE_PA * torch.exp(-self._levels / SCALE_HEIGHT_KM)
 
     # ------------------------------------------------------------------ state
     def rest_state(self) -> torch.Tensor:
@@ -199,19 +247,41 @@ class Simulator:
         self.advance(days * SECONDS_PER_DAY)
 
     # ------------------------------------------------------------------ output
-    def snapshot(self) -> torch.Tensor:
-        """``(3, L, H, W)`` u, v, T on the output altitude levels."""
-        g = self.diagnose()
+    def _fields(self, g: GridState) -> torch.Tensor:
         layer_km = pressure_to_altitude_torch(g.layer_pressure)
         values = torch.stack((g.wind[:, 0], g.wind[:, 1], g.temperature), 0)
         return interpolate_to_levels(values, layer_km, self._levels)
 
+    def _geopotential_height(self, g: GridState) -> torch.Tensor:
+        phi = level_geopotential(
+            g.interface_pressure, g.montgomery, self.dynamics.theta, self._level_pressure
+        )
+        return phi / STANDARD_GRAVITY
+
+    def snapshot(self) -> torch.Tensor:
+        """``(3, L, H, W)`` u, v, T on the output altitude levels."""
+        return self._fields(self.diagnose())
+
+    def geopotential_height(self) -> torch.Tensor:
+        """``(L, H, W)`` geopotential height (m) of the output levels: :func:`level_geopotential` / g0.
+
+        The geopotential is the model's own (its lower boundary sits at
+        ``Phi_s = g bottom_km`` with the model's ``g`` = 9.5 m s-2, plus the waves
+        from below); dividing by the standard gravity g0 = 9.80665 m s-2 makes it
+        the geopotential height of the WMO and CF conventions.
+        """
+        return self._geopotential_height(self.diagnose())
+
     def snapshots(self, hours: int, every_hours: float = 1.0) -> Iterator[Snapshot]:
-        """Yield ``hours / every_hours`` snapshots, one every ``every_hours`` of model time."""
+        """Yield ``hours / every_hours`` snapshots, one every ``every_hours`` of model time.
+
+        Each carries the fields and the levels' geopotential height (one diagnosis for both).
+        """
         count = round(hours / every_hours)
         for _ in range(count):
             self.advance(every_hours * 3600.0)
-            yield Snapshot(self.time, self.snapshot())
+            g = self.diagnose()
+            yield Snapshot(self.time, self._fields(g), self._geopotential_height(g))
 
 
 def pressure_to_altitude_torch(pressure: torch.Tensor) -> torch.Tensor:
@@ -225,4 +295,5 @@ __all__ = [
     "Simulator",
     "Snapshot",
     "interpolate_to_levels",
+    "level_geopotential",
 ]

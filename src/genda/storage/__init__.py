@@ -3,7 +3,8 @@
 - :func:`write_archive` streams snapshots into an atomic, chunked Zarr v3 archive
   with CF attributes, provenance and normalisation statistics;
 - :func:`open_archive` opens our archives and other models' NetCDF/Zarr output
-  lazily in genda's conventions, optionally regridded to a :class:`~genda.grid.Grid`
+  lazily in genda's conventions (UA-ICON's native grid remapped, :class:`IconRemap`),
+  optionally regridded to a :class:`~genda.grid.Grid`
   (:func:`genda.storage.regrid.regrid`; the function is not re-exported here so
   that ``genda.storage.regrid`` stays the module);
 - :func:`summarize` gives the shape, time range and per-variable statistics;
@@ -18,6 +19,7 @@ from genda.storage.archive import consolidate, provenance_attrs, read_normalizat
 from genda.storage.ensemble_query import open_ensemble, query
 from genda.storage.ensemble_store import EnsembleStore
 from genda.storage.errors import ArchiveError, EnsembleStoreError
+from genda.storage.icon_native import IconRemap
 from genda.storage.readers import open_archive, open_raw, to_genda_conventions
 from genda.storage.summary import ArchiveSummary, VariableSummary, summarize
 
@@ -26,6 +28,7 @@ __all__ = [
     "ArchiveSummary",
     "EnsembleStore",
     "EnsembleStoreError",
+    "IconRemap",
     "VariableSummary",
     "consolidate",
     "open_archive",

@@ -6,6 +6,15 @@ one float32 data variable per grid variable (CF attributes from
 per-(variable, level) normalisation statistics of :mod:`genda.normalization` in
 each variable's attributes. It opens with plain ``xarray.open_zarr(path)``.
 
+When the snapshots carry it (the built-in model's do), the archive also holds
+``zg``: the geopotential height of each output level (m, ``(time, altitude,
+latitude, longitude)`` float32, ``standard_name: geopotential_height``), so that
+geometric heights of observations can be placed with the model's own heights
+(:mod:`genda.observations.heights`). It is no state variable: it is not in
+``genda_variables``, carries no normalisation statistics, and
+:func:`genda.storage.open_archive` returns it only when asked for
+(``variables=["geopotential_height"]``).
+
 Layout, chosen for training reads (a random time index reads one chunk per
 variable and nothing else):
 
@@ -37,6 +46,7 @@ from tqdm.auto import tqdm
 
 import genda
 from genda.atomic import partial_path, publish_directory, remove_path
+from genda.constants import STANDARD_GRAVITY
 from genda.errors import InvalidValueError, UnknownNameError
 from genda.grid import DEFAULT_VARIABLES, VARIABLES, Grid
 from genda.normalization import MEAN_ATTR, STD_ATTR, Normalization
@@ -49,6 +59,18 @@ if TYPE_CHECKING:
 
 TIME_CHUNK = 8760
 """Chunk length of the 1-D ``time`` coordinate: a year of hourly output, so opening reads one chunk."""
+
+HEIGHT_VARIABLE = "zg"
+"""Name of the levels' geopotential height in an archive (CMIP's name; not a grid variable)."""
+
+HEIGHT_ATTRS: dict[str, str] = {
+    "units": "m",
+    "standard_name": "geopotential_height",
+    "long_name": "geopotential height of the output level",
+    "comment": f"geopotential of the level divided by the standard gravity g0 = {STANDARD_GRAVITY} "
+    "m s-2, as diagnosed by the model that wrote the archive; not a state variable",
+}
+"""CF attributes of :data:`HEIGHT_VARIABLE`."""
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -87,16 +109,43 @@ def provenance_attrs(attrs: Mapping[str, Any], grid: Grid) -> dict[str, Any]:
     return out
 
 
+def _float32(data: Any) -> np.ndarray:
+    if isinstance(data, torch.Tensor):
+        data = data.detach().to("cpu", torch.float32).numpy()
+    return np.asarray(data, dtype=np.float32)
+
+
+def _heights_of(snap: Snapshot, i: int, grid: Grid, expected: bool | None) -> np.ndarray | None:
+    """The snapshot's ``(L, H, W)`` geopotential height, checked; all snapshots have one or none."""
+    heights = getattr(snap, "geopotential_height", None)
+    if expected is not None and (heights is not None) != expected:
+        raise ArchiveError(
+            f"snapshot {i} {'lacks' if expected else 'has'} a geopotential height while the "
+            f"first snapshot {'has' if expected else 'lacks'} one"
+        )
+    if heights is None:
+        return None
+    shape = (grid.nlevels, grid.nlat, grid.nlon)
+    if tuple(heights.shape) != shape:
+        raise ArchiveError(
+            f"snapshot {i}: geopotential height has shape {tuple(heights.shape)}, expected {shape}"
+        )
+    return _float32(heights)
+
+
 def _batches(
     snapshots: Iterable[Snapshot], size: int, grid: Grid, bar: tqdm
-) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Group snapshots into ``(times (n,), fields (n, V, L, H, W) float32)`` batches of ``size``.
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
+    """Group snapshots into batches of ``size``.
 
-    Checks each snapshot against the grid and that times strictly increase, so
-    a bad snapshot fails the write before it reaches the store.
+    Yields ``(times (n,), fields (n, V, L, H, W) float32, heights (n, L, H, W)
+    float32 or None)``. Checks each snapshot against the grid and that times
+    strictly increase, so a bad snapshot fails the write before it reaches the store.
     """
     times: list[np.datetime64] = []
     fields: list[np.ndarray] = []
+    heights: list[np.ndarray] = []
+    with_heights: bool | None = None
     last: np.datetime64 | None = None
     for i, snap in enumerate(snapshots):
         grid.check_shape(tuple(snap.fields.shape), what=f"snapshot {i}")
@@ -104,23 +153,35 @@ def _batches(
         if last is not None and not t > last:
             raise ArchiveError(f"snapshot {i} at {t} does not follow the previous one at {last}")
         last = t
-        data = snap.fields
-        if isinstance(data, torch.Tensor):
-            data = data.detach().to("cpu", torch.float32).numpy()
+        height = _heights_of(snap, i, grid, with_heights)
+        with_heights = height is not None
         times.append(t)
-        fields.append(np.asarray(data, dtype=np.float32))
+        fields.append(_float32(snap.fields))
+        if height is not None:
+            heights.append(height)
         bar.update(1)
         if len(times) == size:
-            yield np.asarray(times), np.stack(fields)
-            times, fields = [], []
+            yield np.asarray(times), np.stack(fields), np.stack(heights) if heights else None
+            times, fields, heights = [], [], []
     if times:
-        yield np.asarray(times), np.stack(fields)
+        yield np.asarray(times), np.stack(fields), np.stack(heights) if heights else None
 
 
-def _encoding(grid: Grid, chunk_hours: int, first_time: np.datetime64) -> dict[str, dict[str, Any]]:
+def _with_heights(ds: xr.Dataset, heights: np.ndarray | None) -> xr.Dataset:
+    """``ds`` with :data:`HEIGHT_VARIABLE` added when there are heights."""
+    if heights is None:
+        return ds
+    dims = ("time", "altitude", "latitude", "longitude")
+    return ds.assign({HEIGHT_VARIABLE: xr.Variable(dims, heights, dict(HEIGHT_ATTRS))})
+
+
+def _encoding(
+    grid: Grid, chunk_hours: int, first_time: np.datetime64, heights: bool = False
+) -> dict[str, dict[str, Any]]:
     chunks = (chunk_hours, grid.nlevels, grid.nlat, grid.nlon)
+    names = [*grid.variables, *([HEIGHT_VARIABLE] if heights else [])]
     encoding: dict[str, dict[str, Any]] = {
-        name: {"chunks": chunks, "dtype": "float32"} for name in grid.variables
+        name: {"chunks": chunks, "dtype": "float32"} for name in names
     }
     encoding["time"] = {
         "units": f"seconds since {np.datetime_as_string(first_time, unit='s')}",
@@ -175,7 +236,9 @@ def write_archive(
     Args:
         path: the store to create (a directory).
         snapshots: ``Snapshot(time, fields)`` with ``fields`` ``(V, L, H, W)`` on
-            ``grid``, times strictly increasing (e.g. ``Simulator.snapshots``).
+            ``grid``, times strictly increasing (e.g. ``Simulator.snapshots``). When
+            they carry ``geopotential_height`` ``(L, H, W)`` (all of them or none),
+            it is written as :data:`HEIGHT_VARIABLE`.
         grid: the grid of every snapshot; gives coordinates and CF attributes.
         attrs: provenance for the global attributes (model name, parameters,
             seed, ...); dict values are stored as JSON strings.
@@ -209,8 +272,8 @@ def write_archive(
     bar = tqdm(total=total, desc=f"writing {path.name}", unit="snapshot", disable=not progress)
     try:
         written = 0
-        for times, fields in _batches(snapshots, chunk_hours, grid, bar):
-            ds = grid.to_dataset(fields, time=times)
+        for times, fields, heights in _batches(snapshots, chunk_hours, grid, bar):
+            ds = _with_heights(grid.to_dataset(fields, time=times), heights)
             # Every write carries the same global attributes: an append rewrites them.
             ds.attrs.update(global_attrs)
             if written == 0:
@@ -219,7 +282,7 @@ def write_archive(
                     mode="w",
                     zarr_format=3,
                     consolidated=False,
-                    encoding=_encoding(grid, chunk_hours, times[0]),
+                    encoding=_encoding(grid, chunk_hours, times[0], heights is not None),
                 )
             else:
                 # Appending keeps the first write's encoding (chunks, time units).

@@ -5,6 +5,7 @@ Layout (CF-1.10, readable with plain ``xarray.open_zarr``)::
     time                     (time,)    int64 seconds since 2000-01-01, grows by one per window
     member                   (member,)  0 .. N-1, fixed at creation
     altitude, latitude, longitude       the grid's coordinates (:meth:`genda.grid.Grid.coords`)
+    lev, air_pressure        (altitude,) the vertical's CF auxiliaries, and p0 () (:meth:`~genda.grid.Grid.coords`)
     u, v, T                  (time, member, altitude, latitude, longitude)  float32 members
     complete                 (time, member)  bool, True once a member's data have landed
     u_mean, u_std, u_q05, u_q50, u_q95, ...
@@ -37,7 +38,7 @@ from typing import Any, Literal, get_args
 import numpy as np
 import zarr
 
-from genda.grid import Grid, lookup_variable
+from genda.grid import VERTICAL_AUXILIARIES, Grid, lookup_variable
 from genda.storage.archive import provenance_attrs
 from genda.storage.damage import open_naming_group
 from genda.storage.errors import EnsembleStoreError
@@ -225,15 +226,18 @@ def create_layout(
             dtype=np.float64,
             chunks=var.shape,
             attributes=dict(var.attrs),
-            dimension_names=[name],
+            dimension_names=list(var.dims),
         )
-        array[:] = var.values
+        array[...] = var.values
+    # CF lists auxiliary coordinates in the data variables' "coordinates" attribute;
+    # xarray reads them back as coordinates (not data variables) from it.
+    auxiliaries = {"coordinates": " ".join(sorted(VERTICAL_AUXILIARIES))}
     member = group.create_array(
         MEMBER_DIM,
         shape=(members,),
         dtype=np.int64,
         chunks=(members,),
-        attributes={"long_name": "ensemble member index"},
+        attributes={"standard_name": "realization", "long_name": "ensemble member index"},
         dimension_names=[MEMBER_DIM],
     )
     member[:] = np.arange(members)
@@ -264,7 +268,7 @@ def create_layout(
             chunks=member_chunks,
             shards=(1, members_per_shard, nlev, nlat, nlon) if sharded else None,
             fill_value=np.nan,
-            attributes=lookup_variable(name).cf_attrs(),
+            attributes={**lookup_variable(name).cf_attrs(), **auxiliaries},
             dimension_names=list(MEMBER_DIMS),
         )
     group.create_array(
@@ -285,7 +289,7 @@ def create_layout(
                 dtype=np.float32,
                 chunks=(1, nlev, nlat, nlon),
                 fill_value=np.nan,
-                attributes=attributes,
+                attributes={**attributes, **auxiliaries},
                 dimension_names=list(STAT_DIMS),
             )
 

@@ -61,7 +61,12 @@ from genda.storage.ensemble_layout import (
     time_array_names,
 )
 from genda.storage.ensemble_stats import window_statistics
-from genda.storage.ensemble_windows import canonical, provenance_differences, register_window
+from genda.storage.ensemble_windows import (
+    canonical,
+    describe_differences,
+    provenance_differences,
+    register_window,
+)
 from genda.storage.errors import EnsembleStoreError, damaged_members_message
 from genda.times import TimeLike, iso
 
@@ -444,10 +449,11 @@ class EnsembleStore:
         if provenance is None:
             return
         record = canonical(dict(provenance), f"provenance of window {iso(t)}")
-        differ = provenance_differences(self.provenance(t), record)
-        if differ:
+        stored = self.provenance(t)
+        if provenance_differences(stored, record):
             raise EnsembleStoreError(
-                f"window {iso(t)} was registered again under other settings ({', '.join(differ)}) "
+                f"window {iso(t)} was registered again under other settings "
+                f"({describe_differences(stored, record)}) "
                 f"while members {members[0]}..{members[-1]} were made; they are not flagged "
                 "complete: run the window again with the settings you want"
             )

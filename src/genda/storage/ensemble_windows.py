@@ -43,10 +43,55 @@ def canonical(value: Any, what: str) -> Any:
         raise EnsembleStoreError(f"{what} is not JSON-serialisable: {err}") from None
 
 
-def provenance_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
-    """Keys whose values differ, or that only one side has, sorted."""
-    keys = set(old) | set(new)
-    return sorted(k for k in keys if k not in old or k not in new or old[k] != new[k])
+ABSENT = "<absent>"
+"""How a difference shows a key that one side does not have."""
+
+
+def provenance_differences(
+    old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = ""
+) -> list[str]:
+    """Keys whose values differ, or that only one side has, sorted.
+
+    Nested mappings (a window's ``settings``) are compared key by key, so a
+    difference is named by its dotted path (``settings.steps``), not by the
+    whole mapping it sits in.
+    """
+    found: list[str] = []
+    for key in sorted(set(old) | set(new), key=str):
+        name = f"{prefix}{key}"
+        if key in old and key in new and old[key] == new[key]:
+            continue
+        if isinstance(old.get(key), Mapping) and isinstance(new.get(key), Mapping):
+            found.extend(provenance_differences(old[key], new[key], f"{name}."))
+        else:
+            found.append(name)
+    return sorted(found)
+
+
+def provenance_value(record: Mapping[str, Any], dotted: str) -> Any:
+    """The value at a dotted path of :func:`provenance_differences`, or :data:`ABSENT`."""
+    value: Any = record
+    for part in dotted.split("."):
+        if not isinstance(value, Mapping) or part not in value:
+            return ABSENT
+        value = value[part]
+    return value
+
+
+def describe_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
+    """``"settings.steps: stored 16, given 32; seed: ..."``: each differing key and its two values.
+
+    Only what differs is shown (keys that agree stay out of the message).
+    """
+    return "; ".join(
+        f"{key}: stored {_shown(provenance_value(old, key))}, "
+        f"given {_shown(provenance_value(new, key))}"
+        for key in provenance_differences(old, new)
+    )
+
+
+def _shown(value: Any) -> str:
+    return ABSENT if value is ABSENT else repr(value)
 
 
 def register_window(store: EnsembleStore, t: np.datetime64, record: dict[str, Any]) -> int:
@@ -81,12 +126,9 @@ def register_window(store: EnsembleStore, t: np.datetime64, record: dict[str, An
                 consolidate(store.path)
                 return index
             if differ:
-                details = "; ".join(
-                    f"{k}: stored {old.get(k, '<absent>')!r}, given {record.get(k, '<absent>')!r}"
-                    for k in differ
-                )
                 raise EnsembleStoreError(
-                    f"window {key} is in {store.path} with other provenance ({details}); "
+                    f"window {key} is in {store.path} with other provenance "
+                    f"({describe_differences(old, record)}); "
                     "members of different settings must not be mixed: use another store "
                     "or the stored settings"
                 )

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import zarr
 
+from genda.grid import VERTICAL_AUXILIARIES
 from genda.storage.archive import consolidate
 from genda.storage.damage import READ_ERRORS, DamagedFileError, chunk_file, reason_of
 from genda.storage.ensemble_layout import (
@@ -303,9 +304,11 @@ def _check_window(
 def _check_coordinates(store: EnsembleStore, group: zarr.Group) -> list[str]:
     """Coordinates genda does not rewrite: damage there is reported, not repaired."""
     problems = []
-    for name in ("member", "altitude", "latitude", "longitude"):
+    # The vertical's auxiliaries (lev, air_pressure, p0) exist in stores made since they were added.
+    auxiliaries = [name for name in VERTICAL_AUXILIARIES if name in group]
+    for name in ("member", "altitude", "latitude", "longitude", *auxiliaries):
         try:
-            values = np.asarray(group[name][:])
+            values = np.asarray(group[name][...])
         except READ_ERRORS as error:
             file, reason = _failure(error, store.path / name)
             problems.append(

@@ -12,11 +12,20 @@ north to south)           constant along x), ``standard_name=latitude``,
                           ``units=degrees_north``
 ``longitude`` (deg E in   ``longitude``, ``lon``, ``nav_lon``,
 [0, 360), increasing)     ``standard_name=longitude``, ``units=degrees_east``
-``altitude`` (km,         heights ``altitude``, ``alt``, ``height``, ``z``,
-increasing)               ``zg``... in m or km; pressures ``plev``, ``lev``,
-                          ``level``, ``pressure``... in Pa, hPa, mbar
-                          (converted to log-pressure altitude,
-                          :func:`genda.constants.pressure_to_altitude_km`)
+``altitude`` (km of       exact: pressures ``plev``, ``lev``, ``level``,
+log-pressure altitude,    ``pressure``... in Pa, hPa, mbar
+increasing)               (:func:`genda.constants.pressure_to_altitude_km`);
+                          genda's own ``altitude``; CF
+                          ``atmosphere_ln_pressure_coordinate``; heights with a
+                          1-D pressure of each level.
+                          Interpolated per column (linear in ln p): geometric
+                          or geopotential heights (``height``, ``z``,
+                          ``z_mc``, ``zg``, ``Z3``... in m, km) with the
+                          pressure of every point (``pres``, ``pfull``,
+                          ``air_pressure``, ``PMID``, or
+                          ``standard_name=air_pressure``); hybrid
+                          sigma-pressure ``lev`` with ``hyam``, ``hybm``,
+                          ``P0`` (or ``p0``), ``PS`` (or ``formula_terms``)
 ``time``                  ``time``, ``valid_time``, ``Time``, ``axis=T``
 ``u`` (m s-1)             ``u``, ``ua``, ``U``, ``eastward_wind``, ``uwnd``
 ``v`` (m s-1)             ``v``, ``va``, ``V``, ``northward_wind``, ``vwnd``
@@ -24,10 +33,25 @@ increasing)               ``zg``... in m or km; pressures ``plev``, ``lev``,
                           degC converted to K
 ========================  ===================================================
 
-Variables are also found by their ``standard_name`` attribute. Heights (m, km)
-are taken as log-pressure altitude: the two agree within a few km between 50
-and 120 km (:mod:`genda.constants`); ``altitude.attrs["genda_source_coordinate"]``
-says what the source had.
+Variables are also found by their ``standard_name`` attribute.
+``altitude.attrs["genda_source_coordinate"]`` says what the source had. The
+result's coordinates are :meth:`genda.grid.Grid.coords`: the three axes and the
+vertical's CF auxiliaries ``lev``, ``air_pressure`` and ``p0``.
+
+Vertical: genda's levels are log-pressure altitude ``z* = H ln(p0/p)``
+(:mod:`genda.constants`). Heights are not: between 50 and 120 km they differ
+from it by several km, a level or more, so heights without the model's
+pressure are refused (naming what is missing) rather than taken as ``z*``.
+Where the levels' pressure varies by column (heights with pressure, hybrid
+sigma-pressure levels ``p = hyam P0 + hybm PS``), every column is
+interpolated linearly in ``z*`` (:mod:`genda.storage.vertical_interpolation`)
+to fixed levels: ``levels_km`` if given, else the grid's levels when
+regridding, else a typical altitude of each source level (hybrid: at the
+reference surface pressure ``P0``; heights: the mean over all columns), kept
+only where every column has data. genda archives hold no NaN and nothing is
+extrapolated, so levels must lie within the range all columns share.
+Choosing the levels reads the pressure once (hybrid: only ``PS``) when the
+archive is opened.
 
 Time: the result always has a ``time`` dimension, first, so that downstream
 code has one path (``ds.isel(time=i)`` is one field ``(altitude, latitude,
@@ -44,7 +68,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Hashable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -55,12 +79,14 @@ from genda.grid import DEFAULT_VARIABLES, VARIABLES_ATTR, Grid, lookup_variable
 from genda.normalization import MEAN_ATTR, STD_ATTR
 from genda.storage.damage import naming_reads
 from genda.storage.errors import ArchiveError
+from genda.storage.icon_native import IconRemap, is_icon_native, remap_icon_native
 from genda.storage.source_conventions import (
     LATITUDE_NAMES,
     LONGITUDE_NAMES,
     UNIT_CONVERSIONS,
     VARIABLE_ALIASES,
     Axis,
+    VerticalSource,
     check_monotonic,
     check_unique,
     find_horizontal,
@@ -68,9 +94,23 @@ from genda.storage.source_conventions import (
     find_vertical,
     units_of,
 )
+from genda.storage.vertical_interpolation import (
+    ColumnLevels,
+    column_levels_from_altitude,
+    column_levels_from_hybrid,
+    log_pressure_altitude,
+    target_levels,
+    to_levels,
+)
 from genda.units import canonical_units
 
 NETCDF_SUFFIXES = (".nc", ".nc4", ".netcdf", ".cdf", ".h5", ".hdf5")
+
+LEVEL_TOLERANCE_KM = 1e-3
+"""How far (km) requested levels may reach beyond the range all columns share (round-off);
+the edge value is used there. The same as regridding's altitude tolerance."""
+_SOURCE_LEVEL = "_source_level"
+"""Dimension name of the source's levels while they are interpolated to ``altitude``."""
 
 # Encoding-related attributes that describe the file, not the decoded values.
 _DROP_ATTRS = (
@@ -168,15 +208,16 @@ class _Coordinates:
 
     lat: Axis
     lon: Axis
-    vert: Axis
+    vertical: VerticalSource
     latitude: np.ndarray
     longitude: np.ndarray
-    altitude: np.ndarray
+    altitude: np.ndarray  # the result's levels (km)
     vertical_source: str
     time_name: Hashable | None
     dim_map: dict[Hashable, str]  # source dimension -> genda dimension
     lat_increasing: bool
     alt_increasing: bool
+    columns: ColumnLevels | None  # the source points' log-pressure altitude, when interpolated
 
 
 def _find_variables(ds: xr.Dataset, wanted: Sequence[str], source: str) -> dict[str, Hashable]:
@@ -207,34 +248,103 @@ def _horizontal_values(lat: Axis, lon: Axis, source: str) -> tuple[np.ndarray, n
     return latitude, longitude
 
 
-def _find_coordinates(ds: xr.Dataset, source: str) -> _Coordinates:
-    """Find latitude, longitude, the vertical and time; check the values are a regular grid."""
+def _in_genda_dims(
+    da: xr.DataArray, dim_map: dict[Hashable, str], what: str, source: str
+) -> xr.DataArray:
+    """``da`` with genda's dimension names, extra length-1 dimensions dropped; an error for longer ones."""
+    extra = [d for d in da.dims if d not in dim_map]
+    for dim in extra:
+        if da.sizes[dim] != 1:
+            raise ArchiveError(
+                f"{source}: {what} has an extra dimension {dim!r} of size {da.sizes[dim]}"
+            )
+    da = da.isel({d: 0 for d in extra})
+    # Data only: the source's coordinates (in the source's order) must not meet genda's.
+    return xr.DataArray(da.data, dims=[dim_map[d] for d in da.dims], attrs=da.attrs)
+
+
+def _column_levels(
+    vertical: VerticalSource, dim_map: dict[Hashable, str], source: str
+) -> ColumnLevels:
+    """The log-pressure altitude of every source point (dims renamed), with the range they share."""
+    what = f"{source}: {vertical.description}"
+    if vertical.hybrid is not None:
+        hybrid = vertical.hybrid
+        ps = _in_genda_dims(hybrid.ps, dim_map, "surface pressure", source)
+        return column_levels_from_hybrid(replace(hybrid, ps=ps, dim=_SOURCE_LEVEL), what)
+    if vertical.pressure is not None:
+        pressure = _in_genda_dims(vertical.pressure, dim_map, "pressure", source)
+        altitude = log_pressure_altitude(pressure)
+        typical = "the mean log-pressure altitude of each source level over all columns"
+    else:
+        altitude = xr.DataArray(vertical.altitude_km, dims=[_SOURCE_LEVEL])
+        typical = "the source's levels"
+    return column_levels_from_altitude(altitude, _SOURCE_LEVEL, typical, what)
+
+
+def _find_coordinates(
+    ds: xr.Dataset,
+    source: str,
+    levels_km: Sequence[float] | np.ndarray | None = None,
+    fallback_levels_km: np.ndarray | None = None,
+) -> _Coordinates:
+    """Find latitude, longitude, the vertical and time; check the values are a regular grid.
+
+    The result's levels are the source's where they have one pressure each
+    and no ``levels_km`` is given; otherwise the source is interpolated per
+    column to ``levels_km``, else ``fallback_levels_km``, else typical levels
+    (:func:`~genda.storage.vertical_interpolation.target_levels`).
+    """
     lat = find_horizontal(
         ds, "latitude", LATITUDE_NAMES, ("degrees_north", "degree_north", "degrees_n"), source
     )
     lon = find_horizontal(
         ds, "longitude", LONGITUDE_NAMES, ("degrees_east", "degree_east", "degrees_e"), source
     )
-    vert, altitude, vertical_source = find_vertical(ds, source)
     if lat.dim == lon.dim:
         raise ArchiveError(
-            f"{source}: latitude and longitude share dimension {lat.dim!r} (an unstructured grid, e.g. "
-            "ICON native output); remap to a regular latitude-longitude grid first (e.g. cdo remapbil)"
+            f"{source}: latitude and longitude share dimension {lat.dim!r} (an unstructured grid); "
+            "open_archive remaps ICON native output (clon/clat, or a grid file: "
+            "icon=IconRemap(grid_file=...), --icon-grid), other grids need remapping to a regular "
+            "latitude-longitude grid first (e.g. cdo remapbil)"
         )
     time_name, time_dim = find_time(ds)
+    vertical = find_vertical(ds, source, (lat.dim, lon.dim, time_dim))
+    vertical_source = vertical.description
     latitude, longitude = _horizontal_values(lat, lon, source)
     check_unique(latitude, "latitude", source)
     check_unique(longitude, "longitude (modulo 360)", source)
-    check_unique(altitude, f"altitude (from {vertical_source})", source)
     lat_increasing = check_monotonic(latitude, "latitude", source)
-    alt_increasing = check_monotonic(altitude, f"altitude (from {vertical_source})", source)
-    dim_map: dict[Hashable, str] = {lat.dim: "latitude", lon.dim: "longitude", vert.dim: "altitude"}
+    exact_increasing = True
+    if vertical.altitude_km is not None:
+        check_unique(vertical.altitude_km, f"altitude (from {vertical_source})", source)
+        exact_increasing = check_monotonic(
+            vertical.altitude_km, f"altitude (from {vertical_source})", source
+        )
+    dim_map: dict[Hashable, str] = {lat.dim: "latitude", lon.dim: "longitude"}
     if time_dim is not None:
         dim_map[time_dim] = "time"
+    columns = None
+    if vertical.altitude_km is not None and levels_km is None:
+        altitude, alt_increasing = vertical.altitude_km, exact_increasing
+        dim_map[vertical.dim] = "altitude"
+    else:
+        dim_map[vertical.dim] = _SOURCE_LEVEL
+        columns = _column_levels(vertical, dim_map, source)
+        wanted = levels_km if levels_km is not None else fallback_levels_km
+        altitude = target_levels(
+            columns, wanted, f"{source}: {vertical_source}", LEVEL_TOLERANCE_KM
+        )
+        alt_increasing = True
+        vertical_source += (
+            "; interpolated per column, linearly in log-pressure, to "
+            + ("the levels asked for" if wanted is not None else columns.typical)
+            + f" within the range every column covers, [{columns.low_km:.4g}, {columns.high_km:.4g}] km"
+        )
     return _Coordinates(
         lat,
         lon,
-        vert,
+        vertical,
         latitude,
         longitude,
         altitude,
@@ -243,6 +353,7 @@ def _find_coordinates(ds: xr.Dataset, source: str) -> _Coordinates:
         dim_map,
         lat_increasing,
         alt_increasing,
+        columns,
     )
 
 
@@ -255,7 +366,7 @@ def _squeezed(
     if lacking:
         raise ArchiveError(
             f"{source}: variable {src!r} ({name}) has dims {var.dims}, lacking {lacking} "
-            f"(coordinates found: {coords.lat.name!r}, {coords.lon.name!r}, {coords.vert.name!r})"
+            f"(coordinates found: {coords.lat.name!r}, {coords.lon.name!r}, {coords.vertical.name!r})"
         )
     extra = [d for d in var.dims if d not in dim_map]
     for dim in extra:
@@ -295,7 +406,13 @@ def _converted_variable(
         data = data.astype(np.float64) * scale + offset  # float32 would round 20.5 + 273.15
     attrs = _converted_attrs(var, src, name, scale, offset)
     dims = tuple(coords.dim_map[d] for d in var.dims)
-    return xr.Variable(dims, data.astype(np.float32), attrs)
+    converted = xr.Variable(dims, data.astype(np.float32), attrs)
+    if coords.columns is None:
+        return converted
+    # Statistics per source level do not describe the new levels.
+    attrs = {k: v for k, v in attrs.items() if k not in (MEAN_ATTR, STD_ATTR)}
+    field = to_levels(xr.DataArray(converted), coords.columns, coords.altitude)
+    return xr.Variable(field.dims, field.data.astype(np.float32), attrs)
 
 
 def _output_coords(ds: xr.Dataset, coords: _Coordinates, source: str) -> dict[str, Any]:
@@ -330,22 +447,27 @@ def _reoriented(out: xr.Dataset, coords: _Coordinates) -> xr.Dataset:
     return out
 
 
-def _set_coordinate_attrs(out: xr.Dataset, wanted: Sequence[str], vertical_source: str) -> None:
-    """Give the coordinates genda's CF attributes (in place), noting the source's vertical."""
+def _with_coordinate_attrs(
+    out: xr.Dataset, wanted: Sequence[str], vertical_source: str
+) -> xr.Dataset:
+    """``out`` with genda's CF coordinates (and the vertical's auxiliaries), noting the source's vertical."""
     template = Grid(
         out["latitude"].values, out["longitude"].values, out["altitude"].values, wanted, "irregular"
     )
-    for key, coord in template.coords().items():
-        out[key].attrs = dict(coord.attrs)
+    out = out.assign_coords(template.coords())
     out["altitude"].attrs["genda_source_coordinate"] = vertical_source
     if "time" in out.coords:
         out["time"].attrs.setdefault("standard_name", "time")
         out["time"].attrs.setdefault("axis", "T")
+    return out
 
 
 # ---------------------------------------------------------------------------- public
 def to_genda_conventions(
-    ds: xr.Dataset, variables: Sequence[str] | None = None, source: str = "dataset"
+    ds: xr.Dataset,
+    variables: Sequence[str] | None = None,
+    source: str = "dataset",
+    levels_km: Sequence[float] | np.ndarray | None = None,
 ) -> xr.Dataset:
     """Rename, convert and reorder an open Dataset to genda's conventions (lazy).
 
@@ -353,6 +475,9 @@ def to_genda_conventions(
         ds: the source, as opened (e.g. :func:`open_raw`).
         variables: genda variable names to return, in this order; default u, v, T.
         source: name used in error messages (the file).
+        levels_km: log-pressure altitudes (km, increasing) to interpolate every
+            column to; default: the source's own levels where they have one
+            pressure each, else typical levels (module docstring).
 
     Returns:
         Dataset with data variables ``(time, altitude, latitude, longitude)``
@@ -360,9 +485,20 @@ def to_genda_conventions(
         (latitude north to south, longitude in [0, 360) increasing, altitude
         in km increasing) and ``time``. See the module docstring for the rules.
     """
+    return _to_genda(ds, variables, source, levels_km, None)
+
+
+def _to_genda(
+    ds: xr.Dataset,
+    variables: Sequence[str] | None,
+    source: str,
+    levels_km: Sequence[float] | np.ndarray | None,
+    fallback_levels_km: np.ndarray | None,
+) -> xr.Dataset:
+    """:func:`to_genda_conventions`, with levels for sources that must be interpolated anyway."""
     wanted = tuple(variables) if variables is not None else DEFAULT_VARIABLES
     found = _find_variables(ds, wanted, source)
-    coords = _find_coordinates(ds, source)
+    coords = _find_coordinates(ds, source, levels_km, fallback_levels_km)
     data_vars = {
         name: _converted_variable(ds, found[name], name, coords, source) for name in wanted
     }
@@ -374,7 +510,7 @@ def to_genda_conventions(
         out = out.expand_dims("time")
     out = out.assign_coords(_output_coords(ds, coords, source))
     out = _reoriented(out, coords)
-    _set_coordinate_attrs(out, wanted, coords.vertical_source)
+    out = _with_coordinate_attrs(out, wanted, coords.vertical_source)
     out = out.transpose("time", "altitude", "latitude", "longitude")
     for name in wanted:
         _check_not_all_nan(out[name], found[name], source)
@@ -385,6 +521,8 @@ def open_archive(
     path: str | os.PathLike[str] | xr.Dataset,
     grid: Grid | None = None,
     variables: Sequence[str] | None = None,
+    icon: IconRemap | None = None,
+    levels_km: Sequence[float] | np.ndarray | None = None,
 ) -> xr.Dataset:
     """Open a genda archive or other model output lazily, in genda's conventions.
 
@@ -395,6 +533,16 @@ def open_archive(
             the grid reaches beyond the source's latitude/altitude range.
         variables: genda names to return, in order; default ``grid.variables``
             with a grid, else u, v, T. All must be present.
+        icon: for output on ICON's native grid, which is recognised and
+            remapped to ``grid``'s latitudes and longitudes (or a Gaussian grid)
+            first: the grid file, target and method
+            (:func:`genda.storage.icon_native.remap_icon_native`).
+        levels_km: log-pressure altitudes (km, increasing) to interpolate each
+            column to (linear in log-pressure), within the range all columns
+            share. Default: the source's levels where each has one pressure;
+            for sources whose levels' pressure varies by column (heights with
+            pressure, hybrid sigma-pressure), the grid's levels when ``grid``
+            is given, else typical levels (module docstring).
 
     Returns:
         Dataset ``(time, altitude, latitude, longitude)`` backed by dask (see
@@ -407,9 +555,12 @@ def open_archive(
         raw, source = path, str(path.encoding.get("source", "dataset"))
     else:
         raw, source = open_raw(path), str(path)
+    if icon is not None or is_icon_native(raw):
+        raw = remap_icon_native(raw, icon, grid, source)
     if variables is None and grid is not None:
         variables = grid.variables
-    ds = to_genda_conventions(raw, variables, source)
+    fallback = np.asarray(grid.altitude) if grid is not None else None
+    ds = _to_genda(raw, variables, source, levels_km, fallback)
     if grid is not None:
         from genda.storage.regrid import regrid
 

@@ -154,9 +154,9 @@ def _interpolated(ds: xr.Dataset, targets: dict[str, np.ndarray]) -> xr.Dataset:
 
 def _on_grid(ds: xr.Dataset, grid: Grid, regridded_altitude: bool) -> xr.Dataset:
     """``ds`` with ``grid``'s exact coordinates and CF attributes, data variables float32."""
-    # Exact target coordinates (clipping moved some) with genda's CF attributes.
-    coords = grid.coords()
-    out = ds.assign_coords({name: coords[name] for name in ("altitude", "latitude", "longitude")})
+    # Exact target coordinates (clipping moved some) with genda's CF attributes, and the
+    # vertical's auxiliaries of the target levels (interpolating air_pressure would not give them).
+    out = ds.assign_coords(grid.coords())
     for name in out.data_vars:
         attrs = dict(out[name].attrs)
         if regridded_altitude:
