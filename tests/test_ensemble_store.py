@@ -291,6 +291,7 @@ def test_query_and_files(tmp_path):
     table = np.genfromtxt(csv, delimiter=",", names=True)
     assert len(table) == GRID.nlat * GRID.nlon
     np.testing.assert_allclose(table["T_mean"], mean.values.ravel(), rtol=1e-6)
+    assert "altitude" in table.dtype.names and "air_pressure" not in table.dtype.names
     nc = to_file(members, tmp_path / "out" / "members.nc")
     back = xr.open_dataset(nc)
     np.testing.assert_array_equal(back["u"].values, members.values)

@@ -30,6 +30,10 @@ def test_instrument_files_to_analysis_and_figures(tmp_path: Path) -> None:
         assert len(table) > 0, kind
     radar = pd.read_parquet(out / "obs_radar-netcdf.parquet")
     drawn = pd.read_parquet(out / "drawn.parquet")
+    # MLS's TAI93 time stamps (leap seconds counted) come back as the drawn UTC times
+    mls = pd.read_parquet(out / "obs_mls.parquet")
+    drawn_times = set(drawn.loc[drawn["station"] == "MLS", "time"])
+    assert set(mls["time"]) <= drawn_times
     # geometric heights written from the model's level heights land back on the levels
     levels = np.unique(drawn["alt_km"])
     offsets = np.abs(radar["alt_km"].to_numpy()[:, None] - levels[None, :]).min(axis=1)

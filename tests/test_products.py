@@ -326,3 +326,19 @@ def test_export_command_writes_the_file_and_refuses_a_wrong_suffix(
         app, ["export", str(store), "--time", "2024-03-01T12", "--out", str(tmp_path / "a.zarr")]
     )
     assert wrong.exit_code == 1 and "must end in .nc" in said(wrong)
+
+
+def test_a_failure_at_the_stations_leaves_no_figure(
+    store: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """Every value is computed before the first PNG: nothing partial blocks a rerun."""
+    import genda.evaluation.analysis_products as products
+
+    def unreadable(*args, **kwargs):
+        raise EnsembleStoreError("members with NaN data at a station")
+
+    monkeypatch.setattr(products, "station_profiles", unreadable)
+    out = tmp_path / "p"
+    with pytest.raises(EnsembleStoreError, match="NaN"):
+        plot_analysis(store, T1, 95.0, out, at=[(10.0, 20.0)])
+    assert not out.exists() or not list(out.glob("*.png"))

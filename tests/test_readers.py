@@ -111,7 +111,8 @@ def test_height_in_metres_and_names_by_standard_name(tmp_path) -> None:
     )
     ds = open_archive(write_nc(src, tmp_path / "heights.nc"))
     np.testing.assert_allclose(ds["altitude"].values, pressure_to_altitude_km(pressure_hpa * 100))
-    assert ds["altitude"].attrs["genda_source_coordinate"] == "height (m) with pressure pres (hPa)"
+    # the pressure of each level is the exact vertical, preferred to the heights beside it
+    assert ds["altitude"].attrs["genda_source_coordinate"] == "pres (hPa)"
     # no time in the file: a length-1 time dimension without values
     assert ds["T"].dims == ("time", "altitude", "latitude", "longitude")
     assert ds.sizes["time"] == 1
@@ -562,3 +563,26 @@ def test_cf_ln_pressure_coordinate_as_the_dimension(tmp_path) -> None:
         ds["altitude"].attrs["genda_source_coordinate"] == "lev (atmosphere_ln_pressure_coordinate)"
     )
     np.testing.assert_array_equal(ds["T"].values[0], field[2])
+
+
+def test_pressure_levels_win_over_a_height_per_level_on_the_same_dimension() -> None:
+    """``plev`` in Pa with an ``altitude(plev)`` in m: the pressure is the exact vertical."""
+    from genda.storage.readers import to_genda_conventions
+
+    plev = np.array([1.0, 0.1, 0.01])
+    shape = (3, 4, 8)
+    ds = xr.Dataset(
+        {
+            name: (("plev", "lat", "lon"), np.full(shape, value), {"units": units})
+            for name, value, units in (("T", 200.0, "K"), ("u", 0.0, "m s-1"), ("v", 0.0, "m s-1"))
+        },
+        coords={
+            "plev": ("plev", plev, {"units": "Pa"}),
+            "altitude": ("plev", [78e3, 95e3, 109e3], {"units": "m"}),
+            "lat": ("lat", np.linspace(80.0, -80.0, 4), {"units": "degrees_north"}),
+            "lon": ("lon", np.arange(8) * 45.0, {"units": "degrees_east"}),
+        },
+    )
+    out = to_genda_conventions(ds)
+    np.testing.assert_allclose(out["altitude"].values, pressure_to_altitude_km(plev))
+    assert out["altitude"].attrs["genda_source_coordinate"].startswith("plev")

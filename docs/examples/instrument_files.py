@@ -3,7 +3,7 @@
 Run from the repository root (``make demo`` made the environment)::
 
     .venv/bin/python docs/examples/instrument_files.py --out example/
-    .venv/bin/python docs/examples/instrument_files.py --out example/ --small   # a few minutes
+    .venv/bin/python docs/examples/instrument_files.py --out example/ --small   # about a minute
 
 What it does, each step printed with the command a user would type:
 
@@ -47,10 +47,18 @@ import xarray as xr
 from genda.constants import altitude_km_to_pressure
 from genda.observations import read_observations, write_observations
 from genda.observations.heights import LevelHeights, level_heights_from_archive
+from genda.observations.readers.mls import LEAP_SECONDS_SINCE_1993
 
 GENDA = str(Path(sys.executable).with_name("genda"))
 TAI93 = np.datetime64("1993-01-01T00:00:00", "s")
-LEAP_SECONDS_SINCE_1993 = 27 - 10  # TAI - UTC was 10 s ... 27 s (2017 onwards)
+
+
+def utc_to_tai93(time: np.ndarray) -> np.ndarray:
+    """MLS's time stamps: seconds since 1993-01-01 counting the leap seconds inserted since."""
+    leaps = np.array(LEAP_SECONDS_SINCE_1993, dtype="datetime64[s]")
+    utc = np.asarray(time).astype("datetime64[s]")
+    inserted = np.searchsorted(leaps, utc, side="right")
+    return (utc - TAI93).astype(np.float64) + inserted
 
 
 def run(*args: str) -> None:
@@ -134,7 +142,6 @@ def write_mls(rows: pd.DataFrame, path: Path) -> None:
     temperature[rows["profile"], at] = rows["value"]
     precision[rows["profile"], at] = rows["sigma"]
     first = rows.groupby("profile").first()
-    seconds = (first["time"].to_numpy().astype("datetime64[s]") - TAI93).astype(np.float64)
     n = len(first)
     fields = {
         "Data Fields": {
@@ -147,7 +154,7 @@ def write_mls(rows: pd.DataFrame, path: Path) -> None:
         "Geolocation Fields": {
             "Latitude": first["lat"].to_numpy(dtype="f4"),
             "Longitude": ((first["lon"].to_numpy() + 180.0) % 360.0 - 180.0).astype("f4"),
-            "Time": seconds + LEAP_SECONDS_SINCE_1993,
+            "Time": utc_to_tai93(first["time"].to_numpy()),
             "Pressure": (altitude_km_to_pressure(levels) / 100.0).astype("f4"),
         },
     }

@@ -143,41 +143,41 @@ def plot_analysis(
         in_window = table[(table["time"] >= start) & (table["time"] <= end)].reset_index(drop=True)
     observed = diagnostics if diagnostics is not None else in_window
     notes: list[str] = []
-    maps = _draw_maps(store, t, level, out, names, observed, _subtitle(store, provenance))
     members = open_ensemble(store.path).isel(time=store.window_index(t))[list(grid.variables)]
 
+    # Every value is computed before the first PNG is drawn: a window whose members
+    # cannot be read at a station leaves no partial set of figures behind.
     places = station_places(table if table is not None else diagnostics, points)
-    profiles = None
-    if places:
-        shown = places[:MAX_STATIONS]
-        note = f"{len(shown)} of {len(places)} stations" if len(places) > len(shown) else ""
-        profiles = plot_station_profiles(
-            station_profiles(shown, members, grid, observed, store, t),
-            out / names["profiles"],
-            valid=iso(t),
-            level_km=float(grid.altitude[level]),
-            note=note,
-        )
-    else:
+    shown = places[:MAX_STATIONS]
+    station_values = station_profiles(shown, members, grid, observed, store, t) if shown else None
+    if not places:
         notes.append("no profiles: no station (give an observation file or --at LAT,LON)")
-
-    fit, source = None, ""
+    fit_values, source = None, ""
     if diagnostics is not None:
-        source = f"observation diagnostics in {store.path.name}"
-        fit = plot_observation_fit(diagnostics, out / names["fit"], valid=iso(t), source=source)
+        fit_values, source = diagnostics, f"observation diagnostics in {store.path.name}"
     elif in_window is not None and len(in_window):
+        fit_values = fit_from_members(in_window, members, grid, store, t)
         source = f"{Path(str(stations)).name}, rows within the window"
-        fit = plot_observation_fit(
-            fit_from_members(in_window, members, grid, store, t),
-            out / names["fit"],
-            valid=iso(t),
-            source=source,
-        )
     else:
         notes.append(
             "no observation fit: the store has no diagnostics for this window and no "
             "observation file with rows in the window was given"
         )
+
+    maps = _draw_maps(store, t, level, out, names, observed, _subtitle(store, provenance))
+    profiles = None
+    if station_values is not None:
+        note = f"{len(shown)} of {len(places)} stations" if len(places) > len(shown) else ""
+        profiles = plot_station_profiles(
+            station_values,
+            out / names["profiles"],
+            valid=iso(t),
+            level_km=float(grid.altitude[level]),
+            note=note,
+        )
+    fit = None
+    if fit_values is not None:
+        fit = plot_observation_fit(fit_values, out / names["fit"], valid=iso(t), source=source)
     return AnalysisPlots(
         store.path, iso(t), float(grid.altitude[level]), maps, profiles, fit, source, notes
     )

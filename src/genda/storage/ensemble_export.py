@@ -49,6 +49,7 @@ import xarray as xr
 from genda import __version__
 from genda.atomic import write_file
 from genda.errors import GendaError, InvalidValueError
+from genda.grid import VERTICAL_AUXILIARIES
 from genda.ownership import check_file_replaceable
 from genda.storage.ensemble_diagnostics import diagnostics_attrs
 from genda.storage.ensemble_layout import TIME_UNITS, _as_time, stat_attrs
@@ -162,7 +163,10 @@ def to_file(da: xr.DataArray, path: str | os.PathLike[str]) -> Path:
 
     def write(partial: Path) -> None:
         if suffix == ".csv":
-            clean.to_dataframe(name=name).reset_index().to_csv(partial, index=False)
+            # one column per coordinate a row varies along: the CF auxiliaries of the
+            # vertical (lev, air_pressure, p0) restate altitude in other units
+            table = clean.drop_vars(VERTICAL_AUXILIARIES, errors="ignore")
+            table.to_dataframe(name=name).reset_index().to_csv(partial, index=False)
             return
         ds = clean.to_dataset(name=name)
         ds.attrs["Conventions"] = "CF-1.10"

@@ -367,7 +367,25 @@ def _vertical_candidates(ds: xr.Dataset, data_dims: set[Hashable]) -> list[Hasha
         ):
             candidates.append(name)
     # A vertical coordinate is 1-D along a dimension of the data, not a 4-D field like zg(time, plev, lat, lon).
-    return [n for n in candidates if ds[n].ndim == 1 and ds[n].dims[0] in data_dims]
+    found = [n for n in candidates if ds[n].ndim == 1 and ds[n].dims[0] in data_dims]
+    # Exact ones first: a file on pressure levels may also carry a height per level
+    # (altitude(plev)), which alone would need the pressure that plev already is.
+    return sorted(found, key=lambda name: _exactness(ds, name))
+
+
+def _exactness(ds: xr.Dataset, name: Hashable) -> int:
+    """0 for genda's own altitude, 1 for a pressure-like vertical, 2 for heights."""
+    var = ds[name]
+    unit = canonical_units(units_of(var) or "")
+    if unit in _LENGTH_M and str(var.attrs.get("long_name", "")).startswith(ALTITUDE_LONG_NAME):
+        return 0
+    pressure_like = (
+        unit in _PRESSURE_PA
+        or var.attrs.get("standard_name")
+        in ("air_pressure", HYBRID_STANDARD_NAME, LN_PRESSURE_STANDARD_NAME)
+        or "formula_terms" in var.attrs
+    )
+    return 1 if pressure_like else 2
 
 
 def find_vertical(
