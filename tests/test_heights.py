@@ -49,8 +49,16 @@ from genda.simulator.dynamics import IsentropicLayers
 from genda.simulator.model import level_geopotential
 from genda.simulator.reference import LayerGeometry, layer_mean_exner
 from genda.simulator.spectral import SpectralTransforms
-from genda.storage import ArchiveError, open_archive, read_normalization, write_archive
+from genda.storage import (
+    ArchiveError,
+    IconRemap,
+    open_archive,
+    read_normalization,
+    write_archive,
+)
 from genda.storage.archive import HEIGHT_VARIABLE
+from test_icon_native import PLEV_PA as ICON_PLEV_PA
+from test_icon_native import icon_dataset, icon_grid_file, icosahedral_mesh
 
 ISOTHERMAL_K = STANDARD_GRAVITY * SCALE_HEIGHT_KM * 1e3 / DRY_AIR_GAS_CONSTANT
 """The temperature at which geopotential height grows exactly as log-pressure altitude (239.2 K)."""
@@ -306,6 +314,80 @@ def test_heights_that_do_not_increase_are_refused(tmp_path) -> None:
         level_heights_from_archive(tmp_path / "flat.nc")
 
 
+@pytest.mark.parametrize("unit", ["m", "metres", "meters", "km", "kilometer"])
+def test_heights_in_every_length_unit_open_archive_accepts(tmp_path, unit) -> None:
+    """Units of heights are read from the table of :func:`genda.storage.open_archive` (one table)."""
+    from genda.storage.source_conventions import UNIT_CONVERSIONS
+
+    scale = UNIT_CONVERSIONS["geopotential_height"][unit][0]  # to m
+    path = _synthetic_model_output(tmp_path, "z_mc", kind="geometric")
+    with xr.open_dataset(path) as ds:
+        ds = ds.load()
+    ds["z_mc"] = (ds["z_mc"] / scale).assign_attrs(units=unit)
+    ds.to_netcdf(tmp_path / "units.nc")
+    heights = level_heights_from_archive(tmp_path / "units.nc")
+    np.testing.assert_allclose(heights.height_km, _expected_geometric_km(), atol=1e-5)
+
+
+# ---------------------------------------------------------------------------- ICON's native grid
+def _icon_heights_file(tmp_path: Path, *, coordinates: bool = True, time: bool = False) -> Path:
+    """An ICON native-grid file (tests/test_icon_native.py) carrying ``z_mc`` on the cells.
+
+    ``z_mc = 0.95 z* + 1 km + 2 km sin(lat)``: geometric heights of the levels
+    (``standard_name: geometric_height_at_full_level_center``, as ICON writes it).
+    """
+    ds = icon_dataset(3, coordinates=coordinates)
+    _, _, centres = icosahedral_mesh(3)
+    z_star = pressure_to_altitude_km(ICON_PLEV_PA)
+    z_mc_km = 0.95 * z_star[:, None] + 1.0 + 2.0 * centres[None, :, 2]  # z = sin(lat)
+    attrs = {
+        "units": "m",
+        "standard_name": "geometric_height_at_full_level_center",
+        "CDI_grid_type": "unstructured",
+    }
+    if time:
+        values = np.broadcast_to(z_mc_km * 1e3, (ds.sizes["time"], *z_mc_km.shape))
+        ds["z_mc"] = (("time", "plev", "ncells"), values.astype(np.float32), attrs)
+    else:
+        ds["z_mc"] = (("plev", "ncells"), (z_mc_km * 1e3).astype(np.float32), attrs)
+    path = tmp_path / "icon_native.nc"
+    ds.to_netcdf(path)
+    return path
+
+
+def _icon_expected_km(heights: LevelHeights) -> np.ndarray:
+    """``(L, n_lat)`` the mean over longitude of ``z_mc`` at the latitudes of ``heights`` (km)."""
+    z_star = pressure_to_altitude_km(ICON_PLEV_PA)
+    return 0.95 * z_star[:, None] + 1.0 + 2.0 * np.sin(np.deg2rad(heights.latitude))[None, :]
+
+
+@pytest.mark.parametrize("time", [False, True])
+def test_heights_are_read_from_icon_native_output(tmp_path, time) -> None:
+    """``z_mc`` on ICON's cells is remapped like the fields of ``open_archive`` before averaging."""
+    path = _icon_heights_file(tmp_path, time=time)
+    heights = level_heights_from_archive(path)
+    # the mesh's own Gaussian grid (1280 cells: 32 x 64), latitudes increasing
+    assert heights.latitude.size == 32 and np.all(np.diff(heights.latitude) > 0)
+    np.testing.assert_allclose(heights.altitude_km, pressure_to_altitude_km(ICON_PLEV_PA))
+    # barycentric remap of a field linear in (x, y, z): errs by O(h^2) of its 2 km amplitude
+    # (measured: 5 m at most, on 32 x 64 and on 8 x 16)
+    np.testing.assert_allclose(heights.height_km, _icon_expected_km(heights), atol=0.01)
+    assert "z_mc" in heights.source and not heights.approximate
+    coarse = level_heights_from_archive(path, icon=IconRemap(target=(8, 16)))
+    assert coarse.latitude.size == 8
+    np.testing.assert_allclose(coarse.height_km, _icon_expected_km(coarse), atol=0.01)
+
+
+def test_icon_native_heights_need_the_grid_file_without_cell_coordinates(tmp_path) -> None:
+    path = _icon_heights_file(tmp_path, coordinates=False)
+    with pytest.raises(ArchiveError, match=r"icon_native\.nc"):
+        level_heights_from_archive(path)
+    grid_file = tmp_path / "icon_grid.nc"
+    icon_grid_file(3).to_netcdf(grid_file)
+    heights = level_heights_from_archive(path, icon=IconRemap(grid_file=grid_file))
+    np.testing.assert_allclose(heights.height_km, _icon_expected_km(heights), atol=0.01)
+
+
 # ---------------------------------------------------------------------------- standard relations
 def test_gravity_and_the_geopotential_geometric_relation() -> None:
     np.testing.assert_allclose(
@@ -367,6 +449,17 @@ def test_approximation_is_documented_and_covers_the_model_heights(tiny_archive) 
     )
     # the error the source warns of covers the model's own heights (measured: 2.7 to 4.5 km)
     assert np.abs(difference).max() <= APPROXIMATE_ERROR_KM
+
+
+def test_the_docs_state_the_approximations_error() -> None:
+    """Every place docs/observations.md gives the approximation's error gives APPROXIMATE_ERROR_KM."""
+    import re
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "observations.md").read_text()
+    instrument_files = text.split("## Instrument files", 1)[1].split("\n## ", 1)[0]
+    stated = re.findall(r"errors?\s+of\s+up\s+to\s+about\s+(\d+(?:\.\d+)?)\s+km", instrument_files)
+    assert stated == [f"{APPROXIMATE_ERROR_KM:.0f}"], stated
+    assert "75-120 km" in instrument_files
 
 
 # ---------------------------------------------------------------------------- placing heights

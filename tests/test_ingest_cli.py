@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import xarray as xr
 from typer.testing import CliRunner
 
 from genda.cli import app
@@ -17,7 +18,7 @@ from genda.observations.heights import (
     geometric_to_log_pressure,
     level_heights_from_archive,
 )
-from test_observation_readers import write_cf_winds, write_mls, write_saber
+from test_observation_readers import write_cf_winds, write_lidar, write_mls, write_saber
 
 runner = CliRunner(env={"COLUMNS": "200"})
 
@@ -149,3 +150,59 @@ def test_a_level_on_the_grids_edge_survives_float32_pressure(tmp_path) -> None:
     beyond = Grid.gaussian(nlat=4, nlon=8, levels=[level + 0.01, 100.0, 110.0])
     with pytest.raises(InstrumentFileError, match="no mls rows left"):
         ingest_files("mls", [source], tmp_path / "none.parquet", grid=beyond)
+
+
+def test_radar_heights_from_icon_native_output_with_its_grid_file(tmp_path) -> None:
+    """``--icon-grid`` reaches the heights: ICON native output without cell coordinates."""
+    from genda.storage import IconRemap
+    from test_heights import _icon_heights_file
+    from test_icon_native import icon_grid_file
+
+    icon = _icon_heights_file(tmp_path, coordinates=False)
+    grid_file = tmp_path / "icon_grid.nc"
+    icon_grid_file(3).to_netcdf(grid_file)
+    source = write_cf_winds(tmp_path / "w.nc")  # 80-95 km; at 51.3 N the levels span 79-94.4 km
+    out = tmp_path / "radar.parquet"
+    args = ["ingest", "radar-netcdf", str(source), "--out", str(out), "--heights", str(icon)]
+    refused = runner.invoke(app, args)
+    assert refused.exit_code == 1 and "icon_native.nc" in refused.output
+    result = runner.invoke(app, [*args, "--icon-grid", str(grid_file), "--icon-target", "16x32"])
+    assert result.exit_code == 0, result.output
+    assert "APPROXIMATE" not in result.stdout and "z_mc" in result.stdout
+    assert "outside levels 6" in result.stdout  # u and v at 95 km, 3 times each
+    heights = level_heights_from_archive(icon, icon=IconRemap(grid_file=grid_file, target=(16, 32)))
+    table = read_observations(out)
+    expected = geometric_to_log_pressure(np.array([80.0, 85.0, 90.0]), 51.31, heights)
+    assert len(table) == 16 and np.allclose(np.sort(table["alt_km"].unique()), expected)
+
+
+def test_an_implausible_value_is_skipped_and_counted(tmp_path) -> None:
+    """One wind beyond PHYSICAL_RANGES (or sigma beyond SIGMA_RANGES) is left out, not fatal."""
+    from genda.observations.readers.ingest import ingest_files
+
+    source = write_cf_winds(tmp_path / "w.nc")
+    with xr.open_dataset(source) as ds:
+        ds = ds.load()
+    ds["zonal"][0, 1] = 520.0  # a decoding error: beyond 400 m/s
+    ds["meridional_error"][2, 3] = 0.01  # below the floor of 0.1 m/s
+    ds.to_netcdf(tmp_path / "bad.nc")
+    out = tmp_path / "radar.parquet"
+    result = runner.invoke(
+        app, ["ingest", "radar-netcdf", str(tmp_path / "bad.nc"), "--out", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    assert "implausible 2" in result.stdout
+    table = read_observations(out)
+    assert len(table) == 20 and table["value"].abs().max() < 400.0 and table["sigma"].min() >= 0.1
+    # in the file's units: a lidar temperature of -60 degC is 213 K, plausible; -250 degC is not
+    lidar = write_lidar(tmp_path / "lidar.nc")
+    with xr.open_dataset(lidar) as ds:
+        ds = ds.load()
+    ds["temperature"] = (ds["temperature"] - 273.15).assign_attrs(
+        ds["temperature"].attrs, units="degree_Celsius"
+    )
+    ds["temperature"][0, 1] = -250.0
+    ds.to_netcdf(tmp_path / "celsius.nc")
+    ingested = ingest_files("lidar-netcdf", [tmp_path / "celsius.nc"], tmp_path / "lidar.parquet")
+    assert ingested.summary.skipped["implausible"] == 1 and ingested.rows == 1
+    assert read_observations(ingested.out)["value"].tolist() == [pytest.approx(200.0)]

@@ -518,3 +518,141 @@ def test_every_reader_is_registered_with_its_vertical_kind() -> None:
         "mls": "log-pressure",
     }
     assert list(SKIP_REASONS)[:2] == ["fill value", "flagged"]
+
+
+# ---------------------------------------------------------------------------- review fixes
+def _rewritten(path: Path, out: Path, change) -> Path:
+    """``path`` read whole, changed by ``change(ds)`` (in place), written to ``out``."""
+    with xr.open_dataset(path) as ds:
+        ds = ds.load()
+    change(ds)
+    ds.to_netcdf(out)
+    return out
+
+
+@pytest.mark.parametrize(
+    ("data_units", "error_units"), [("m s-1", "m/s"), ("m/s", "m s-1"), ("m s**-1", "m.s-1")]
+)
+def test_cf_uncertainty_units_are_compared_as_units_not_text(tmp_path, data_units, error_units):
+    def change(ds: xr.Dataset) -> None:
+        ds["zonal"].attrs["units"] = data_units
+        ds["zonal_error"].attrs["units"] = error_units
+
+    path = _rewritten(write_cf_winds(tmp_path / "w.nc"), tmp_path / "units.nc", change)
+    table, _ = read_instrument_files("radar-netcdf", [path])
+    assert np.all(table.loc[table["variable"] == "u", "sigma"] == 2.5)
+
+
+@pytest.mark.parametrize(
+    ("data_units", "error_units"),
+    [
+        ("degree_Celsius", "K"),
+        ("K", "degC"),
+        ("degrees_Celsius", "degree_Celsius"),
+        ("K", "kelvin"),
+    ],
+)
+def test_cf_temperature_uncertainty_in_celsius_or_kelvin_is_one_scale(
+    tmp_path, data_units, error_units
+) -> None:
+    """An uncertainty is a difference: 1 degC of error is 1 K (scale only, no offset)."""
+
+    def change(ds: xr.Dataset) -> None:
+        if data_units.lower().startswith("deg"):
+            ds["temperature"] = (ds["temperature"] - 273.15).assign_attrs(ds["temperature"].attrs)
+        ds["temperature"].attrs["units"] = data_units
+        ds["t_err"].attrs["units"] = error_units
+
+    path = _rewritten(write_lidar(tmp_path / "l.nc"), tmp_path / "units.nc", change)
+    table, _ = read_instrument_files("lidar-netcdf", [path])
+    grid = Grid(np.array([0.0]), np.array([0.0]), np.array([0.0, 120.0]), latitude_kind="irregular")
+    valid = validate_observations(table.rename(columns={"height_km": "alt_km"}), grid)
+    np.testing.assert_allclose(valid["value"], [200.0, 190.0])
+    np.testing.assert_allclose(valid["sigma"], [1.0, 2.0])
+
+
+def test_cf_uncertainty_in_another_quantity_is_refused(tmp_path) -> None:
+    def change(ds: xr.Dataset) -> None:
+        ds["zonal_error"].attrs["units"] = "K"
+
+    path = _rewritten(write_cf_winds(tmp_path / "w.nc"), tmp_path / "bad.nc", change)
+    with pytest.raises(InstrumentFileError, match=r"bad\.nc.*'zonal_error' is in 'K'.*'m s-1'"):
+        read_instrument_files("radar-netcdf", [path])
+
+
+@pytest.mark.parametrize("good", ["no_flag", "good_value", "not_flagged", "no_qc_flag", "pass"])
+def test_cf_flag_meanings_of_good_data_in_common_spellings(tmp_path, good) -> None:
+    def change(ds: xr.Dataset) -> None:
+        ds["qc"].attrs["flag_meanings"] = f"{good} suspect bad"
+
+    path = _rewritten(write_lidar(tmp_path / "l.nc"), tmp_path / "flags.nc", change)
+    table, summary = read_instrument_files("lidar-netcdf", [path])
+    assert summary.files[0].skipped == {"fill value": 1, "flagged": 3}
+    assert table["value"].tolist() == [200.0, 190.0]
+
+
+def test_cf_flag_without_a_good_meaning_is_refused_not_emptied(tmp_path) -> None:
+    def change(ds: xr.Dataset) -> None:
+        ds["qc"].attrs["flag_meanings"] = "fine_data suspect bad"
+
+    path = _rewritten(write_lidar(tmp_path / "l.nc"), tmp_path / "flags.nc", change)
+    with pytest.raises(InstrumentFileError) as info:
+        read_instrument_files("lidar-netcdf", [path])
+    message = str(info.value)
+    for text in ("flags.nc", "'qc'", "flag_meanings", "fine_data", "suspect", "bad", "no_flag"):
+        assert text in message, text
+
+
+def test_one_constant_converts_hpa_to_pa() -> None:
+    from genda import constants
+    from genda.observations.readers import mls, saber
+
+    assert mls.HPA_TO_PA is constants.HPA_TO_PA and saber.HPA_TO_PA is constants.HPA_TO_PA
+    assert constants.HPA_TO_PA == 100.0
+
+
+def test_cf_heights_read_every_length_unit_of_the_model_readers(tmp_path) -> None:
+    """The CF readers and :func:`genda.storage.open_archive` share one table of length units."""
+    from genda.storage.source_conventions import UNIT_CONVERSIONS
+
+    for unit, (scale, _) in UNIT_CONVERSIONS["geopotential_height"].items():
+        heights = np.array([80e3, 85e3, 90e3, 95e3]) / scale
+        attrs = {"units": unit, "standard_name": "altitude"}
+        path = write_cf_winds(tmp_path / "w.nc", height=(heights, attrs))
+        if unit == "gpm":  # geopotential metres are no geometric height
+            with pytest.raises(InstrumentFileError, match="'gpm'"):
+                read_instrument_files("radar-netcdf", [path])
+            continue
+        table, _ = read_instrument_files("radar-netcdf", [path])
+        np.testing.assert_allclose(sorted(set(table["height_km"])), [80, 85, 90, 95], err_msg=unit)
+
+
+@pytest.mark.parametrize("missing", ["n/a", b"none"])
+def test_mls_missing_value_that_is_no_number_is_named(tmp_path, missing) -> None:
+    path = write_mls(tmp_path / "mls.he5")
+    with h5py.File(path, "a") as f:
+        f["HDFEOS/SWATHS/Temperature/Data Fields/Quality"].attrs["MissingValue"] = missing
+    with pytest.raises(InstrumentFileError) as info:
+        read_instrument_files("mls", [path])
+    message = str(info.value)
+    assert "mls.he5" in message and "Data Fields/Quality" in message and "MissingValue" in message
+
+
+def test_mls_missing_value_as_numeric_text_is_read(tmp_path) -> None:
+    path = write_mls(tmp_path / "mls.he5")
+    with h5py.File(path, "a") as f:
+        f["HDFEOS/SWATHS/Temperature/Data Fields/Temperature"].attrs["MissingValue"] = "-999.99"
+    table, summary = read_instrument_files("mls", [path])
+    assert summary.files[0].skipped["fill value"] == 1 and len(table) == 17
+
+
+@pytest.mark.parametrize("path_in_file", ["Data/Table Layout", "Metadata/Experiment Parameters"])
+def test_madrigal_group_instead_of_a_dataset_is_named(tmp_path, path_in_file) -> None:
+    path = write_madrigal(tmp_path / "amr.hdf5")
+    with h5py.File(path, "a") as f:
+        del f[path_in_file]
+        f.create_group(path_in_file).create_dataset("x", data=np.zeros(3))
+    with pytest.raises(InstrumentFileError) as info:
+        read_instrument_files("radar-madrigal", [path])
+    message = str(info.value)
+    assert "amr.hdf5" in message and f"/{path_in_file}" in message and "group" in message

@@ -126,7 +126,14 @@ def test_wind_units_accepted(unit: str | None) -> None:
 
 @pytest.mark.parametrize(
     ("unit", "value", "kelvin"),
-    [("K", 190.0, 190.0), ("degC", -80.0, 193.15), ("C", -80.0, 193.15)],
+    [
+        ("K", 190.0, 190.0),
+        ("degC", -80.0, 193.15),
+        ("C", -80.0, 193.15),
+        ("degree_Celsius", -80.0, 193.15),  # UDUNITS / CF spellings
+        ("degrees_celsius", -80.0, 193.15),
+        ("degree_C", -80.0, 193.15),
+    ],
 )
 def test_temperature_units_converted(unit: str, value: float, kelvin: float) -> None:
     raw = table().iloc[[2]].assign(value=value, units=unit)
@@ -370,3 +377,23 @@ def test_hand_written_csv(tmp_path: Path) -> None:
     assert out["value"].tolist() == [12.5, pytest.approx(198.15)]
     assert out["lon"].tolist() == [16.0, pytest.approx(291.9)]
     assert out["station"].tolist() == ["Andenes", ""]
+
+
+def test_implausible_rows_are_those_validation_finds_out_of_range() -> None:
+    """``implausible_rows`` applies the units and the bounds of validation, row by row."""
+    from genda.observations.table import implausible_rows
+
+    raw = table().assign(
+        value=[401.0, -5.0, -250.0, 3.0, 250.0],  # 401 m/s; -250 degC = 23 K
+        sigma=[5.0, 0.05, 2.0, 6.0, 1001.0],  # 0.05 m/s below the floor; 1001 K above the ceiling
+        units=["m/s", "", "degree_Celsius", "", "K"],
+    )
+    assert implausible_rows(raw).tolist() == [True, True, True, False, True]
+    for row in (0, 1, 2, 4):
+        problem(raw.iloc[[row]])  # each marked row alone is refused by validation
+    validate_observations(raw.iloc[[3]], GRID)
+    # unitless temperatures that look like Celsius are left to validation's hint, not dropped
+    celsius = table().assign(value=[10.0, -5.0, -60.0, 3.0, -50.0])
+    assert not implausible_rows(celsius).any()
+    # unknown units and variables are left to validation too
+    assert not implausible_rows(table().assign(units="km/h", value=1e6)).any()

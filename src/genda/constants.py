@@ -30,6 +30,8 @@ REFERENCE_PRESSURE_PA = 1.0e5
 SCALE_HEIGHT_KM = 7.0
 """Scale height H of the log-pressure altitude (km)."""
 SECONDS_PER_DAY = 86400.0
+HPA_TO_PA = 100.0
+"""Pascals per hectopascal (= millibar): MLS and SABER report pressure in hPa or mb."""
 
 
 def pressure_to_altitude_km(pressure_pa: np.ndarray | float) -> np.ndarray:

@@ -2,6 +2,8 @@
 
     genda ingest mls MLS-Aura_L2GP-Temperature_*.he5 --out mls.parquet --grid default
     genda ingest radar-netcdf collm_*.nc --out radar.parquet --heights archive.zarr
+    genda ingest radar-netcdf collm_*.nc --out radar.parquet --heights icon_ml.nc \
+        --icon-grid icon_grid_0012_R02B04_G.nc
 
 The command parses options, calls :func:`genda.observations.readers.ingest.ingest_files`
 and prints the read summary (rows read, kept and skipped by reason, per file)
@@ -19,6 +21,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from genda.cli.group import console
+from genda.cli.options import IconGridOption, IconTargetOption
 from genda.cli.render import facts_table
 from genda.grid import Grid
 from genda.observations.readers import READERS, SKIP_REASONS, ReadSummary
@@ -43,6 +46,8 @@ def ingest(
             "altitude; without it, an approximation (US Standard Atmosphere 1976)."
         ),
     ] = None,
+    icon_grid: IconGridOption = None,
+    icon_target: IconTargetOption = None,
     grid: Annotated[
         str | None,
         typer.Option(
@@ -62,12 +67,15 @@ def ingest(
     ] = False,
 ) -> None:
     """Read instrument files (radars, lidars, MLS, SABER) into one observation table."""
+    from genda.storage.icon_native import icon_options
+
     try:
         result = ingest_files(
             format_,
             files,
             out,
             heights=heights,
+            icon=icon_options(icon_grid, icon_target),
             grid=None if grid is None else _grid_of(grid),
             start=start,
             end=end,

@@ -41,13 +41,13 @@ IconGridOption = Annotated[
     Path | None,
     typer.Option(help="ICON grid file (icon_grid_*.nc) for native output without clon/clat."),
 ]
-"""``--icon-grid`` (``summary``, ``train``): the mesh of ICON native output."""
+"""``--icon-grid`` (``summary``, ``train``, ``ingest``): the mesh of ICON native output."""
 
 IconTargetOption = Annotated[
     str | None,
     typer.Option(help="NLATxNLON Gaussian grid that ICON native output is remapped to."),
 ]
-"""``--icon-target`` (``summary``, ``train``): the grid ICON native output is remapped to."""
+"""``--icon-target`` (``summary``, ``train``, ``ingest``): the grid ICON native output is remapped to."""
 
 InsecureOption = Annotated[
     bool,

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -35,6 +36,9 @@ from genda.errors import InvalidTypeError, InvalidValueError
 from genda.observations.model_heights import archive_error, mean_height_profile
 from genda.observations.standard_heights import standard_pressure
 from genda.observations.table import ObservationError
+
+if TYPE_CHECKING:  # the storage stack is imported only when an archive is read
+    from genda.storage.icon_native import IconRemap
 
 HEIGHTS_ATTR = "genda_heights"
 """``table.attrs`` key where :func:`place_geometric_heights` records how heights were placed."""
@@ -111,10 +115,14 @@ class LevelHeights:
         return table[upper - 1] * (1.0 - weight) + table[upper] * weight
 
 
-def level_heights_from_archive(path: str | os.PathLike[str]) -> LevelHeights:
+def level_heights_from_archive(
+    path: str | os.PathLike[str], icon: IconRemap | None = None
+) -> LevelHeights:
     """The geometric height of an archive's levels, per latitude, from the model's own heights.
 
-    Reads any file :func:`genda.storage.open_archive` reads. The heights are the
+    Reads any file :func:`genda.storage.open_archive` reads, ICON output on its
+    native grid included (remapped as ``open_archive`` remaps it, heights and
+    all: :func:`genda.storage.icon_native.remap_icon_native`). The heights are the
     first found of: geometric heights of the levels (``z_mc``, ICON's ``zg``
     with ``standard_name: geometric_height_at_full_level``, ``standard_name``
     ``height`` / ``altitude``); geopotential height (``zg``, ``Z3``,
@@ -127,6 +135,9 @@ def level_heights_from_archive(path: str | os.PathLike[str]) -> LevelHeights:
 
     Args:
         path: a Zarr store or NetCDF file.
+        icon: for ICON native output, the grid file, target grid and method
+            (:class:`~genda.storage.icon_native.IconRemap`); native output is
+            recognised without it when it carries its cells' coordinates.
 
     Returns:
         :class:`LevelHeights` on the archive's altitudes, per latitude (increasing).
@@ -135,7 +146,7 @@ def level_heights_from_archive(path: str | os.PathLike[str]) -> LevelHeights:
         ArchiveError: the file has no height variable (naming those looked for),
             or its heights are not finite or do not increase with the level.
     """
-    profile = mean_height_profile(path)
+    profile = mean_height_profile(path, icon=icon)
     try:
         return LevelHeights(
             profile.altitude_km,

@@ -14,13 +14,17 @@ from __future__ import annotations
 import os
 from collections.abc import Hashable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import xarray as xr
 
 from genda.constants import STANDARD_GRAVITY
 from genda.observations.standard_heights import geopotential_to_geometric_km
-from genda.units import canonical_units
+from genda.units import LENGTH_UNITS_M, canonical_units
+
+if TYPE_CHECKING:
+    from genda.storage.icon_native import IconRemap
 
 # What a model-output file may call its heights, in order of preference: geometric
 # heights of full levels need no conversion; half levels are averaged to full ones.
@@ -40,7 +44,6 @@ _GEOMETRIC_NAMES = ("z_mc", "zf", "geometric_height", "height", "altitude")
 _HALF_LEVEL_NAMES = ("zghalf", "z_ifc", "zh")
 _GEOPOTENTIAL_NAMES = ("z", "Z", "geopotential", "phi", "PHI", "geop")
 _GEOPOTENTIAL_UNITS = ("m2 s-2", "m2/s2", "m2.s-2", "m2s-2", "j kg-1", "j/kg")
-_LENGTH_UNITS_M = {"m": 1.0, "gpm": 1.0, "meter": 1.0, "meters": 1.0, "metre": 1.0, "km": 1e3}
 _LOOKED_FOR = (
     f"geopotential height {', '.join(_GEOPOTENTIAL_HEIGHT_NAMES)} (m) or "
     f"standard_name=geopotential_height; geopotential {', '.join(_GEOPOTENTIAL_NAMES)} "
@@ -138,17 +141,44 @@ def _full_levels(ds: xr.Dataset, name: Hashable, source: str) -> xr.DataArray:
 
 
 def _in_metres(var: xr.DataArray, name: Hashable, kind: str, source: str) -> xr.DataArray:
-    """The heights in m (geopotential / g0 for geopotential)."""
+    """The heights in m (geopotential / g0 for geopotential).
+
+    Lengths in the spellings :func:`genda.storage.open_archive` reads
+    (:data:`genda.units.LENGTH_UNITS_M`, and ``gpm``): a file whose heights open
+    there is read here alike.
+    """
+    lengths = {**LENGTH_UNITS_M, "gpm": 1.0}
     raw = str(var.attrs.get("units", ""))
     units = canonical_units(raw)
     if kind == "geopotential":
         return var.astype(np.float64) / STANDARD_GRAVITY
-    if units not in _LENGTH_UNITS_M:
+    if units not in lengths:
         raise archive_error(
             f"{source}: height variable {name!r} has units {raw!r}; expected m or km "
             "(or geopotential in m2 s-2)"
         )
-    return var.astype(np.float64) * _LENGTH_UNITS_M[units]
+    scale = lengths[units]
+    return var.astype(np.float64) * scale
+
+
+def _over_time(var: xr.DataArray, ds: xr.Dataset, time_names: tuple[str, ...]) -> xr.DataArray:
+    """``var`` broadcast (lazily) over the time dimensions of ``ds`` that it lacks.
+
+    ICON writes ``z_mc`` and ``z_ifc`` once, without time, beside fields with
+    time: the heights are the same at every time, and where the levels'
+    pressure varies in time each time places them anew.
+    """
+    missing = {
+        d: ds.sizes[d]
+        for d in ds.dims
+        if d not in var.dims
+        and (
+            d in time_names
+            or (d in ds.coords and np.issubdtype(ds[d].dtype, np.datetime64))
+            or (d in ds.coords and ds[d].attrs.get("standard_name") == "time")
+        )
+    }
+    return var.expand_dims(missing) if missing else var
 
 
 def archive_error(message: str) -> Exception:
@@ -158,8 +188,16 @@ def archive_error(message: str) -> Exception:
     return ArchiveError(message)
 
 
-def mean_height_profile(path: str | os.PathLike[str]) -> HeightProfile:
+def mean_height_profile(
+    path: str | os.PathLike[str], icon: IconRemap | None = None
+) -> HeightProfile:
     """The geometric height of a file's levels averaged over time and longitude, per latitude.
+
+    ICON output on its native grid (recognised as :func:`genda.storage.open_archive`
+    recognises it, or named by ``icon``) is first remapped to a latitude-longitude
+    grid by :func:`genda.storage.icon_native.remap_icon_native`, which remaps every
+    floating-point variable on the cells, the heights (``z_mc``, ``z_ifc``, ``zg``)
+    among them; ``icon`` gives its grid file, target and method.
 
     The heights are the first found of: geometric heights of the levels
     (``z_mc``, ICON's ``zg`` with ``standard_name:
@@ -176,10 +214,14 @@ def mean_height_profile(path: str | os.PathLike[str]) -> HeightProfile:
         ArchiveError: no height variable (naming those looked for), or units
             that are no length (or geopotential).
     """
+    from genda.storage.icon_native import is_icon_native, remap_icon_native
     from genda.storage.readers import open_raw, to_genda_conventions
+    from genda.storage.source_conventions import TIME_NAMES
 
     source = str(path)
     raw = open_raw(path)
+    if icon is not None or is_icon_native(raw):
+        raw = remap_icon_native(raw, icon, source=source)
     found = _find_height(raw)
     if found is None:
         raise archive_error(
@@ -189,7 +231,7 @@ def mean_height_profile(path: str | os.PathLike[str]) -> HeightProfile:
         )
     name, kind = found
     var = _full_levels(raw, name, source) if kind == "half" else raw[name]
-    metres = _in_metres(var, name, kind, source)
+    metres = _over_time(_in_metres(var, name, kind, source), raw, TIME_NAMES)
     renamed = raw.drop_vars([v for v in ("geopotential_height",) if v in raw.variables])
     renamed["geopotential_height"] = metres.assign_attrs(units="m")
     heights = to_genda_conventions(renamed, ("geopotential_height",), source)["geopotential_height"]

@@ -88,11 +88,18 @@ _ALIASES: dict[str, str] = {
 }
 
 # Units of ``value`` accepted in an optional ``units`` column, after canonical_units:
-# (scale, offset) to the grid variable's unit.
-_SPEED_UNITS = {u: (1.0, 0.0) for u in ("m/s", "m s-1", "ms-1", "m.s-1", "m/sec")}
-_TEMPERATURE_UNITS = {u: (1.0, 0.0) for u in ("k", "kelvin")}
+# (scale, offset) to the grid variable's unit. The spellings include UDUNITS' and
+# CF's (``degree_Celsius``, ``degrees_Celsius``), as instrument files write them.
+_SPEED_UNITS = {u: (1.0, 0.0) for u in ("m/s", "m s-1", "ms-1", "m.s-1", "m/sec", "m sec-1")}
+_TEMPERATURE_UNITS = {u: (1.0, 0.0) for u in ("k", "kelvin", "degk", "deg_k", "degree_k")}
 _TEMPERATURE_UNITS.update(
-    {u: (1.0, 273.15) for u in ("degc", "deg_c", "c", "°c", "celsius", "degrees_c", "degree_c")}
+    {
+        u: (1.0, 273.15)
+        for u in (
+            *("degc", "deg_c", "c", "°c", "celsius", "degrees_c", "degree_c"),
+            *("degree_celsius", "degrees_celsius", "degree celsius", "degrees celsius"),
+        )
+    }
 )
 _UNITS = {"u": _SPEED_UNITS, "v": _SPEED_UNITS, "los": _SPEED_UNITS, "T": _TEMPERATURE_UNITS}
 
@@ -519,6 +526,63 @@ def _check_physical(
         check(given & (sigma > ceiling), f"{name} sigma above {ceiling:g} {unit}")
 
 
+def unit_conversion(variable: str, units: str) -> tuple[float, float] | None:
+    """``(scale, offset)`` that take ``variable``'s values in ``units`` to the grid variable's unit.
+
+    Args:
+        variable: an observed variable or an alias of one (``u``, ``ta``, ...).
+        units: a spelling of a unit (compared after :func:`~genda.units.canonical_units`):
+            m s-1 for winds, K or degrees Celsius for ``T``.
+
+    Returns:
+        ``value * scale + offset`` is in m s-1 or K; an uncertainty (a difference)
+        takes the scale only (an error of 1 degC is one of 1 K). ``None`` for an
+        unknown variable or a unit not accepted for it.
+    """
+    name = _ALIASES.get(variable.strip().lower())
+    if name is None:
+        return None
+    return _UNITS[name].get(canonical_units(units))
+
+
+def implausible_rows(df: pd.DataFrame) -> np.ndarray:
+    """``(M,)`` rows whose value or ``sigma`` lies outside :data:`PHYSICAL_RANGES` / :data:`SIGMA_RANGES`.
+
+    Both are compared in the grid variables' units, after the ``units`` column
+    (if any) is applied, with the bounds :func:`validate_observations` uses.
+    Rows it reports for another reason are not marked here: an unknown variable
+    or unit, a value or ``sigma`` that is no finite number, ``sigma <= 0``, and
+    ``T`` rows without a unit that look like degrees Celsius (refused together,
+    with a hint at the unit, rather than dropped one by one).
+    """
+    names = df["variable"].map(
+        lambda s: _ALIASES.get(s.strip().lower()) if isinstance(s, str) else None
+    )
+    names = names.fillna("").astype(str).reset_index(drop=True)
+    value = pd.to_numeric(df["value"], errors="coerce").to_numpy(dtype=np.float64)
+    sigma = pd.to_numeric(df["sigma"], errors="coerce").to_numpy(dtype=np.float64)
+    has_unit = np.zeros(len(df), dtype=bool)
+    if "units" in df.columns:
+        units = _as_text(df["units"]).map(canonical_units).to_numpy(dtype=object)
+        has_unit = units != ""
+        factors = [
+            _UNITS[n].get(u, (np.nan, np.nan)) if n and u else (1.0, 0.0)
+            for n, u in zip(names, units, strict=True)
+        ]
+        scale, offset = np.array(factors, dtype=np.float64).reshape(-1, 2).T
+        value, sigma = value * scale + offset, sigma * scale
+    is_t = (names == "T").to_numpy()
+    celsius = _looks_like_celsius(value, is_t & np.isfinite(value) & ~has_unit)
+    marked = np.zeros(len(df), dtype=bool)
+    for name, (low, high) in PHYSICAL_RANGES.items():
+        rows = (names == name).to_numpy()
+        floor, ceiling = SIGMA_RANGES[name]
+        bad_value = np.isfinite(value) & ~celsius & ((value < low) | (value > high))
+        bad_sigma = np.isfinite(sigma) & (sigma > 0) & ((sigma < floor) | (sigma > ceiling))
+        marked |= rows & (bad_value | bad_sigma)
+    return marked
+
+
 def _looks_like_celsius(value: np.ndarray, candidates: np.ndarray) -> np.ndarray:
     """``(M,)`` mask of the ``candidates`` (unitless ``T`` rows) that look like degrees Celsius.
 
@@ -578,5 +642,7 @@ __all__ = [
     "PHYSICAL_RANGES",
     "SIGMA_RANGES",
     "ObservationError",
+    "implausible_rows",
+    "unit_conversion",
     "validate_observations",
 ]

@@ -32,7 +32,7 @@ from genda.constants import REFERENCE_PRESSURE_PA, pressure_to_altitude_km
 from genda.grid import ALTITUDE_LONG_NAME
 from genda.storage.errors import ArchiveError
 from genda.storage.vertical_interpolation import HybridSigmaPressure
-from genda.units import canonical_units
+from genda.units import LENGTH_UNITS_M, canonical_units
 
 # ---------------------------------------------------------------------------- name tables
 VARIABLE_ALIASES: dict[str, tuple[str, ...]] = {
@@ -94,8 +94,7 @@ _SPEED = {"m s-1": 1.0, "m/s": 1.0, "m.s-1": 1.0, "ms-1": 1.0, "m/sec": 1.0, "m 
 _SPEED.update({f"{m} second-1": 1.0 for m in ("meter", "meters", "metre", "metres")})
 _SPEED.update({f"{m}/second": 1.0 for m in ("meter", "meters", "metre", "metres")})
 _SPEED.update({"cm s-1": 0.01, "cm/s": 0.01})
-_LENGTH_M = {"m": 1.0, "meter": 1.0, "meters": 1.0, "metre": 1.0, "metres": 1.0, "gpm": 1.0}
-_LENGTH_M.update({"km": 1000.0, "kilometer": 1000.0, "kilometers": 1000.0, "kilometre": 1000.0})
+_LENGTH_M = {**LENGTH_UNITS_M, "gpm": 1.0}
 _PRESSURE_PA = {"pa": 1.0, "pascal": 1.0, "pascals": 1.0, "kpa": 1000.0}
 _PRESSURE_PA.update({u: 100.0 for u in ("hpa", "mbar", "mbars", "millibar", "millibars", "mb")})
 _KELVIN = {

@@ -19,13 +19,16 @@ standard-name table):
 - the uncertainty of a variable is the variable named in its
   ``ancillary_variables`` whose ``standard_name`` is ``"<standard_name>
   standard_error"`` (CF standard-name modifier), else any variable with that
-  standard name; it is required;
+  standard name; it is required. Its unit is compared with the data's as a
+  unit (``m/s`` is ``m s-1``; an uncertainty in degrees Celsius is one in K)
+  and it is rescaled to the data's unit;
 - a quality flag is a variable named in ``ancillary_variables`` whose
   ``standard_name`` is ``status_flag`` or ``quality_flag`` (or ends with one).
   With ``flag_values``/``flag_meanings``, values whose meaning is one of
-  :data:`GOOD_FLAG_MEANINGS` are good; with ``flag_masks``, a value is good
-  when no bit of a mask with another meaning is set; without either, 0 is
-  good. A flag along ``time`` only flags whole profiles;
+  :data:`GOOD_FLAG_MEANINGS` are good (a file whose meanings name none is
+  refused); with ``flag_masks``, a value is good when no bit of a mask with
+  another meaning is set; without either, 0 is good. A flag along ``time``
+  only flags whole profiles;
 - the station: ``latitude``/``longitude`` as scalar variables (by
   ``standard_name``, else by name ``latitude``/``lat``,
   ``longitude``/``lon``) or global attributes (:data:`LATITUDE_ATTRS`,
@@ -57,7 +60,8 @@ from genda.observations.readers.common import (
     profile_rows,
     refuse,
 )
-from genda.units import canonical_units
+from genda.observations.table import unit_conversion
+from genda.units import LENGTH_UNITS_M, canonical_units
 
 WIND_STANDARD_NAMES: dict[str, str] = {"u": "eastward_wind", "v": "northward_wind"}
 TEMPERATURE_STANDARD_NAMES: dict[str, str] = {"T": "air_temperature"}
@@ -70,12 +74,19 @@ SURFACE_ALTITUDE_ATTRS: tuple[str, ...] = ("station_altitude", "site_altitude", 
 """Global attributes giving the station's surface altitude above mean sea level, in metres."""
 
 GOOD_FLAG_MEANINGS: frozenset[str] = frozenset(
-    {"good", "good_data", "ok", "pass", "passed", "valid", "no_problem", "no_problems"}
+    {
+        *("good", "good_data", "good_value", "good_values", "good_quality", "ok", "okay"),
+        *("pass", "passed", "valid", "no_problem", "no_problems", "no_error", "no_errors"),
+        *("no_flag", "no_flags", "not_flagged", "unflagged", "no_qc_flag", "qc_passed"),
+    }
 )
-"""``flag_meanings`` words that mark good data (lower case)."""
+"""``flag_meanings`` words that mark good data (lower case).
 
-_METRES = {"m", "meter", "meters", "metre", "metres"}
-_KILOMETRES = {"km", "kilometer", "kilometers", "kilometre", "kilometres"}
+Spellings of CF files in use: ``good``/``good_data`` (ARGO-like tables),
+``pass`` (IOOS QARTOD), ``no_flag``/``not_flagged``/``no_qc_flag`` (radar and
+lidar files whose flag counts problems). A flag with ``flag_values`` of which
+none means good is refused (it would leave out every row)."""
+
 _VERTICAL_NAMES = ("altitude", "alt", "height")
 
 
@@ -139,7 +150,7 @@ def _read_variable(
         raise refuse(path, f"variable {name!r} has dimensions {data.dims}; expected (time, height)")
     z_dim = next(d for d in data.dims if d != time_dim)
     data = data.transpose(time_dim, z_dim)
-    sigma = _uncertainty(path, ds, data).transpose(time_dim, z_dim)
+    sigma = _uncertainty(path, ds, data, variable).transpose(time_dim, z_dim)
     height_km = _height_km(path, ds, z_dim)
     times = ds[time_dim].values.astype("datetime64[ns]")
     shape = data.shape
@@ -209,13 +220,13 @@ def _height_km(path: Path, ds: xr.Dataset, z_dim: str) -> np.ndarray:
             "'height' in m or km)",
         )
     z = ds[candidates[0]]
-    units = canonical_units(str(z.attrs.get("units", "")))
-    if units in _METRES:
-        scale = 1e-3
-    elif units in _KILOMETRES:
-        scale = 1.0
-    else:
-        raise refuse(path, f"vertical coordinate {z.name!r} has units {units!r}; expected m or km")
+    scale = _length_km(str(z.attrs.get("units", "")))
+    if scale is None:
+        raise refuse(
+            path,
+            f"vertical coordinate {z.name!r} has units {z.attrs.get('units', '')!r}; "
+            "expected m or km",
+        )
     if str(z.attrs.get("positive", "up")).lower() != "up":
         raise refuse(path, f"vertical coordinate {z.name!r} is positive {z.attrs['positive']!r}")
     height = as_float(z.values) * scale
@@ -224,12 +235,23 @@ def _height_km(path: Path, ds: xr.Dataset, z_dim: str) -> np.ndarray:
     return height
 
 
+def _length_km(units: str) -> float | None:
+    """km per ``units`` of geometric height (m, km in any spelling), ``None`` for other units.
+
+    The spellings are those of the model-output readers
+    (:data:`genda.units.LENGTH_UNITS_M`), which leave out geopotential metres:
+    a geopotential height is no geometric height.
+    """
+    factor = LENGTH_UNITS_M.get(canonical_units(units))
+    return None if factor is None else factor / 1e3
+
+
 def _surface_altitude_km(path: Path, ds: xr.Dataset, z_name: str) -> float:
     """The station's surface altitude above mean sea level (km), for heights above the surface."""
     for name, var in ds.variables.items():
         if _standard_name(var) == "surface_altitude" and var.size == 1:
-            units = canonical_units(str(var.attrs.get("units", "m")))
-            scale = 1.0 if units in _KILOMETRES else 1e-3 if units in _METRES else None
+            units = str(var.attrs.get("units", "m"))
+            scale = _length_km(units)
             if scale is None:
                 raise refuse(
                     path, f"surface_altitude {name!r} has units {units!r}; expected m or km"
@@ -246,8 +268,14 @@ def _surface_altitude_km(path: Path, ds: xr.Dataset, z_name: str) -> float:
     )
 
 
-def _uncertainty(path: Path, ds: xr.Dataset, data: xr.DataArray) -> xr.DataArray:
-    """The uncertainty variable of ``data`` (standard name modifier ``standard_error``)."""
+def _uncertainty(path: Path, ds: xr.Dataset, data: xr.DataArray, variable: str) -> xr.DataArray:
+    """The uncertainty variable of ``data`` (standard name modifier ``standard_error``), in its unit.
+
+    Units are compared as units (:func:`~genda.observations.table.unit_conversion`
+    of genda's ``variable``), not as text: ``m/s`` and ``m s-1`` are one unit;
+    an uncertainty in degrees Celsius is one in kelvin (a difference: scale
+    only). The uncertainty is rescaled to the unit of ``data``.
+    """
     wanted = f"{_standard_name(data)} standard_error"
     linked = [n for n in str(data.attrs.get("ancillary_variables", "")).split() if n in ds]
     matches = [n for n in linked if _standard_name(ds[n]) == wanted]
@@ -264,12 +292,29 @@ def _uncertainty(path: Path, ds: xr.Dataset, data: xr.DataArray) -> xr.DataArray
         raise refuse(
             path, f"uncertainty {matches[0]!r} has dimensions {sigma.dims}, not {data.dims}"
         )
-    units, data_units = (canonical_units(str(v.attrs.get("units", ""))) for v in (sigma, data))
-    if units and data_units and units != data_units and {units, data_units} != {"k", "degc"}:
+    scale = _uncertainty_scale(variable, *(str(v.attrs.get("units", "")) for v in (sigma, data)))
+    if scale is None:
         raise refuse(
-            path, f"uncertainty {matches[0]!r} is in {units!r} but {data.name!r} in {data_units!r}"
+            path,
+            f"uncertainty {matches[0]!r} is in {sigma.attrs.get('units')!r} but {data.name!r} "
+            f"in {data.attrs.get('units')!r}",
         )
-    return sigma.broadcast_like(data)
+    return (sigma * scale if scale != 1.0 else sigma).broadcast_like(data)
+
+
+def _uncertainty_scale(variable: str, sigma_units: str, data_units: str) -> float | None:
+    """Factor taking an uncertainty in ``sigma_units`` to ``data_units``; ``None``: not one quantity.
+
+    A missing unit on either side is taken as the other's; two units neither
+    table knows must be spelled alike (the data's unit is checked on validation).
+    """
+    sigma_key, data_key = canonical_units(sigma_units), canonical_units(data_units)
+    if not sigma_key or not data_key or sigma_key == data_key:
+        return 1.0
+    to_sigma, to_data = (unit_conversion(variable, u) for u in (sigma_units, data_units))
+    if to_sigma is None or to_data is None:
+        return None
+    return to_sigma[0] / to_data[0]
 
 
 def _flags(ds: xr.Dataset, data: xr.DataArray) -> list[xr.DataArray]:
@@ -298,6 +343,13 @@ def _flagged(
     if "flag_values" in flag.attrs and meanings:
         values = np.atleast_1d(flag.attrs["flag_values"]).astype(np.int64)
         good = [v for v, word in zip(values, meanings, strict=False) if word in GOOD_FLAG_MEANINGS]
+        if not good:
+            raise refuse(
+                path,
+                f"quality flag {flag.name!r}: none of its flag_meanings "
+                f"{flag.attrs['flag_meanings']!r} marks good data (every row would be left "
+                f"out); known meanings of good data: {', '.join(sorted(GOOD_FLAG_MEANINGS))}",
+            )
         return ~np.isin(codes, good) & ~missing
     return (codes != 0) & ~missing
 

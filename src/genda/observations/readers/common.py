@@ -40,6 +40,8 @@ SKIP_REASONS: dict[str, str] = {
     "convergence": "MLS Convergence is not below the threshold",
     "precision": "the uncertainty is not positive (MLS: negative precision means do not use)",
     "time range": "outside the requested time range (genda ingest --start/--end)",
+    "implausible": "the value or its uncertainty lies outside the physical ranges of the "
+    "observation table (PHYSICAL_RANGES, SIGMA_RANGES: a unit or decoding error; genda ingest)",
     "outside levels": "the geometric height lies outside the heights of the levels (genda ingest)",
     "outside grid": "outside the altitudes of the grid (genda ingest --grid)",
 }

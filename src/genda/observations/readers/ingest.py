@@ -1,9 +1,12 @@
 """From instrument files to a validated observation table on disk (``genda ingest``).
 
-:func:`ingest_files` reads the files (:func:`read_instrument_files`), places
-geometric heights on the log-pressure altitude (:mod:`genda.observations.heights`:
-a model archive's level heights, or the documented approximation), leaves out
-rows outside the levels or the grid (counted in the summary), validates the
+:func:`ingest_files` reads the files (:func:`read_instrument_files`), leaves out
+rows whose value or uncertainty no atmosphere produces (``"implausible"``: the
+ranges :func:`~genda.observations.table.validate_observations` checks, so that
+one decoding error does not refuse a whole set of files), places geometric
+heights on the log-pressure altitude (:mod:`genda.observations.heights`: a
+model archive's level heights, or the documented approximation), leaves out
+rows outside the levels or the grid (all counted in the summary), validates the
 table (:func:`~genda.observations.table.validate_observations`) and writes it
 whole (:func:`~genda.observations.files.write_observations`). Nothing is written
 when any step fails.
@@ -15,6 +18,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -30,8 +34,11 @@ from genda.observations.heights import (
 from genda.observations.observe import check_table_replaceable
 from genda.observations.readers import read_instrument_files, reader_for
 from genda.observations.readers.common import InstrumentFileError, ReadSummary, VerticalKind
-from genda.observations.table import ObservationError, validate_observations
+from genda.observations.table import ObservationError, implausible_rows, validate_observations
 from genda.times import TimeLike
+
+if TYPE_CHECKING:
+    from genda.storage.icon_native import IconRemap
 
 EDGE_TOLERANCE_KM = 1e-3
 """Rows this close outside the grid's altitudes are put on its edge (float32 pressures
@@ -68,6 +75,7 @@ def ingest_files(
     out: str | os.PathLike[str],
     *,
     heights: str | os.PathLike[str] | None = None,
+    icon: IconRemap | None = None,
     grid: Grid | None = None,
     start: TimeLike | None = None,
     end: TimeLike | None = None,
@@ -83,6 +91,8 @@ def ingest_files(
         heights: an archive whose level heights place geometric heights
             (:func:`level_heights_from_archive`); ``None``: the approximation
             (:func:`approximate_level_heights`). Unused for pressure instruments.
+        icon: how to read ``heights`` when it is ICON output on its native
+            grid (grid file, target, method: :class:`~genda.storage.icon_native.IconRemap`).
         grid: rows outside its altitudes are left out (``"outside grid"``) and
             the rest validated against it (its variables); ``None``: validated
             without an altitude range.
@@ -104,12 +114,13 @@ def ingest_files(
         format, paths, start=start, end=end, skip_refused=skip_refused
     )
     level_heights: LevelHeights | None = None
+    table = summary.drop(table, implausible_rows(table), "implausible")
     try:
         if reader.vertical == "geometric":
             level_heights = (
                 approximate_level_heights()
                 if heights is None
-                else level_heights_from_archive(heights)
+                else level_heights_from_archive(heights, icon=icon)
             )
             table = summary.drop(table, _outside_levels(table, level_heights), "outside levels")
             table = place_geometric_heights(table, level_heights)

@@ -78,8 +78,8 @@ def read_madrigal_winds(path: Path) -> FileRead:
         with h5py.File(path, "r") as f:
             if TABLE_PATH not in f:
                 raise refuse(path, f"no /{TABLE_PATH} dataset (not a Madrigal HDF5 file)")
-            table = f[TABLE_PATH][()]
-            parameters = _experiment_parameters(f)
+            table = _dataset(path, f, TABLE_PATH)
+            parameters = _experiment_parameters(path, f)
     except OSError as exc:
         raise refuse(path, f"cannot be read as HDF5 ({exc})") from exc
     names = {name.lower(): name for name in table.dtype.names or ()}
@@ -146,11 +146,19 @@ def read_madrigal_winds(path: Path) -> FileRead:
     return FileRead(pd.concat(parts, ignore_index=True), len(table) * len(winds), skipped)
 
 
-def _experiment_parameters(f: h5py.File) -> dict[str, str]:
+def _dataset(path: Path, f: h5py.File, name: str) -> np.ndarray:
+    """The values of the dataset ``name``; an error naming it if it is a group."""
+    node = f[name]
+    if not isinstance(node, h5py.Dataset):
+        raise refuse(path, f"/{name} is a group, not a dataset (a Madrigal table)")
+    return node[()]
+
+
+def _experiment_parameters(path: Path, f: h5py.File) -> dict[str, str]:
     """``/Metadata/Experiment Parameters`` as ``{name: value}`` (empty if absent)."""
     if PARAMETERS_PATH not in f:
         return {}
-    records = f[PARAMETERS_PATH][()]
+    records = _dataset(path, f, PARAMETERS_PATH)
     fields = records.dtype.names or ()
     if "name" not in fields or "value" not in fields:
         return {}

@@ -44,7 +44,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from genda.constants import pressure_to_altitude_km
+from genda.constants import HPA_TO_PA, pressure_to_altitude_km
 from genda.observations.readers.common import (
     FileRead,
     Reader,
@@ -90,7 +90,6 @@ MLS_MISSING_VALUE = -999.99
 """The MLS missing value, used when a dataset has no ``MissingValue`` attribute."""
 
 SWATH = "HDFEOS/SWATHS/Temperature"
-HPA_TO_PA = 100.0
 TAI93_EPOCH = np.datetime64("1993-01-01T00:00:00", "ns")
 
 LEAP_SECONDS_SINCE_1993: tuple[str, ...] = (
@@ -224,9 +223,14 @@ def read_mls_temperature(path: Path) -> FileRead:
     return FileRead(table, temperature.size, screen.counts)
 
 
-def _group(path: Path, swath: h5py.Group, name: str) -> h5py.Group:
+def _group(path: Path, swath: h5py.Group | h5py.Dataset, name: str) -> h5py.Group:
+    """The group ``name`` of the swath; an error naming it if it is missing or no group."""
+    if not isinstance(swath, h5py.Group):
+        raise refuse(path, f"/{SWATH} is a dataset, not a group (the swath)")
     if name not in swath:
         raise refuse(path, f"no /{SWATH}/{name} group")
+    if not isinstance(swath[name], h5py.Group):
+        raise refuse(path, f"/{SWATH}/{name} is a dataset, not a group")
     return swath[name]
 
 
@@ -235,15 +239,32 @@ def _field(path: Path, group: h5py.Group, name: str) -> np.ndarray:
     if name not in group:
         raise refuse(path, f"no {group.name}/{name} dataset")
     dataset = group[name]
+    if not isinstance(dataset, h5py.Dataset):
+        raise refuse(path, f"{dataset.name} is a group, not a dataset")
     raw = dataset[()]
-    values = as_float(raw)
+    try:
+        values = as_float(raw)
+    except (TypeError, ValueError):
+        raise refuse(path, f"{dataset.name} holds {raw.dtype} values, not numbers") from None
     for attr in ("MissingValue", "_FillValue"):
         if attr in dataset.attrs:
-            missing = np.asarray(dataset.attrs[attr]).astype(raw.dtype).ravel()
-            values[np.isin(raw, missing)] = np.nan
+            values[np.isin(raw, _missing_value(path, dataset, attr, raw.dtype))] = np.nan
     if raw.dtype.kind == "f":
         values[raw == np.asarray(MLS_MISSING_VALUE, dtype=raw.dtype)] = np.nan
     return values
+
+
+def _missing_value(path: Path, dataset: h5py.Dataset, attr: str, dtype: np.dtype) -> np.ndarray:
+    """The values of ``dataset``'s attribute ``attr`` in the dataset's ``dtype``, flattened.
+
+    A number written as text (``"-999.99"``) is read as that number; anything
+    else that is no number is an error naming the file, the dataset and the attribute.
+    """
+    value = dataset.attrs[attr]
+    try:
+        return np.asarray(value).astype(np.float64).astype(dtype).ravel()
+    except (TypeError, ValueError):
+        raise refuse(path, f"{dataset.name} attribute {attr} = {value!r} is not a number") from None
 
 
 def _check_shapes(

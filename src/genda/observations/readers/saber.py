@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from genda.constants import pressure_to_altitude_km
+from genda.constants import HPA_TO_PA, pressure_to_altitude_km
 from genda.observations.catalog import SABER_T_ERRORS
 from genda.observations.readers.common import (
     FileRead,
@@ -45,7 +45,6 @@ from genda.observations.readers.common import (
 
 SABER_FILL_VALUE = -999.0
 """SABER's missing value."""
-HPA_TO_PA = 100.0
 
 _TEMPERATURE_NAMES = ("ktemp", "Ktemp")
 _ERROR_NAMES = ("ktemp_error", "Ktemp_error")
