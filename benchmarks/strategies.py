@@ -155,9 +155,11 @@ def _grid_tag(nlat: int, nlon: int) -> str:
     return f"{nlat}x{nlon}"
 
 
-def _run_child(stage: str, spec: dict[str, Any], log: Path) -> dict[str, Any]:
-    """Run ``stage`` of this script in its own process; its last stdout line is JSON."""
-    command = [sys.executable, __file__, "--child", stage, json.dumps(spec)]
+def _run_child(
+    stage: str, spec: dict[str, Any], log: Path, script: str | Path = __file__
+) -> dict[str, Any]:
+    """Run ``stage`` of ``script`` (this one) in its own process; its last stdout line is JSON."""
+    command = [sys.executable, str(script), "--child", stage, json.dumps(spec)]
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("w") as err:
         done = subprocess.run(command, stdout=subprocess.PIPE, stderr=err, text=True)
@@ -251,13 +253,17 @@ def make_data(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------- training
+def train_batch_size(strategy: str, levels: int) -> int:
+    """Fields per training step: :data:`JOINT_BATCH`, or about 64 layer samples for layer2d."""
+    return JOINT_BATCH if strategy == "joint3d" else max(1, LAYER_SAMPLES_PER_STEP // levels)
+
+
 def _train_config(strategy: str, levels: int, steps: int, device: str) -> Any:
     from genda.models.training import TrainConfig
 
-    batch = JOINT_BATCH if strategy == "joint3d" else max(1, LAYER_SAMPLES_PER_STEP // levels)
     return TrainConfig(
         steps=steps,
-        batch_size=batch,
+        batch_size=train_batch_size(strategy, levels),
         lr=1e-3,
         warmup_steps=max(1, steps // 10),
         val_every=steps,

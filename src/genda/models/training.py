@@ -39,9 +39,10 @@ Modules. The settings and the learning-rate schedule are in
 :mod:`~genda.models.training_config`, the device, ranks and RNG in
 :mod:`~genda.models.training_device`, one optimizer step in
 :mod:`~genda.models.training_step`, the loss log in
-:mod:`~genda.models.loss_log`, resuming in :mod:`~genda.models.training_resume`
-and the loop in :mod:`~genda.models.training_loop`; their public names are
-importable from here.
+:mod:`~genda.models.loss_log`, resuming in :mod:`~genda.models.training_resume`,
+ending a run early (the stop hook, the plateau rule) in
+:mod:`~genda.models.training_stop` and the loop in
+:mod:`~genda.models.training_loop`; their public names are importable from here.
 """
 
 from __future__ import annotations
@@ -72,6 +73,7 @@ from genda.models.training_device import distributed, resolve_device
 from genda.models.training_loop import TrainingDivergedError, TrainingLoop, TrainResult
 from genda.models.training_resume import ResumeState, read_resume
 from genda.models.training_step import optimization_step
+from genda.models.training_stop import PlateauStop, StopRule
 from genda.models.validation import validation_loss
 
 __all__ = [
@@ -79,6 +81,8 @@ __all__ = [
     "EMA",
     "LOSS_CSV",
     "LOSS_PNG",
+    "PlateauStop",
+    "StopRule",
     "TrainConfig",
     "TrainResult",
     "TrainingDivergedError",
@@ -100,6 +104,7 @@ def train(
     *,
     overwrite: bool = False,
     description: Mapping[str, Any] | None = None,
+    stop: StopRule | None = None,
 ) -> TrainResult:
     """Train ``denoiser`` on ``data`` and write the checkpoint ``checkpoint_dir``.
 
@@ -117,6 +122,10 @@ def train(
         progress: show a progress bar (rank 0 only).
         overwrite: replace an existing ``checkpoint_dir`` when not resuming.
         description: facts stored in the checkpoint's ``run`` (e.g. the command line).
+        stop: a stop rule, called with the loss log after each of its rows; a
+            string it returns ends the run there (validated and checkpointed)
+            and is :attr:`TrainResult.stopped` (:mod:`genda.models.training_stop`,
+            e.g. :class:`~genda.models.training_stop.PlateauStop`).
 
     Returns:
         :class:`TrainResult`.
@@ -156,6 +165,7 @@ def train(
         run_info={"world_size": world, "device": str(device), **dict(description or {})},
         history=state.history,
         wall_before=state.wall_s,
+        stop=stop,
     )
     return loop.run(state.step, progress)
 

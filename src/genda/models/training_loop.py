@@ -5,7 +5,8 @@ optimizer, resumed state) from :func:`genda.models.training.train`, runs the
 steps up to ``config.steps``, logs the losses every ``log_every`` steps,
 validates every ``val_every`` steps (and at the start and the end), writes
 the checkpoint every ``checkpoint_every`` steps and at the end (rank 0
-only), and returns a :class:`TrainResult`.
+only), and returns a :class:`TrainResult`. A stop rule
+(:mod:`genda.models.training_stop`) may end the run before ``config.steps``.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from genda.models.loss_log import LOSS_CSV, LOSS_PNG, csv_text, last, plot_png, 
 from genda.models.training_config import TrainConfig, learning_rate
 from genda.models.training_device import own_rng
 from genda.models.training_step import optimization_step
+from genda.models.training_stop import StopRule
 from genda.models.validation import validation_loss
 
 __all__ = ["TrainResult", "TrainingDivergedError", "TrainingLoop"]
@@ -56,6 +58,9 @@ class TrainResult:
         parameters: number of model parameters.
         history: the rows of ``loss.csv``.
         periodic: periodic checkpoints kept (``keep_checkpoints``).
+        stopped: why the run ended before ``config.steps``: the stop rule's
+            reason (:mod:`genda.models.training_stop`); ``None`` when it ran
+            to ``config.steps``.
     """
 
     checkpoint: Path
@@ -68,6 +73,7 @@ class TrainResult:
     parameters: int
     history: list[dict[str, Any]] = field(repr=False)
     periodic: list[Path] = field(default_factory=list)
+    stopped: str | None = None
 
     @property
     def loss_csv(self) -> Path:
@@ -97,6 +103,8 @@ class TrainingLoop:
         run_info: facts stored in the checkpoint's ``run``.
         history: the loss log (rows of ``loss.csv``), extended in place.
         wall_before: wall time spent before a resume.
+        stop: a stop rule called after every row of the log (``None``: run to
+            ``config.steps``); :mod:`genda.models.training_stop`.
     """
 
     denoiser: EDMDenoiser
@@ -114,6 +122,8 @@ class TrainingLoop:
     run_info: dict[str, Any]
     history: list[dict[str, Any]]
     wall_before: float = 0.0
+    stop: StopRule | None = None
+    stopped: str | None = None  # the stop rule's reason, once it ended the run
     started: float = field(default_factory=time.perf_counter)
     overhead: float = 0.0  # validation and checkpoints, left out of the throughput
     periodic: list[Path] = field(default_factory=list)
@@ -192,9 +202,26 @@ class TrainingLoop:
                 bar.set_postfix(
                     {k: f"{row[k]:.4f}" for k in ("train_loss", "val_loss") if k in row}
                 )
+                self.stopped = self._stop_reason()
+                if self.stopped is not None:
+                    if not val_now:  # a run ends validated, wherever it ends
+                        self.history[-1] |= self.validate()
+                    break
             if step % config.checkpoint_every == 0 and step < config.steps and self.lead:
                 self.save(step, final=False)
         return step
+
+    def _stop_reason(self) -> str | None:
+        """The stop rule's answer on the log so far: rank 0 decides, every rank follows."""
+        if self.stop is None:
+            return None
+        reason = self.stop(self.history) if self.lead else None
+        if self.world > 1:
+            # the rows hold all-reduced losses but each rank's own wall time: one decision
+            box = [reason]
+            dist.broadcast_object_list(box, src=0)
+            reason = box[0]
+        return reason
 
     def _log(self, step: int, running: Tensor, count: int, *, validate: bool) -> dict[str, Any]:
         """Append the row of ``step`` (mean training loss since the last row) to the log.
@@ -285,4 +312,5 @@ class TrainingLoop:
             parameters=sum(p.numel() for p in self.denoiser.parameters()),
             history=self.history,
             periodic=self.periodic,
+            stopped=self.stopped,
         )

@@ -34,7 +34,7 @@ from genda.models.data import DEFAULT_GAP_HOURS, DEFAULT_MEMORY_LIMIT, TimeSplit
 from genda.models.diffusion import EDMDenoiser
 from genda.models.gaussian_skip import GaussianSkip
 from genda.models.strategies import build_backbone, get_strategy
-from genda.models.training import TrainConfig, TrainResult, resolve_device, train
+from genda.models.training import StopRule, TrainConfig, TrainResult, resolve_device, train
 from genda.models.whitening import SpectralWhitening
 from genda.storage import IconRemap, open_archive
 
@@ -295,6 +295,7 @@ def train_prior(
     memory_limit_bytes: int = DEFAULT_MEMORY_LIMIT,
     command: str | None = None,
     icon: IconRemap | None = None,
+    stop: StopRule | None = None,
 ) -> TrainingRun:
     """Train a diffusion prior on an archive and write the checkpoint ``out``.
 
@@ -328,6 +329,9 @@ def train_prior(
         command: the command line, stored in the checkpoint.
         icon: grid file, target and method for UA-ICON native output
             (:func:`genda.storage.open_archive`).
+        stop: a stop rule that may end the run before ``config.steps``
+            (:mod:`genda.models.training_stop`, e.g. ``PlateauStop``); its
+            reason is ``result.stopped``.
 
     Returns:
         :class:`TrainingRun`.
@@ -383,6 +387,7 @@ def train_prior(
             progress=progress,
             overwrite=overwrite,
             description={"archive": source, **({"command": command} if command else {})},
+            stop=stop,
         )
     return TrainingRun(
         result=result,
