@@ -1,4 +1,8 @@
-"""Shared helpers of the benchmarks: machine description, JSON results, tables."""
+"""Shared helpers of the benchmarks: machine description, JSON results, tables.
+
+``FlopCount`` (FLOPs of torch operators, forward and backward) lives in
+:mod:`genda.planning.dispatch`, which the run planner shares; it is re-exported here.
+"""
 
 from __future__ import annotations
 
@@ -14,10 +18,9 @@ from typing import Any
 import torch
 from rich.console import Console
 from rich.table import Table
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils.flop_counter import flop_registry
 
 import genda
+from genda.planning.dispatch import FlopCount
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -121,25 +124,14 @@ def print_table(title: str, rows: list[dict[str, Any]]) -> None:
     Console(width=max(200, Console().width)).print(table)
 
 
-class FlopCount(TorchDispatchMode):
-    """Count the FLOPs of the torch operators run inside, including those of ``autograd.grad``.
-
-    ``torch.utils.flop_counter.FlopCounterMode`` attributes FLOPs to modules
-    with hooks that ``torch.autograd.grad`` refuses (MMPS guidance calls it
-    inside the denoiser); this mode counts the same operators
-    (``torch.utils.flop_counter.flop_registry``: matrix products and
-    convolutions, forward and backward) without attributing them. ``total``
-    holds the count.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.total = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
-        kwargs = kwargs or {}
-        out = func(*args, **kwargs)
-        counter = flop_registry.get(func._overloadpacket)
-        if counter is not None:
-            self.total += int(counter(*args, **kwargs, out_val=out))
-        return out
+__all__ = [
+    "RESULTS",
+    "FlopCount",
+    "machine",
+    "machine_tag",
+    "peak_rss_mib",
+    "print_table",
+    "reset_peak_rss",
+    "rss_now_mib",
+    "write_result",
+]

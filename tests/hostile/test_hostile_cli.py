@@ -560,8 +560,8 @@ def test_the_cli_catches_no_builtin_errors() -> None:
     # a command may catch a genda error to print more of it (a summary, a table)
     builtin = [text for text in caught if not is_genda_error(text)]
     assert set(builtin) <= {"ValueError"}, builtin
-    # float("...") / int("...") of --batch-size, --channel-mult and plot's --at
-    assert builtin.count("ValueError") <= 3
+    # float("...") / int("...") of --batch-size, --channel-mult, --grid and plot's --at
+    assert builtin.count("ValueError") <= 4
 
 
 def test_a_bug_keeps_its_traceback(world: dict, tmp_path: Path, monkeypatch) -> None:

@@ -19,7 +19,8 @@ The package, one module per group of commands:
 - :mod:`~genda.cli.windows`: ``assimilate``, ``baseline``;
 - :mod:`~genda.cli.stores`: ``query``, ``validate``, ``evaluate``;
 - :mod:`~genda.cli.products`: ``plot``, ``export``;
-- :mod:`~genda.cli.cycles`: ``cycle``, ``serve``, ``demo``.
+- :mod:`~genda.cli.cycles`: ``cycle``, ``serve``, ``demo``;
+- :mod:`~genda.cli.plan`: ``plan`` (memory and time per member, the strategy to run).
 
 The commands are registered below, in the order ``genda --help`` lists them.
 """
@@ -30,6 +31,7 @@ from genda.cli.archives import observe, simulate, summary
 from genda.cli.cycles import cycle, demo, serve
 from genda.cli.group import GendaGroup, app, main
 from genda.cli.ingest import ingest
+from genda.cli.plan import plan
 from genda.cli.priors import fidelity, train_command
 from genda.cli.products import export, plot
 from genda.cli.render import render_summary
@@ -52,6 +54,7 @@ app.command()(plot)
 app.command()(export)
 app.command()(baseline)
 app.command()(demo)
+app.command()(plan)
 
 __all__ = [
     "GendaGroup",
@@ -66,6 +69,7 @@ __all__ = [
     "ingest",
     "main",
     "observe",
+    "plan",
     "plot",
     "query",
     "render_summary",

@@ -71,6 +71,17 @@ def parse_channel_mult(text: str) -> list[int]:
     return values
 
 
+def parse_grid_size(text: str, option: str = "--grid") -> tuple[int, int]:
+    """``NLATxNLON`` (e.g. ``180x360``) -> ``(nlat, nlon)``; a usage error naming ``option``."""
+    try:
+        nlat, nlon = (int(part) for part in text.lower().split("x"))
+    except ValueError:
+        raise typer.BadParameter(
+            f"{option} must be NLATxNLON (e.g. 180x360), got {text!r}"
+        ) from None
+    return nlat, nlon
+
+
 def parse_batch_size(text: str) -> tuple[int, bool]:
     """``--batch-size``: a positive integer, or ``auto`` (probe the device) -> (size, auto)."""
     from genda.orchestration.config import resolve_batch_size
