@@ -38,6 +38,8 @@ from genda.errors import InvalidValueError, OutputExistsError
 from genda.evaluation.analysis_fit import plot_observation_fit
 from genda.evaluation.analysis_plots import MapLevel, plot_level_map, plot_station_profiles
 from genda.evaluation.analysis_points import fit_from_members, station_places, station_profiles
+from genda.evaluation.ensemble_plots import level_layer
+from genda.evaluation.plots import level_label
 from genda.grid import DEFAULT_VARIABLES, Grid
 from genda.observations import read_observations, validate_observations
 from genda.observations.table import window_bounds
@@ -201,7 +203,7 @@ def _read_table(path: str | os.PathLike[str], grid: Grid) -> pd.DataFrame:
 
 
 def _file_names(grid: Grid, altitude: float, stamp: str) -> dict[str, str]:
-    level = f"{altitude:.1f}".rstrip("0").rstrip(".")
+    level = level_label(altitude)
     names = {name: f"map_{name}_{level}km_{stamp}.png" for name in grid.variables}
     names.update(profiles=f"profiles_{stamp}.png", fit=f"obs_fit_{stamp}.png")
     return names
@@ -235,15 +237,6 @@ def _subtitle(store: EnsembleStore, provenance: dict[str, object]) -> str:
     return f"genda {kind} ({', '.join(parts)}), {store.n_members} members{observations}"
 
 
-def _layer(levels: np.ndarray, index: int) -> tuple[float, float]:
-    """Half-way to the neighbouring levels (the outermost spacing repeated at the ends)."""
-    if levels.size == 1:
-        return -np.inf, np.inf
-    below = levels[index] - levels[index - 1] if index > 0 else levels[1] - levels[0]
-    above = levels[index + 1] - levels[index] if index < levels.size - 1 else below
-    return float(levels[index] - below / 2), float(levels[index] + above / 2)
-
-
 def _draw_maps(
     store: EnsembleStore,
     t: np.datetime64,
@@ -256,7 +249,7 @@ def _draw_maps(
     """variable -> PNG of its mean and spread on ``level``."""
     grid = store.grid
     window = open_ensemble(store.path).isel(time=store.window_index(t), altitude=level)
-    low, high = _layer(grid.altitude, level)
+    low, high = level_layer(grid.altitude, level)
     points = None
     if observed is not None and len(observed):
         points = observed[(observed["alt_km"] >= low) & (observed["alt_km"] <= high)]

@@ -66,7 +66,7 @@ def plot_maps(
     ]
     levels = np.asarray(_as_array(truth, variable)["altitude"].values, dtype=np.float64)
     index = int(np.argmin(np.abs(levels - altitude)))
-    low, high = _layer(levels, index)
+    low, high = level_layer(levels, index)
     units = str(_as_array(truth, variable).attrs.get("units", ""))
     fig, axes = new_figure(1, 3, panel_size=(4.6, 2.8), sharey=True)
     both = np.concatenate([fields[0].values.ravel(), fields[1].values.ravel()])
@@ -125,7 +125,7 @@ def _level_field(
         )
     levels = np.asarray(da["altitude"].values, dtype=np.float64)
     index = int(np.argmin(np.abs(levels - altitude)))
-    low, high = _layer(levels, index)
+    low, high = level_layer(levels, index)
     if not low <= altitude <= high:
         raise InvalidValueError(
             f"altitude {altitude:g} km is outside the levels {levels.min():g}..{levels.max():g} km"
@@ -133,7 +133,7 @@ def _level_field(
     return da.isel(altitude=index).transpose("latitude", "longitude").load()
 
 
-def _layer(levels: np.ndarray, index: int) -> tuple[float, float]:
+def level_layer(levels: np.ndarray, index: int) -> tuple[float, float]:
     """The layer of level ``index``: half-way to its neighbours (a lone level: all altitudes)."""
     if levels.size == 1:
         return -math.inf, math.inf
