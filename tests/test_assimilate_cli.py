@@ -158,6 +158,29 @@ def test_members_do_not_depend_on_the_batch(setup: dict) -> None:
     np.testing.assert_allclose(stores[0], stores[1], rtol=0, atol=1e-4)
 
 
+def test_auto_batch_size_comes_from_the_memory_model(setup: dict, monkeypatch) -> None:
+    """``--batch-size auto`` on a CPU: the settings' batch where memory holds it; where
+    not one member fits, a clear error and no member written."""
+    from genda.planning import batch
+
+    def run(out: Path):
+        args = _assimilate_args(setup, setup["obs"], out)
+        args[args.index("--members") + 1] = "3"
+        return runner.invoke(app, [*args, "--batch-size", "auto"])
+
+    result = run(setup["root"] / "auto.zarr")
+    assert result.exit_code == 0, result.output
+    assert xr.open_zarr(setup["root"] / "auto.zarr").sizes["member"] == 3
+    monkeypatch.setattr(batch, "available_host_bytes", lambda: 4096)
+    small = setup["root"] / "auto-small.zarr"
+    refused = run(small)
+    assert refused.exit_code != 0
+    assert "one posterior member needs" in refused.output
+    if small.exists():
+        store = EnsembleStore.open(small)
+        assert all(not store.complete(t).any() for t in store.windows())
+
+
 def test_evaluate_scores_the_store_and_the_withheld_stations(setup: dict) -> None:
     store = setup["root"] / "joint3d-eval.zarr"
     prior = setup["root"] / "joint3d-prior.zarr"

@@ -66,7 +66,10 @@ def assimilate(
         int | None, typer.Option(help="Langevin corrections per step (SDA default 1).")
     ] = POSTERIOR_DEFAULTS.corrections,
     batch_size: Annotated[
-        str, typer.Option(help="Members per denoiser batch, or 'auto' (probe each GPU).")
+        str,
+        typer.Option(
+            help="Members per denoiser batch, or 'auto' (the memory model of genda plan, confirmed on each GPU)."
+        ),
     ] = str(POSTERIOR_DEFAULTS.batch_size),
     layers_per_batch: Annotated[
         int | None,

@@ -331,35 +331,70 @@ class MemberGenerator:
     def probe_batch_size(
         self, job: WindowJob, memory_fraction: float = 0.8, largest: int = 256
     ) -> int:
-        """Members per batch that fit this device: measured on a GPU, the settings' on a CPU.
+        """Members per batch for this device (``--batch-size auto``).
 
-        On CUDA one denoiser call (the guided one: MMPS's solver and the
-        gradients are the peak) runs with 1 and 2 members; the peak memory is
-        linear in the batch, and the batch is the largest whose peak stays
-        under ``memory_fraction`` of the free memory. A CPU has memory to
-        spare at these sizes and its throughput is flat in the batch size, so
-        the settings' batch size is kept.
+        The memory model of ``genda plan`` prices this prior's run with the
+        job's settings and observations (:mod:`genda.planning.batch`) against
+        ``memory_fraction`` of the memory available beyond the loaded weights.
+
+        - On CUDA the model's batch is then confirmed: one guided denoiser call
+          of that many members runs, and the batch is halved and bisected
+          while a call runs out of memory or its peak exceeds the budget.
+          Without a model of the run (SDA) the probe starts from ``largest``.
+        - On a CPU the settings' batch is kept (its throughput is flat in the
+          batch, and keeping it keeps a rerun's batch-mates, so its members
+          bit-identical), unless the model says it does not fit the available
+          memory: then the largest batch that does.
+
+        Raises:
+            InvalidValueError: the model says not one member fits.
         """
+        from genda.planning.batch import (
+            available_host_bytes,
+            confirm_batch,
+            prior_batch,
+            refuse,
+        )
+
         device = torch.device(self.device)
+        observations = None if job.observations is None else len(job.observations)
+        if device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(device)
+            loaded = torch.cuda.memory_allocated(device)  # the weights, before the window
+            budget = int(memory_fraction * free)
+            where = f"{device} ({free / 2**30:.2f} GiB free)"
+        else:
+            host = available_host_bytes()
+            if host is None:
+                return job.settings.batch_size
+            budget = int(memory_fraction * host)
+            where = f"this machine ({host / 2**30:.2f} GiB available)"
+        ceiling = largest if device.type == "cuda" else job.settings.batch_size
+        plan = prior_batch(self.prior, job.settings, observations, budget, ceiling)
+        if plan is not None and plan.batch == 0:
+            refuse(plan, where)
         if device.type != "cuda":
-            return job.settings.batch_size
-        denoiser = self.denoiser(job)
-        peaks = []
-        for batch in (1, 2):
+            return ceiling if plan is None else plan.batch
+        denoiser = self.denoiser(job)  # the window's guidance counts against the budget
+
+        def fits(batch: int) -> bool:
             torch.cuda.synchronize(device)
             torch.cuda.reset_peak_memory_stats(device)
-            before = torch.cuda.memory_allocated(device)
-            x = torch.randn(batch, *self.prior.state_shape, device=device)
-            sigma = torch.full((batch,), 1.0, device=device)
-            denoiser(x, sigma)
-            torch.cuda.synchronize(device)
-            peaks.append(torch.cuda.max_memory_allocated(device) - before)
-            del x, sigma
-        per_member = max(peaks[1] - peaks[0], 1)
-        fixed = max(peaks[0] - per_member, 0)
-        free, _ = torch.cuda.mem_get_info(device)
-        fits = int((memory_fraction * free - fixed) // per_member)
-        return max(1, min(largest, fits))
+            try:
+                x = torch.randn(batch, *self.prior.state_shape, device=device)
+                denoiser(x, torch.full((batch,), 1.0, device=device))
+                torch.cuda.synchronize(device)
+                del x
+            except torch.OutOfMemoryError:
+                return False
+            finally:
+                torch.cuda.empty_cache()
+            return torch.cuda.max_memory_allocated(device) - loaded <= budget
+
+        batch = confirm_batch(largest if plan is None else plan.batch, fits)
+        if batch == 0:
+            raise InvalidValueError(f"not one posterior member fits {where}")
+        return batch
 
 
 def set_layers_per_batch(prior: LoadedPrior, layers_per_batch: int) -> None:

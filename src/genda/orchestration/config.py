@@ -187,7 +187,8 @@ def resolve_batch_size(batch_size: int | Literal["auto"]) -> tuple[int, bool]:
 
     ``"auto"`` starts from :class:`PosteriorSettings`' default batch size; a
     GPU replaces it by the largest batch that fits its memory, a CPU keeps it
-    (:meth:`genda.distributed.work.MemberGenerator.probe_batch_size`).
+    unless its memory does not hold it (the memory model of ``genda plan``,
+    :meth:`genda.distributed.work.MemberGenerator.probe_batch_size`).
     """
     if batch_size == "auto":
         return _SETTINGS.batch_size, True
