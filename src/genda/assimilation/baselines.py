@@ -51,6 +51,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import pandas as pd
@@ -496,21 +497,79 @@ def localized_analysis(
     states = np.asarray(states)
     _check_analysis_inputs(states, grid, members, rng)
     k = states.shape[0]
-    localization = localization or Localization()
     operator = ObservationOperator.from_table(obs, grid)
+    flat = states.reshape(k, -1)
+    return localized_update(
+        flat,
+        _apply_operator(operator, flat),
+        obs,
+        grid,
+        members=members,
+        rng=rng,
+        localization=localization,
+    )
+
+
+class PointLayout(Protocol):
+    """Where the values of a state vector lie: ``shape = (V, L, H, W)`` over the
+    ``latitude`` ``(H,)``, ``longitude`` ``(W,)`` (degrees) and ``altitude`` ``(L,)``
+    (km) a :class:`~genda.grid.Grid` has (or a model's layers)."""
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]: ...
+
+    latitude: np.ndarray
+    longitude: np.ndarray
+    altitude: np.ndarray
+
+
+def localized_update(
+    flat: np.ndarray,
+    hx: np.ndarray,
+    obs: pd.DataFrame,
+    layout: PointLayout,
+    *,
+    members: int = 0,
+    rng: np.random.Generator | None = None,
+    localization: Localization | None = None,
+) -> Analysis:
+    """:func:`localized_analysis` of states given with their observed values ``H x``.
+
+    The state need not be the fields the observations see: a forecast
+    model's prognostic variables on its own layers are updated with the
+    ensemble's covariances with ``H`` of its output (a cycled EnKF,
+    :mod:`genda.assimilation.cycled_enkf`).
+
+    Args:
+        flat: ``(K, N)`` states, ``N = V L H W`` in ``layout``'s order.
+        hx: ``(K, M)`` the states' values at the observations.
+        obs: the ``M`` observations (``value``, ``sigma``, ``lat``, ``lon``, ``alt_km``).
+        layout: where the ``N`` values lie (localisation).
+        members, rng, localization: as :func:`localized_analysis`.
+    """
+    k = flat.shape[0]
+    nvar, nlev, nlat, nlon = layout.shape
+    if flat.shape != (k, nvar * nlev * nlat * nlon) or hx.shape != (k, len(obs)):
+        raise InvalidValueError(
+            f"states {flat.shape} and observed values {hx.shape} do not match {k} states of "
+            f"{layout.shape} and {len(obs)} observations"
+        )
+    if k < 2:
+        raise InvalidValueError(f"a sample covariance needs at least 2 states, got {k}")
+    if members > 0 and rng is None:
+        raise InvalidValueError(
+            "the EnKF members need a random generator for their perturbed observations"
+        )
+    localization = localization or Localization()
     y = obs["value"].to_numpy(dtype=np.float64)
     sigma = obs["sigma"].to_numpy(dtype=np.float64)
-    m = operator.n_obs
-
-    nvar, nlev, nlat, nlon = grid.shape
-    flat = states.reshape(k, -1)
+    m = len(obs)
     # Background mean in float64: a float32 sum over hundreds of ~200 K states loses digits.
     x_b = flat.mean(axis=0, dtype=np.float64)
-    hx = _apply_operator(operator, flat)  # (K, M)
     hx_b = hx.mean(axis=0)
     hx_anomaly = hx - hx_b  # (K, M), (H X')^T
 
-    rho_h, rho_v = localization.grid_to_obs(grid, obs)  # (H*W, M), (L, M)
+    rho_h, rho_v = localization.grid_to_obs(layout, obs)  # (H*W, M), (L, M)
     hbh = (hx_anomaly.T @ hx_anomaly) / (k - 1) * localization.obs_to_obs(obs)
     solve = _solver(hbh + np.diag(sigma**2))
 
@@ -535,7 +594,7 @@ def localized_analysis(
             mean[rows] += increments[:, 0]
             if members:
                 updated[:, rows] = (flat[:members, rows] + increments[:, 1:].T).astype(np.float32)
-    shape = grid.shape
+    shape = tuple(layout.shape)
     return Analysis(x_b.reshape(shape), mean.reshape(shape), updated.reshape(members, *shape))
 
 
@@ -576,6 +635,7 @@ __all__: Sequence[str] = [
     "Analysis",
     "ClimatologicalDraw",
     "Localization",
+    "PointLayout",
     "climatology_indices",
     "draw_climatology",
     "enkf_analysis",
@@ -583,5 +643,6 @@ __all__: Sequence[str] = [
     "great_circle_km",
     "hour_matched_indices",
     "localized_analysis",
+    "localized_update",
     "oi_analysis",
 ]
