@@ -98,13 +98,24 @@ def observe(
     overwrite: Annotated[
         bool, typer.Option(help="Replace existing observation tables at --out.")
     ] = False,
+    lidars_at_night: Annotated[
+        bool,
+        typer.Option(help="Lidars observe only with the Sun 6 degrees below their horizon."),
+    ] = False,
 ) -> None:
     """Draw synthetic observations (with their errors) from a truth archive."""
     from genda.observations import observe_to_file
 
     stations = [name.strip() for name in withhold.split(",") if name.strip()]
     result = observe_to_file(
-        truth, time_, network, out, seed, withhold=stations, overwrite=overwrite
+        truth,
+        time_,
+        network,
+        out,
+        seed,
+        withhold=stations,
+        overwrite=overwrite,
+        lidars_at_night=lidars_at_night,
     )
     for part in render_observations(result):
         console.print(part)

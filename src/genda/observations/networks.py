@@ -33,6 +33,7 @@ from genda.grid import Grid
 from genda.observations.catalog import STATIONS, Station, station
 from genda.observations.geometry import lidar_geometry, limb_track, radar_geometry
 from genda.observations.operators import ObservationOperator
+from genda.observations.solar import is_dark
 from genda.observations.table import validate_observations
 from genda.times import TimeLike, as_datetime64, iso
 
@@ -116,6 +117,7 @@ def _network_geometry(
     los: bool,
     half_window_minutes: float,
     saber_yaw: Literal["north", "south"],
+    lidars_at_night: bool = False,
 ) -> pd.DataFrame:
     """Where the networks observe: one row per observation, values not yet drawn."""
     parts = []
@@ -123,7 +125,12 @@ def _network_geometry(
         if name == "radars":
             parts.append(radar_geometry(grid, sites, los=los))
         elif name == "lidars":
-            parts.append(lidar_geometry(grid, sites))
+            lidars = sites
+            if lidars_at_night:
+                lidars = tuple(
+                    s for s in sites if s.kind != "lidar" or bool(is_dark(when, s.lat, s.lon))
+                )
+            parts.append(lidar_geometry(grid, lidars))
         else:
             track = limb_track(
                 when, name, grid, half_window_minutes=half_window_minutes, yaw=saber_yaw
@@ -150,6 +157,7 @@ def draw_observations(
     half_window_minutes: float = 30.0,
     saber_yaw: Literal["north", "south"] = "north",
     noise: bool = True,
+    lidars_at_night: bool = False,
 ) -> pd.DataFrame:
     """Synthetic observations of ``truth`` at ``time`` by the given networks.
 
@@ -168,6 +176,9 @@ def draw_observations(
         half_window_minutes: the limb tracks cover ``time`` +- this.
         saber_yaw: the side SABER views.
         noise: add the Gaussian noise (``False``: the truth seen through ``H``).
+        lidars_at_night: a lidar observes only while the Sun is 6 degrees or more
+            below its horizon (:func:`genda.observations.solar.is_dark`), as
+            resonance lidars without daylight filters do.
 
     Returns:
         A validated table (:func:`~genda.observations.validate_observations`)
@@ -186,7 +197,9 @@ def draw_observations(
         if stations is None
         else tuple(s if isinstance(s, Station) else station(s) for s in stations)
     )
-    geometry = _network_geometry(names, grid, when, sites, los, half_window_minutes, saber_yaw)
+    geometry = _network_geometry(
+        names, grid, when, sites, los, half_window_minutes, saber_yaw, lidars_at_night
+    )
     # The tracks' own times only placed the profiles; the values are the truth at `time`.
     geometry["time"] = when
     geometry["value"] = 0.0  # a placeholder: the values are drawn below

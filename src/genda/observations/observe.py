@@ -131,6 +131,7 @@ def observe_to_file(
     seed: int,
     withhold: Sequence[str] = (),
     overwrite: bool = False,
+    lidars_at_night: bool = False,
 ) -> ObservationDraw:
     """Draw observations of an archive at one time and write them (``genda observe``).
 
@@ -141,6 +142,7 @@ def observe_to_file(
         out: ``.csv``, ``.parquet`` or ``.nc`` file, written atomically.
         seed: noise seed.
         withhold: stations whose rows go to :func:`withheld_path` instead.
+        lidars_at_night: lidars observe only at night (as :func:`draw_observations`).
         overwrite: replace existing observation tables at ``out`` and its
             withheld file (nothing that is not an observation table is replaced).
 
@@ -158,7 +160,7 @@ def observe_to_file(
     grid = Grid.from_dataset(truth)
     when = as_datetime64(time)
     snapshot = select_time(truth, when, source=str(truth_path))
-    obs = draw_observations(snapshot, grid, when, networks, seed)
+    obs = draw_observations(snapshot, grid, when, networks, seed, lidars_at_night=lidars_at_night)
     assimilated, withheld = split_withheld(obs, withhold) if withhold else (obs, obs.iloc[:0])
     if assimilated.empty:
         raise InvalidValueError(f"withholding {list(withhold)} leaves no observation to assimilate")
