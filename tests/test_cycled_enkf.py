@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import xarray as xr
 
 from genda.assimilation.baselines import NO_LOCALIZATION, localized_update
 from genda.assimilation.cycled_enkf import (
@@ -18,8 +19,12 @@ from genda.assimilation.cycled_enkf import (
     set_clock,
 )
 from genda.errors import InvalidValueError
+from genda.grid import Grid
+from genda.observations import draw_observations
 from genda.observations.operators import ObservationOperator
+from genda.orchestration.enkf_cycle import METHOD, enkf_cycle
 from genda.simulator import Simulator, SimulatorConfig
+from genda.storage import EnsembleStore, open_archive
 
 SMALL = SimulatorConfig(nlat=16, nlon=32, layers=4, levels=4)
 
@@ -136,3 +141,55 @@ def test_cycling_draws_the_ensemble_to_a_truth_of_the_same_model() -> None:
         mean = torch.as_tensor(ensemble.fields().mean(0), dtype=torch.float64)
         analysed = ObservationOperator.from_table(obs, grid)(mean).numpy()
         assert np.sqrt(np.mean((analysed - truth_values) ** 2)) < report.prior_rmse
+
+
+def _windows(archive, hours: int) -> list[tuple[np.datetime64, pd.DataFrame]]:
+    truth = open_archive(archive)
+    grid = Grid.from_dataset(truth)
+    times = truth.time.values[6 : 6 + hours]
+    return [
+        (t, draw_observations(truth, grid, t, "radars,lidars", seed=i)) for i, t in enumerate(times)
+    ]
+
+
+def test_a_cycle_writes_every_analysis_to_a_store_xarray_reads(tiny_archive, tmp_path) -> None:
+    windows = _windows(tiny_archive, 3)
+    settings = EnkfSettings(members=4, spacing_hours=6.0, seed=2)
+    seen = []
+    reports = enkf_cycle(
+        tiny_archive,
+        windows,
+        tmp_path / "enkf.zarr",
+        settings,
+        spinup_days=1.0,
+        on_window=lambda t, fields, report: seen.append(fields),
+        progress=False,
+    )
+    assert len(reports) == 3 and all(r.posterior_rmse < r.prior_rmse for r in reports)
+    ds = xr.open_zarr(tmp_path / "enkf.zarr")
+    assert ds.sizes["member"] == 4 and ds.sizes["time"] == 3
+    np.testing.assert_array_equal(ds.time.values, [t for t, _ in windows])
+    for index, fields in enumerate(seen):  # what the store holds is what was analysed
+        stored = ds[["u", "v", "T"]].isel(time=index).to_array("variable")
+        np.testing.assert_array_equal(stored.transpose("member", "variable", ...).values, fields)
+    provenance = EnsembleStore.open(tmp_path / "enkf.zarr").provenance(windows[2][0])
+    assert provenance["method"] == METHOD
+    assert provenance["previous_window"] == str(windows[1][0])[:19]
+
+
+def test_a_cycle_refuses_bad_windows_and_writes_nothing(tiny_archive, tmp_path) -> None:
+    windows = _windows(tiny_archive, 2)
+    out = tmp_path / "bad.zarr"
+    settings = EnkfSettings(members=3)
+    with pytest.raises(InvalidValueError, match="increase"):
+        enkf_cycle(tiny_archive, windows[::-1], out, settings, progress=False)
+    with pytest.raises(InvalidValueError, match="no observations"):
+        enkf_cycle(tiny_archive, [(windows[0][0], windows[0][1].iloc[:0])], out, settings)
+    with pytest.raises(InvalidValueError, match="no windows"):
+        enkf_cycle(tiny_archive, [], out, settings)
+    plain = open_archive(tiny_archive).isel(time=slice(0, 2)).load()
+    plain.attrs = {}
+    plain.to_netcdf(tmp_path / "other.nc")
+    with pytest.raises(InvalidValueError, match="model_config"):
+        enkf_cycle(tmp_path / "other.nc", windows, out, settings, progress=False)
+    assert not out.exists()

@@ -266,7 +266,9 @@ def baseline_window(
         vertical_km=vertical_km,
     )
     provenance = _provenance(method, settings, archive, seed, when, window_hours, draw.times, obs)
-    _write_store(out, grid, when, method, fields, provenance, overwrite)
+    write_ensemble_window(
+        out, grid, when, f"genda baseline ensemble ({method})", fields, provenance, overwrite
+    )
     return _summarise(
         out,
         method,
@@ -460,25 +462,25 @@ def _provenance(
     }
 
 
-def _write_store(
+def write_ensemble_window(
     out: Path,
     grid: Grid,
     when: np.datetime64,
-    method: str,
+    title: str,
     fields: np.ndarray,
     provenance: dict[str, Any],
-    overwrite: bool,
+    overwrite: bool = False,
 ) -> None:
     """Register the window at ``when`` in ``out`` and write its ``(N, V, L, H, W)`` members.
 
     Only called once the members are computed, so a failed draw or analysis
-    leaves the store as it was.
+    leaves the store as it was. ``title`` names the store when it is created.
     """
     store = EnsembleStore.open_or_create(
         out,
         grid,
         int(fields.shape[0]),
-        {"title": f"genda baseline ensemble ({method})", "source": f"genda {__version__}"},
+        {"title": title, "source": f"genda {__version__}"},
         overwrite=overwrite,
     )
     store.add_window(when, provenance)
@@ -551,4 +553,5 @@ __all__ = [
     "baseline_localization",
     "baseline_window",
     "hour_matched_generator",
+    "write_ensemble_window",
 ]
