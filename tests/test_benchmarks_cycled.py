@@ -1,0 +1,61 @@
+"""``benchmarks/cycled_osse.py``: pooling and the ``--quick`` cycle end to end."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "cycled_osse.py"
+
+
+@pytest.fixture(scope="module")
+def osse() -> Any:
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        spec = importlib.util.spec_from_file_location("cycled_osse", SCRIPT)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+
+
+def test_pooling_averages_squares_not_ratios(osse: Any) -> None:
+    rows = [
+        {"time": "a", "u": {"crps": 1.0, "rmse": 3.0, "spread_skill": 1.0}},
+        {"time": "b", "u": {"crps": 3.0, "rmse": 1.0, "spread_skill": 2.0}},
+        {"time": "c", "u": {"crps": 9.0, "rmse": 9.0, "spread_skill": 9.0}},
+    ]
+    pooled = osse.pooled(rows, {"a", "b"})["u"]
+    assert pooled["crps"] == 2.0
+    assert pooled["rmse"] == pytest.approx(math.sqrt((9 + 1) / 2))
+    # spreads 3 and 2: variances 9 and 4 against squared errors 9 and 1
+    assert pooled["spread_skill"] == pytest.approx(math.sqrt((9 + 4) / (9 + 1)))
+
+
+@pytest.mark.slow
+def test_quick_cycle_runs_and_scores(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), "--quick", "--work", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=SCRIPT.parent,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    payload = json.loads((tmp_path / "cycled_osse-quick.json").read_text())
+    rows = payload["windows"]["cycled-enkf"]
+    assert len(rows) == 6
+    assert (tmp_path / "enkf.zarr").exists() and len(list((tmp_path / "obs").iterdir())) == 6
+    scores = payload["summary"]["cycled-enkf"]["all"]
+    for field in ("u", "v", "T", "withheld_u", "withheld_v"):
+        assert all(math.isfinite(scores[field][k]) for k in ("crps", "rmse", "spread_skill"))
+        assert scores[field]["crps"] < scores[field]["rmse"]  # CRPS <= MAE <= RMSE
