@@ -193,3 +193,36 @@ def test_a_cycle_refuses_bad_windows_and_writes_nothing(tiny_archive, tmp_path) 
     with pytest.raises(InvalidValueError, match="model_config"):
         enkf_cycle(tmp_path / "other.nc", windows, out, settings, progress=False)
     assert not out.exists()
+
+
+def test_the_command_cycles_through_files_and_refuses_a_missing_one(tiny_archive, tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from genda.cli import app
+    from genda.observations import write_observations
+
+    windows = _windows(tiny_archive, 3)
+    for when, obs in windows:
+        write_observations(obs, tmp_path / f"obs-{str(when)[:13]}.parquet")
+    args = [
+        "enkf-cycle",
+        "--archive",
+        str(tiny_archive),
+        "--obs",
+        str(tmp_path / "obs-{time:%Y-%m-%dT%H}.parquet"),
+        "--start",
+        str(windows[0][0])[:19],
+        "--members",
+        "4",
+        "--spinup-days",
+        "1",
+        "--no-progress",
+    ]
+    result = CliRunner().invoke(app, [*args, "--hours", "3", "--out", str(tmp_path / "e.zarr")])
+    assert result.exit_code == 0, result.output
+    assert "fit an" in result.output and str(windows[2][0])[:16] in result.output
+    assert xr.open_zarr(tmp_path / "e.zarr").sizes["time"] == 3
+    missing = CliRunner().invoke(app, [*args, "--hours", "4", "--out", str(tmp_path / "m.zarr")])
+    assert missing.exit_code != 0
+    assert "no observation file" in missing.output
+    assert not (tmp_path / "m.zarr").exists()

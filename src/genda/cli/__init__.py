@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from genda.cli.archives import observe, simulate, summary
 from genda.cli.cycles import cycle, demo, serve
+from genda.cli.enkf import enkf_cycle
 from genda.cli.group import GendaGroup, app, main
 from genda.cli.ingest import ingest
 from genda.cli.plan import plan
@@ -53,6 +54,7 @@ app.command()(evaluate)
 app.command()(plot)
 app.command()(export)
 app.command()(baseline)
+app.command("enkf-cycle")(enkf_cycle)
 app.command()(demo)
 app.command()(plan)
 
@@ -63,6 +65,7 @@ __all__ = [
     "baseline",
     "cycle",
     "demo",
+    "enkf_cycle",
     "evaluate",
     "export",
     "fidelity",

@@ -27,14 +27,16 @@ from tqdm.auto import tqdm
 from genda import __version__
 from genda.assimilation.cycled_enkf import EnkfSettings, ModelEnsemble, WindowAnalysis
 from genda.errors import InvalidValueError
-from genda.orchestration.assimilate import observation_fingerprint
+from genda.grid import Grid
+from genda.orchestration.assimilate import load_window_observations, observation_fingerprint
 from genda.orchestration.baseline import write_ensemble_window
+from genda.orchestration.config import check_time_pattern
 from genda.ownership import check_store_output
 from genda.simulator import SimulatorConfig
 from genda.storage.readers import open_archive
-from genda.times import iso
+from genda.times import as_datetime64, iso
 
-__all__ = ["METHOD", "enkf_cycle", "model_config_of"]
+__all__ = ["METHOD", "enkf_cycle", "enkf_cycle_files", "model_config_of"]
 
 METHOD = "cycled-enkf"
 """The store's ``genda_method`` of the cycled EnKF's windows."""
@@ -135,3 +137,51 @@ def _provenance(
         "observations_count": len(obs),
         "genda_version": __version__,
     }
+
+
+def enkf_cycle_files(
+    archive: str | os.PathLike[str],
+    observations: str,
+    start: str | np.datetime64,
+    hours: int,
+    out: str | os.PathLike[str],
+    settings: EnkfSettings | None = None,
+    *,
+    every_hours: float = 1.0,
+    spinup_days: float = 30.0,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> list[tuple[np.datetime64, WindowAnalysis]]:
+    """:func:`enkf_cycle` over ``hours / every_hours`` windows from ``start``, each reading
+    the table ``observations.format(time=...)`` (``{time}`` or ``{time:<strftime>}``).
+
+    Every table is read and validated (within ``+- every_hours / 2`` of its window, on
+    the archive's grid) before the first forecast: a missing or bad file stops the
+    cycle with nothing written.
+    """
+    check_time_pattern(observations)
+    if every_hours <= 0 or hours <= 0:
+        raise InvalidValueError("hours and every_hours must be > 0")
+    count = hours / every_hours
+    if abs(count - round(count)) > 1e-9:
+        raise InvalidValueError(f"{hours} h is not a whole number of {every_hours} h windows")
+    first = as_datetime64(start)
+    step = np.timedelta64(round(every_hours * 3600), "s")
+    grid = Grid.from_dataset(open_archive(archive))
+    windows = []
+    for index in range(round(count)):
+        when = first + index * step
+        path = Path(observations.format(time=when.astype("datetime64[s]").item()))
+        if not path.exists():
+            raise InvalidValueError(f"no observation file {path} for the window at {iso(when)}")
+        windows.append((when, load_window_observations(path, grid, when, every_hours)))
+    reports = enkf_cycle(
+        archive,
+        windows,
+        out,
+        settings,
+        spinup_days=spinup_days,
+        overwrite=overwrite,
+        progress=progress,
+    )
+    return [(when, report) for (when, _), report in zip(windows, reports, strict=True)]
