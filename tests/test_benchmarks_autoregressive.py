@@ -2,27 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from benchmark_modules import load_benchmark
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "autoregressive_estimate.py"
 
 
 @pytest.fixture(scope="module")
 def estimate() -> Any:
-    sys.path.insert(0, str(SCRIPT.parent))
-    try:
-        spec = importlib.util.spec_from_file_location("autoregressive_estimate", SCRIPT)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module.estimate
-    finally:
-        sys.path.remove(str(SCRIPT.parent))
+    return load_benchmark("autoregressive_estimate").estimate
 
 
 def test_one_layer_at_a_time_bounds_memory_not_flops(estimate: Any) -> None:

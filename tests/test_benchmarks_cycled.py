@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import subprocess
@@ -12,20 +11,14 @@ from typing import Any
 
 import pytest
 
+from benchmark_modules import load_benchmark
+
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "cycled_osse.py"
 
 
 @pytest.fixture(scope="module")
 def osse() -> Any:
-    sys.path.insert(0, str(SCRIPT.parent))
-    try:
-        spec = importlib.util.spec_from_file_location("cycled_osse", SCRIPT)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
-    finally:
-        sys.path.remove(str(SCRIPT.parent))
+    return load_benchmark("cycled_osse")
 
 
 def test_pooling_averages_squares_not_ratios(osse: Any) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import subprocess
@@ -13,6 +12,8 @@ from typing import Any
 import numpy as np
 import pytest
 
+from benchmark_modules import load_benchmark
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "strategies_pareto.py"
 
@@ -20,16 +21,7 @@ SCRIPT = ROOT / "benchmarks" / "strategies_pareto.py"
 @pytest.fixture(scope="module")
 def pareto() -> Any:
     """The script as a module (it imports ``strategies`` and ``_common`` from its folder)."""
-    sys.path.insert(0, str(SCRIPT.parent))
-    try:
-        spec = importlib.util.spec_from_file_location("strategies_pareto", SCRIPT)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module  # its dataclasses look their module up there
-        spec.loader.exec_module(module)
-        return module
-    finally:
-        sys.path.remove(str(SCRIPT.parent))
+    return load_benchmark("strategies_pareto")
 
 
 # -------------------------------------------------------------------------- widths

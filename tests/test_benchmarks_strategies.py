@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import subprocess
@@ -12,6 +11,8 @@ from typing import Any
 
 import pytest
 import torch
+
+from benchmark_modules import load_benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "strategies.py"
@@ -57,15 +58,7 @@ def test_quick_strategies_study(tmp_path: Path) -> None:
 
 def _study_module() -> Any:
     """The benchmark script as a module (it imports ``_common`` from its own folder)."""
-    sys.path.insert(0, str(SCRIPT.parent))
-    try:
-        spec = importlib.util.spec_from_file_location("strategies_study", SCRIPT)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
-    finally:
-        sys.path.remove(str(SCRIPT.parent))
+    return load_benchmark("strategies", "strategies_study")
 
 
 @pytest.mark.parametrize(
