@@ -47,6 +47,11 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/osse.py
 	$(BIN)/python benchmarks/distributed.py
 	$(BIN)/python benchmarks/strategies.py
+	$(BIN)/python benchmarks/strategies_pareto.py
+	$(BIN)/python benchmarks/plan_validation.py
+	$(BIN)/python benchmarks/autoregressive_estimate.py
+	$(BIN)/python benchmarks/cycled_osse.py --tune
+	$(BIN)/python benchmarks/cycled_osse.py --days 6
 	$(BIN)/python benchmarks/cost.py
 	$(BIN)/python benchmarks/summary.py
 

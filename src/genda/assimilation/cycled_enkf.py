@@ -221,13 +221,13 @@ class ModelEnsemble:
     def set_layer_state(self, values: np.ndarray, min_thickness: float = 0.0) -> None:
         """Put ``(K, 3, Kl, H, W)`` ``sigma, u, v`` back into the members' spectral states,
         every layer's ``sigma`` at least ``min_thickness`` of its reference value."""
-        floor = min_thickness
         for member, value in zip(self.members, values, strict=True):
             tr = member.transforms
             v = torch.as_tensor(value, dtype=tr.dtype, device=tr.device)
-            sigma = torch.maximum(
-                v[0], torch.as_tensor(floor * self._reference_sigma, dtype=tr.dtype)[:, None, None]
+            floor = torch.as_tensor(
+                min_thickness * self._reference_sigma, dtype=tr.dtype, device=tr.device
             )
+            sigma = torch.maximum(v[0], floor[:, None, None])
             with cpu_threads(member.config.cpu_threads, tr.device):
                 state = member.state.clone()
                 state[:, 0] = tr.to_spectral(sigma) * tr.triangle
