@@ -153,3 +153,33 @@ def test_host_memory_is_read(tmp_path, monkeypatch) -> None:
 def test_prior_batch_without_a_model_is_none() -> None:
     prior = load_checkpoint("default")
     assert prior_batch(prior, PosteriorSettings(method="sda"), 10, 2**30, 8) is None
+
+
+def test_a_control_groups_limit_bounds_the_host_memory(tmp_path, monkeypatch) -> None:
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemAvailable:  1048576 kB\n")  # 1 GiB
+    group = tmp_path / "cgroup" / "job"
+    group.mkdir(parents=True)
+    (group / "memory.max").write_text(f"{512 * 2**20}\n")
+    (group / "memory.current").write_text(f"{128 * 2**20}\n")
+    own = tmp_path / "self-cgroup"
+    own.write_text("0::/job\n")
+    monkeypatch.setattr(batch_module, "_MEMINFO", meminfo)
+    monkeypatch.setattr(batch_module, "_CGROUP", tmp_path / "cgroup")
+    monkeypatch.setattr(batch_module, "_SELF_CGROUP", own)
+    assert batch_module.available_host_bytes() == 384 * 2**20  # the group's room
+    (group / "memory.max").write_text("max\n")
+    assert batch_module.available_host_bytes() == 2**30  # no limit: the kernel's
+    own.write_text("4:memory:/job\n")  # cgroup v1 only
+    assert batch_module.available_host_bytes() == 2**30
+
+
+def test_workers_sharing_a_host_share_its_memory(monkeypatch) -> None:
+    generator = MemberGenerator("default")
+    cost = member_cost(run_spec_for(generator.prior, PosteriorSettings(), 200))
+    host = int((cost.batch_bytes(400) - cost.weights_bytes + 1) / 0.8)
+    monkeypatch.setattr(batch_module, "available_host_bytes", lambda: host)
+    alone = generator.probe_batch_size(_job(200, batch_size=1000))
+    shared = generator.probe_batch_size(_job(200, batch_size=1000), share=2)
+    assert alone == 400 and 0 < shared < 250
+    assert cost.batch_bytes(shared) - cost.weights_bytes <= 0.8 * host / 2

@@ -226,3 +226,23 @@ def test_the_command_cycles_through_files_and_refuses_a_missing_one(tiny_archive
     assert missing.exit_code != 0
     assert "no observation file" in missing.output
     assert not (tmp_path / "m.zarr").exists()
+
+
+def test_members_are_a_day_apart_at_the_first_windows_time_of_day() -> None:
+    settings = EnkfSettings(members=2, seed=5)
+    when = np.datetime64("2000-01-03T05:00")
+    ensemble = ModelEnsemble.climatological(SMALL, when, settings, spinup_days=1.0)
+    reference = Simulator(SMALL, seed=5)
+    reference.run_days(1.0)
+    reference.advance(5 * 3600.0)  # to 05:00 of the next day's clock
+    for member in ensemble.members:
+        reference.advance(24 * 3600.0)
+        torch.testing.assert_close(member.state, reference.state, rtol=0, atol=0)
+        assert member.time == when
+
+
+def test_a_truth_of_the_enkfs_own_seed_is_refused(tiny_archive, tmp_path) -> None:
+    windows = _windows(tiny_archive, 1)
+    with pytest.raises(InvalidValueError, match="seed 1 is the seed"):
+        enkf_cycle(tiny_archive, windows, tmp_path / "s.zarr", EnkfSettings(members=3, seed=1))
+    assert not (tmp_path / "s.zarr").exists()

@@ -556,6 +556,8 @@ def localized_update(
         )
     if k < 2:
         raise InvalidValueError(f"a sample covariance needs at least 2 states, got {k}")
+    if not 0 <= members <= k:
+        raise InvalidValueError(f"members must lie in [0, K = {k}], got {members}")
     if members > 0 and rng is None:
         raise InvalidValueError(
             "the EnKF members need a random generator for their perturbed observations"

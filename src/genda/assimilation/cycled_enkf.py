@@ -22,8 +22,8 @@ here, each with its own realisation of the stochastic gravity-wave forcing
    :attr:`EnkfSettings.min_thickness` of its reference mass.
 
 The initial ensemble is climatological: states of one spun-up run of
-another seed, :attr:`EnkfSettings.spacing_hours` apart, each given the
-window's clock.
+another seed, a day apart at the first window's time of day (so that
+their tides are in its phase), each given the window's clock.
 
 References:
     Burgers, G., van Leeuwen, P. J. and Evensen, G. (1998), Analysis scheme in
@@ -75,17 +75,18 @@ class EnkfSettings:
         min_thickness: the least pseudo-density a layer keeps, as a fraction of
             its reference value (an update may not empty a layer).
         spacing_hours: hours between the climatological run's states that
-            make the initial ensemble.
+            make the initial ensemble (whole days keep every member at the first
+            window's time of day, so that their tides are in its phase).
         seed: the initial ensemble's run is seed ``seed``; member ``k`` forces
-            with seed ``seed + 1 + k``; the perturbed observations draw from
-            ``seed`` and the window.
+            with seed ``seed + 1 + k``; the perturbed observations of a cycle
+            come from one generator seeded by ``seed``, window after window.
     """
 
     members: int = 32
     localization: Localization = field(default_factory=lambda: Localization(3000.0, 30.0))
     rtps: float = 0.7
     min_thickness: float = 0.1
-    spacing_hours: float = 12.0
+    spacing_hours: float = 24.0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -168,11 +169,14 @@ class ModelEnsemble:
         settings: EnkfSettings,
         spinup_days: float = 30.0,
     ) -> ModelEnsemble:
-        """Members from one run of seed ``settings.seed``, spun up ``spinup_days`` and then
-        taken every ``settings.spacing_hours``, each set to ``time`` and forced with
-        its own seed."""
+        """Members from one run of seed ``settings.seed``, spun up ``spinup_days``, brought
+        to ``time``'s time of day and then taken every ``settings.spacing_hours``,
+        each set to ``time`` and forced with its own seed."""
         run = Simulator(config, seed=settings.seed)
         run.run_days(spinup_days)
+        day = np.timedelta64(86400, "s")
+        behind = (np.datetime64(time, "s") - np.datetime64(run.time, "s")) % day
+        run.advance(float(behind / np.timedelta64(1, "s")))
         states = []
         for _ in range(settings.members):
             run.advance(settings.spacing_hours * SECONDS_PER_HOUR)

@@ -61,8 +61,8 @@ class EnsembleWorker:
             ray.get(last[0])
         return report
 
-    def probe_batch_size(self, job: WindowJob) -> int:
-        return self.generator.probe_batch_size(job)
+    def probe_batch_size(self, job: WindowJob, share: int = 1) -> int:
+        return self.generator.probe_batch_size(job, share=share)
 
     def describe(self) -> dict[str, Any]:
         """Where the actor runs: host:pid, device and its name."""

@@ -211,7 +211,9 @@ def _run_on(
     import ray
 
     if auto_batch and missing:
-        sizes = ray.get([actor.probe_batch_size.remote(job) for actor in pool.actors])
+        # CPU actors may share one host's memory: each plans for its share of it
+        share = len(pool.actors)
+        sizes = ray.get([actor.probe_batch_size.remote(job, share) for actor in pool.actors])
         job = _with_batch_size(job, min(sizes))
     tasks = writer_tasks(missing, job.settings.batch_size, job.store.members_per_shard)
     report = run_tasks(

@@ -329,7 +329,7 @@ class MemberGenerator:
         return TaskReport(list(members), written, elapsed, worker, peak_memory_mib(self.device))
 
     def probe_batch_size(
-        self, job: WindowJob, memory_fraction: float = 0.8, largest: int = 256
+        self, job: WindowJob, memory_fraction: float = 0.8, largest: int = 256, share: int = 1
     ) -> int:
         """Members per batch for this device (``--batch-size auto``).
 
@@ -346,6 +346,9 @@ class MemberGenerator:
           bit-identical), unless the model says it does not fit the available
           memory: then the largest batch that does.
 
+        ``share``: workers that sample on this host's memory at once (CPU): each
+        plans for its share of the available memory.
+
         Raises:
             InvalidValueError: the model says not one member fits.
         """
@@ -359,16 +362,23 @@ class MemberGenerator:
         device = torch.device(self.device)
         observations = None if job.observations is None else len(job.observations)
         if device.type == "cuda":
+            # the previous window's guidance goes, and what the caching allocator holds
+            # but does not use is free for this one
+            self._denoiser, self._denoiser_key = None, None
+            torch.cuda.empty_cache()
             free, _ = torch.cuda.mem_get_info(device)
             loaded = torch.cuda.memory_allocated(device)  # the weights, before the window
+            free += torch.cuda.memory_reserved(device) - loaded
             budget = int(memory_fraction * free)
             where = f"{device} ({free / 2**30:.2f} GiB free)"
         else:
             host = available_host_bytes()
             if host is None:
                 return job.settings.batch_size
-            budget = int(memory_fraction * host)
-            where = f"this machine ({host / 2**30:.2f} GiB available)"
+            budget = int(memory_fraction * host / max(1, share))
+            where = f"this machine ({host / 2**30:.2f} GiB available" + (
+                f", shared by {share} workers)" if share > 1 else ")"
+            )
         ceiling = largest if device.type == "cuda" else job.settings.batch_size
         plan = prior_batch(self.prior, job.settings, observations, budget, ceiling)
         if plan is not None and plan.batch == 0:
@@ -386,6 +396,10 @@ class MemberGenerator:
                 torch.cuda.synchronize(device)
                 del x
             except torch.OutOfMemoryError:
+                return False
+            except RuntimeError as error:  # cuBLAS and cuDNN report allocation failures so
+                if "memory" not in str(error).lower() and "alloc" not in str(error).lower():
+                    raise
                 return False
             finally:
                 torch.cuda.empty_cache()

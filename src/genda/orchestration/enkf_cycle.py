@@ -90,6 +90,12 @@ def enkf_cycle(
     out = Path(out)
     check_store_output(out, overwrite)
     config = model_config_of(archive)
+    truth_seed = open_archive(archive).attrs.get("seed")
+    if truth_seed is not None and int(truth_seed) == settings.seed:
+        raise InvalidValueError(
+            f"the EnKF's seed {settings.seed} is the seed of the run that wrote {archive}: "
+            "its initial members would be states of that very run; choose another --seed"
+        )
     ensemble = ModelEnsemble.climatological(config, times[0], settings, spinup_days)
     rng = np.random.default_rng([settings.seed, 7919])
     reports = []

@@ -37,6 +37,8 @@ __all__ = [
 ]
 
 _MEMINFO = Path("/proc/meminfo")
+_CGROUP = Path("/sys/fs/cgroup")
+_SELF_CGROUP = Path("/proc/self/cgroup")
 
 
 def run_spec_for(
@@ -167,15 +169,39 @@ def confirm_batch(predicted: int, fits: Callable[[int], bool]) -> int:
 
 
 def available_host_bytes() -> int | None:
-    """The memory the kernel says is available to a new allocation (``MemAvailable``;
-    ``None`` where ``/proc/meminfo`` does not exist)."""
+    """The memory a new allocation may take: the kernel's ``MemAvailable``, within the
+    limit of this process's control group where it has one (a container, a batch job);
+    ``None`` where ``/proc/meminfo`` does not exist."""
+    available = None
     try:
         for line in _MEMINFO.read_text().splitlines():
             if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
+                available = int(line.split()[1]) * 1024
     except OSError:
         return None
-    return None
+    limit = _cgroup_room()
+    if available is not None and limit is not None:
+        return min(available, limit)
+    return available
+
+
+def _cgroup_room() -> int | None:
+    """``memory.max - memory.current`` of the cgroup v2 this process is in (``None``:
+    no limit, or no cgroup v2; ``/proc/self/cgroup``'s ``0::<path>`` names it)."""
+    try:
+        lines = _SELF_CGROUP.read_text().splitlines()
+        relative = next(line[3:] for line in lines if line.startswith("0::"))
+        group = _CGROUP / relative.lstrip("/")
+        maximum = (group / "memory.max").read_text().strip()
+        current = int((group / "memory.current").read_text().strip())
+    except (OSError, ValueError, StopIteration):
+        return None
+    if maximum == "max":
+        return None
+    try:
+        return max(0, int(maximum) - current)
+    except ValueError:
+        return None
 
 
 def refuse(plan: BatchPlan, where: str) -> None:
