@@ -125,6 +125,33 @@ def test_two_actors_make_the_members_one_process_makes(cluster: str, window: dic
 
 
 @pytest.mark.slow
+def test_auto_batch_on_actors_keeps_a_batch_the_memory_holds(cluster: str, window: dict) -> None:
+    """``--batch-size auto`` on CPU actors: each prices the window with the memory model
+    for its share of the host; the settings' batch fits, so the members are the
+    reference's, bit for bit."""
+    pool = _pool(window, 2)
+    try:
+        out = window["root"] / "auto-actors.zarr"
+        summary = assimilate_window(
+            window["prior"],
+            window["obs"],
+            window["time"],
+            out,
+            members=MEMBERS,
+            settings=SETTINGS,
+            pool=pool,
+            auto_batch=True,
+            progress=False,
+        )
+    finally:
+        pool.shutdown()
+    assert summary.batch_size == SETTINGS.batch_size
+    np.testing.assert_array_equal(
+        EnsembleStore.open(out).read_members(window["time"]), window["reference"]
+    )
+
+
+@pytest.mark.slow
 def test_an_actor_killed_mid_window_loses_no_member(cluster: str, window: dict) -> None:
     out = window["root"] / "killed-actor.zarr"
     settings = PosteriorSettings(steps=3, batch_size=1)  # many small tasks: the kill lands mid-run
