@@ -27,13 +27,13 @@ def enkf_cycle(
     every_hours: Annotated[float, typer.Option(help="Hours between windows.")] = 1.0,
     horizontal_km: Annotated[
         float, typer.Option(help="Gaspari-Cohn half-width of the gain in the horizontal (km).")
-    ] = 3000.0,
+    ] = 1500.0,
     vertical_km: Annotated[
         float, typer.Option(help="Gaspari-Cohn half-width in altitude (km).")
     ] = 30.0,
     rtps: Annotated[
         float, typer.Option(help="Relaxation to the prior spread, 0 (none) to 1.")
-    ] = 0.7,
+    ] = 0.5,
     spinup_days: Annotated[
         float, typer.Option(help="Model days of the climatological run before its first member.")
     ] = 30.0,
