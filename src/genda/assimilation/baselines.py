@@ -455,7 +455,11 @@ def _check_analysis_inputs(
     grid.check_shape(states.shape, what="climatological states")
     if states.ndim != 5:
         raise InvalidValueError(f"states must be (K, V, L, H, W), got shape {states.shape}")
-    k = states.shape[0]
+    _check_ensemble(states.shape[0], members, rng)
+
+
+def _check_ensemble(k: int, members: int, rng: np.random.Generator | None) -> None:
+    """Raise :class:`InvalidValueError` unless ``k`` states can update ``members`` of them."""
     if k < 2:
         raise InvalidValueError(f"a sample covariance needs at least 2 states, got {k}")
     if not 0 <= members <= k:
@@ -554,14 +558,7 @@ def localized_update(
             f"states {flat.shape} and observed values {hx.shape} do not match {k} states of "
             f"{layout.shape} and {len(obs)} observations"
         )
-    if k < 2:
-        raise InvalidValueError(f"a sample covariance needs at least 2 states, got {k}")
-    if not 0 <= members <= k:
-        raise InvalidValueError(f"members must lie in [0, K = {k}], got {members}")
-    if members > 0 and rng is None:
-        raise InvalidValueError(
-            "the EnKF members need a random generator for their perturbed observations"
-        )
+    _check_ensemble(k, members, rng)
     localization = localization or Localization()
     y = obs["value"].to_numpy(dtype=np.float64)
     sigma = obs["sigma"].to_numpy(dtype=np.float64)
