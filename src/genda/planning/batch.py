@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from genda.errors import InvalidValueError
-from genda.planning.model import GIB, MemberCost, member_cost
+from genda.planning.model import GIB, MemberCost
+from genda.planning.plan import cached_cost
 from genda.planning.spec import STRATEGY_NAMES, RunSpec
 
 if TYPE_CHECKING:
@@ -142,7 +143,8 @@ def prior_batch(
     spec = run_spec_for(prior, settings, observations)
     if spec is None:
         return None
-    return planned_batch(member_cost(spec), budget_bytes, largest)
+    # traced once per run spec (plan.cached_cost): a cycle's windows share it
+    return planned_batch(cached_cost(spec), budget_bytes, largest)
 
 
 def confirm_batch(predicted: int, fits: Callable[[int], bool]) -> int:

@@ -27,11 +27,10 @@ import torch
 from torch._C._profiler import _EventType
 from torch.profiler import ProfilerActivity, profile
 
-from genda.models.sampling import sample
 from genda.planning.build import planned_denoiser, planned_grid, planned_guidance
 from genda.planning.dispatch import FlopCount
 from genda.planning.spec import RunSpec
-from genda.planning.trace import TRACE_SIGMAS, TRACED_CALLS, device_bytes
+from genda.planning.trace import TRACED_CALLS, device_bytes, traced_stretch
 
 __all__ = ["MeasuredSampling", "allocator_peak", "measure_sampling"]
 
@@ -117,15 +116,7 @@ def measure_sampling(
     window_peak, window_kept, guided = peak_of(lambda: planned_guidance(spec, denoiser, device))
 
     def run() -> None:
-        sample(
-            guided,
-            state,
-            list(range(batch)),
-            0,
-            method="exponential",
-            sigmas=TRACE_SIGMAS,
-            device=device,
-        )
+        traced_stretch(guided, state, batch, device)
 
     run()  # warm-up: kernels, the allocator's first blocks
     sampling_peak, _, _ = peak_of(run)

@@ -43,6 +43,7 @@ __all__ = [
     "SamplingTrace",
     "device_bytes",
     "trace_sampling",
+    "traced_stretch",
 ]
 
 TRACE_SIGMAS: tuple[float, ...] = (80.0, 1.0, 0.0)
@@ -132,16 +133,7 @@ def trace_sampling(
         with CostMode() as window:
             guided = planned_guidance(spec, denoiser, device)
         with CostMode(workspace) as sampling:
-            members = sample(
-                guided,
-                state,
-                list(range(batch)),
-                0,
-                method="exponential",
-                sigmas=TRACE_SIGMAS,
-                device=device,
-            )
-            del members
+            traced_stretch(guided, state, batch, device)
     if sampling.flops % TRACED_CALLS:
         raise AssertionError(f"{sampling.flops} FLOPs over {TRACED_CALLS} calls of equal shapes")
     return SamplingTrace(
@@ -152,6 +144,21 @@ def trace_sampling(
         sampling_peak_bytes=sampling.peak,
         flops_per_call=sampling.flops // TRACED_CALLS,
         operators=sampling.operators,
+    )
+
+
+def traced_stretch(
+    guided: EDMDenoiser, state: tuple[int, ...], batch: int, device: torch.device | str
+) -> None:
+    """Sample ``batch`` members over :data:`TRACE_SIGMAS` (the stretch a trace prices)."""
+    sample(
+        guided,
+        state,
+        list(range(batch)),
+        0,
+        method="exponential",
+        sigmas=TRACE_SIGMAS,
+        device=device,
     )
 
 
