@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -85,13 +86,39 @@ VARIABLES: dict[str, Variable] = {
 DEFAULT_VARIABLES: tuple[str, ...] = ("u", "v", "T")
 
 
+STATE_SUFFIX = re.compile(r"^(?P<base>.+)\+(?P<hours>[0-9]+)h$")
+"""A variable of one hourly state of a trajectory: ``"u+2h"`` is ``u`` 2 hours after the
+trajectory's first state (:mod:`genda.trajectory`)."""
+
+
+def state_variable(name: str) -> tuple[str, int | None]:
+    """``(registered name, hours after the first state)`` of ``name``; ``None`` for a plain variable."""
+    match = STATE_SUFFIX.match(name)
+    if match is None:
+        return name, None
+    return match["base"], int(match["hours"])
+
+
 def lookup_variable(name: str) -> Variable:
-    """The registered :class:`Variable` called ``name``; a clear error otherwise."""
+    """The registered :class:`Variable` called ``name``; a clear error otherwise.
+
+    A trajectory's ``"<name>+<k>h"`` is the registered variable ``<name>``, its
+    ``long_name`` saying which hour it is.
+    """
+    base, hours = state_variable(name)
     try:
-        return VARIABLES[name]
+        variable = VARIABLES[base]
     except KeyError:
         known = ", ".join(sorted(VARIABLES))
         raise UnknownNameError(f"unknown variable {name!r}; known variables: {known}") from None
+    if hours is None:
+        return variable
+    return Variable(
+        name,
+        variable.units,
+        variable.standard_name,
+        f"{variable.long_name}, {hours} h after the first state",
+    )
 
 
 VARIABLES_ATTR = "genda_variables"

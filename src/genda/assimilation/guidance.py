@@ -95,7 +95,9 @@ class GaussianLikelihood:
 
     Attributes:
         operator: ``A``, affine, on the fields the denoiser works with.
-        y: ``(M,)`` observed values.
+        y: ``(M,)`` observed values, or ``(B, M)``: one row per member of the batch
+            (a window whose first states are fixed per member,
+            :mod:`genda.assimilation.conditioning`).
         sigma: ``(M,)`` observation error standard deviations (> 0).
     """
 
@@ -105,9 +107,10 @@ class GaussianLikelihood:
 
     def __post_init__(self) -> None:
         m = self.operator.n_obs
-        if self.y.shape != (m,) or self.sigma.shape != (m,):
+        if self.y.shape[-1:] != (m,) or self.y.dim() > 2 or self.sigma.shape != (m,):
             raise InvalidValueError(
-                f"y {tuple(self.y.shape)} and sigma {tuple(self.sigma.shape)} must both be ({m},)"
+                f"y {tuple(self.y.shape)} must be ({m},) or one row per member (B, {m}), "
+                f"sigma {tuple(self.sigma.shape)} ({m},)"
             )
         if not torch.all(self.sigma > 0):
             raise InvalidValueError("observation errors sigma must be strictly positive")

@@ -44,6 +44,7 @@ from genda.models.sampling import sample
 from genda.models.time_of_day import hours_of_day
 from genda.observations.operators import ObservationOperator
 from genda.progress import sampling_bar
+from genda.trajectory import is_trajectory
 
 
 @dataclass(frozen=True)
@@ -203,10 +204,14 @@ def likelihood_for(
 
     Those are the normalised fields, or for a prior in whitened coordinates
     its control variables ``z``, seen through ``A = H U`` (:class:`StateOperator`)
-    with ``U``'s mean at the window's ``time``.
+    with ``U``'s mean at the window's ``time``. For a trajectory prior
+    (:mod:`genda.trajectory`) ``time`` is that of its first state, and each
+    observation acts at its own time.
     """
     operator: ObservationOperator | StateOperator
-    operator = ObservationOperator.from_table(obs, prior.grid).normalized(prior.normalization)
+    start = None if time is None or not is_trajectory(prior.grid) else np.datetime64(time, "ns")
+    operator = ObservationOperator.from_table(obs, prior.grid, start)
+    operator = operator.normalized(prior.normalization)
     if prior.denoiser.coordinates is not None:
         operator = StateOperator(
             operator.to(device, torch.float32), state_decoder(prior, time), prior.state_shape

@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from genda.errors import InvalidValueError
+from genda.grid import state_variable
 
 VECTOR_COMPONENTS: frozenset[str] = frozenset({"u", "v"})
 """Variables that are horizontal vector components (they change sign across a pole)."""
@@ -45,7 +46,7 @@ def pole_signs(variables: Iterable[str]) -> list[float]:
     The vertical wind ``w`` and geopotential height are scalars under the
     rotation that carries a point across the pole, so they keep ``+1``.
     """
-    return [-1.0 if name in VECTOR_COMPONENTS else 1.0 for name in variables]
+    return [-1.0 if state_variable(name)[0] in VECTOR_COMPONENTS else 1.0 for name in variables]
 
 
 def _as_sign_tensor(pole_sign: Sequence[float] | torch.Tensor | None) -> torch.Tensor | None:

@@ -110,6 +110,7 @@ from genda.models.whitening_harmonics import (
 )
 from genda.models.whitening_layout import dof_tables, from_groups, pack, to_groups, unpack
 from genda.normalization import Normalization
+from genda.trajectory import state_grid, state_normalization, trajectory_states
 
 __all__ = [
     "COUPLINGS",
@@ -125,11 +126,16 @@ __all__ = [
 WHITENING_KIND = "spectral-whitening"
 """The name of this transform in a checkpoint's ``config.json``."""
 
-COUPLINGS = ("columns", "levels", "cascade")
+COUPLINGS = ("columns", "levels", "cascade", "causal")
 """``"columns"``: all variables and levels of a mode together (``joint3d``);
 ``"levels"``: the variables of each level, levels separable (``layer2d`` priors
 until the cascade); ``"cascade"``: all together, with a square root that is
-lower-triangular in level order (``layer2d``)."""
+lower-triangular in level order (``layer2d``); ``"causal"``: all together,
+lower-triangular in time order and then level order (trajectory priors of
+both strategies)."""
+
+TRIANGULAR = ("cascade", "causal")
+"""The couplings whose square root is lower-triangular in their channel order."""
 
 MAX_TIDES = 11
 """Most solar-day harmonics in the mean: hourly fields resolve periods down to 2 h."""
@@ -153,7 +159,9 @@ class SpectralWhitening(nn.Module):
     """The affine control-variable transform ``x = mu + U z`` with ``z ~ N(0, I)`` under the fit.
 
     Args:
-        grid: the grid of the fields (Gauss-Legendre or equiangular latitudes).
+        grid: the grid of the fields (Gauss-Legendre or equiangular latitudes),
+            or of ``K`` hourly states of one (:mod:`genda.trajectory`), each
+            state transformed alone and all coupled in the statistics.
         normalization: the statistics the fields were normalised with; only
             the ``u`` and ``v`` rows are used, to run the vector transform on
             physical-scale winds. ``None``: the winds are taken as they come
@@ -162,7 +170,8 @@ class SpectralWhitening(nn.Module):
             default ``min(nlat, (nlon + 1) // 2)`` on Gauss-Legendre grids (``nlat``
             for ``nlon = 2 nlat``) and ``min((nlat + 1) // 2, (nlon + 1) // 2)`` on
             equiangular ones, where the quadrature is exact.
-        coupling: ``"columns"``, ``"levels"`` or ``"cascade"`` (see :data:`COUPLINGS`).
+        coupling: ``"columns"``, ``"levels"``, ``"cascade"`` or ``"causal"`` (see
+            :data:`COUPLINGS`).
         tides: solar-day harmonics in the mean (0: one mean for every hour;
             3: the diurnal, semidiurnal and terdiurnal tides).
 
@@ -171,10 +180,10 @@ class SpectralWhitening(nn.Module):
     ``eigenvectors`` ``(T, M, G, P, P, 2)`` (column ``p`` is component
     ``p``), with ``tides`` also ``tidal_mean`` ``(2 tides, T, M, G, P, 2)``
     (cosine then sine coefficients of each harmonic), all zero until
-    :meth:`fit`; ``wind_std`` and ``wind_mean`` ``(2, L)``; ``"cascade"`` also
+    :meth:`fit`; ``wind_std`` and ``wind_mean`` ``(2, L)``; ``"cascade"`` and ``"causal"`` also
     ``rotation`` ``(T, M, G, P, P, 2)``, the unitary ``R``, not saved but derived
     from the eigen-decomposition after fitting and after loading. ``G, P = 1, V * L``
-    for ``"columns"`` and ``"cascade"``, ``L, V`` for ``"levels"``.
+    for ``"columns"``, ``"cascade"`` and ``"causal"``, ``L, V`` for ``"levels"``.
     ``dof_degree``, ``dof_order`` ``(K,)`` give the ``(l, m)`` of each entry
     of ``z``'s last axis (not saved).
     """
@@ -203,6 +212,7 @@ class SpectralWhitening(nn.Module):
         kind, t = checked_truncation(grid, truncation)
         _check_options(coupling, tides)
         self.tides = tides
+        self.states = trajectory_states(grid)
         nvar, nlev = len(grid.variables), grid.nlevels
         self.grid, self.truncation, self.coupling = grid, t, coupling
         self.field_shape = (nvar, nlev, grid.nlat, grid.nlon)
@@ -228,12 +238,13 @@ class SpectralWhitening(nn.Module):
 
         Winds (u, v) are one vector field; everything else is scalar.
         """
-        wind_index, std, mean = wind_statistics(
-            normalization, self.grid.variables, self.grid.nlevels
-        )
+        state = state_grid(self.grid)  # the transforms act on one hourly state at a time
+        if normalization is not None and normalization.variables == self.grid.variables:
+            normalization = state_normalization(normalization, self.grid)
+        wind_index, std, mean = wind_statistics(normalization, state.variables, state.nlevels)
         self.wind_index: tuple[int, int] | None = wind_index
         self.scalar_index = tuple(
-            i for i in range(self.field_shape[0]) if wind_index is None or i not in wind_index
+            i for i in range(len(state.variables)) if wind_index is None or i not in wind_index
         )
         self.register_buffer("wind_std", std.clone())
         self.register_buffer("wind_mean", mean.clone())
@@ -246,7 +257,7 @@ class SpectralWhitening(nn.Module):
         self.register_buffer("eigenvectors", torch.zeros(t, t, g, p, p, 2))
         if self.tides:
             self.register_buffer("tidal_mean", torch.zeros(2 * self.tides, t, t, g, p, 2))
-        if self.coupling == "cascade":
+        if self.coupling in TRIANGULAR:
             # Derived from the eigen-decomposition, so not saved: recomputed after
             # fitting and after loading the saved statistics.
             self.register_buffer("rotation", torch.zeros(t, t, g, p, p, 2), persistent=False)
@@ -313,11 +324,19 @@ class SpectralWhitening(nn.Module):
 
     def _to_groups(self, a: Tensor) -> Tensor:
         """``(B, V, L, T, M)`` -> ``(B, T, M, G, P)`` in the coupling's channel order."""
-        return to_groups(a, self.coupling)
+        return to_groups(a, self.coupling, self.states)
 
     def _from_groups(self, g: Tensor) -> Tensor:
         """``(B, T, M, G, P)`` -> ``(B, V, L, T, M)``, the inverse of :meth:`_to_groups`."""
-        return from_groups(g, self.coupling, *self.field_shape[:2])
+        return from_groups(g, self.coupling, *self.field_shape[:2], self.states)
+
+    def _per_state(self, x: Tensor) -> Tensor:
+        """``(B, K V, ...)`` -> ``(B K, V, ...)``: the hourly states of a trajectory apart."""
+        return x.reshape(x.shape[0] * self.states, x.shape[1] // self.states, *x.shape[2:])
+
+    def _per_trajectory(self, x: Tensor) -> Tensor:
+        """``(B K, V, ...)`` -> ``(B, K V, ...)``, the inverse of :meth:`_per_state`."""
+        return x.reshape(x.shape[0] // self.states, x.shape[1] * self.states, *x.shape[2:])
 
     def _pack(self, w: Tensor) -> Tensor:
         """Complex ``(..., T, M)`` -> real ``(..., K)`` in the documented layout."""
@@ -333,20 +352,24 @@ class SpectralWhitening(nn.Module):
     ) -> Tensor:
         """Normalised fields ``(B, V, L, H, W)`` -> coefficients ``(B, V, L, T, M)``."""
         gain = self._vector_gain(x.dtype)
-        return analyse(x, (sht, vsht), std, mean, gain, (self.scalar_index, self.wind_index))
+        indices = (self.scalar_index, self.wind_index)
+        return self._per_trajectory(
+            analyse(self._per_state(x), (sht, vsht), std, mean, gain, indices)
+        )
 
     def _synthesise(self, a: Tensor) -> Tensor:
         """Coefficients ``(B, V, L, T, M)`` -> normalised fields ``(B, V, L, H, W)``."""
         dtype = self.wind_std.dtype
         transforms = self.transforms(dtype)
-        return synthesise(
-            a,
+        fields = synthesise(
+            self._per_state(a),
             (transforms.isht, transforms.ivsht),
             self.wind_std,
             self.wind_mean,
             self._vector_gain(dtype, inverse=True),
             (self.scalar_index, self.wind_index),
         )
+        return self._per_trajectory(fields)
 
     # ------------------------------------------------------------------ fitting
     @torch.no_grad()
@@ -393,7 +416,7 @@ class SpectralWhitening(nn.Module):
             self.tidal_mean.copy_(torch.view_as_real(tidal).to(device, dtype))
         self.eigenvalues.copy_(eigenvalues.to(device, dtype))
         self.eigenvectors.copy_(torch.view_as_real(eigenvectors).to(device, dtype))
-        if self.coupling == "cascade":
+        if self.coupling in TRIANGULAR:
             self._refresh_rotation()
         return self
 
@@ -455,7 +478,7 @@ class SpectralWhitening(nn.Module):
         mu = self.mean_at(hours, x.shape[0])
         projected = torch.einsum("tmgpq,btmgp->btmgq", vectors.conj(), self._to_groups(a) - mu)
         projected = projected * inverse_root
-        if self.coupling == "cascade":
+        if self.coupling in TRIANGULAR:
             rotation = torch.view_as_complex(self.rotation)
             projected = torch.einsum("tmgpq,btmgp->btmgq", rotation.conj(), projected)
         w = self._from_groups(projected)
@@ -469,7 +492,7 @@ class SpectralWhitening(nn.Module):
         self._check(z, "control variables", self.state_shape)
         dtype = self.mean.dtype
         w = self._to_groups(self._unpack(z.to(dtype)))
-        if self.coupling == "cascade":
+        if self.coupling in TRIANGULAR:
             w = torch.einsum("tmgpq,btmgq->btmgp", torch.view_as_complex(self.rotation), w)
         vectors, root, _ = self._statistics()
         mu = self.mean_at(hours, z.shape[0])

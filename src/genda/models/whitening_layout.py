@@ -9,6 +9,9 @@ this module fixes where they sit in ``z`` ``(B, V, L, K)``:
   reshaped to ``(V, L)``: eigen-directions, not physical variables),
   ``(p, g)`` for ``"levels"`` (variable slot ``p`` of level ``g``) and
   ``(p % V, p // V)`` for ``"cascade"`` (channel order ``c = level * V + v``)
+  and, for ``"causal"`` on ``K`` stacked hourly states of ``V_s`` variables,
+  ``(k V_s + p % V_s, (p // V_s) % L)`` with ``k = p // (L V_s)`` (channel
+  order ``c = (k L + level) V_s + v``: time first, then the cascade's order)
   (:func:`to_groups`, :func:`from_groups`).
 * Real degrees of freedom, the fixed layout of the last axis of ``z``
   (``K = T * T``; checkpoints depend on it): degree ``l`` owns
@@ -83,9 +86,16 @@ def unpack(z: Tensor, unpack_index: Tensor, pack_index: Tensor, order: Tensor, t
     return torch.view_as_complex(flat.reshape(*z.shape[:-1], t, t, 2).contiguous())
 
 
-def to_groups(a: Tensor, coupling: str) -> Tensor:
-    """``(B, V, L, T, M)`` -> ``(B, T, M, G, P)`` in the coupling's channel order."""
+def to_groups(a: Tensor, coupling: str, states: int = 1) -> Tensor:
+    """``(B, V, L, T, M)`` -> ``(B, T, M, G, P)`` in the coupling's channel order.
+
+    ``states``: the hourly states stacked in ``V`` (:mod:`genda.trajectory`),
+    which ``"causal"`` puts first.
+    """
     b, nvar, nlev, t, m = a.shape
+    if coupling == "causal":  # time order, then level order: c = (k * L + level) * V + v
+        a = a.reshape(b, states, nvar // states, nlev, t, m)
+        return a.permute(0, 4, 5, 1, 3, 2).reshape(b, t, m, 1, nvar * nlev)
     if coupling == "columns":
         return a.reshape(b, nvar * nlev, t, m).permute(0, 2, 3, 1).unsqueeze(3)
     if coupling == "cascade":  # level order: c = level * V + v
@@ -93,9 +103,12 @@ def to_groups(a: Tensor, coupling: str) -> Tensor:
     return a.permute(0, 3, 4, 2, 1)
 
 
-def from_groups(g: Tensor, coupling: str, nvar: int, nlev: int) -> Tensor:
+def from_groups(g: Tensor, coupling: str, nvar: int, nlev: int, states: int = 1) -> Tensor:
     """``(B, T, M, G, P)`` -> ``(B, V, L, T, M)``, the inverse of :func:`to_groups`."""
     b, t, m = g.shape[:3]
+    if coupling == "causal":
+        g = g.reshape(b, t, m, states, nlev, nvar // states)
+        return g.permute(0, 3, 5, 4, 1, 2).reshape(b, nvar, nlev, t, m)
     if coupling == "columns":
         return g.squeeze(3).permute(0, 3, 1, 2).reshape(b, nvar, nlev, t, m)
     if coupling == "cascade":

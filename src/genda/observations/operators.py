@@ -46,6 +46,7 @@ import torch
 from genda.errors import InvalidValueError
 from genda.grid import Grid
 from genda.normalization import Normalization
+from genda.trajectory import is_trajectory, state_offsets, trajectory_states
 
 #: Variables whose sign flips across a pole (vector components in the local frame).
 _VECTOR = {"u", "v"}
@@ -115,17 +116,42 @@ def _vertical(altitude: np.ndarray, alt: float, fwhm: float | None) -> list[tupl
     return [(level, float(w)) for level, w in enumerate(weights) if w > 1e-12]
 
 
-def _variables(grid: Grid, row: pd.Series) -> list[tuple[int, float, bool]]:
-    """``[(variable index, coefficient, is vector component), ...]`` of a row."""
+def _variables(grid: Grid, row: pd.Series, hours: float | None) -> list[tuple[int, float, bool]]:
+    """``[(variable index, coefficient, is vector component), ...]`` of a row.
+
+    ``hours``: on a trajectory grid, the row's time in hours after the first
+    state; the row is then linear in time between the states on either side.
+    """
     name = row["variable"]
     if name == "los":
         az = math.radians(float(row["azimuth_deg"]))
         el = math.radians(float(row["elevation_deg"]))
-        return [
-            (grid.variable_index("u"), math.cos(el) * math.sin(az), True),
-            (grid.variable_index("v"), math.cos(el) * math.cos(az), True),
-        ]
-    return [(grid.variable_index(name), 1.0, name in _VECTOR)]
+        parts = [("u", math.cos(el) * math.sin(az)), ("v", math.cos(el) * math.cos(az))]
+    else:
+        parts = [(str(name), 1.0)]
+    if hours is None:
+        return [(grid.variable_index(n), c, n in _VECTOR) for n, c in parts]
+    before = min(math.floor(hours), trajectory_states(grid) - 1)
+    after = min(before + 1, trajectory_states(grid) - 1)
+    weights = [(before, 1.0 - (hours - before)), (after, hours - before)]
+    return [
+        (grid.variable_index(f"{n}+{k}h"), c * w, n in _VECTOR)
+        for n, c in parts
+        for k, w in weights
+        if w != 0.0
+    ]
+
+
+def _state_hours(obs: pd.DataFrame, grid: Grid, start: np.datetime64 | None) -> np.ndarray | None:
+    """Each row's hours after a trajectory's first state; ``None`` on a plain grid."""
+    if not is_trajectory(grid):
+        return None
+    if start is None:
+        raise InvalidValueError(
+            f"observations on a trajectory of {trajectory_states(grid)} hourly states need "
+            "the time of its first state"
+        )
+    return state_offsets(obs["time"].to_numpy(), start, trajectory_states(grid))
 
 
 @dataclass(frozen=True, eq=False)
@@ -147,12 +173,21 @@ class ObservationOperator:
     field_shape: tuple[int, int, int, int]
 
     @classmethod
-    def from_table(cls, obs: pd.DataFrame, grid: Grid) -> ObservationOperator:
+    def from_table(
+        cls, obs: pd.DataFrame, grid: Grid, start: np.datetime64 | None = None
+    ) -> ObservationOperator:
         """The operator of a validated table (``genda.observations.validate_observations``).
 
         Rows are observations in table order; ``lon`` must be in [0, 360) and
         ``alt_km`` within the grid's altitudes. The grid's longitudes must be
-        evenly spaced around the circle (a global grid).
+        evenly spaced around the circle (a global grid). On a trajectory grid
+        (:mod:`genda.trajectory`) ``start`` is the time of its first state and
+        each row acts at its own ``time``, linearly between the hourly states
+        on either side.
+
+        Raises:
+            InvalidValueError: an empty table, a grid that is not global, a
+                trajectory without ``start`` or a row outside its hours.
         """
         spacing = np.diff(np.append(grid.longitude, grid.longitude[0] + 360.0))
         if not np.allclose(spacing, 360.0 / grid.nlon, rtol=0, atol=1e-6):
@@ -166,13 +201,15 @@ class ObservationOperator:
             )
         _, nlev, nlat, nlon = grid.shape
         has_fwhm = "fwhm_km" in obs.columns
+        offsets = _state_hours(obs, grid, start)
         rows: list[dict[int, float]] = []
-        for _, row in obs.iterrows():
+        for number, (_, row) in enumerate(obs.iterrows()):
             fwhm = float(row["fwhm_km"]) if has_fwhm and pd.notna(row["fwhm_km"]) else None
             entries: dict[int, float] = {}
             horizontal = _horizontal(grid, float(row["lat"]), float(row["lon"]))
             vertical = _vertical(grid.altitude, float(row["alt_km"]), fwhm)
-            for var, coefficient, is_vector in _variables(grid, row):
+            hours = None if offsets is None else float(offsets[number])
+            for var, coefficient, is_vector in _variables(grid, row, hours):
                 for level, wz in vertical:
                     for i, j, wxy, sign in horizontal:
                         w = coefficient * wz * wxy * (sign if is_vector else 1.0)

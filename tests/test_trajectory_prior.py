@@ -1,0 +1,315 @@
+"""Trajectory priors: K hourly states as one field, observations at their own times, fixed states.
+
+The closed forms: a linear AR(1) model, ``x_{k+1} = phi x_k + sqrt(1 - phi^2) e``,
+whose trajectories a Gaussian prior in causal whitened coordinates is fitted
+to. With a network that outputs 0 the prior is that Gaussian, so
+
+* the smoother (a whole window, observations at 0.5 h, 1 h and 2 h) is the
+  joint Gaussian posterior of the trajectory, and
+* the filter (the first state fixed to a previous analysis, observations
+  after it) is the Kalman filter's analysis: forecast step ``x_1 | x_0``, then
+  the update,
+
+both computed here by dense linear algebra in ``x = mu + J z`` that knows
+nothing of the causal square root, the fixed components or the time axis of
+the operator.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+from genda.assimilation.conditioning import (
+    FixedComponents,
+    conditioned_denoiser,
+    fixed_states,
+)
+from genda.assimilation.gaussian import GaussianFieldPrior
+from genda.assimilation.guidance import GaussianLikelihood
+from genda.assimilation.posterior import likelihood_for
+from genda.errors import InvalidValueError
+from genda.grid import Grid, GridMismatchError, lookup_variable
+from genda.models.checkpoint import LoadedPrior
+from genda.models.diffusion import EDMDenoiser
+from genda.models.padding import pole_signs
+from genda.models.sampling import sample
+from genda.models.strategies import get_strategy
+from genda.models.whitening import SpectralWhitening
+from genda.normalization import Normalization
+from genda.observations.operators import ObservationOperator
+from genda.trajectory import (
+    split_states,
+    stack_states,
+    state_grid,
+    state_offsets,
+    trajectory_grid,
+    trajectory_normalization,
+    trajectory_states,
+)
+
+GRID = Grid.gaussian(8, 16, 2)
+STATES = 3
+PHI = 0.8
+MEMBERS = 512
+START = np.datetime64("2000-01-01T00:00")
+
+
+class ZeroNetwork(nn.Module):
+    """An untrained network's limit: output 0, so ``D(z, sigma) = c_skip z``."""
+
+    def forward(self, x: torch.Tensor, c_noise: torch.Tensor, cond=None) -> torch.Tensor:
+        return torch.zeros_like(x)
+
+
+def _ar1_trajectories(count: int, seed: int) -> torch.Tensor:
+    """``(count, K, V, L, H, W)`` AR(1) trajectories of smooth unit-variance fields."""
+    field_prior = GaussianFieldPrior.on_grid(GRID, length_km=3000.0)
+    state = field_prior.sample(count, generator=torch.Generator().manual_seed(seed))
+    states = [state]
+    for k in range(1, STATES):
+        noise = field_prior.sample(count, generator=torch.Generator().manual_seed(seed + k))
+        states.append(PHI * states[-1] + (1 - PHI**2) ** 0.5 * noise)
+    return torch.stack(states, dim=1)
+
+
+@pytest.fixture(scope="module")
+def prior() -> LoadedPrior:
+    """The Gaussian trajectory prior of 800 AR(1) trajectories (float64, zero network)."""
+    grid = trajectory_grid(GRID, STATES)
+    normalization = trajectory_normalization(
+        Normalization(GRID.variables, np.zeros((3, 2)), np.ones((3, 2))), STATES
+    )
+    whitening = SpectralWhitening(grid, normalization, coupling="causal").double()
+    whitening.fit([stack_states(_ar1_trajectories(800, 1))])
+    denoiser = EDMDenoiser(ZeroNetwork(), coordinates=whitening).double()
+    strategy = get_strategy("joint3d")
+    return LoadedPrior(denoiser, strategy, grid, normalization, {}, Path("."))
+
+
+def _jacobian(prior: LoadedPrior) -> torch.Tensor:
+    """``J`` ``(N_x, N_z)``: ``x = mu + J z``, fields flattened in trajectory order."""
+    shape = prior.state_shape
+    size = int(np.prod(shape))
+    return torch.func.jacrev(lambda z: prior.denoiser.decode(z.reshape(1, *shape)).reshape(-1))(
+        torch.zeros(size, dtype=torch.float64)
+    )
+
+
+def _observations(hours: list[float]) -> pd.DataFrame:
+    rows = [
+        ("u", -30.0, 45.0, 80.0, 0.3),
+        ("T", 60.0, 200.0, 80.0, 0.3),
+        ("v", 10.0, 100.0, 95.0, 0.3),
+        ("T", -50.0, 300.0, 95.0, 0.3),
+    ]
+    return pd.DataFrame(
+        [
+            {
+                "time": pd.Timestamp(START) + pd.Timedelta(hours=h),
+                "variable": v,
+                "lat": lat,
+                "lon": lon,
+                "alt_km": alt,
+                "value": 0.0,
+                "sigma": s,
+            }
+            for h in hours
+            for v, lat, lon, alt, s in rows
+        ]
+    )
+
+
+def _dense_posterior(
+    jacobian: torch.Tensor, rows: torch.Tensor, y: torch.Tensor, sigma: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and covariance of ``x`` given ``rows @ x = y + e``, ``x = J z``, ``z ~ N(0, I)``."""
+    a = rows @ jacobian
+    precision = torch.eye(a.shape[1], dtype=torch.float64) + a.T @ (a / sigma[:, None] ** 2)
+    cov_z = torch.linalg.inv(precision)
+    mean_z = cov_z @ a.T @ (y / sigma**2)
+    return jacobian @ mean_z, jacobian @ cov_z @ jacobian.T
+
+
+def _compare(members: torch.Tensor, mean: torch.Tensor, cov: torch.Tensor, points) -> None:
+    """Members' mean and spread at ``points`` (flat indices) against the closed form."""
+    seen = members.reshape(members.shape[0], -1)[:, points]
+    spread = cov.diagonal()[points].sqrt()
+    error = (seen.mean(0) - mean[points]).abs()
+    assert torch.all(error < 4 * spread / members.shape[0] ** 0.5 + 0.02 * spread), error / spread
+    np.testing.assert_allclose(seen.std(0), spread, rtol=0.12)
+
+
+def _points(prior: LoadedPrior, state: int, count: int = 24) -> torch.Tensor:
+    """``count`` flat indices of grid points of ``state`` (every variable and level)."""
+    per_state = int(np.prod(prior.grid.shape)) // STATES
+    chosen = torch.randperm(per_state, generator=torch.Generator().manual_seed(state))[:count]
+    return state * per_state + chosen
+
+
+# ----------------------------------------------------------------------------- names
+def test_a_trajectory_grid_names_its_hourly_states_in_time_order() -> None:
+    grid = trajectory_grid(GRID, 2)
+    assert grid.variables == ("u+0h", "v+0h", "T+0h", "u+1h", "v+1h", "T+1h")
+    assert trajectory_states(grid) == 2 and trajectory_states(GRID) == 1
+    assert state_grid(grid) == GRID and state_grid(GRID) == GRID
+    assert lookup_variable("T+1h").units == "K" and "1 h after" in lookup_variable("T+1h").long_name
+    assert pole_signs(grid.variables) == [-1.0, -1.0, 1.0] * 2
+    x = torch.randn(2, 2, 3, 2, 8, 16)
+    assert torch.equal(split_states(stack_states(x), 2), x)
+    with pytest.raises(GridMismatchError, match="time order"):
+        trajectory_states(Grid.gaussian(8, 16, 2, variables=("u+1h", "u+0h")))
+    with pytest.raises(GridMismatchError, match="mixes"):
+        trajectory_states(Grid.gaussian(8, 16, 2, variables=("u+0h", "T")))
+    with pytest.raises(InvalidValueError, match="already"):
+        trajectory_grid(grid, 2)
+    with pytest.raises(InvalidValueError, match="1 to"):
+        trajectory_grid(GRID, 0)
+
+
+def test_observations_act_at_their_own_time_linearly_between_states() -> None:
+    grid = trajectory_grid(GRID, STATES)
+    obs = _observations([0.0, 0.25, 2.0])
+    operator = ObservationOperator.from_table(obs, grid, START)
+    single = ObservationOperator.from_table(obs, GRID)
+    states = torch.randn(1, STATES, 3, 2, 8, 16, dtype=torch.float64)
+    seen = operator(stack_states(states))[0].reshape(3, 4)
+    at = [single(states[:, k])[0].reshape(3, 4) for k in range(STATES)]
+    torch.testing.assert_close(seen[0], at[0][0])
+    torch.testing.assert_close(seen[1], 0.75 * at[0][1] + 0.25 * at[1][1])
+    torch.testing.assert_close(seen[2], at[2][2])
+    # the adjoint is the transpose of the time-interpolating rows
+    r = torch.randn(1, operator.n_obs, dtype=torch.float64)
+    lhs = (operator.linear(stack_states(states)) * r).sum()
+    rhs = (stack_states(states) * operator.adjoint(r)).sum()
+    torch.testing.assert_close(lhs, rhs)
+
+
+def test_observations_outside_the_window_or_without_its_start_are_refused() -> None:
+    grid = trajectory_grid(GRID, STATES)
+    with pytest.raises(InvalidValueError, match=r"outside the window 2000-01-01T00:00:00 \.\."):
+        ObservationOperator.from_table(_observations([2.5]), grid, START)
+    with pytest.raises(InvalidValueError, match="outside the window"):
+        ObservationOperator.from_table(_observations([-0.5]), grid, START)
+    with pytest.raises(InvalidValueError, match="time of its first state"):
+        ObservationOperator.from_table(_observations([1.0]), grid)
+    np.testing.assert_allclose(
+        state_offsets(np.array([START + np.timedelta64(90, "m")]), START, STATES), [1.5]
+    )
+
+
+# ----------------------------------------------------------------------------- whitening
+def test_the_causal_square_root_makes_the_first_states_of_their_own_z(prior) -> None:
+    whitening = prior.denoiser.coordinates
+    fields = stack_states(_ar1_trajectories(4, 50)).double()
+    later = fields.clone()
+    later[:, 3:] += torch.randn_like(later[:, 3:])
+    change = (whitening.encode(later) - whitening.encode(fields)).abs().amax(dim=(0, 2, 3))
+    assert float(change[:3].max()) < 1e-9  # the first state's z does not see later states
+    assert float(change[3:].min()) > 0.1
+    # exact round trips on what the transform represents, and white z on the training law
+    z = torch.randn(3, *prior.state_shape, dtype=torch.float64)
+    x = whitening.decode(z)
+    torch.testing.assert_close(whitening.decode(whitening.encode(x)), x)
+    z = whitening.encode(stack_states(_ar1_trajectories(400, 70)).double())
+    assert abs(float(z.var(0).mean()) - 1.0) < 0.1
+
+
+def test_the_fitted_regression_of_the_second_state_on_the_first_is_phi(prior) -> None:
+    """With ``z`` of the later states at 0, the decoded state 1 is ``E[x_1 | x_0] = phi x_0``."""
+    x0 = stack_states(_ar1_trajectories(16, 90)).double()[:, :3]
+    fixed = fixed_states(prior, x0, range(16))
+    fields = prior.denoiser.decode(fixed.values.double())
+    regression = float((fields[:, 3:6] * x0).sum() / (x0 * x0).sum())
+    assert abs(regression - PHI) < 0.05
+    # the fixed state is the first state's part that the transform represents
+    padded = torch.cat([x0, torch.zeros_like(x0), torch.zeros_like(x0)], dim=1)
+    whitening = prior.denoiser.coordinates
+    represented = whitening.decode(whitening.encode(padded))[:, :3]
+    torch.testing.assert_close(fields[:, :3], represented, atol=1e-5, rtol=0)
+
+
+# ----------------------------------------------------------------------------- closed forms
+@pytest.mark.parametrize("covariance", ["prior", pytest.param("jacobian", marks=pytest.mark.slow)])
+def test_the_smoother_is_the_joint_gaussian_posterior_of_the_trajectory(prior, covariance) -> None:
+    obs = _observations([0.5, 1.0, 2.0])
+    truth = stack_states(_ar1_trajectories(1, 200)).double()
+    likelihood = likelihood_for(prior, obs, time=START).to("cpu", torch.float64)
+    y = likelihood.operator.fields(truth)[0] + 0.3 * torch.randn(
+        len(obs), generator=torch.Generator().manual_seed(7), dtype=torch.float64
+    )
+    likelihood = GaussianLikelihood(likelihood.operator, y, likelihood.sigma)
+    from genda.assimilation.guidance import guided_denoiser
+
+    guided = guided_denoiser(prior.denoiser, likelihood, "mmps", covariance=covariance)
+    z = sample(
+        guided, prior.state_shape, range(MEMBERS), 3, steps=32, sigma_max=20.0, dtype=torch.float64
+    )
+    members = prior.denoiser.decode(z)
+    jacobian = _jacobian(prior)
+    rows = likelihood.operator.fields.adjoint(torch.eye(len(obs), dtype=torch.float64))
+    mean, cov = _dense_posterior(jacobian, rows.reshape(len(obs), -1), y, likelihood.sigma)
+    for state in range(STATES):
+        _compare(members, mean, cov, _points(prior, state))
+
+
+@pytest.mark.parametrize("covariance", ["prior", pytest.param("jacobian", marks=pytest.mark.slow)])
+def test_the_filter_with_the_first_state_fixed_is_the_kalman_analysis(prior, covariance) -> None:
+    """State 0 fixed to a previous analysis, observations at 1 h and 1.5 h: forecast, then update."""
+    previous = stack_states(_ar1_trajectories(1, 300)).double()
+    truth = stack_states(_ar1_trajectories(1, 300)).double()  # the same first state
+    obs = _observations([1.0, 1.5])
+    likelihood = likelihood_for(prior, obs, time=START).to("cpu", torch.float64)
+    y = likelihood.operator.fields(truth)[0] + 0.3 * torch.randn(
+        len(obs), generator=torch.Generator().manual_seed(8), dtype=torch.float64
+    )
+    likelihood = GaussianLikelihood(likelihood.operator, y, likelihood.sigma)
+    members = range(MEMBERS)
+    fixed = fixed_states(prior, previous[:, :3].expand(MEMBERS, -1, -1, -1, -1), members)
+    denoiser = conditioned_denoiser(prior, likelihood, fixed, members, covariance=covariance)
+    z = sample(
+        denoiser, prior.state_shape, members, 4, steps=32, sigma_max=20.0, dtype=torch.float64
+    )
+    fields = prior.denoiser.decode(z)
+
+    # dense Kalman: the first state observed exactly (1e-4), the others through H
+    jacobian = _jacobian(prior)
+    per_state = jacobian.shape[0] // STATES
+    first = torch.eye(jacobian.shape[0], dtype=torch.float64)[:per_state]
+    fixed_x = prior.denoiser.decode(fixed.values[:1].double()).reshape(-1)[:per_state]
+    rows = likelihood.operator.fields.adjoint(torch.eye(len(obs), dtype=torch.float64))
+    all_rows = torch.cat([first, rows.reshape(len(obs), -1)])
+    values = torch.cat([fixed_x, y])
+    sigma = torch.cat([torch.full((per_state,), 1e-4, dtype=torch.float64), likelihood.sigma])
+    mean, cov = _dense_posterior(jacobian, all_rows, values, sigma)
+    torch.testing.assert_close(fields[:, :3].reshape(MEMBERS, -1), fixed_x.expand(MEMBERS, -1))
+    for state in (1, 2):
+        _compare(fields, mean, cov, _points(prior, state))
+    # the forecast alone (no observations) is the AR(1) forecast step's spread
+    forecast = conditioned_denoiser(prior, None, fixed, members)
+    z = sample(
+        forecast, prior.state_shape, members, 5, steps=32, sigma_max=20.0, dtype=torch.float64
+    )
+    spread = prior.denoiser.decode(z)[:, 3:6].std(0).mean()
+    assert abs(float(spread) - (1 - PHI**2) ** 0.5) < 0.1
+
+
+def test_fixed_states_of_the_wrong_shape_prior_or_members_are_refused(prior) -> None:
+    x0 = torch.zeros(2, 3, 2, 8, 16, dtype=torch.float64)
+    with pytest.raises(InvalidValueError, match=r"shape \(N, j \* 3"):
+        fixed_states(prior, torch.zeros(2, 9, 2, 8, 16), range(2))  # all states: nothing free
+    with pytest.raises(InvalidValueError, match="2 fixed states for 3 members"):
+        fixed_states(prior, x0, range(3))
+    with pytest.raises(InvalidValueError, match="NaN"):
+        fixed_states(prior, x0 * float("nan"), range(2))
+    fixed = fixed_states(prior, x0, [4, 5])
+    with pytest.raises(InvalidValueError, match=r"member\(s\) \[6\]"):
+        fixed.rows([5, 6])
+    wrapper = FixedComponents(prior.denoiser, fixed.mask, fixed.rows([4, 5]))
+    with pytest.raises(InvalidValueError, match="a batch of 3"):
+        wrapper(torch.zeros(3, *prior.state_shape, dtype=torch.float64), torch.ones(3))
