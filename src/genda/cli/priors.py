@@ -98,6 +98,15 @@ def train_command(
             "time of day (default 3: diurnal, semidiurnal, terdiurnal; 0: one mean).",
         ),
     ] = None,
+    states: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Hourly states per sample: K > 1 trains a trajectory prior of K consecutive "
+            "hours (whitened coordinates), which windows with observations at their own "
+            "times, filtering and forecasts use (docs/cycles.md). Default 1.",
+        ),
+    ] = None,
     icon_grid: IconGridOption = None,
     icon_target: IconTargetOption = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing --out.")] = False,
@@ -144,6 +153,7 @@ def train_command(
         skip=skip,
         coordinates=coordinates,
         tides=tides,
+        states=states,
         overwrite=overwrite,
         progress=progress,
         command=command_line(ctx),

@@ -30,11 +30,25 @@ _COVARIANCE_NOTES: dict[str, str] = {
 
 def assimilate(
     time_: Annotated[
-        str, typer.Option("--time", help="Centre of the window, ISO (UTC), e.g. 2000-02-01T12:00.")
+        str,
+        typer.Option(
+            "--time",
+            help="Centre of the window, ISO (UTC), e.g. 2000-02-01T12:00; for a trajectory "
+            "prior, its first hour.",
+        ),
     ],
     obs: Annotated[
         Path | None, typer.Option(help="Observation table; omit to sample the prior.")
     ] = None,
+    filter_: Annotated[
+        bool,
+        typer.Option(
+            "--filter",
+            help="Trajectory prior: fix each member's first state to that member of the "
+            "store's finalised window at --time (the previous window's last hour), and "
+            "write the hours after it (docs/cycles.md).",
+        ),
+    ] = False,
     out: Annotated[
         Path, typer.Option(help="Ensemble store (Zarr v3); created, or the window added.")
     ] = Path("ensemble.zarr"),
@@ -158,6 +172,7 @@ def assimilate(
         progress=progress,
         yes=yes,
         insecure=insecure,
+        filtering=filter_,
     )
     console.print(render_window(summary))
 

@@ -18,6 +18,7 @@ from genda.distributed.window import WindowReport, complete_window
 from genda.distributed.work import (
     MemberGenerator,
     TaskReport,
+    TrajectoryWindow,
     WindowJob,
     member_blocks,
     writer_tasks,
@@ -31,6 +32,7 @@ __all__ = [
     "RaySession",
     "RunReport",
     "TaskReport",
+    "TrajectoryWindow",
     "WindowJob",
     "WindowReport",
     "WorkerSpec",

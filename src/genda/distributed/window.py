@@ -92,8 +92,8 @@ def complete_window(
     # Members flagged complete by an earlier run are read back once: one whose
     # file was removed or damaged since loses its flag (with a warning) and is
     # made again below, instead of staying NaN or failing every read.
-    damaged = store.recheck(job.time)
-    missing = store.missing(job.time)
+    damaged = sorted({m for when in job.times for m in store.recheck(when)})
+    missing = sorted({m for when in job.times for m in store.missing(when)})
     result = WindowReport(RunReport(), 0, job.settings.batch_size, store.n_members - len(missing))
     result.damaged = damaged
     if not missing:  # a finished window: no workers to start
@@ -121,7 +121,8 @@ def complete_window(
             max_retries,
         )
     result.batch_size = job.settings.batch_size
-    store.finalize(job.time)
+    for when in job.times:
+        store.finalize(when)
     return result
 
 

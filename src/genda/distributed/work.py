@@ -27,12 +27,42 @@ import numpy as np
 import pandas as pd
 import torch
 
-from genda.assimilation.posterior import PosteriorSettings, posterior_denoiser, sample_members
+from genda.assimilation.conditioning import conditioned_denoiser, fixed_states
+from genda.assimilation.posterior import (
+    PosteriorSettings,
+    likelihood_for,
+    posterior_denoiser,
+    sample_members,
+    state_hours,
+)
 from genda.errors import InvalidValueError, RunFailedError
 from genda.grid import Grid
 from genda.models.checkpoint import LoadedPrior, load_checkpoint
 from genda.storage.ensemble_store import EnsembleStore
 from genda.threads import cpu_threads
+from genda.trajectory import HOUR, split_states, state_grid
+
+
+@dataclass(frozen=True)
+class TrajectoryWindow:
+    """A window of a trajectory prior: ``states`` hourly states from ``start``.
+
+    Attributes:
+        start: the time of the first state.
+        states: ``K``.
+        condition: the store's window whose members fix the first state
+            (filtering: the previous window's last state), or ``None`` (a cold start).
+    """
+
+    start: np.datetime64
+    states: int
+    condition: np.datetime64 | None = None
+
+    @property
+    def times(self) -> tuple[np.datetime64, ...]:
+        """The hours this window writes: all of them, or those after a fixed first state."""
+        first = 0 if self.condition is None else 1
+        return tuple(self.start + k * HOUR for k in range(first, self.states))
 
 
 @dataclass(frozen=True)
@@ -49,6 +79,9 @@ class WindowJob:
             a worker rebuilds its guided denoiser only when this changes.
         provenance: the window's provenance as registered; members are written
             only while the window still has it (``None``: not checked).
+        trajectory: for a trajectory prior, its window (``time`` is then the last
+            hour it writes, which is written last: a member complete there is
+            complete at every hour).
     """
 
     store: EnsembleStore
@@ -58,12 +91,23 @@ class WindowJob:
     observations: pd.DataFrame | None = field(default=None, repr=False)
     observations_fingerprint: str = ""
     provenance: Mapping[str, Any] | None = field(default=None, repr=False, compare=False)
+    trajectory: TrajectoryWindow | None = None
+
+    @property
+    def times(self) -> tuple[np.datetime64, ...]:
+        """The store windows this job writes: ``(time,)``, or a trajectory's hours."""
+        return (self.time,) if self.trajectory is None else self.trajectory.times
+
+    @property
+    def state_time(self) -> np.datetime64:
+        """The time the prior's states start at: ``time``, or a trajectory's first hour."""
+        return self.time if self.trajectory is None else self.trajectory.start
 
     @property
     def key(self) -> tuple[Any, ...]:
         """What the guided denoiser depends on (the time: a prior's mean may follow the hour)."""
         return (
-            str(self.time),
+            str(self.state_time),
             self.observations_fingerprint,
             self.settings.method,
             self.settings.guidance_options(),
@@ -264,15 +308,46 @@ class MemberGenerator:
             set_layers_per_batch(self.prior, layers_per_batch)
         self._denoiser_key: tuple[Any, ...] | None = None
         self._denoiser: Any = None
+        self._likelihood: Any = None
 
     def denoiser(self, job: WindowJob) -> Any:
         """The job's (guided) denoiser, built once per observation set and method."""
         if self._denoiser_key != job.key:
             self._denoiser = posterior_denoiser(
-                self.prior, job.observations, job.settings, self.device, job.time
+                self.prior, job.observations, job.settings, self.device, job.state_time
             )
+            self._likelihood = None
             self._denoiser_key = job.key
         return self._denoiser
+
+    def batch_denoiser(self, job: WindowJob, batch: Sequence[int]) -> Any:
+        """The denoiser of one batch: the job's, or with the batch's first states fixed.
+
+        A filtering window reads the members it is conditioned on from the
+        store itself, so that they never pass through the driver.
+        """
+        denoiser = self.denoiser(job)
+        window = job.trajectory
+        if window is None or window.condition is None:
+            return denoiser
+        if job.observations is not None and self._likelihood is None:
+            self._likelihood = likelihood_for(
+                self.prior, job.observations, self.device, window.start
+            )
+        previous = torch.from_numpy(job.store.read_members(window.condition, batch))
+        hours = state_hours(self.prior, window.start, 1)
+        fixed = fixed_states(
+            self.prior, previous, batch, None if hours is None else float(hours[0])
+        )
+        settings = job.settings.for_prior(self.prior, guided=job.observations is not None)
+        return conditioned_denoiser(
+            self.prior,
+            self._likelihood,
+            fixed,
+            batch,
+            settings.method,
+            **settings.guidance_options(),
+        )
 
     def generate(
         self,
@@ -294,9 +369,9 @@ class MemberGenerator:
         """
         started = clock.perf_counter()
         store = job.store
-        complete = store.complete(job.time)
+        complete = np.logical_and.reduce([store.complete(when) for when in job.times])
         written: list[int] = []
-        denoiser = self.denoiser(job)
+        self.denoiser(job)
         batch_size, per_shard = job.settings.batch_size, store.members_per_shard
         with cpu_threads(self.threads, self.device):
             for block in member_blocks(members, batch_size, per_shard):
@@ -309,24 +384,40 @@ class MemberGenerator:
                 batch = full_block(block[0], batch_size, per_shard, store.n_members)
                 fields = sample_members(
                     self.prior,
-                    denoiser,
+                    self.batch_denoiser(job, batch),
                     batch,
                     job.seed,
                     job.settings,
                     guided=job.observations is not None,
                     device=self.device,
-                    time=job.time,
+                    time=job.state_time,
                     on_step=on_step,
                 )
                 values = fields.numpy()[[batch.index(m) for m in todo]]
-                # A member with NaN or impossible values must never be flagged
-                # complete: the block is refused before anything of it is written.
-                guided = job.observations is not None
-                check_members(values, self.prior.grid, todo, job.time, guided)
-                store.write_members(job.time, todo, values, provenance=job.provenance)
+                self._write(job, todo, values)
                 written.extend(todo)
         elapsed = clock.perf_counter() - started
         return TaskReport(list(members), written, elapsed, worker, peak_memory_mib(self.device))
+
+    def _write(self, job: WindowJob, members: list[int], values: np.ndarray) -> None:
+        """Write a block's members at each of the job's times, the last one last.
+
+        A member with NaN or impossible values must never be flagged complete:
+        the block is refused before anything of it is written.
+        """
+        guided = job.observations is not None
+        grid = state_grid(self.prior.grid)
+        window = job.trajectory
+        if window is None:
+            per_time = [(job.time, values)]
+        else:
+            states = split_states(torch.from_numpy(values), window.states).numpy()
+            first = window.states - len(window.times)
+            per_time = [(t, states[:, first + k]) for k, t in enumerate(window.times)]
+        for when, fields in per_time:
+            check_members(fields, grid, members, when, guided)
+        for when, fields in per_time:
+            job.store.write_members(when, members, fields, provenance=job.provenance)
 
     def probe_batch_size(
         self, job: WindowJob, memory_fraction: float = 0.8, largest: int = 256, share: int = 1

@@ -10,7 +10,8 @@ takes the eigen-directions of every variable and level of a mode;
 ``layer2d`` the cascade, lower-triangular in level order, so that each layer
 of ``z`` belongs to one level while the Gaussian part's vertical covariance
 stays in the transform. Priors whose levels were whitened apart
-(``"levels"``) still load.
+(``"levels"``) still load. Trajectory priors (``genda train --states K``) take
+the ``"causal"`` square root, lower-triangular in time order.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from genda.grid import Grid
 from genda.models.diffusion import EDMDenoiser
 from genda.models.whitening import SpectralWhitening
 from genda.normalization import Normalization
+from genda.trajectory import trajectory_states
 
 __all__ = [
     "COORDINATES",
@@ -47,10 +49,15 @@ DEFAULT_TIDES = 3
 and terdiurnal tides, which carry nearly all the migrating tides' variance."""
 
 
-def coupling_for(strategy: str) -> str:
+def coupling_for(strategy: str, states: int = 1) -> str:
     """The covariance coupling of a new prior: eigen-directions of whole columns for ``joint3d``;
     for ``layer2d``, whose network sees one layer of ``z`` and its neighbours, the cascade,
-    whose ``z`` layer ``k`` is level ``k``'s innovation on the levels below."""
+    whose ``z`` layer ``k`` is level ``k``'s innovation on the levels below. A trajectory
+    of ``states > 1`` hourly states takes the causal square root with either strategy: the
+    cascade in time order, so that its first states are made of their own ``z`` alone
+    (:mod:`genda.assimilation.conditioning`) and each ``z`` layer is still one level's."""
+    if states > 1:
+        return "causal"
     return "cascade" if strategy == "layer2d" else "columns"
 
 
@@ -112,7 +119,8 @@ def fit_coordinates(
             )
         return None
     count = DEFAULT_TIDES if tides is None else tides
-    module = SpectralWhitening(grid, normalization, coupling=coupling_for(strategy), tides=count)
+    coupling = coupling_for(strategy, trajectory_states(grid))
+    module = SpectralWhitening(grid, normalization, coupling=coupling, tides=count)
     return module.fit(batches)
 
 

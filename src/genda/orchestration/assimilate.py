@@ -51,9 +51,18 @@ from genda.observations.table import (
     window_bounds,
 )
 from genda.orchestration.summaries import ObservationFit, WindowSummary
+from genda.orchestration.trajectory_window import (
+    check_condition,
+    trajectory_job,
+    trajectory_observations,
+    trajectory_operator,
+    trajectory_provenance,
+    trajectory_values,
+)
 from genda.ownership import check_store_output
 from genda.storage.ensemble_diagnostics import write_diagnostics
 from genda.storage.ensemble_store import EnsembleStore
+from genda.trajectory import is_trajectory, state_grid, state_normalization
 
 FIT_BLOCK_MEMBERS = 32
 """Members read back at a time to compute the fit to the observations."""
@@ -143,8 +152,14 @@ def assimilate_window(
     progress: bool = True,
     yes: bool = False,
     insecure: bool = False,
+    filtering: bool = False,
 ) -> WindowSummary:
     """Complete the window at ``time`` in the ensemble store ``out`` (created when absent).
+
+    With a trajectory prior (``genda train --states K``) the window is its
+    ``K`` hours from ``time``, each observation acting at its own time, and
+    each hour goes to its own slot of the store
+    (:mod:`genda.orchestration.trajectory_window`).
 
     Args:
         checkpoint: a checkpoint directory or a shipped name (``default``, ``default-layer2d``).
@@ -178,6 +193,9 @@ def assimilate_window(
         yes: confirm a store larger than :data:`genda.budget.CONFIRM_BYTES`.
         insecure: allow a local Ray cluster without token authentication
             (``RAY_AUTH_MODE=disabled``; :func:`genda.distributed.cluster.check_local_cluster`).
+        filtering: a trajectory prior's window whose first state is fixed, member
+            by member, to the store's finalised window at ``time`` (the previous
+            window's last hour); the hours after it are written.
 
     Returns:
         The window's :class:`~genda.orchestration.summaries.WindowSummary`
@@ -202,11 +220,21 @@ def assimilate_window(
         check_device(device)
     check_store_output(out, overwrite)
     prior = _load_prior(checkpoint, driver_device, layers_per_batch)
+    trajectory = is_trajectory(prior.grid)
+    if filtering and not trajectory:
+        raise InvalidValueError(
+            "filtering fixes a window's first hourly state: it needs a trajectory prior "
+            "(genda train --states K)"
+        )
     _check_store_size(prior, members, out, yes)
     table, obs, qc = _load_observations(
         observations, prior, when, window_hours, outlier_k, keep_outliers
     )
+    if filtering:
+        check_condition(out, prior, when, members)
     provenance = window_provenance(prior, obs, settings, seed, when, window_hours)
+    if trajectory:
+        provenance = trajectory_provenance(provenance, prior, when, filtering)
     check_guidance(prior, obs, settings, driver_device, when)
     spec = None
     if not in_process:
@@ -218,21 +246,24 @@ def assimilate_window(
         out,
         prior,
         members,
-        when,
+        None if trajectory else when,
         provenance,
         posterior=obs is not None,
         members_per_shard=members_per_shard,
         overwrite=overwrite,
     )
-    job = WindowJob(
-        store,
-        when,
-        window_seed(seed, when),
-        settings,
-        obs,
-        provenance["observations_sha256"],
-        provenance,
-    )
+    if trajectory:
+        job = trajectory_job(store, prior, when, seed, settings, obs, provenance, filtering)
+    else:
+        job = WindowJob(
+            store,
+            when,
+            window_seed(seed, when),
+            settings,
+            obs,
+            provenance["observations_sha256"],
+            provenance,
+        )
     report = _make_members(
         job,
         prior,
@@ -246,7 +277,7 @@ def assimilate_window(
         progress=progress,
         insecure=insecure,
     )
-    if table is not None and qc is not None:  # the posterior is complete and finalised
+    if table is not None and qc is not None and not trajectory:  # complete and finalised
         _write_diagnostics(store, when, table, qc, prior, keep_outliers, checkpoint)
     return _summarise(
         store,
@@ -324,9 +355,14 @@ def _load_observations(
     """
     if observations is None:
         return None, None, None
-    obs = load_window_observations(observations, prior.grid, when, window_hours)
+    grid = state_grid(prior.grid)
+    if is_trajectory(prior.grid):
+        obs = trajectory_observations(observations, prior, when)
+    else:
+        obs = load_window_observations(observations, grid, when, window_hours)
+    normalization = state_normalization(prior.normalization, prior.grid)
     screened, check = screen_observations(
-        obs, prior.grid, prior.normalization, outlier_k, keep_outliers, str(observations)
+        obs, grid, normalization, outlier_k, keep_outliers, str(observations)
     )
     return obs, screened, check
 
@@ -354,7 +390,7 @@ def _register_window(
     out: str | os.PathLike[str],
     prior: LoadedPrior,
     members: int,
-    when: np.datetime64,
+    when: np.datetime64 | None,
     provenance: dict[str, Any],
     *,
     posterior: bool,
@@ -364,18 +400,21 @@ def _register_window(
     """Open (or create, or replace) the store and register the window at ``when`` in it.
 
     The run's first write: every check has passed by now. ``posterior``: there
-    are observations (the store's title says so).
+    are observations (the store's title says so). ``when=None`` registers
+    nothing (a trajectory window registers its hours itself). The store holds
+    one hourly state per slot: a trajectory prior's state grid.
     """
     title = "genda posterior ensemble" if posterior else "genda prior ensemble"
     store = EnsembleStore.open_or_create(
         out,
-        prior.grid,
+        state_grid(prior.grid),
         members,
         {"title": title, "source": f"genda {__version__}"},
         members_per_shard=members_per_shard,
         overwrite=overwrite,
     )
-    store.add_window(when, provenance)
+    if when is not None:
+        store.add_window(when, provenance)
     return store
 
 
@@ -429,8 +468,13 @@ def _fits(
     The reference is the training mean per variable and level, a
     ``(1, V, L, H, W)`` field; both go through the table's operator in float64.
     """
-    operator = ObservationOperator.from_table(obs, prior.grid).to(dtype=torch.float64)
-    fit = ObservationFit.from_dict(ensemble_fit(store, when, obs, operator))
+    if is_trajectory(prior.grid):
+        operator = trajectory_operator(obs, prior, when)
+        values = operator(trajectory_values(store, prior, when, range(store.n_members)))
+        fit = ObservationFit.from_dict(fit_of_values(values, obs))
+    else:
+        operator = ObservationOperator.from_table(obs, prior.grid).to(dtype=torch.float64)
+        fit = ObservationFit.from_dict(ensemble_fit(store, when, obs, operator))
     level_mean = prior.normalization.denormalize(torch.zeros(1, *prior.grid.shape))
     level_mean_fit = ObservationFit.from_dict(fit_of_values(operator(level_mean.double()), obs))
     return fit, level_mean_fit

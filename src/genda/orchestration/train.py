@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +35,10 @@ from genda.models.diffusion import EDMDenoiser
 from genda.models.gaussian_skip import GaussianSkip
 from genda.models.strategies import build_backbone, get_strategy
 from genda.models.training import StopRule, TrainConfig, TrainResult, resolve_device, train
+from genda.models.trajectory_data import TrajectoryFields
 from genda.models.whitening import SpectralWhitening
 from genda.storage import IconRemap, open_archive
+from genda.trajectory import MAX_STATES, trajectory_states
 
 __all__ = ["DEFAULT_ARCHITECTURE", "TrainingRun", "train_prior"]
 
@@ -186,6 +188,35 @@ def _coordinates_module(
     return fit_coordinates(coordinates or "grid", strategy, grid, normalization, batches, tides)
 
 
+def _states_setting(states: int | None, stored: Mapping[str, Any], coordinates: str | None) -> int:
+    """The hourly states per sample: ``states``, the resumed checkpoint's, or 1."""
+    kept = trajectory_states(Grid.from_dict(stored["grid"])) if stored.get("grid") else None
+    if kept is not None and states is not None and states != kept:
+        raise CheckpointError(
+            f"the checkpoint models {kept} hourly state(s) per sample, not {states}; "
+            "a resumed run keeps them"
+        )
+    count = kept if kept is not None else 1 if states is None else int(states)
+    if not 1 <= count <= MAX_STATES:
+        raise InvalidValueError(f"states must be 1..{MAX_STATES} hourly states, got {count}")
+    if count > 1 and kept is None and coordinates != "whitened":
+        raise InvalidValueError(
+            "a trajectory prior (states > 1) needs whitened coordinates: its causal square root "
+            "is what lets a window's first states be fixed (--coordinates whitened)"
+        )
+    return count
+
+
+def _trajectories(training_data: TrainingData, states: int) -> TrainingData:
+    """The splits of ``training_data`` as trajectories of ``states`` hourly fields."""
+    validation = training_data.validation
+    return replace(
+        training_data,
+        train=TrajectoryFields(training_data.train, states),  # type: ignore[arg-type]
+        validation=None if validation is None else TrajectoryFields(validation, states),  # type: ignore[arg-type]
+    )
+
+
 def _check_output(out: Path, resume: str | os.PathLike[str] | None, overwrite: bool) -> None:
     """Refuse an existing ``out`` unless resuming it in place or ``overwrite``."""
     # Continuing a checkpoint in place replaces it by design; writing a resumed run
@@ -290,6 +321,7 @@ def train_prior(
     skip: str | None = None,
     coordinates: str | None = None,
     tides: int | None = None,
+    states: int | None = None,
     overwrite: bool = False,
     progress: bool = True,
     memory_limit_bytes: int = DEFAULT_MEMORY_LIMIT,
@@ -323,6 +355,9 @@ def train_prior(
         tides: solar-day harmonics in the whitened coordinates' mean (default
             :data:`genda.models.coordinates.DEFAULT_TIDES`; 0: one mean for every
             hour); whitened coordinates only.
+        states: hourly states per sample: ``K > 1`` trains a trajectory prior of
+            ``K`` consecutive hours (:mod:`genda.trajectory`; whitened
+            coordinates); default 1, or the resumed checkpoint's.
         overwrite: replace an existing ``out`` when not resuming.
         progress: progress bar.
         memory_limit_bytes: splits up to this size are held in memory.
@@ -359,6 +394,10 @@ def train_prior(
     training_data = TrainingData.from_dataset(
         ds, val_fraction, val_gap_hours, grid=grid, memory_limit_bytes=memory_limit_bytes
     )
+    states = _states_setting(states, stored, coordinates)
+    if states > 1:
+        training_data = _trajectories(training_data, states)
+        grid = training_data.grid
     if coordinates == "whitened" and skip == "gaussian":
         raise InvalidValueError(
             "whitened coordinates need no Gaussian skip: the scalar skip is already "

@@ -1,0 +1,168 @@
+"""One window of a trajectory prior: its hourly states, each observation at its own time.
+
+A trajectory prior (``genda train --states K``) samples ``K`` consecutive
+hourly states at once. Its window starts at ``time`` and ends ``K - 1``
+hours later; every observation in it acts at its own time, linearly between
+the hours on either side (:class:`genda.observations.ObservationOperator`).
+The store keeps one slot per hour: the members of hour ``t`` are the
+variables ``u, v, T`` at ``time = t``, as any other window's, so queries and
+plain xarray see an hourly series.
+
+* A cold start (``filter=False``) writes all ``K`` hours.
+* Filtering (``filter=True``) fixes the first state of member ``m`` to member
+  ``m`` of the store's finalised hour ``time`` (the previous window's last
+  state) and writes the ``K - 1`` hours after it. Consecutive windows share
+  that one hour, which only the earlier window writes: the later one's first
+  state is, by construction, the same field. The chain is in the provenance
+  of each hour: ``trajectory.conditioned_on`` names the hour each member was
+  conditioned on.
+
+Windows are checked before anything is written: the observations lie within
+the window, the hour conditioned on exists in the store, is finalised, and
+holds the prior's grid and the store's members.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from genda.assimilation.posterior import PosteriorSettings, window_seed
+from genda.distributed import TrajectoryWindow, WindowJob
+from genda.errors import InvalidValueError, MissingInputError
+from genda.models.checkpoint import LoadedPrior
+from genda.observations import ObservationOperator, validate_observations
+from genda.observations.files import read_observations
+from genda.storage import EnsembleStore
+from genda.storage.ensemble_store import EnsembleStoreError
+from genda.times import iso
+from genda.trajectory import HOUR, state_grid, trajectory_states
+
+__all__ = ["check_condition", "trajectory_job", "trajectory_observations", "trajectory_times"]
+
+
+def trajectory_times(prior: LoadedPrior, start: np.datetime64) -> tuple[np.datetime64, ...]:
+    """The valid times of a window's ``K`` states."""
+    return tuple(np.datetime64(start, "s") + k * HOUR for k in range(trajectory_states(prior.grid)))
+
+
+def trajectory_observations(
+    path: str | os.PathLike[str], prior: LoadedPrior, start: np.datetime64
+) -> pd.DataFrame:
+    """Read and validate the observations of the window's hours ``start .. start + K - 1 h``.
+
+    Raises:
+        ObservationError: a row outside the window (naming it), or any other
+            problem of the table (:func:`genda.observations.validate_observations`).
+    """
+    times = trajectory_times(prior, start)
+    window = (times[0], times[-1])
+    return validate_observations(
+        read_observations(path), state_grid(prior.grid), window=window, source=str(path)
+    )
+
+
+def check_condition(
+    out: str | os.PathLike[str], prior: LoadedPrior, start: np.datetime64, members: int
+) -> None:
+    """The hour a filtering window is conditioned on is in ``out``, finalised and matching.
+
+    Raises:
+        InvalidValueError: no store, another grid or ensemble size, or the hour is
+            missing (a gap in the cycle) or not finalised.
+    """
+    try:
+        store = EnsembleStore.open(out)
+    except (EnsembleStoreError, MissingInputError) as error:
+        raise InvalidValueError(
+            f"filtering conditions on the store's window at {iso(start)}, but {out} is not a "
+            f"store genda can read ({error}); start the cycle without --filter"
+        ) from None
+    grid = state_grid(prior.grid)
+    if store.grid != grid:
+        raise InvalidValueError(
+            f"{out} holds another grid than the prior's ({'; '.join(store.grid.differences(grid))})"
+        )
+    if store.n_members != members:
+        raise InvalidValueError(
+            f"{out} has {store.n_members} members; a window conditioned on it must have as "
+            f"many, not {members}"
+        )
+    windows = [np.datetime64(t, "s") for t in store.windows()]
+    if np.datetime64(start, "s") not in windows:
+        latest = iso(max(windows)) if windows else "none"
+        raise InvalidValueError(
+            f"no window at {iso(start)} in {out} to condition on (latest: {latest}): the cycle "
+            "has a gap; run the windows in order or start again without --filter"
+        )
+    if not store.is_finalized(start):
+        raise InvalidValueError(
+            f"the window at {iso(start)} in {out} is not finalised (complete it first): "
+            "a filtering window conditions on finished members only"
+        )
+
+
+def trajectory_provenance(
+    provenance: dict[str, Any], prior: LoadedPrior, start: np.datetime64, filtering: bool
+) -> dict[str, Any]:
+    """The window's provenance with its trajectory: start, states and the hour conditioned on."""
+    return {
+        **provenance,
+        "trajectory": {
+            "start": iso(start),
+            "states": trajectory_states(prior.grid),
+            "conditioned_on": iso(start) if filtering else None,
+            "member_conditioned_on": "same member" if filtering else None,
+        },
+    }
+
+
+def trajectory_job(
+    store: EnsembleStore,
+    prior: LoadedPrior,
+    start: np.datetime64,
+    seed: int,
+    settings: PosteriorSettings,
+    obs: pd.DataFrame | None,
+    provenance: dict[str, Any],
+    filtering: bool,
+) -> WindowJob:
+    """The job of a trajectory window: every hour it writes is registered in ``store``."""
+    window = TrajectoryWindow(
+        np.datetime64(start, "s"), trajectory_states(prior.grid), start if filtering else None
+    )
+    for when in window.times:
+        store.add_window(when, provenance)
+    return WindowJob(
+        store,
+        window.times[-1],
+        window_seed(seed, np.datetime64(start, "s")),
+        settings,
+        obs,
+        provenance["observations_sha256"],
+        provenance,
+        window,
+    )
+
+
+def trajectory_values(
+    store: EnsembleStore, prior: LoadedPrior, start: np.datetime64, members: range
+) -> torch.Tensor:
+    """Stored members of every hour of the window ``(n, K V, L, H, W)`` float64."""
+    hours = [
+        torch.from_numpy(store.read_members(t, members)) for t in trajectory_times(prior, start)
+    ]
+    return torch.cat(hours, dim=1).double()
+
+
+def trajectory_operator(
+    obs: pd.DataFrame, prior: LoadedPrior, start: np.datetime64
+) -> ObservationOperator:
+    """The window's physical operator on stacked hourly states, float64."""
+    return ObservationOperator.from_table(obs, prior.grid, np.datetime64(start, "ns")).to(
+        dtype=torch.float64
+    )

@@ -1,0 +1,210 @@
+"""Trajectory priors end to end: `genda train --states`, hourly windows in the store, filtering."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+import zarr
+from typer.testing import CliRunner
+
+from genda.cli import app
+from genda.models.checkpoint import load_checkpoint
+from genda.storage import EnsembleStore
+
+runner = CliRunner()
+START = np.datetime64("2000-01-02T12:00")
+MEMBERS = 6
+
+
+def _train(archive: Path, out: Path, strategy: str, *extra: str):
+    return runner.invoke(
+        app,
+        [
+            *("train", "--data", str(archive), "--out", str(out), "--strategy", strategy),
+            *("--no-progress", "--base-channels", "8", "--channel-mult", "1,2"),
+            *("--val-gap-hours", "2", "--steps", "6", "--batch-size", "4"),
+            *("--warmup-steps", "2", "--lr", "2e-3", *extra),
+        ],
+    )
+
+
+@pytest.fixture(scope="module")
+def trajectory_priors(tiny_archive: Path, tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("trajectory")
+    priors = {}
+    for strategy in ("joint3d", "layer2d"):
+        out = root / strategy
+        result = _train(tiny_archive, out, strategy, "--coordinates", "whitened", "--states", "3")
+        assert result.exit_code == 0, result.output
+        priors[strategy] = out
+    return priors
+
+
+def _observations(path: Path, start: np.datetime64, hours: list[float]) -> Path:
+    rows = [
+        ("u", 54.0, 13.0, 90.0, 10.0, 5.0),
+        ("v", -20.0, 200.0, 88.0, -3.0, 5.0),
+        ("T", 40.0, 100.0, 92.0, 190.0, 3.0),
+    ]
+    table = pd.DataFrame(
+        [
+            {
+                "time": pd.Timestamp(start) + pd.Timedelta(hours=h),
+                "variable": v,
+                "lat": lat,
+                "lon": lon,
+                "alt_km": alt,
+                "value": value,
+                "sigma": sigma,
+            }
+            for h in hours
+            for v, lat, lon, alt, value, sigma in rows
+        ]
+    )
+    table.to_csv(path, index=False)
+    return path
+
+
+def _assimilate(prior: Path, obs: Path | None, start: np.datetime64, out: Path, *extra: str):
+    args = ["assimilate", "--checkpoint", str(prior), "--time", str(start), "--out", str(out)]
+    args += ["--members", str(MEMBERS), "--steps", "6", "--no-progress", *extra]
+    if obs is not None:
+        args += ["--obs", str(obs)]
+    return runner.invoke(app, args)
+
+
+def _said(result) -> str:
+    """The command's output as one line (the console wraps long messages)."""
+    return " ".join(result.output.split())
+
+
+def _anomaly_correlation(a: np.ndarray, b: np.ndarray) -> float:
+    """Correlation of the members' anomalies (from the ensemble mean) of two fields ``(N, ...)``."""
+    a, b = a - a.mean(0), b - b.mean(0)
+    return float((a * b).sum() / np.sqrt((a * a).sum() * (b * b).sum()))
+
+
+def test_trajectory_priors_of_both_strategies_have_causal_coordinates(trajectory_priors) -> None:
+    for strategy, path in trajectory_priors.items():
+        prior = load_checkpoint(path)
+        assert prior.grid.variables[:4] == ("u+0h", "v+0h", "T+0h", "u+1h")
+        assert len(prior.grid.variables) == 9
+        assert prior.denoiser.coordinates.coupling == "causal", strategy
+        assert prior.state_shape[0] == 9
+
+
+def test_a_trajectory_prior_needs_whitened_coordinates_and_keeps_its_states(
+    tiny_archive, trajectory_priors, tmp_path
+) -> None:
+    result = _train(tiny_archive, tmp_path / "grid", "joint3d", "--states", "3")
+    assert result.exit_code != 0 and "needs whitened coordinates" in _said(result)
+    result = _train(
+        tiny_archive,
+        tmp_path / "again",
+        "joint3d",
+        *("--resume", str(trajectory_priors["joint3d"]), "--states", "2"),
+    )
+    assert result.exit_code != 0 and "3 hourly state(s) per sample, not 2" in _said(result)
+    assert not (tmp_path / "grid").exists() and not (tmp_path / "again").exists()
+
+
+@pytest.mark.parametrize("strategy", ["joint3d", pytest.param("layer2d", marks=pytest.mark.slow)])
+def test_a_cycle_of_filtering_windows_writes_hourly_states_and_carries_each_member(
+    trajectory_priors, strategy, tmp_path
+) -> None:
+    prior, store = trajectory_priors[strategy], tmp_path / "cycle.zarr"
+    first = _observations(tmp_path / "a.csv", START, [0.0, 0.5, 2.0])
+    result = _assimilate(prior, first, START, store)
+    assert result.exit_code == 0, result.output
+    second_start = START + np.timedelta64(2, "h")
+    second = _observations(tmp_path / "b.csv", second_start, [1.0, 1.5])
+    result = _assimilate(prior, second, second_start, store, "--filter")
+    assert result.exit_code == 0, result.output
+
+    ds = xr.open_zarr(store)
+    hours = START + np.arange(5) * np.timedelta64(1, "h")
+    np.testing.assert_array_equal(ds.time.values, hours.astype("datetime64[ns]"))
+    assert bool(ds.complete.all())
+    windows = json.loads(ds.attrs["genda_windows"])
+    chain = windows["2000-01-02T15:00:00"]["provenance"]["trajectory"]
+    assert chain == {
+        "start": "2000-01-02T14:00:00",
+        "states": 3,
+        "conditioned_on": "2000-01-02T14:00:00",
+        "member_conditioned_on": "same member",
+    }
+    assert windows["2000-01-02T13:00:00"]["provenance"]["trajectory"]["conditioned_on"] is None
+    assert all(w["finalized"] for w in windows.values())
+    # each member goes on from its own state: its anomaly one hour on follows its own
+    shared = ds.T.sel(time=hours[2]).values
+    after = ds.T.sel(time=hours[3]).values
+    own = _anomaly_correlation(after, shared)
+    shuffled = _anomaly_correlation(after, np.roll(shared, 1, axis=0))
+    assert own > 0.5 and own > shuffled + 0.3, (own, shuffled)
+
+
+def test_a_rerun_after_an_interruption_is_bit_identical(trajectory_priors, tmp_path) -> None:
+    prior = trajectory_priors["joint3d"]
+    obs = _observations(tmp_path / "a.csv", START, [0.0, 1.0])
+    whole, cut = tmp_path / "whole.zarr", tmp_path / "cut.zarr"
+    for out in (whole, cut):
+        assert _assimilate(prior, obs, START, out).exit_code == 0
+    # a kill before the window was finalised: two members of the last hour and one of
+    # the middle hour never landed
+    store = EnsembleStore.open(cut)
+    group = zarr.open_group(cut, mode="r+")
+    windows = json.loads(group.attrs["genda_windows"])
+    for key in windows:
+        windows[key]["finalized"] = False
+    group.attrs["genda_windows"] = json.dumps(windows)
+    for hours, lost in ((2, [1, 4]), (1, [2])):
+        group["complete"][store.window_index(START + np.timedelta64(hours, "h")), lost] = False
+    result = _assimilate(prior, obs, START, cut)
+    assert result.exit_code == 0, result.output
+    a, b = xr.open_zarr(whole), xr.open_zarr(cut)
+    for name in ("u", "v", "T"):
+        np.testing.assert_array_equal(a[name].values, b[name].values)
+
+
+def test_bad_filtering_windows_are_refused_and_nothing_is_written(
+    trajectory_priors, tiny_prior, tmp_path
+) -> None:
+    prior, store = trajectory_priors["joint3d"], tmp_path / "cycle.zarr"
+    later = START + np.timedelta64(2, "h")
+    obs = _observations(tmp_path / "b.csv", later, [1.0])
+    result = _assimilate(prior, obs, later, store, "--filter")  # no store yet
+    assert result.exit_code != 0 and "start the cycle without --filter" in _said(result)
+    assert not store.exists()
+    assert (
+        _assimilate(prior, _observations(tmp_path / "a.csv", START, [1.0]), START, store).exit_code
+        == 0
+    )
+    before = EnsembleStore.open(store).windows()
+
+    gap = START + np.timedelta64(5, "h")
+    result = _assimilate(
+        prior, _observations(tmp_path / "c.csv", gap, [1.0]), gap, store, "--filter"
+    )
+    assert result.exit_code != 0 and "the cycle has a gap" in _said(result)
+    args = ["assimilate", "--checkpoint", str(prior), "--time", str(later), "--out", str(store)]
+    result = runner.invoke(app, [*args, "--members", "4", "--filter", "--obs", str(obs)])
+    assert result.exit_code != 0 and "6 members" in _said(result)
+    outside = _observations(tmp_path / "d.csv", later, [2.5])
+    result = _assimilate(prior, outside, later, store, "--filter")
+    assert result.exit_code != 0 and "outside the window" in _said(result)
+    result = _assimilate(tiny_prior, obs, later, store, "--filter")
+    assert result.exit_code != 0 and "first hourly state" in _said(result)
+    assert EnsembleStore.open(store).windows() == before
+
+    # a window that is registered but not finished cannot be conditioned on
+    EnsembleStore.open(store).add_window(START + np.timedelta64(7, "h"), {"kind": "prior"})
+    late = START + np.timedelta64(7, "h")
+    result = _assimilate(
+        prior, _observations(tmp_path / "e.csv", late, [1.0]), late, store, "--filter"
+    )
+    assert result.exit_code != 0 and "not finalised" in _said(result)
