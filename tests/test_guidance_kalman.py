@@ -118,8 +118,11 @@ def test_guided_members_do_not_depend_on_their_batch(problem) -> None:
 
 def test_likelihood_rejects_bad_shapes(problem) -> None:
     _, likelihood, *_ = problem
-    with pytest.raises(ValueError, match="must both be"):
+    with pytest.raises(ValueError, match=r"must be \(\d+,\) or one row per member"):
         GaussianLikelihood(likelihood.operator, likelihood.y[:-1], likelihood.sigma)
+    with pytest.raises(ValueError, match="one row per member"):
+        GaussianLikelihood(likelihood.operator, likelihood.y[None, None], likelihood.sigma)
+    GaussianLikelihood(likelihood.operator, likelihood.y.expand(3, -1), likelihood.sigma)
     with pytest.raises(ValueError, match="strictly positive"):
         GaussianLikelihood(likelihood.operator, likelihood.y, 0 * likelihood.sigma)
     with pytest.raises(ValueError, match="unknown guidance"):

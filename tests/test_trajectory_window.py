@@ -208,3 +208,80 @@ def test_bad_filtering_windows_are_refused_and_nothing_is_written(
         prior, _observations(tmp_path / "e.csv", late, [1.0]), late, store, "--filter"
     )
     assert result.exit_code != 0 and "not finalised" in _said(result)
+
+
+@pytest.fixture(scope="module")
+def harness(tmp_path_factory):
+    """One Prefect test harness (temporary database and server) for the module."""
+    import os
+
+    os.environ.setdefault("PREFECT_HOME", str(tmp_path_factory.mktemp("prefect-home")))
+    os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+def _cycle_config(root: Path, prior: Path, every: int) -> Path:
+    for k in range(3):
+        start = START + np.timedelta64(2 * k, "h")
+        name = str(start).replace(":", "")
+        _observations(root / f"obs-{name}.csv", start, [0.5, 1.0, 2.0] if k == 0 else [1.0, 2.0])
+    text = (
+        f"checkpoint: {prior}\n"
+        "observations: obs-{time:%Y-%m-%dT%H%M}.csv\n"
+        f"start: {START}\nend: {START + np.timedelta64(4, 'h')}\nevery_hours: {every}\n"
+        "members: 4\nsteps: 4\nbatch_size: 2\nstore: cycle.zarr\n"
+    )
+    path = root / "cycle.yaml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.slow
+def test_the_cycle_flow_filters_every_window_after_the_first_and_resumes_bit_identically(
+    harness, trajectory_priors, tmp_path
+) -> None:
+    from genda.orchestration.config import load_cycle_config
+    from genda.orchestration.flows import assimilation_cycle, next_window
+
+    config = load_cycle_config(_cycle_config(tmp_path, trajectory_priors["joint3d"], 2))
+    assert next_window(config) == START
+    first = assimilation_cycle(config)
+    assert all("error" not in r for r in first), first
+    assert [r["ensemble"]["written"] for r in first] == [4, 4, 4]
+    ds = xr.open_zarr(config.store)
+    assert ds.sizes["time"] == 7 and bool(ds.complete.all())
+    windows = json.loads(ds.attrs["genda_windows"])
+    chain = [windows[iso]["provenance"]["trajectory"]["conditioned_on"] for iso in sorted(windows)]
+    assert (
+        chain
+        == [None, None, None, "2000-01-02T14:00:00", "2000-01-02T14:00:00"]
+        + ["2000-01-02T16:00:00"] * 2
+    )
+    assert next_window(config) is None  # every window's last hour is finalised
+    before = ds.T.values
+
+    # a kill before the last window was finalised: half of its members never landed
+    group = zarr.open_group(config.store, mode="r+")
+    recorded = json.loads(group.attrs["genda_windows"])
+    for hour in ("2000-01-02T17:00:00", "2000-01-02T18:00:00"):
+        recorded[hour]["finalized"] = False
+        group["complete"][
+            EnsembleStore.open(config.store).window_index(np.datetime64(hour)), 2:
+        ] = False
+    group.attrs["genda_windows"] = json.dumps(recorded)
+    again = assimilation_cycle(config)
+    assert [r["ensemble"]["written"] for r in again] == [0, 0, 2]
+    np.testing.assert_array_equal(xr.open_zarr(config.store).T.values, before)
+
+
+def test_a_trajectory_cycle_runs_windows_that_meet(trajectory_priors, tmp_path) -> None:
+    from genda.errors import InvalidValueError
+    from genda.orchestration.config import load_cycle_config
+    from genda.orchestration.flows import prior_states
+
+    config = load_cycle_config(_cycle_config(tmp_path, trajectory_priors["joint3d"], 1))
+    with pytest.raises(InvalidValueError, match="runs every 2 h"):
+        prior_states(config)

@@ -357,7 +357,7 @@ def _load_observations(
         return None, None, None
     grid = state_grid(prior.grid)
     if is_trajectory(prior.grid):
-        obs = trajectory_observations(observations, prior, when)
+        obs = trajectory_observations(observations, prior.grid, when)
     else:
         obs = load_window_observations(observations, grid, when, window_hours)
     normalization = state_normalization(prior.normalization, prior.grid)

@@ -13,11 +13,14 @@ The ensemble task retries on failure; a retry, like a rerun of the flow,
 resumes the window: members already in the store are not made again.
 
 ``assimilation_cycle`` runs the windows from ``start`` to ``end`` one after
-the other. A window passes nothing to the next but the store they share:
-the prior is climatological (trained on model states, not conditioned on
-the previous analysis), so windows are independent draws and a failed
-window does not spoil the ones after it; it is reported and the cycle goes
-on. A window fails when any of its steps fails, its evaluation included. A
+the other. With a prior of one instant a window passes nothing to the next
+but the store they share: the prior is climatological, so windows are
+independent draws and a failed window does not spoil the ones after it; it
+is reported and the cycle goes on. With a trajectory prior of ``K`` hourly
+states (windows every ``K - 1`` hours) each window after the first filters:
+its first state is, member by member, the previous window's last hour, read
+from the store (:func:`genda.orchestration.trajectory_window.cycle_filtering`);
+the window after a failed one starts cold, and its provenance says so. A window fails when any of its steps fails, its evaluation included. A
 cycle with a failed window ends ``Failed`` once every window has run (the
 state ``genda cycle`` mirrors with exit status 1): calling the flow raises
 :class:`CycleError`, which carries every window's result. Either way the
@@ -41,6 +44,7 @@ import numpy as np
 from genda.errors import RunFailedError
 from genda.orchestration.config import CycleConfig
 from genda.orchestration.summaries import CycleTable, WindowSummary
+from genda.trajectory import is_trajectory, trajectory_states
 
 
 class CycleError(RunFailedError):
@@ -82,14 +86,36 @@ from prefect.states import Failed, State  # noqa: E402
 @task(name="check observations", cache_policy=NONE)
 def check_observations(config: CycleConfig, time: str) -> dict[str, Any]:
     """Read and validate the window's table against the prior's grid; count and fingerprint."""
-    from genda.grid import Grid
-    from genda.models.checkpoint import read_checkpoint
     from genda.orchestration.assimilate import load_window_observations, observation_fingerprint
+    from genda.orchestration.trajectory_window import trajectory_observations
 
     path = config.observation_path(np.datetime64(time))
-    grid = Grid.from_dict(read_checkpoint(config.checkpoint).config["grid"])
-    obs = load_window_observations(path, grid, np.datetime64(time), config.window_hours)
+    grid = _grid_of(config)
+    if is_trajectory(grid):
+        obs = trajectory_observations(path, grid, np.datetime64(time))
+    else:
+        obs = load_window_observations(path, grid, np.datetime64(time), config.window_hours)
     return {"path": str(path), "count": len(obs), "sha256": observation_fingerprint(obs)}
+
+
+def prior_states(config: CycleConfig) -> int:
+    """The hourly states of the cycle's prior (1: one instant per window).
+
+    Raises:
+        InvalidValueError: a trajectory prior whose windows would not meet end
+            to start (``every_hours`` must be ``K - 1``).
+    """
+    from genda.errors import InvalidValueError
+
+    grid = _grid_of(config)
+    states = trajectory_states(grid) if is_trajectory(grid) else 1
+    if states > 1 and config.every_hours != states - 1:
+        raise InvalidValueError(
+            f"the prior's windows are {states} hourly states: a cycle of them runs every "
+            f"{states - 1} h (each window starts at the last hour of the one before), not every "
+            f"{config.every_hours:g} h"
+        )
+    return states
 
 
 @task(name="ensemble", retries=2, retry_delay_seconds=5, cache_policy=NONE)
@@ -101,7 +127,12 @@ def make_ensemble(config: CycleConfig, time: str, progress: bool = True) -> dict
     in its JSON form (:meth:`genda.orchestration.summaries.WindowSummary.to_dict`).
     """
     from genda.orchestration.assimilate import assimilate_window
+    from genda.orchestration.trajectory_window import cycle_filtering
 
+    filtering = False
+    if prior_states(config) > 1:  # each window fixes its first hour to the previous window's last
+        first = np.datetime64(time, "s") == config.windows()[0]
+        filtering = cycle_filtering(config.store, _grid_of(config), np.datetime64(time), first)
     summary = assimilate_window(
         config.checkpoint,
         config.observation_path(np.datetime64(time)),
@@ -120,6 +151,7 @@ def make_ensemble(config: CycleConfig, time: str, progress: bool = True) -> dict
         insecure=config.ray.insecure,
         auto_batch=config.auto_batch,
         progress=progress,  # drawn on a terminal only (genda.progress)
+        filtering=filtering,
     )
     get_run_logger().info(
         "window %s: %d members made, %d already stored, %.2f members/s, %d retried",
@@ -140,13 +172,23 @@ def evaluate_window(config: CycleConfig, time: str) -> dict[str, Any]:
 
     assert config.truth is not None  # the flow checks
     out = report_dir(config, time)
+    when, obs_path, withheld_path = (
+        np.datetime64(time),
+        config.observation_path(np.datetime64(time)),
+        config.withheld_path(np.datetime64(time)),
+    )
+    states = prior_states(config)
+    if states > 1:
+        # A trajectory window is scored at its last hour, the filter's analysis; its
+        # tables hold every hour's rows, which that hour's scores would mix in.
+        when, obs_path, withheld_path = when + np.timedelta64(states - 1, "h"), None, None
     metrics = evaluate_paths(
         config.store,
         config.truth,
         out,
-        time=time,
-        obs_path=config.observation_path(np.datetime64(time)),
-        withheld_path=config.withheld_path(np.datetime64(time)),
+        time=str(when),
+        obs_path=obs_path,
+        withheld_path=withheld_path,
         baseline_paths=config.baselines,
         overwrite=True,  # the window's own report folder: a rerun evaluates it again
     )
@@ -239,6 +281,14 @@ def assimilate_window_flow(config: CycleConfig, time: str, progress: bool = True
     }
 
 
+def _grid_of(config: CycleConfig) -> Any:
+    """The grid of the cycle's prior, as its checkpoint records it."""
+    from genda.grid import Grid
+    from genda.models.checkpoint import read_checkpoint
+
+    return Grid.from_dict(read_checkpoint(config.checkpoint).config["grid"])
+
+
 def cycle_artifact_key(config: CycleConfig) -> str:
     """The key of a cycle's table artifact: ``cycle-<store name>`` (Prefect keys: a-z, 0-9, -)."""
     slug = re.sub(r"[^a-z0-9]+", "-", config.store.stem.lower()).strip("-")
@@ -298,6 +348,8 @@ def next_window(config: CycleConfig, now: np.datetime64 | None = None) -> np.dat
     from genda.storage.ensemble_store import EnsembleStore, EnsembleStoreError
 
     now = now if now is not None else np.datetime64(datetime.now(UTC).replace(tzinfo=None), "s")
+    # a trajectory window is done when its last hour is (its first is the previous window's)
+    last = np.timedelta64(prior_states(config) - 1, "h")
     done: set[np.datetime64] = set()
     if config.store.exists():
         try:
@@ -308,7 +360,7 @@ def next_window(config: CycleConfig, now: np.datetime64 | None = None) -> np.dat
     for when in config.windows():
         if when > now:
             return None
-        if when not in done and config.observation_path(when).is_file():
+        if when + last not in done and config.observation_path(when).is_file():
             return when
     return None
 

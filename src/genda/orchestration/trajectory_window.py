@@ -34,6 +34,7 @@ import torch
 from genda.assimilation.posterior import PosteriorSettings, window_seed
 from genda.distributed import TrajectoryWindow, WindowJob
 from genda.errors import InvalidValueError, MissingInputError
+from genda.grid import Grid
 from genda.models.checkpoint import LoadedPrior
 from genda.observations import ObservationOperator, validate_observations
 from genda.observations.files import read_observations
@@ -42,16 +43,25 @@ from genda.storage.ensemble_store import EnsembleStoreError
 from genda.times import iso
 from genda.trajectory import HOUR, state_grid, trajectory_states
 
-__all__ = ["check_condition", "trajectory_job", "trajectory_observations", "trajectory_times"]
+__all__ = [
+    "check_condition",
+    "cycle_filtering",
+    "trajectory_job",
+    "trajectory_observations",
+    "trajectory_operator",
+    "trajectory_provenance",
+    "trajectory_times",
+    "trajectory_values",
+]
 
 
-def trajectory_times(prior: LoadedPrior, start: np.datetime64) -> tuple[np.datetime64, ...]:
-    """The valid times of a window's ``K`` states."""
-    return tuple(np.datetime64(start, "s") + k * HOUR for k in range(trajectory_states(prior.grid)))
+def trajectory_times(grid: Grid, start: np.datetime64) -> tuple[np.datetime64, ...]:
+    """The valid times of the ``K`` states of a window of a trajectory ``grid``."""
+    return tuple(np.datetime64(start, "s") + k * HOUR for k in range(trajectory_states(grid)))
 
 
 def trajectory_observations(
-    path: str | os.PathLike[str], prior: LoadedPrior, start: np.datetime64
+    path: str | os.PathLike[str], grid: Grid, start: np.datetime64
 ) -> pd.DataFrame:
     """Read and validate the observations of the window's hours ``start .. start + K - 1 h``.
 
@@ -59,11 +69,35 @@ def trajectory_observations(
         ObservationError: a row outside the window (naming it), or any other
             problem of the table (:func:`genda.observations.validate_observations`).
     """
-    times = trajectory_times(prior, start)
+    times = trajectory_times(grid, start)
     window = (times[0], times[-1])
     return validate_observations(
-        read_observations(path), state_grid(prior.grid), window=window, source=str(path)
+        read_observations(path), state_grid(grid), window=window, source=str(path)
     )
+
+
+def cycle_filtering(
+    out: str | os.PathLike[str], grid: Grid, start: np.datetime64, first: bool
+) -> bool:
+    """Whether a cycle's trajectory window at ``start`` filters, decided the same on every rerun.
+
+    A window registered before keeps what it was (its provenance says); the
+    cycle's first window starts cold; a later one filters on the previous
+    window's last hour when that hour is finalised in ``out``, and otherwise
+    (the previous window failed) starts cold, which its provenance records.
+    """
+    second = np.datetime64(start, "s") + HOUR  # the first hour either kind of window writes
+    try:
+        store = EnsembleStore.open(out)
+    except (EnsembleStoreError, MissingInputError):
+        return False
+    windows = {np.datetime64(t, "s") for t in store.windows()}
+    if second in windows:
+        recorded = store.provenance(second).get("trajectory") or {}
+        return recorded.get("conditioned_on") is not None
+    if first or np.datetime64(start, "s") not in windows:
+        return False
+    return store.is_finalized(start)
 
 
 def check_condition(
@@ -154,7 +188,8 @@ def trajectory_values(
 ) -> torch.Tensor:
     """Stored members of every hour of the window ``(n, K V, L, H, W)`` float64."""
     hours = [
-        torch.from_numpy(store.read_members(t, members)) for t in trajectory_times(prior, start)
+        torch.from_numpy(store.read_members(t, members))
+        for t in trajectory_times(prior.grid, start)
     ]
     return torch.cat(hours, dim=1).double()
 
