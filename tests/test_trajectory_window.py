@@ -178,7 +178,7 @@ def test_bad_filtering_windows_are_refused_and_nothing_is_written(
     later = START + np.timedelta64(2, "h")
     obs = _observations(tmp_path / "b.csv", later, [1.0])
     result = _assimilate(prior, obs, later, store, "--filter")  # no store yet
-    assert result.exit_code != 0 and "start the cycle without --filter" in _said(result)
+    assert result.exit_code != 0 and "start again without --filter" in _said(result)
     assert not store.exists()
     assert (
         _assimilate(prior, _observations(tmp_path / "a.csv", START, [1.0]), START, store).exit_code
@@ -285,3 +285,57 @@ def test_a_trajectory_cycle_runs_windows_that_meet(trajectory_priors, tmp_path) 
     config = load_cycle_config(_cycle_config(tmp_path, trajectory_priors["joint3d"], 1))
     with pytest.raises(InvalidValueError, match="runs every 2 h"):
         prior_states(config)
+
+
+def test_a_forecast_carries_each_member_on_from_the_analysis(
+    trajectory_priors, tiny_prior, tmp_path
+) -> None:
+    prior, analysis = trajectory_priors["joint3d"], tmp_path / "analysis.zarr"
+    assert (
+        _assimilate(
+            prior, _observations(tmp_path / "a.csv", START, [1.0]), START, analysis
+        ).exit_code
+        == 0
+    )
+    last = START + np.timedelta64(2, "h")
+    out = tmp_path / "forecast.zarr"
+    args = ["forecast", "--checkpoint", str(prior), "--analysis", str(analysis)]
+    args += [
+        "--time",
+        str(last),
+        "--hours",
+        "3",
+        "--out",
+        str(out),
+        "--steps",
+        "6",
+        "--no-progress",
+    ]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    ds = xr.open_zarr(out)
+    leads = last + np.arange(1, 5) * np.timedelta64(1, "h")  # two segments of two hours
+    np.testing.assert_array_equal(ds.time.values, leads.astype("datetime64[ns]"))
+    windows = json.loads(ds.attrs["genda_windows"])
+    iso = [str(np.datetime64(t, "s")) for t in (last, *leads)]
+    assert {w["provenance"]["forecast"]["from"] for w in windows.values()} == {iso[0]}
+    assert windows[iso[3]]["provenance"]["trajectory"]["conditioned_on"] == iso[2]
+    shared = xr.open_zarr(analysis).T.sel(time=last).values
+    assert _anomaly_correlation(ds.T.sel(time=leads[0]).values, shared) > 0.5
+    again = runner.invoke(app, args)  # a rerun makes nothing again
+    assert again.exit_code == 0 and "0 made now" in _said(again)
+
+    refused = [
+        (["--time", str(last + np.timedelta64(1, "h"))], "no window at"),
+        (["--out", str(analysis)], "its own store"),
+        (["--checkpoint", str(tiny_prior)], "models one instant"),
+    ]
+    for change, needle in refused:
+        bad = list(args)
+        bad[bad.index(change[0]) + 1] = change[1]
+        bad[bad.index("--out") + 1] = (
+            str(tmp_path / "refused.zarr") if change[0] != "--out" else str(analysis)
+        )
+        result = runner.invoke(app, bad)
+        assert result.exit_code != 0 and needle in _said(result), (change, result.output)
+        assert not (tmp_path / "refused.zarr").exists()

@@ -30,6 +30,7 @@ from __future__ import annotations
 from genda.cli.archives import observe, simulate, summary
 from genda.cli.cycles import cycle, demo, serve
 from genda.cli.enkf import enkf_cycle
+from genda.cli.forecast import forecast
 from genda.cli.group import GendaGroup, app, main
 from genda.cli.ingest import ingest
 from genda.cli.plan import plan
@@ -46,6 +47,7 @@ app.command()(fidelity)
 app.command()(observe)
 app.command()(ingest)
 app.command()(assimilate)
+app.command()(forecast)
 app.command()(query)
 app.command("validate")(validate_command)
 app.command()(cycle)
@@ -69,6 +71,7 @@ __all__ = [
     "evaluate",
     "export",
     "fidelity",
+    "forecast",
     "ingest",
     "main",
     "observe",

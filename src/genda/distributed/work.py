@@ -52,11 +52,14 @@ class TrajectoryWindow:
         states: ``K``.
         condition: the store's window whose members fix the first state
             (filtering: the previous window's last state), or ``None`` (a cold start).
+        source: the store ``condition`` is in, when not the job's own (a
+            forecast's first segment reads the analysis it starts from).
     """
 
     start: np.datetime64
     states: int
     condition: np.datetime64 | None = None
+    source: str | None = None
 
     @property
     def times(self) -> tuple[np.datetime64, ...]:
@@ -334,7 +337,8 @@ class MemberGenerator:
             self._likelihood = likelihood_for(
                 self.prior, job.observations, self.device, window.start
             )
-        previous = torch.from_numpy(job.store.read_members(window.condition, batch))
+        store = job.store if window.source is None else EnsembleStore.open(window.source)
+        previous = torch.from_numpy(store.read_members(window.condition, batch))
         hours = state_hours(self.prior, window.start, 1)
         fixed = fixed_states(
             self.prior, previous, batch, None if hours is None else float(hours[0])

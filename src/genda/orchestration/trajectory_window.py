@@ -101,20 +101,30 @@ def cycle_filtering(
 
 
 def check_condition(
-    out: str | os.PathLike[str], prior: LoadedPrior, start: np.datetime64, members: int
+    out: str | os.PathLike[str],
+    prior: LoadedPrior,
+    start: np.datetime64,
+    members: int,
+    *,
+    forecast: bool = False,
 ) -> None:
-    """The hour a filtering window is conditioned on is in ``out``, finalised and matching.
+    """The hour a window is conditioned on is in ``out``, finalised and matching.
+
+    ``forecast``: the messages speak of the analysis a forecast starts from,
+    else of the previous window of a filtering cycle.
 
     Raises:
         InvalidValueError: no store, another grid or ensemble size, or the hour is
             missing (a gap in the cycle) or not finalised.
     """
+    what = "a forecast starts from" if forecast else "filtering conditions on"
+    way_out = "" if forecast else "; run the windows in order or start again without --filter"
     try:
         store = EnsembleStore.open(out)
     except (EnsembleStoreError, MissingInputError) as error:
         raise InvalidValueError(
-            f"filtering conditions on the store's window at {iso(start)}, but {out} is not a "
-            f"store genda can read ({error}); start the cycle without --filter"
+            f"{what} the store's window at {iso(start)}, but {out} is not a store genda can "
+            f"read ({error}){way_out}"
         ) from None
     grid = state_grid(prior.grid)
     if store.grid != grid:
@@ -129,14 +139,14 @@ def check_condition(
     windows = [np.datetime64(t, "s") for t in store.windows()]
     if np.datetime64(start, "s") not in windows:
         latest = iso(max(windows)) if windows else "none"
+        gap = "" if forecast else ": the cycle has a gap"
         raise InvalidValueError(
-            f"no window at {iso(start)} in {out} to condition on (latest: {latest}): the cycle "
-            "has a gap; run the windows in order or start again without --filter"
+            f"no window at {iso(start)} in {out} that {what} (latest: {latest}){gap}{way_out}"
         )
     if not store.is_finalized(start):
         raise InvalidValueError(
             f"the window at {iso(start)} in {out} is not finalised (complete it first): "
-            "a filtering window conditions on finished members only"
+            f"{what} finished members only"
         )
 
 

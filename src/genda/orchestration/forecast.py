@@ -1,0 +1,155 @@
+"""Ensemble forecasts from an analysis: the trajectory prior run on with no observations.
+
+``genda forecast`` takes the finalised window ``time`` of an analysis store
+and a trajectory prior of ``K`` hourly states, and writes the ``hours`` after
+it to a forecast store. The forecast is the machinery of a filtering window
+without observations: a segment of ``K`` states whose first state is fixed,
+member by member, to the analysis, samples the ``K - 1`` hours after it;
+the next segment starts from the last hour of the one before, until
+``hours`` are covered. Member ``m`` of the forecast continues member ``m``
+of the analysis, so the forecast ensemble carries the analysis' spread
+forward; each segment's members are read from the store by whoever samples
+them, as in a cycle.
+
+The forecast store is a store like any other (one slot per hour, opened by
+plain xarray); each hour's provenance says which analysis window and store
+it started from (``forecast``) and the segment it belongs to
+(``trajectory``). A forecast never writes into the analysis store: those
+hours belong to the analyses still to come.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from genda.assimilation.posterior import PosteriorSettings
+from genda.distributed import TrajectoryWindow, WindowJob, complete_window
+from genda.distributed.work import MemberGenerator
+from genda.errors import InvalidValueError
+from genda.models.checkpoint import load_checkpoint
+from genda.orchestration.assimilate import window_provenance
+from genda.orchestration.trajectory_window import check_condition, trajectory_provenance
+from genda.ownership import check_store_output
+from genda.seeds import stable_seed
+from genda.storage import EnsembleStore
+from genda.times import as_datetime64, iso
+from genda.trajectory import HOUR, is_trajectory, state_grid, trajectory_states
+
+__all__ = ["ForecastSummary", "forecast"]
+
+
+@dataclass(frozen=True)
+class ForecastSummary:
+    """What ``genda forecast`` made.
+
+    Attributes:
+        store: the forecast store.
+        analysis: the analysis store and ``start``, its window the forecast starts from.
+        hours: the valid times written, one per lead hour.
+        members: ensemble size.
+        written: members sampled now, over all segments (0 for a finished forecast).
+        seconds: wall time of the sampling.
+    """
+
+    store: str
+    analysis: str
+    start: str
+    hours: tuple[str, ...]
+    members: int
+    written: int
+    seconds: float
+
+
+def forecast(
+    checkpoint: str | os.PathLike[str],
+    analysis: str | os.PathLike[str],
+    time: str | np.datetime64,
+    hours: int,
+    out: str | os.PathLike[str],
+    *,
+    settings: PosteriorSettings | None = None,
+    seed: int = 0,
+    device: str = "cpu",
+    threads: int = 1,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> ForecastSummary:
+    """Forecast ``hours`` hours from the analysis window ``time`` of ``analysis`` into ``out``.
+
+    Raises:
+        InvalidValueError: not a trajectory prior, ``hours < 1``, ``out`` is the
+            analysis store, or the analysis window is missing, not finalised or
+            of another grid (:func:`~genda.orchestration.trajectory_window.check_condition`).
+    """
+    start = as_datetime64(time)
+    if int(hours) < 1:
+        raise InvalidValueError(f"a forecast needs at least one hour, not {hours}")
+    if Path(out).resolve() == Path(analysis).resolve():
+        raise InvalidValueError(
+            "a forecast goes to its own store: the analysis store's later hours belong to the "
+            "analyses still to come"
+        )
+    settings = settings or PosteriorSettings()
+    prior = load_checkpoint(checkpoint, device=device)
+    if not is_trajectory(prior.grid):
+        raise InvalidValueError(
+            "a forecast runs a trajectory prior on from the analysis (genda train --states K); "
+            f"{checkpoint} models one instant"
+        )
+    members = EnsembleStore.open(analysis).n_members
+    check_condition(analysis, prior, start, members, forecast=True)
+    check_store_output(out, overwrite)
+    states = trajectory_states(prior.grid)
+    segments = math.ceil(int(hours) / (states - 1))
+    store = EnsembleStore.open_or_create(
+        out,
+        state_grid(prior.grid),
+        members,
+        {"title": "genda ensemble forecast", "forecast_from": iso(start)},
+        overwrite=overwrite,
+    )
+    generator = MemberGenerator(str(prior.path), device, threads, prior=prior)
+    written, seconds, times = 0, 0.0, []
+    for segment in range(segments):
+        begin = start + segment * (states - 1) * HOUR
+        window = TrajectoryWindow(
+            begin, states, begin, str(Path(analysis).resolve()) if segment == 0 else None
+        )
+        provenance = trajectory_provenance(
+            window_provenance(prior, None, settings, seed, begin, 0.0), prior, begin, True
+        )
+        provenance["forecast"] = {
+            "from": iso(start),
+            "analysis": str(Path(analysis).resolve()),
+            "segment": segment,
+        }
+        for when in window.times:
+            store.add_window(when, provenance)
+        job = WindowJob(
+            store,
+            window.times[-1],
+            stable_seed("forecast", int(seed), iso(begin)),
+            settings,
+            None,
+            "",
+            provenance,
+            window,
+        )
+        report = complete_window(job, generator=generator, progress=progress)
+        written += report.run.written
+        seconds += report.run.seconds
+        times.extend(iso(t) for t in window.times)
+    return ForecastSummary(
+        str(store.path),
+        str(Path(analysis).resolve()),
+        iso(start),
+        tuple(times),
+        members,
+        written,
+        seconds,
+    )
