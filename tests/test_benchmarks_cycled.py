@@ -52,3 +52,27 @@ def test_quick_cycle_runs_and_scores(tmp_path: Path) -> None:
     for field in ("u", "v", "T", "withheld_u", "withheld_v"):
         assert all(math.isfinite(scores[field][k]) for k in ("crps", "rmse", "spread_skill"))
         assert scores[field]["crps"] < scores[field]["rmse"]  # CRPS <= MAE <= RMSE
+
+
+@pytest.mark.slow
+def test_quick_trajectory_cycle_filters_forecasts_and_scores(tmp_path: Path) -> None:
+    script = SCRIPT.parent / "trajectory_osse.py"
+    result = subprocess.run(
+        [sys.executable, str(script), "--quick", "--work", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=SCRIPT.parent,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    payload = json.loads((tmp_path / "trajectory_osse-quick.json").read_text())
+    cycled = payload["windows"]["genda-cycled"]
+    assert len(cycled) == 3 and len(payload["hourly"]) == 10  # windows of 4 hours, 3 h apart
+    assert payload["settings"]["states"] == 4
+    for kind in ("forecast", "persistence", "climatology"):
+        assert sorted(payload["forecasts"][kind], key=int) == ["1", "3", "6", "12"]
+    assert all(
+        math.isfinite(r["with"]) and math.isfinite(r["without"]) for r in payload["old_observation"]
+    )
+    ratio = payload["ratios"]["all"]["u"]["cycled_over_enkf"]
+    assert math.isfinite(ratio) and ratio > 0

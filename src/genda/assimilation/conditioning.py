@@ -38,13 +38,20 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from genda.assimilation.gaussian_tweedie import GaussianTweedieGuidance
 from genda.assimilation.guidance import GaussianLikelihood, guided_denoiser
 from genda.assimilation.state_operator import StateOperator
 from genda.errors import InvalidValueError
 from genda.models.checkpoint import LoadedPrior
 from genda.trajectory import is_trajectory, trajectory_states
 
-__all__ = ["FixedComponents", "FixedStates", "conditioned_denoiser", "fixed_states"]
+__all__ = [
+    "ConditionedGuidance",
+    "FixedComponents",
+    "FixedStates",
+    "conditioned_denoiser",
+    "fixed_states",
+]
 
 
 @dataclass(frozen=True, eq=False)
@@ -162,6 +169,76 @@ class FixedComponents(nn.Module):
         return torch.where(mask, values, out)
 
 
+class ConditionedGuidance:
+    """The guidance of one window whose first states are fixed, built once for every batch.
+
+    The observations see the free components only, through the same masked
+    operator for every member, so what the guidance precomputes from the
+    operator (the Gaussian Tweedie covariance's ``A A^T``,
+    :class:`~genda.assimilation.gaussian_tweedie.ObservationSpace`) is built
+    here once per window; each batch then only shifts ``y`` by its members'
+    fixed part.
+
+    Args:
+        prior: the trajectory prior.
+        likelihood: the window's (:func:`genda.assimilation.posterior.likelihood_for`),
+            ``None`` for a forecast with no observations.
+        mask: ``(K V, L, D)`` bool, the fixed components (:attr:`FixedStates.mask`).
+        method, options: as :func:`genda.assimilation.guidance.guided_denoiser`.
+    """
+
+    def __init__(
+        self,
+        prior: LoadedPrior,
+        likelihood: GaussianLikelihood | None,
+        mask: Tensor,
+        method: str = "mmps",
+        **options: Any,
+    ) -> None:
+        self.prior, self.likelihood, self.mask = prior, likelihood, mask
+        self.method, self.options = method, options
+        self.template: Any = None
+        if likelihood is None:
+            return
+        operator = likelihood.operator
+        if not isinstance(operator, StateOperator):
+            raise InvalidValueError(
+                "fixed states need the observations on whitened states (A = H U)"
+            )
+        free = (~mask).to(likelihood.y.dtype)
+        decode = operator.decode
+
+        def free_decode(z: Tensor) -> Tensor:
+            return decode(z * free.to(z.device, z.dtype))
+
+        self.operator = operator
+        self.masked = GaussianLikelihood(
+            StateOperator(operator.fields, free_decode, operator.state_shape),
+            likelihood.y,
+            likelihood.sigma,
+        )
+        zeros = torch.zeros((1, *operator.state_shape), dtype=likelihood.y.dtype)
+        self.template = guided_denoiser(
+            FixedComponents(prior.denoiser, mask, zeros), self.masked, method, **options
+        )
+
+    def for_batch(self, fixed: FixedStates, members: Sequence[int]) -> Any:
+        """The denoiser of one batch of ``members`` whose first states are ``fixed``."""
+        values = fixed.rows(members)
+        inner = FixedComponents(self.prior.denoiser, self.mask, values)
+        if self.likelihood is None:
+            return inner
+        y = self.likelihood.y
+        with torch.no_grad():
+            known = values.to(y.device, y.dtype)
+            seen = self.operator(known) - self.operator(torch.zeros_like(known[:1]))
+        likelihood = GaussianLikelihood(self.masked.operator, y - seen, self.likelihood.sigma)
+        if isinstance(self.template, GaussianTweedieGuidance):  # shares the window's A A^T
+            template = self.template
+            return GaussianTweedieGuidance(inner, likelihood, template.sigma_data, template.space)
+        return guided_denoiser(inner, likelihood, self.method, **self.options)
+
+
 def conditioned_denoiser(
     prior: LoadedPrior,
     likelihood: GaussianLikelihood | None,
@@ -174,26 +251,8 @@ def conditioned_denoiser(
 
     ``likelihood``: the window's (:func:`genda.assimilation.posterior.likelihood_for`),
     ``None`` for a forecast with no observations; ``method`` and ``options``
-    as :func:`genda.assimilation.guidance.guided_denoiser`.
+    as :func:`genda.assimilation.guidance.guided_denoiser`. A window of many
+    batches builds one :class:`ConditionedGuidance` instead.
     """
-    values = fixed.rows(members)
-    inner = FixedComponents(prior.denoiser, fixed.mask, values)
-    if likelihood is None:
-        return inner
-    operator = likelihood.operator
-    if not isinstance(operator, StateOperator):
-        raise InvalidValueError("fixed states need the observations on whitened states (A = H U)")
-    free = (~fixed.mask).to(likelihood.y.dtype)
-    decode = operator.decode
-
-    def free_decode(z: Tensor) -> Tensor:
-        return decode(z * free.to(z.device, z.dtype))
-
-    masked = StateOperator(operator.fields, free_decode, operator.state_shape)
-    with torch.no_grad():
-        known = values.to(likelihood.y.device, likelihood.y.dtype)
-        seen = operator(known) - operator(torch.zeros_like(known[:1]))  # A_lin(mask z_m)
-    y = likelihood.y - seen
-    return guided_denoiser(
-        inner, GaussianLikelihood(masked, y, likelihood.sigma), method, **options
-    )
+    guidance = ConditionedGuidance(prior, likelihood, fixed.mask, method, **options)
+    return guidance.for_batch(fixed, members)

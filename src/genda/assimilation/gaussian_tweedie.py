@@ -237,7 +237,13 @@ class GaussianTweedieGuidance(nn.Module):
         InvalidValueError: the operator does not act on whitened states.
     """
 
-    def __init__(self, denoiser: Denoiser, likelihood: Any, sigma_data: float = 1.0) -> None:
+    def __init__(
+        self,
+        denoiser: Denoiser,
+        likelihood: Any,
+        sigma_data: float = 1.0,
+        space: ObservationSpace | None = None,
+    ) -> None:
         super().__init__()
         if not isinstance(getattr(likelihood, "operator", None), StateOperator):
             raise InvalidValueError(
@@ -247,7 +253,9 @@ class GaussianTweedieGuidance(nn.Module):
         self.denoiser = denoiser
         self.likelihood = likelihood
         self.sigma_data = float(sigma_data)
-        self.space = ObservationSpace(likelihood.operator, likelihood.sigma)
+        # ``space``: one already built for this operator and these errors (the
+        # batches of a window with fixed states share it; only their y differ)
+        self.space = space or ObservationSpace(likelihood.operator, likelihood.sigma)
 
     @property
     def rows(self) -> Tensor | None:

@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from genda.assimilation.conditioning import conditioned_denoiser, fixed_states
+from genda.assimilation.conditioning import ConditionedGuidance, fixed_states
 from genda.assimilation.posterior import (
     PosteriorSettings,
     likelihood_for,
@@ -311,7 +311,8 @@ class MemberGenerator:
             set_layers_per_batch(self.prior, layers_per_batch)
         self._denoiser_key: tuple[Any, ...] | None = None
         self._denoiser: Any = None
-        self._likelihood: Any = None
+        self._conditioned_key: tuple[Any, ...] | None = None
+        self._conditioned: Any = None
 
     def denoiser(self, job: WindowJob) -> Any:
         """The job's (guided) denoiser, built once per observation set and method."""
@@ -319,7 +320,6 @@ class MemberGenerator:
             self._denoiser = posterior_denoiser(
                 self.prior, job.observations, job.settings, self.device, job.state_time
             )
-            self._likelihood = None
             self._denoiser_key = job.key
         return self._denoiser
 
@@ -329,29 +329,32 @@ class MemberGenerator:
         A filtering window reads the members it is conditioned on from the
         store itself, so that they never pass through the driver.
         """
-        denoiser = self.denoiser(job)
         window = job.trajectory
         if window is None or window.condition is None:
-            return denoiser
-        if job.observations is not None and self._likelihood is None:
-            self._likelihood = likelihood_for(
-                self.prior, job.observations, self.device, window.start
-            )
+            return self.denoiser(job)
         store = job.store if window.source is None else EnsembleStore.open(window.source)
         previous = torch.from_numpy(store.read_members(window.condition, batch))
         hours = state_hours(self.prior, window.start, 1)
         fixed = fixed_states(
             self.prior, previous, batch, None if hours is None else float(hours[0])
         )
-        settings = job.settings.for_prior(self.prior, guided=job.observations is not None)
-        return conditioned_denoiser(
-            self.prior,
-            self._likelihood,
-            fixed,
-            batch,
-            settings.method,
-            **settings.guidance_options(),
-        )
+        if self._conditioned_key != job.key:  # the window's guidance, built once
+            guided = job.observations is not None
+            settings = job.settings.for_prior(self.prior, guided=guided)
+            likelihood = (
+                likelihood_for(self.prior, job.observations, self.device, window.start)
+                if guided
+                else None
+            )
+            self._conditioned = ConditionedGuidance(
+                self.prior,
+                likelihood,
+                fixed.mask,
+                settings.method,
+                **settings.guidance_options(),
+            )
+            self._conditioned_key = job.key
+        return self._conditioned.for_batch(fixed, batch)
 
     def generate(
         self,
@@ -375,7 +378,6 @@ class MemberGenerator:
         store = job.store
         complete = np.logical_and.reduce([store.complete(when) for when in job.times])
         written: list[int] = []
-        self.denoiser(job)
         batch_size, per_shard = job.settings.batch_size, store.members_per_shard
         with cpu_threads(self.threads, self.device):
             for block in member_blocks(members, batch_size, per_shard):
