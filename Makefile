@@ -52,6 +52,10 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/autoregressive_estimate.py
 	$(BIN)/python benchmarks/cycled_osse.py --tune
 	$(BIN)/python benchmarks/cycled_osse.py --days 6
+	$(BIN)/genda train --data outputs/osse/train.zarr --coordinates whitened --states 4 \
+		--out outputs/trajectory-k4 --steps 3000 --batch-size 16 --lr 3e-4 --warmup-steps 200 \
+		--no-progress --overwrite
+	$(BIN)/python benchmarks/trajectory_osse.py --prior outputs/trajectory-k4 --days 3
 	$(BIN)/python benchmarks/cost.py
 	$(BIN)/python benchmarks/summary.py
 
