@@ -339,3 +339,67 @@ def test_a_forecast_carries_each_member_on_from_the_analysis(
         result = runner.invoke(app, bad)
         assert result.exit_code != 0 and needle in _said(result), (change, result.output)
         assert not (tmp_path / "refused.zarr").exists()
+
+
+@pytest.mark.slow
+def test_filtering_on_ray_actors_reads_the_store_and_matches_this_process(
+    trajectory_priors, tmp_path
+) -> None:
+    """Two actors fix their members' first states from the store: the members of one process."""
+    import os
+    import tempfile
+
+    from genda.assimilation.posterior import PosteriorSettings
+    from genda.orchestration.assimilate import assimilate_window
+    from genda.threads import cpu_threads
+
+    ray = pytest.importorskip("ray")
+    prior = trajectory_priors["joint3d"]
+    settings = PosteriorSettings(steps=4, batch_size=2)
+    first = _observations(tmp_path / "a.csv", START, [0.5, 2.0])
+    later = START + np.timedelta64(2, "h")
+    second = _observations(tmp_path / "b.csv", later, [1.0, 2.0])
+    stores = {}
+    for name in ("here", "actors"):
+        stores[name] = tmp_path / f"{name}.zarr"
+        with cpu_threads(1):
+            assimilate_window(
+                prior, first, START, stores[name], members=4, settings=settings, progress=False
+            )
+    with cpu_threads(1):
+        assimilate_window(
+            prior,
+            second,
+            later,
+            stores["here"],
+            members=4,
+            settings=settings,
+            progress=False,
+            filtering=True,
+        )
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        _temp_dir=tempfile.mkdtemp(prefix="ray-", dir="/tmp"),
+        logging_level="ERROR",
+    )
+    try:
+        summary = assimilate_window(
+            prior,
+            second,
+            later,
+            stores["actors"],
+            members=4,
+            settings=settings,
+            workers=2,
+            progress=False,
+            filtering=True,
+        )
+    finally:
+        ray.shutdown()
+    assert summary.workers == 2 and summary.written == 4
+    here, actors = EnsembleStore.open(stores["here"]), EnsembleStore.open(stores["actors"])
+    for hour in (3, 4):
+        when = START + np.timedelta64(hour, "h")
+        np.testing.assert_array_equal(actors.read_members(when), here.read_members(when))
