@@ -234,6 +234,33 @@ def test_the_fitted_regression_of_the_second_state_on_the_first_is_phi(prior) ->
     torch.testing.assert_close(fields[:, :3], represented, atol=1e-5, rtol=0)
 
 
+def test_fixed_states_are_exact_when_few_trajectories_leave_the_covariance_rank_deficient() -> None:
+    """10 trajectories for 18 channels a mode: most eigen-directions are dropped, yet a first
+    state the prior can make is fixed exactly, whatever the later states hold."""
+    grid = trajectory_grid(GRID, STATES)
+    normalization = trajectory_normalization(
+        Normalization(GRID.variables, np.zeros((3, 2)), np.ones((3, 2))), STATES
+    )
+    whitening = SpectralWhitening(grid, normalization, coupling="causal").double()
+    whitening.fit([stack_states(_ar1_trajectories(10, 1))])
+    assert int((whitening.eigenvalues == 0).sum()) > whitening.eigenvalues.numel() // 2
+    few = LoadedPrior(
+        EDMDenoiser(ZeroNetwork(), coordinates=whitening).double(),
+        get_strategy("joint3d"),
+        grid,
+        normalization,
+        {},
+        Path("."),
+    )
+    made = whitening.decode(torch.randn(4, *few.state_shape, dtype=torch.float64))
+    fixed = fixed_states(few, made[:, :3], range(4))
+    torch.testing.assert_close(
+        whitening.decode(fixed.values.double())[:, :3], made[:, :3], atol=1e-4, rtol=0
+    )
+    with pytest.raises(InvalidValueError, match="causal square root"):
+        SpectralWhitening(grid, coupling="columns").encode_leading(made, 1)
+
+
 # ----------------------------------------------------------------------------- closed forms
 @pytest.mark.parametrize("covariance", ["prior", pytest.param("jacobian", marks=pytest.mark.slow)])
 def test_the_smoother_is_the_joint_gaussian_posterior_of_the_trajectory(prior, covariance) -> None:
@@ -297,6 +324,31 @@ def test_the_filter_with_the_first_state_fixed_is_the_kalman_analysis(prior, cov
     )
     spread = prior.denoiser.decode(z)[:, 3:6].std(0).mean()
     assert abs(float(spread) - (1 - PHI**2) ** 0.5) < 0.1
+
+
+def test_each_member_of_a_batch_is_conditioned_on_its_own_fixed_state(prior) -> None:
+    """Members 0..5 fixed to two different previous states in one batch come out as they do
+    in a batch where every member has its own: rows, shifted observations and noise line up."""
+    previous = stack_states(_ar1_trajectories(2, 400)).double()[:, :3]
+    obs = _observations([1.0, 2.0])
+    likelihood = likelihood_for(prior, obs, time=START).to("cpu", torch.float64)
+    members = list(range(6))
+    mixed = previous[[m % 2 for m in members]]
+    results = {}
+    for label, fields in (
+        ("mixed", mixed),
+        ("first", previous[[0] * 6]),
+        ("second", previous[[1] * 6]),
+    ):
+        fixed = fixed_states(prior, fields, members)
+        denoiser = conditioned_denoiser(prior, likelihood, fixed, members)
+        z = sample(
+            denoiser, prior.state_shape, members, 9, steps=8, sigma_max=20.0, dtype=torch.float64
+        )
+        results[label] = prior.denoiser.decode(z)
+    torch.testing.assert_close(results["mixed"][0::2], results["first"][0::2], atol=1e-4, rtol=0)
+    torch.testing.assert_close(results["mixed"][1::2], results["second"][1::2], atol=1e-4, rtol=0)
+    assert float((results["first"][1::2] - results["second"][1::2]).abs().max()) > 0.1
 
 
 def test_fixed_states_of_the_wrong_shape_prior_or_members_are_refused(prior) -> None:

@@ -137,6 +137,7 @@ def test_a_cycle_of_filtering_windows_writes_hourly_states_and_carries_each_memb
         "states": 3,
         "conditioned_on": "2000-01-02T14:00:00",
         "member_conditioned_on": "same member",
+        "writes_first": False,
     }
     assert windows["2000-01-02T13:00:00"]["provenance"]["trajectory"]["conditioned_on"] is None
     assert all(w["finalized"] for w in windows.values())
@@ -154,16 +155,17 @@ def test_a_rerun_after_an_interruption_is_bit_identical(trajectory_priors, tmp_p
     whole, cut = tmp_path / "whole.zarr", tmp_path / "cut.zarr"
     for out in (whole, cut):
         assert _assimilate(prior, obs, START, out).exit_code == 0
-    # a kill before the window was finalised: two members of the last hour and one of
-    # the middle hour never landed
+    # a kill while the window's hours were being finalised: the first hour is, the
+    # others are not; two members of the last hour and one of the middle hour never landed
     store = EnsembleStore.open(cut)
     group = zarr.open_group(cut, mode="r+")
     windows = json.loads(group.attrs["genda_windows"])
-    for key in windows:
-        windows[key]["finalized"] = False
+    for hours in (1, 2):
+        windows[str(np.datetime64(START + np.timedelta64(hours, "h"), "s"))]["finalized"] = False
     group.attrs["genda_windows"] = json.dumps(windows)
     for hours, lost in ((2, [1, 4]), (1, [2])):
         group["complete"][store.window_index(START + np.timedelta64(hours, "h")), lost] = False
+    assert store.is_finalized(START)
     result = _assimilate(prior, obs, START, cut)
     assert result.exit_code == 0, result.output
     a, b = xr.open_zarr(whole), xr.open_zarr(cut)
@@ -197,6 +199,8 @@ def test_bad_filtering_windows_are_refused_and_nothing_is_written(
     outside = _observations(tmp_path / "d.csv", later, [2.5])
     result = _assimilate(prior, outside, later, store, "--filter")
     assert result.exit_code != 0 and "outside the window" in _said(result)
+    result = _assimilate(prior, obs, later, store, "--filter", "--overwrite")
+    assert result.exit_code != 0 and "would delete it first" in _said(result)
     result = _assimilate(tiny_prior, obs, later, store, "--filter")
     assert result.exit_code != 0 and "first hourly state" in _said(result)
     assert EnsembleStore.open(store).windows() == before
@@ -275,6 +279,39 @@ def test_the_cycle_flow_filters_every_window_after_the_first_and_resumes_bit_ide
     again = assimilation_cycle(config)
     assert [r["ensemble"]["written"] for r in again] == [0, 0, 2]
     np.testing.assert_array_equal(xr.open_zarr(config.store).T.values, before)
+
+
+@pytest.mark.slow
+def test_after_a_failed_window_the_next_starts_cold_and_the_rerun_fills_the_gap(
+    harness, trajectory_priors, tmp_path
+) -> None:
+    from genda.orchestration.config import load_cycle_config
+    from genda.orchestration.flows import assimilation_cycle
+
+    config = load_cycle_config(_cycle_config(tmp_path, trajectory_priors["joint3d"], 2))
+    middle = START + np.timedelta64(2, "h")
+    table = tmp_path / f"obs-{str(middle).replace(':', '')}.csv"
+    table.rename(tmp_path / "held-back.csv")  # the middle window's observations are late
+    with pytest.raises(Exception, match="1 of 3 windows failed"):
+        assimilation_cycle(config)
+    windows = json.loads(xr.open_zarr(config.store).attrs["genda_windows"])
+    # the last window started cold and left its first hour (16:00) to the failed window
+    assert sorted(windows) == [
+        "2000-01-02T12:00:00", "2000-01-02T13:00:00", "2000-01-02T14:00:00",
+        "2000-01-02T17:00:00", "2000-01-02T18:00:00",
+    ]  # fmt: skip
+    last = windows["2000-01-02T17:00:00"]["provenance"]["trajectory"]
+    assert last["conditioned_on"] is None and last["writes_first"] is False
+
+    (tmp_path / "held-back.csv").rename(table)
+    again = assimilation_cycle(config)
+    assert [r["ensemble"]["written"] for r in again] == [0, 4, 0]
+    ds = xr.open_zarr(config.store)
+    assert ds.sizes["time"] == 7 and bool(ds.complete.all())
+    windows = json.loads(ds.attrs["genda_windows"])
+    assert windows["2000-01-02T15:00:00"]["provenance"]["trajectory"]["conditioned_on"] == (
+        "2000-01-02T14:00:00"
+    )
 
 
 def test_a_trajectory_cycle_runs_windows_that_meet(trajectory_priors, tmp_path) -> None:

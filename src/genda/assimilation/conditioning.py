@@ -132,11 +132,10 @@ def fixed_states(
     mean = torch.as_tensor(norm.mean[: count * per_state], dtype=torch.float64)[..., None, None]
     std = torch.as_tensor(norm.std[: count * per_state], dtype=torch.float64)[..., None, None]
     full = torch.zeros((fields.shape[0], *prior.grid.shape), dtype=torch.float64)
-    # The later states may hold anything: the causal z of the first states does not see them.
-    full[:, : count * per_state] = (fields.double() - mean) / std
+    full[:, : count * per_state] = (fields.double() - mean) / std  # the later states are unused
     dtype = coordinates.mean.dtype
     with torch.no_grad():
-        z = coordinates.encode(full.to(dtype), hours).cpu()
+        z = coordinates.encode_leading(full.to(dtype), count, hours).cpu()
     mask = torch.zeros(prior.state_shape, dtype=torch.bool)
     mask[: count * per_state] = True
     values = torch.where(mask, z, torch.zeros((), dtype=z.dtype)).float()

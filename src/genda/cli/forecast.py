@@ -20,7 +20,12 @@ def forecast(
     time_: Annotated[
         str, typer.Option("--time", help="The analysis window to start from, ISO (UTC).")
     ],
-    hours: Annotated[int, typer.Option(min=1, help="Lead hours to forecast.")],
+    hours: Annotated[
+        int,
+        typer.Option(
+            min=1, help="Lead hours to forecast (whole segments of K - 1 hours: rounded up)."
+        ),
+    ],
     out: Annotated[Path, typer.Option(help="The forecast's own ensemble store (Zarr v3).")],
     steps: Annotated[int, typer.Option(help="Sampler steps.")] = _DEFAULTS.steps,
     batch_size: Annotated[int, typer.Option(help="Members per denoiser batch.")] = (

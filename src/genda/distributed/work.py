@@ -54,17 +54,20 @@ class TrajectoryWindow:
             (filtering: the previous window's last state), or ``None`` (a cold start).
         source: the store ``condition`` is in, when not the job's own (a
             forecast's first segment reads the analysis it starts from).
+        writes_first: a cold start writes its first hour too, unless that hour
+            belongs to another window (a cycle's cold start after a failed window).
     """
 
     start: np.datetime64
     states: int
     condition: np.datetime64 | None = None
     source: str | None = None
+    writes_first: bool = True
 
     @property
     def times(self) -> tuple[np.datetime64, ...]:
-        """The hours this window writes: all of them, or those after a fixed first state."""
-        first = 0 if self.condition is None else 1
+        """The hours this window writes: all of them, or those after its first."""
+        first = 0 if self.condition is None and self.writes_first else 1
         return tuple(self.start + k * HOUR for k in range(first, self.states))
 
 
@@ -423,7 +426,14 @@ class MemberGenerator:
         for when, fields in per_time:
             check_members(fields, grid, members, when, guided)
         for when, fields in per_time:
-            job.store.write_members(when, members, fields, provenance=job.provenance)
+            # An hour a member already has is left as it is: the member comes out
+            # bit-identical anyway, and that hour may be finalised while another
+            # was repaired.
+            done = job.store.complete(when) if len(per_time) > 1 else None
+            keep = [i for i, m in enumerate(members) if done is None or not done[m]]
+            if keep:
+                chosen = [members[i] for i in keep]
+                job.store.write_members(when, chosen, fields[keep], provenance=job.provenance)
 
     def probe_batch_size(
         self, job: WindowJob, memory_fraction: float = 0.8, largest: int = 256, share: int = 1

@@ -45,20 +45,22 @@ class TrajectoryFields:
     Args:
         fields: the split's fields.
         states: ``K``.
+        split: its name, for the message.
 
     Raises:
         InvalidValueError: the split holds no run of ``K`` hourly fields.
     """
 
-    def __init__(self, fields: FieldDataset, states: int) -> None:
+    def __init__(self, fields: FieldDataset, states: int, split: str = "training") -> None:
         self.fields = fields
         self.states = int(states)
         self.starts = trajectory_starts(fields.times, self.states)
         if self.starts.size == 0:
             raise InvalidValueError(
                 f"no {self.states} consecutive hourly fields in the {fields.times.size} fields "
-                f"from {fields.times[0] if fields.times.size else '-'}: a trajectory prior "
-                "needs an archive of hourly fields"
+                f"of the {split} split (from {fields.times[0] if fields.times.size else '-'}): "
+                "a trajectory prior needs runs of hourly fields in each split (an hourly "
+                "archive, and a validation fraction of at least that many hours)"
             )
         self.grid: Grid = trajectory_grid(fields.grid, self.states)
         self.normalization: Normalization = trajectory_normalization(

@@ -484,6 +484,47 @@ class SpectralWhitening(nn.Module):
         w = self._from_groups(projected)
         return self._pack(w).to(x.dtype)
 
+    def encode_leading(self, x: Tensor, states: int, hours: Any = None) -> Tensor:
+        """The ``z`` of a trajectory's first ``states`` hourly states, from those states alone.
+
+        ``x``: ``(B, K V, L, H, W)`` normalised fields whose first ``states``
+        states are given (the rest is ignored); returns ``z`` ``(B, K V, L, D)``
+        with the components of those states and zeros elsewhere. With the
+        causal square root ``L`` lower-triangular in time order, those states
+        are ``L_11 z_1``: ``z_1`` is the least-squares solution of that block
+        alone (``pinv(L_11)``, per mode). :meth:`encode` applies the
+        pseudo-inverse of the whole ``L``, which is triangular only while no
+        eigen-direction is dropped: with fewer training trajectories than
+        channels its first components would depend on the later states.
+
+        Raises:
+            InvalidValueError: not the causal square root, or ``states`` outside ``1..K``.
+        """
+        if self.coupling != "causal":
+            raise InvalidValueError(
+                f"the first states of a trajectory have their own z only under the causal "
+                f"square root, not {self.coupling!r}"
+            )
+        if not 1 <= int(states) <= self.states:
+            raise InvalidValueError(f"1..{self.states} leading states, not {states}")
+        self._check(x, "fields", self.field_shape)
+        dtype = self.mean.dtype
+        transforms = self.transforms(dtype)
+        a = self._analyse(
+            x.to(dtype), transforms.sht, transforms.vsht, self.wind_std, self.wind_mean
+        )
+        vectors, root, _ = self._statistics()
+        rotation = torch.view_as_complex(self.rotation)
+        factor = torch.einsum("tmgpq,tmgqr->tmgpr", vectors * root[..., None, :], rotation)
+        count = int(states) * self.group_size // self.states  # the first channels, time first
+        lead = factor[..., :count, :count]
+        # relative cut of the singular values: the float64 fit's round-off, not the data's
+        inverse = torch.linalg.pinv(lead, rtol=1e-10 if dtype == torch.float64 else 1e-5)
+        d = (self._to_groups(a) - self.mean_at(hours, x.shape[0]))[..., :count]
+        w = torch.zeros_like(self._to_groups(a))
+        w[..., :count] = torch.einsum("tmgpq,btmgq->btmgp", inverse, d)
+        return self._pack(self._from_groups(w)).to(x.dtype)
+
     def decode(self, z: Tensor, hours: Any = None) -> Tensor:
         """Control variables ``z`` ``(B, V, L, K)`` -> normalised fields ``(B, V, L, H, W)``.
 

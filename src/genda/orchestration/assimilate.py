@@ -53,6 +53,7 @@ from genda.observations.table import (
 from genda.orchestration.summaries import ObservationFit, WindowSummary
 from genda.orchestration.trajectory_window import (
     check_condition,
+    stored_rows,
     trajectory_job,
     trajectory_observations,
     trajectory_operator,
@@ -153,6 +154,7 @@ def assimilate_window(
     yes: bool = False,
     insecure: bool = False,
     filtering: bool = False,
+    writes_first: bool = True,
 ) -> WindowSummary:
     """Complete the window at ``time`` in the ensemble store ``out`` (created when absent).
 
@@ -196,6 +198,9 @@ def assimilate_window(
         filtering: a trajectory prior's window whose first state is fixed, member
             by member, to the store's finalised window at ``time`` (the previous
             window's last hour); the hours after it are written.
+        writes_first: a cold trajectory window writes its first hour; ``False``
+            leaves that hour to the window before it (a cycle's cold start after
+            a failed window, whose rerun may still complete it).
 
     Returns:
         The window's :class:`~genda.orchestration.summaries.WindowSummary`
@@ -226,6 +231,11 @@ def assimilate_window(
             "filtering fixes a window's first hourly state: it needs a trajectory prior "
             "(genda train --states K)"
         )
+    if filtering and overwrite:
+        raise InvalidValueError(
+            "filtering conditions on the store's previous window; replacing the store "
+            "(overwrite) would delete it first"
+        )
     _check_store_size(prior, members, out, yes)
     table, obs, qc = _load_observations(
         observations, prior, when, window_hours, outlier_k, keep_outliers
@@ -234,7 +244,7 @@ def assimilate_window(
         check_condition(out, prior, when, members)
     provenance = window_provenance(prior, obs, settings, seed, when, window_hours)
     if trajectory:
-        provenance = trajectory_provenance(provenance, prior, when, filtering)
+        provenance = trajectory_provenance(provenance, prior, when, filtering, writes_first)
     check_guidance(prior, obs, settings, driver_device, when)
     spec = None
     if not in_process:
@@ -253,7 +263,9 @@ def assimilate_window(
         overwrite=overwrite,
     )
     if trajectory:
-        job = trajectory_job(store, prior, when, seed, settings, obs, provenance, filtering)
+        job = trajectory_job(
+            store, prior, when, seed, settings, obs, provenance, filtering, writes_first
+        )
     else:
         job = WindowJob(
             store,
@@ -469,9 +481,17 @@ def _fits(
     ``(1, V, L, H, W)`` field; both go through the table's operator in float64.
     """
     if is_trajectory(prior.grid):
+        # rows at an hour this window left to a failed one are not its to fit
+        obs = obs[stored_rows(store, prior, when, obs)].reset_index(drop=True)
         operator = trajectory_operator(obs, prior, when)
-        values = operator(trajectory_values(store, prior, when, range(store.n_members)))
-        fit = ObservationFit.from_dict(fit_of_values(values, obs))
+        n = store.n_members
+        blocks = [
+            operator(
+                trajectory_values(store, prior, when, range(lo, min(lo + FIT_BLOCK_MEMBERS, n)))
+            )
+            for lo in range(0, n, FIT_BLOCK_MEMBERS)
+        ]
+        fit = ObservationFit.from_dict(fit_of_values(torch.cat(blocks), obs))
     else:
         operator = ObservationOperator.from_table(obs, prior.grid).to(dtype=torch.float64)
         fit = ObservationFit.from_dict(ensemble_fit(store, when, obs, operator))

@@ -19,8 +19,9 @@ independent draws and a failed window does not spoil the ones after it; it
 is reported and the cycle goes on. With a trajectory prior of ``K`` hourly
 states (windows every ``K - 1`` hours) each window after the first filters:
 its first state is, member by member, the previous window's last hour, read
-from the store (:func:`genda.orchestration.trajectory_window.cycle_filtering`);
-the window after a failed one starts cold, and its provenance says so. A window fails when any of its steps fails, its evaluation included. A
+from the store (:func:`genda.orchestration.trajectory_window.cycle_mode`);
+the window after a failed one starts cold and leaves its first hour, the
+failed window's last, to that window's rerun; its provenance says so. A window fails when any of its steps fails, its evaluation included. A
 cycle with a failed window ends ``Failed`` once every window has run (the
 state ``genda cycle`` mirrors with exit status 1): calling the flow raises
 :class:`CycleError`, which carries every window's result. Either way the
@@ -127,12 +128,12 @@ def make_ensemble(config: CycleConfig, time: str, progress: bool = True) -> dict
     in its JSON form (:meth:`genda.orchestration.summaries.WindowSummary.to_dict`).
     """
     from genda.orchestration.assimilate import assimilate_window
-    from genda.orchestration.trajectory_window import cycle_filtering
+    from genda.orchestration.trajectory_window import COLD_AFTER, FILTER, cycle_mode
 
-    filtering = False
+    mode = None
     if prior_states(config) > 1:  # each window fixes its first hour to the previous window's last
         first = np.datetime64(time, "s") == config.windows()[0]
-        filtering = cycle_filtering(config.store, _grid_of(config), np.datetime64(time), first)
+        mode = cycle_mode(config.store, np.datetime64(time), first)
     summary = assimilate_window(
         config.checkpoint,
         config.observation_path(np.datetime64(time)),
@@ -151,7 +152,8 @@ def make_ensemble(config: CycleConfig, time: str, progress: bool = True) -> dict
         insecure=config.ray.insecure,
         auto_batch=config.auto_batch,
         progress=progress,  # drawn on a terminal only (genda.progress)
-        filtering=filtering,
+        filtering=mode == FILTER,
+        writes_first=mode != COLD_AFTER,
     )
     get_run_logger().info(
         "window %s: %d members made, %d already stored, %.2f members/s, %d retried",

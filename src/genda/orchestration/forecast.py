@@ -6,7 +6,8 @@ it to a forecast store. The forecast is the machinery of a filtering window
 without observations: a segment of ``K`` states whose first state is fixed,
 member by member, to the analysis, samples the ``K - 1`` hours after it;
 the next segment starts from the last hour of the one before, until
-``hours`` are covered. Member ``m`` of the forecast continues member ``m``
+``hours`` are covered: whole segments, so the forecast reaches the next
+multiple of ``K - 1`` hours (``ForecastSummary.hours`` lists them). Member ``m`` of the forecast continues member ``m``
 of the analysis, so the forecast ensemble carries the analysis' spread
 forward; each segment's members are read from the store by whoever samples
 them, as in a cycle.
@@ -30,13 +31,14 @@ import numpy as np
 from genda.assimilation.posterior import PosteriorSettings
 from genda.distributed import TrajectoryWindow, WindowJob, complete_window
 from genda.distributed.work import MemberGenerator
-from genda.errors import InvalidValueError
+from genda.errors import InvalidValueError, MissingInputError
 from genda.models.checkpoint import load_checkpoint
 from genda.orchestration.assimilate import window_provenance
 from genda.orchestration.trajectory_window import check_condition, trajectory_provenance
 from genda.ownership import check_store_output
 from genda.seeds import stable_seed
 from genda.storage import EnsembleStore
+from genda.storage.ensemble_store import EnsembleStoreError
 from genda.times import as_datetime64, iso
 from genda.trajectory import HOUR, is_trajectory, state_grid, trajectory_states
 
@@ -101,7 +103,10 @@ def forecast(
             "a forecast runs a trajectory prior on from the analysis (genda train --states K); "
             f"{checkpoint} models one instant"
         )
-    members = EnsembleStore.open(analysis).n_members
+    try:
+        members = EnsembleStore.open(analysis).n_members
+    except (EnsembleStoreError, MissingInputError) as error:
+        raise InvalidValueError(f"a forecast starts from an analysis store: {error}") from None
     check_condition(analysis, prior, start, members, forecast=True)
     check_store_output(out, overwrite)
     states = trajectory_states(prior.grid)

@@ -213,7 +213,9 @@ def _trajectories(training_data: TrainingData, states: int) -> TrainingData:
     return replace(
         training_data,
         train=TrajectoryFields(training_data.train, states),  # type: ignore[arg-type]
-        validation=None if validation is None else TrajectoryFields(validation, states),  # type: ignore[arg-type]
+        validation=(
+            None if validation is None else TrajectoryFields(validation, states, "validation")  # type: ignore[arg-type]
+        ),
     )
 
 

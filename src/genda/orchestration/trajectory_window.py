@@ -40,12 +40,18 @@ from genda.observations import ObservationOperator, validate_observations
 from genda.observations.files import read_observations
 from genda.storage import EnsembleStore
 from genda.storage.ensemble_store import EnsembleStoreError
+from genda.storage.ensemble_windows import canonical, describe_differences, provenance_differences
 from genda.times import iso
 from genda.trajectory import HOUR, state_grid, trajectory_states
 
 __all__ = [
+    "COLD",
+    "COLD_AFTER",
+    "FILTER",
     "check_condition",
-    "cycle_filtering",
+    "check_hours_free",
+    "cycle_mode",
+    "stored_rows",
     "trajectory_job",
     "trajectory_observations",
     "trajectory_operator",
@@ -76,28 +82,37 @@ def trajectory_observations(
     )
 
 
-def cycle_filtering(
-    out: str | os.PathLike[str], grid: Grid, start: np.datetime64, first: bool
-) -> bool:
-    """Whether a cycle's trajectory window at ``start`` filters, decided the same on every rerun.
+FILTER, COLD, COLD_AFTER = "filter", "cold", "cold-after"
+"""How a cycle's trajectory window starts (:func:`cycle_mode`): fixed to the previous
+window's last hour; cold, writing every hour; cold, leaving its first hour to the window
+before (which failed: a rerun may still complete it)."""
+
+
+def cycle_mode(out: str | os.PathLike[str], start: np.datetime64, first: bool) -> str:
+    """How a cycle's trajectory window at ``start`` starts, decided the same on every rerun.
 
     A window registered before keeps what it was (its provenance says); the
     cycle's first window starts cold; a later one filters on the previous
     window's last hour when that hour is finalised in ``out``, and otherwise
-    (the previous window failed) starts cold, which its provenance records.
+    (the previous window failed) starts cold without writing that hour, which
+    stays the failed window's, and its provenance records both.
     """
-    second = np.datetime64(start, "s") + HOUR  # the first hour either kind of window writes
+    second = np.datetime64(start, "s") + HOUR  # the first hour every kind of window writes
     try:
         store = EnsembleStore.open(out)
     except (EnsembleStoreError, MissingInputError):
-        return False
+        return COLD
     windows = {np.datetime64(t, "s") for t in store.windows()}
     if second in windows:
         recorded = store.provenance(second).get("trajectory") or {}
-        return recorded.get("conditioned_on") is not None
-    if first or np.datetime64(start, "s") not in windows:
-        return False
-    return store.is_finalized(start)
+        if recorded.get("conditioned_on") is not None:
+            return FILTER
+        return COLD if recorded.get("writes_first", True) else COLD_AFTER
+    if first:
+        return COLD
+    if np.datetime64(start, "s") in windows and store.is_finalized(start):
+        return FILTER
+    return COLD_AFTER
 
 
 def check_condition(
@@ -151,16 +166,24 @@ def check_condition(
 
 
 def trajectory_provenance(
-    provenance: dict[str, Any], prior: LoadedPrior, start: np.datetime64, filtering: bool
+    provenance: dict[str, Any],
+    prior: LoadedPrior,
+    start: np.datetime64,
+    filtering: bool,
+    writes_first: bool = True,
 ) -> dict[str, Any]:
-    """The window's provenance with its trajectory: start, states and the hour conditioned on."""
+    """The window's provenance with its trajectory: start, states, the hour conditioned on,
+    and whether it writes its first hour. ``window_hours`` is left out: the window's
+    hours are its own."""
+    kept = {k: v for k, v in provenance.items() if k != "window_hours"}
     return {
-        **provenance,
+        **kept,
         "trajectory": {
             "start": iso(start),
             "states": trajectory_states(prior.grid),
             "conditioned_on": iso(start) if filtering else None,
             "member_conditioned_on": "same member" if filtering else None,
+            "writes_first": not filtering and writes_first,
         },
     }
 
@@ -174,11 +197,21 @@ def trajectory_job(
     obs: pd.DataFrame | None,
     provenance: dict[str, Any],
     filtering: bool,
+    writes_first: bool = True,
 ) -> WindowJob:
-    """The job of a trajectory window: every hour it writes is registered in ``store``."""
+    """The job of a trajectory window: every hour it writes is registered in ``store``.
+
+    Raises:
+        EnsembleStoreError: an hour holds members of another window (checked for
+            every hour before any is registered).
+    """
     window = TrajectoryWindow(
-        np.datetime64(start, "s"), trajectory_states(prior.grid), start if filtering else None
+        np.datetime64(start, "s"),
+        trajectory_states(prior.grid),
+        start if filtering else None,
+        writes_first=writes_first,
     )
+    check_hours_free(store, window.times, provenance)
     for when in window.times:
         store.add_window(when, provenance)
     return WindowJob(
@@ -193,15 +226,59 @@ def trajectory_job(
     )
 
 
+def check_hours_free(
+    store: EnsembleStore, times: tuple[np.datetime64, ...], provenance: dict[str, Any]
+) -> None:
+    """No hour of ``times`` holds complete members of other provenance in ``store``.
+
+    Raises:
+        EnsembleStoreError: naming the first such hour and how the provenance differs.
+    """
+    registered = {np.datetime64(t, "s") for t in store.windows()}
+    record = canonical(dict(provenance), "provenance of the window")
+    for when in times:
+        if np.datetime64(when, "s") not in registered or not store.complete(when).any():
+            continue
+        old = store.provenance(when)
+        if provenance_differences(old, record):
+            raise EnsembleStoreError(
+                f"hour {iso(when)} of {store.path} holds members of another window "
+                f"({describe_differences(old, record)}); nothing was registered: windows of a "
+                "cycle must not share the hours they write"
+            )
+
+
 def trajectory_values(
     store: EnsembleStore, prior: LoadedPrior, start: np.datetime64, members: range
 ) -> torch.Tensor:
-    """Stored members of every hour of the window ``(n, K V, L, H, W)`` float64."""
+    """Stored ``members`` of every hour of the window ``(n, K V, L, H, W)`` float64; an
+    hour the store lacks (a cold window's first, left to a failed window) is zero."""
+    registered = {np.datetime64(t, "s") for t in store.windows()}
+    grid = state_grid(prior.grid)
     hours = [
         torch.from_numpy(store.read_members(t, members))
+        if np.datetime64(t, "s") in registered
+        else torch.zeros((len(members), *grid.shape), dtype=torch.float32)
         for t in trajectory_times(prior.grid, start)
     ]
     return torch.cat(hours, dim=1).double()
+
+
+def stored_rows(
+    store: EnsembleStore, prior: LoadedPrior, start: np.datetime64, obs: pd.DataFrame
+) -> np.ndarray:
+    """``(M,)`` bool: the rows of ``obs`` that act only on hours the store holds."""
+    registered = {np.datetime64(t, "s") for t in store.windows()}
+    missing = [
+        k
+        for k, t in enumerate(trajectory_times(prior.grid, start))
+        if np.datetime64(t, "s") not in registered
+    ]
+    operator = trajectory_operator(obs, prior, start)
+    per_state = int(np.prod(state_grid(prior.grid).shape))
+    state = (operator.index // per_state).numpy()
+    touches = np.isin(state, missing) & (operator.weight.numpy() != 0)
+    return ~touches.any(axis=1)
 
 
 def trajectory_operator(
