@@ -43,7 +43,7 @@ FENCE = re.compile(r"^(```+|~~~+)\s*([\w-]*)")
 HEREDOC = re.compile(r"^cat\s*>\s*(\S+)\s*<<-?\s*'?(\w+)'?\s*$")
 
 # genda options (click parameter names) that name files a command reads
-READS = ("data", "truth", "obs", "archive", "ensemble", "withheld", "config", "resume")
+READS = ("data", "truth", "obs", "archive", "ensemble", "withheld", "config", "resume", "analysis")
 READ_ARGUMENTS = ("path", "store")  # summary PATH, query/validate STORE
 # outputs a command may add to (a store takes more windows; a resumed prior is replaced)
 APPENDS = ("assimilate", "baseline", "cycle", "demo")
