@@ -74,7 +74,7 @@ ROOT = Path(__file__).resolve().parents[1]
 FIGURES = ROOT / "docs" / "figures" / "cycles"
 LEADS = (1, 3, 6, 12)
 HOUR = np.timedelta64(1, "h")
-OLD_OBSERVATION_STATIONS = ("Andenes", "Juliusruh", "CMOR", "Wuhan", "Ascension", "Rothera")
+OLD_OBSERVATION_STATIONS = ("Andenes", "CMOR", "Wuhan", "Ascension")
 
 
 def members_of(store: Path, when: np.datetime64) -> np.ndarray:
@@ -412,7 +412,7 @@ def main() -> None:
     forecasts = run_forecasts(
         prior, args.work / "cycled.zarr", starts, args.members, args.steps, truth, args.work
     )
-    ends = [hours - 12, hours] if not args.quick else [hours]
+    ends = [hours]
     old = old_observation(prior, windows, args.old_members, args.steps, truth, args.work, ends)
     tides = None
     if not args.quick:
