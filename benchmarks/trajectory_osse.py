@@ -1,6 +1,6 @@
 """Cycled genda: a trajectory prior that filters, against independent windows and the model EnKF.
 
-    python benchmarks/trajectory_osse.py --prior PATH [--days 3] [--members 32]
+    python benchmarks/trajectory_osse.py --prior PATH [--days 3] [--members 16] [--steps 16]
     python benchmarks/trajectory_osse.py --quick          # a tiny end-to-end check
 
 The truth, the observations (catalogue radars with Collm and Davis withheld,
@@ -350,8 +350,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--prior", help="the trajectory prior (genda train --states K)")
     parser.add_argument("--days", type=float, default=3.0)
-    parser.add_argument("--members", type=int, default=32)
-    parser.add_argument("--steps", type=int, default=32)
+    parser.add_argument("--members", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=16)
     parser.add_argument("--old-members", type=int, default=16, help="members of the 3-h test")
     parser.add_argument("--work", type=Path, default=ROOT / "outputs" / "cycled_osse")
     parser.add_argument("--quick", action="store_true", help="16 x 32 x 4, 10 hours, 4 members")
