@@ -74,7 +74,7 @@ ROOT = Path(__file__).resolve().parents[1]
 FIGURES = ROOT / "docs" / "figures" / "cycles"
 LEADS = (1, 3, 6, 12)
 HOUR = np.timedelta64(1, "h")
-OLD_OBSERVATION_STATIONS = ("Andenes", "CMOR", "Wuhan", "Ascension")
+OLD_OBSERVATION_STATIONS = ("Andenes", "Ascension")
 
 
 def members_of(store: Path, when: np.datetime64) -> np.ndarray:
@@ -388,6 +388,9 @@ def main() -> None:
     times = [r["time"] for r in rows["genda-cycled"]]
     per_day = 24 // every
     spans = {"first full day": set(times[per_day : 2 * per_day]), "last day": set(times[-per_day:])}
+    if args.days < 2:  # a short cycle: its halves
+        half = len(times) // 2
+        spans = {"first half": set(times[:half]), "second half": set(times[half:])}
     if args.quick:
         spans = {"all": set(times)}
     summary = {
