@@ -417,9 +417,9 @@ def main() -> None:
     )
     ends = [hours]
     old = old_observation(prior, windows, args.old_members, args.steps, truth, args.work, ends)
-    tides = None
-    if not args.quick:
-        tide_times = [np.datetime64(r["time"]) for r in hourly][:72]
+    tides = None  # the tidal analysis needs whole days, at least two
+    if not args.quick and len(hourly) >= 48:
+        tide_times = [np.datetime64(r["time"]) for r in hourly][: 24 * (len(hourly) // 24)]
         tides = tides_at_withheld(
             {"genda-cycled": args.work / "cycled.zarr", "cycled-enkf": args.work / "enkf.zarr"},
             tide_times,
