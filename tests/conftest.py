@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -76,3 +77,14 @@ def tiny_prior(tiny_archive: Path, tmp_path_factory) -> Path:
 def train_prior():
     """:func:`train_tiny_prior`, for modules that train their own (e.g. ``layer2d``)."""
     return train_tiny_prior
+
+
+@pytest.fixture(scope="module")
+def harness(tmp_path_factory):
+    """One Prefect test harness (temporary database and server) per module that asks."""
+    os.environ.setdefault("PREFECT_HOME", str(tmp_path_factory.mktemp("prefect-home")))
+    os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield

@@ -84,17 +84,6 @@ def test_the_cycle_command_refuses_a_bad_config(tmp_path: Path) -> None:
 
 # ---------------------------------------------------------------------------- flows
 @pytest.fixture(scope="module")
-def harness(tmp_path_factory):
-    """One Prefect test harness (temporary database and server) for the module."""
-    os.environ.setdefault("PREFECT_HOME", str(tmp_path_factory.mktemp("prefect-home")))
-    os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
-
-
-@pytest.fixture(scope="module")
 def cycle_files(tiny_archive: Path, tiny_prior: Path, tmp_path_factory) -> dict:
     """Observations of two hourly windows of the tiny archive, and a config for them."""
     root = tmp_path_factory.mktemp("cycle")

@@ -214,19 +214,6 @@ def test_bad_filtering_windows_are_refused_and_nothing_is_written(
     assert result.exit_code != 0 and "not finalised" in _said(result)
 
 
-@pytest.fixture(scope="module")
-def harness(tmp_path_factory):
-    """One Prefect test harness (temporary database and server) for the module."""
-    import os
-
-    os.environ.setdefault("PREFECT_HOME", str(tmp_path_factory.mktemp("prefect-home")))
-    os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
-
-
 def _cycle_config(root: Path, prior: Path, every: int) -> Path:
     for k in range(3):
         start = START + np.timedelta64(2 * k, "h")

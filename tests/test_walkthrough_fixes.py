@@ -393,19 +393,6 @@ def test_the_cycle_table_on_a_terminal_is_a_rich_table_with_the_scores() -> None
 
 # ------------------------------------------------- 1. a cycle with baselines, and its state
 @pytest.fixture(scope="module")
-def harness(tmp_path_factory):
-    """One Prefect test harness (temporary database and server) for the module."""
-    import os
-
-    os.environ.setdefault("PREFECT_HOME", str(tmp_path_factory.mktemp("prefect-home")))
-    os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
-
-
-@pytest.fixture(scope="module")
 def cycle_config(window: dict, tiny_archive: Path) -> Path:
     """Two hourly windows, evaluated against the truth and a baseline store of both windows."""
     from genda.observations import draw_observations, write_observations
