@@ -470,6 +470,7 @@ def main() -> None:
         "summary": summary,
         "ratios": ratios,
         "forecasts": forecasts,
+        "forecast_starts": [str(t)[:19] for t in starts],
         "old_observation": old,
         "tides": tides,
         "windows": rows,

@@ -426,9 +426,9 @@ class MemberGenerator:
         for when, fields in per_time:
             check_members(fields, grid, members, when, guided)
         for when, fields in per_time:
-            # An hour a member already has is left as it is: the member comes out
-            # bit-identical anyway, and that hour may be finalised while another
-            # was repaired.
+            # An hour a member already has is left as it is: that hour may be
+            # finalised while another was repaired, and the member comes out the
+            # same (bit for bit with the same batch size and device).
             done = job.store.complete(when) if len(per_time) > 1 else None
             keep = [i for i, m in enumerate(members) if done is None or not done[m]]
             if keep:

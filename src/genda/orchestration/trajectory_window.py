@@ -8,7 +8,9 @@ The store keeps one slot per hour: the members of hour ``t`` are the
 variables ``u, v, T`` at ``time = t``, as any other window's, so queries and
 plain xarray see an hourly series.
 
-* A cold start (``filter=False``) writes all ``K`` hours.
+* A cold start (``filter=False``) writes all ``K`` hours; in a cycle, the cold
+  start after a failed window writes the ``K - 1`` after its first, which
+  stays the failed window's.
 * Filtering (``filter=True``) fixes the first state of member ``m`` to member
   ``m`` of the store's finalised hour ``time`` (the previous window's last
   state) and writes the ``K - 1`` hours after it. Consecutive windows share
@@ -248,18 +250,25 @@ def check_hours_free(
             )
 
 
+def _first_hour_kept(store: EnsembleStore, prior: LoadedPrior, start: np.datetime64) -> bool:
+    """Whether the window at ``start`` stands on its first hour: it wrote it (a cold start)
+    or was fixed to it (filtering); not when it left that hour to a failed window."""
+    recorded = store.provenance(trajectory_times(prior.grid, start)[1]).get("trajectory") or {}
+    return recorded.get("conditioned_on") is not None or recorded.get("writes_first", True)
+
+
 def trajectory_values(
     store: EnsembleStore, prior: LoadedPrior, start: np.datetime64, members: range
 ) -> torch.Tensor:
-    """Stored ``members`` of every hour of the window ``(n, K V, L, H, W)`` float64; an
-    hour the store lacks (a cold window's first, left to a failed window) is zero."""
-    registered = {np.datetime64(t, "s") for t in store.windows()}
+    """Stored ``members`` of every hour of the window ``(n, K V, L, H, W)`` float64; the
+    first hour is zero when the window left it to a failed window (:func:`stored_rows`)."""
     grid = state_grid(prior.grid)
+    kept = _first_hour_kept(store, prior, start)
     hours = [
         torch.from_numpy(store.read_members(t, members))
-        if np.datetime64(t, "s") in registered
+        if k > 0 or kept
         else torch.zeros((len(members), *grid.shape), dtype=torch.float32)
-        for t in trajectory_times(prior.grid, start)
+        for k, t in enumerate(trajectory_times(prior.grid, start))
     ]
     return torch.cat(hours, dim=1).double()
 
@@ -267,17 +276,13 @@ def trajectory_values(
 def stored_rows(
     store: EnsembleStore, prior: LoadedPrior, start: np.datetime64, obs: pd.DataFrame
 ) -> np.ndarray:
-    """``(M,)`` bool: the rows of ``obs`` that act only on hours the store holds."""
-    registered = {np.datetime64(t, "s") for t in store.windows()}
-    missing = [
-        k
-        for k, t in enumerate(trajectory_times(prior.grid, start))
-        if np.datetime64(t, "s") not in registered
-    ]
+    """``(M,)`` bool: the rows of ``obs`` the window's own hours explain: all of them, but
+    those touching its first hour when it left that hour to a failed window."""
+    if _first_hour_kept(store, prior, start):
+        return np.ones(len(obs), dtype=bool)
     operator = trajectory_operator(obs, prior, start)
     per_state = int(np.prod(state_grid(prior.grid).shape))
-    state = (operator.index // per_state).numpy()
-    touches = np.isin(state, missing) & (operator.weight.numpy() != 0)
+    touches = (operator.index < per_state).numpy() & (operator.weight.numpy() != 0)
     return ~touches.any(axis=1)
 
 
