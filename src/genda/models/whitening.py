@@ -463,20 +463,23 @@ class SpectralWhitening(nn.Module):
         inverse_root = torch.where(lam > 0, 1.0 / torch.where(lam > 0, root, 1.0), 0.0)
         return vectors, root, inverse_root
 
-    def encode(self, x: Tensor, hours: Any = None) -> Tensor:
-        """Normalised fields ``(B, V, L, H, W)`` -> control variables ``z`` ``(B, V, L, K)``.
-
-        ``hours``: the fields' UT hours (``(B,)`` or one number), needed with ``tides``.
-        """
+    def _anomalies(self, x: Tensor, hours: Any) -> Tensor:
+        """Coefficients of ``x`` ``(B, V, L, H, W)`` less the mean at ``hours``: ``(B, T, M, G, P)``."""
         self._check(x, "fields", self.field_shape)
         dtype = self.mean.dtype
         transforms = self.transforms(dtype)
         a = self._analyse(
             x.to(dtype), transforms.sht, transforms.vsht, self.wind_std, self.wind_mean
         )
+        return self._to_groups(a) - self.mean_at(hours, x.shape[0])
+
+    def encode(self, x: Tensor, hours: Any = None) -> Tensor:
+        """Normalised fields ``(B, V, L, H, W)`` -> control variables ``z`` ``(B, V, L, K)``.
+
+        ``hours``: the fields' UT hours (``(B,)`` or one number), needed with ``tides``.
+        """
         vectors, _, inverse_root = self._statistics()
-        mu = self.mean_at(hours, x.shape[0])
-        projected = torch.einsum("tmgpq,btmgp->btmgq", vectors.conj(), self._to_groups(a) - mu)
+        projected = torch.einsum("tmgpq,btmgp->btmgq", vectors.conj(), self._anomalies(x, hours))
         projected = projected * inverse_root
         if self.coupling in TRIANGULAR:
             rotation = torch.view_as_complex(self.rotation)
@@ -507,12 +510,8 @@ class SpectralWhitening(nn.Module):
             )
         if not 1 <= int(states) <= self.states:
             raise InvalidValueError(f"1..{self.states} leading states, not {states}")
-        self._check(x, "fields", self.field_shape)
+        d = self._anomalies(x, hours)
         dtype = self.mean.dtype
-        transforms = self.transforms(dtype)
-        a = self._analyse(
-            x.to(dtype), transforms.sht, transforms.vsht, self.wind_std, self.wind_mean
-        )
         vectors, root, _ = self._statistics()
         rotation = torch.view_as_complex(self.rotation)
         factor = torch.einsum("tmgpq,tmgqr->tmgpr", vectors * root[..., None, :], rotation)
@@ -520,9 +519,8 @@ class SpectralWhitening(nn.Module):
         lead = factor[..., :count, :count]
         # relative cut of the singular values: the float64 fit's round-off, not the data's
         inverse = torch.linalg.pinv(lead, rtol=1e-10 if dtype == torch.float64 else 1e-5)
-        d = (self._to_groups(a) - self.mean_at(hours, x.shape[0]))[..., :count]
-        w = torch.zeros_like(self._to_groups(a))
-        w[..., :count] = torch.einsum("tmgpq,btmgq->btmgp", inverse, d)
+        w = torch.zeros_like(d)
+        w[..., :count] = torch.einsum("tmgpq,btmgq->btmgp", inverse, d[..., :count])
         return self._pack(self._from_groups(w)).to(x.dtype)
 
     def decode(self, z: Tensor, hours: Any = None) -> Tensor:
