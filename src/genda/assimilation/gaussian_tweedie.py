@@ -65,8 +65,8 @@ __all__ = [
     "operator_rows",
 ]
 
-DENSE_ROWS_LIMIT = 2**27
-"""Most entries of ``A`` (``M x N``) kept as a matrix (512 MiB in float32); beyond,
+DENSE_ROWS_LIMIT = 2**28
+"""Most entries of ``A`` (``M x N``) kept as a matrix (1 GiB in float32); beyond,
 each step applies ``A`` and ``A^T`` through the operator."""
 
 EXACT_SOLVE_LIMIT = 6000
