@@ -42,6 +42,7 @@ from genda.assimilation.gaussian_tweedie import GaussianTweedieGuidance
 from genda.assimilation.guidance import GaussianLikelihood, guided_denoiser
 from genda.assimilation.state_operator import StateOperator
 from genda.errors import InvalidValueError
+from genda.models.calendar import denoiser_at
 from genda.models.checkpoint import LoadedPrior
 from genda.trajectory import is_trajectory, trajectory_states
 
@@ -184,6 +185,8 @@ class ConditionedGuidance:
             ``None`` for a forecast with no observations.
         mask: ``(K V, L, D)`` bool, the fixed components (:attr:`FixedStates.mask`).
         method, options: as :func:`genda.assimilation.guidance.guided_denoiser`.
+        time: the window's first hour, for a network that sees the time
+            (:mod:`genda.models.calendar`).
     """
 
     def __init__(
@@ -192,10 +195,12 @@ class ConditionedGuidance:
         likelihood: GaussianLikelihood | None,
         mask: Tensor,
         method: str = "mmps",
+        time: Any = None,
         **options: Any,
     ) -> None:
         self.prior, self.likelihood, self.mask = prior, likelihood, mask
         self.method, self.options = method, options
+        self.network = denoiser_at(prior.denoiser, time)
         self.template: Any = None
         if likelihood is None:
             return
@@ -218,13 +223,13 @@ class ConditionedGuidance:
         )
         zeros = torch.zeros((1, *operator.state_shape), dtype=likelihood.y.dtype)
         self.template = guided_denoiser(
-            FixedComponents(prior.denoiser, mask, zeros), self.masked, method, **options
+            FixedComponents(self.network, mask, zeros), self.masked, method, **options
         )
 
     def for_batch(self, fixed: FixedStates, members: Sequence[int]) -> Any:
         """The denoiser of one batch of ``members`` whose first states are ``fixed``."""
         values = fixed.rows(members)
-        inner = FixedComponents(self.prior.denoiser, self.mask, values)
+        inner = FixedComponents(self.network, self.mask, values)
         if self.likelihood is None:
             return inner
         y = self.likelihood.y
@@ -244,6 +249,7 @@ def conditioned_denoiser(
     fixed: FixedStates,
     members: Sequence[int],
     method: str = "mmps",
+    time: Any = None,
     **options: Any,
 ) -> Any:
     """The denoiser of one batch of ``members`` whose first states are ``fixed``.
@@ -253,5 +259,5 @@ def conditioned_denoiser(
     as :func:`genda.assimilation.guidance.guided_denoiser`. A window of many
     batches builds one :class:`ConditionedGuidance` instead.
     """
-    guidance = ConditionedGuidance(prior, likelihood, fixed.mask, method, **options)
+    guidance = ConditionedGuidance(prior, likelihood, fixed.mask, method, time, **options)
     return guidance.for_batch(fixed, members)

@@ -37,6 +37,7 @@ from genda.assimilation.guidance import (
 from genda.assimilation.state_operator import StateOperator
 from genda.errors import InvalidValueError
 from genda.grid import Grid
+from genda.models.calendar import denoiser_at
 from genda.models.checkpoint import LoadedPrior
 from genda.models.data import stable_seed
 from genda.models.sampling import METHODS as SAMPLERS
@@ -235,11 +236,14 @@ def posterior_denoiser(
     ``time``: the window's valid time, for a prior whose mean follows the hour.
     """
     if obs is None:
-        return prior.denoiser
+        return prior.denoiser  # sample_members tells it the members' times
     settings = settings.for_prior(prior)
     likelihood = likelihood_for(prior, obs, device, time)
     return guided_denoiser(
-        prior.denoiser, likelihood, settings.method, **settings.guidance_options()
+        denoiser_at(prior.denoiser, time),
+        likelihood,
+        settings.method,
+        **settings.guidance_options(),
     )
 
 
@@ -298,6 +302,8 @@ def sample_members(
     after each of the ``settings.steps`` sampler steps (progress).
     """
     hours = state_hours(prior, time, len(members))
+    if denoiser is prior.denoiser:  # unguided: a network that sees the time is told it
+        denoiser = denoiser_at(denoiser, time)
     state = sample(
         denoiser,
         prior.state_shape,

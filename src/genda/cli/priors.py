@@ -107,6 +107,16 @@ def train_command(
             "times, filtering and forecasts use (docs/cycles.md). Default 1.",
         ),
     ] = None,
+    time_inputs: Annotated[
+        bool | None,
+        typer.Option(
+            "--time-inputs/--no-time-inputs",
+            help="Give the network the UT hour and the day of the year (diurnal, semidiurnal, "
+            "annual and semiannual harmonics), so that what it learns can follow the tides "
+            "and the season; windows are then sampled at their time (docs/training.md). "
+            "Default: off, or the resumed checkpoint's.",
+        ),
+    ] = None,
     icon_grid: IconGridOption = None,
     icon_target: IconTargetOption = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing --out.")] = False,
@@ -154,6 +164,7 @@ def train_command(
         coordinates=coordinates,
         tides=tides,
         states=states,
+        time_inputs=time_inputs,
         overwrite=overwrite,
         progress=progress,
         command=command_line(ctx),

@@ -354,6 +354,7 @@ class MemberGenerator:
                 likelihood,
                 fixed.mask,
                 settings.method,
+                window.start,
                 **settings.guidance_options(),
             )
             self._conditioned_key = job.key

@@ -25,6 +25,7 @@ import numpy as np
 from genda.errors import InvalidValueError
 from genda.grid import Grid, GridMismatchError
 from genda.json_values import json_round_trip
+from genda.models.calendar import Calendar
 from genda.models.checkpoint_format import (
     CONFIG_FILE,
     MODEL_FILE,
@@ -36,7 +37,13 @@ from genda.models.checkpoint_format import (
 from genda.models.coordinates import build_coordinates, coordinates_config, unfitted_statistics
 from genda.models.diffusion import EDMDenoiser
 from genda.models.gaussian_skip import SKIP_KIND, GaussianSkip
-from genda.models.strategies import Strategy, StrategyBackbone, build_backbone, get_strategy
+from genda.models.strategies import (
+    Strategy,
+    StrategyBackbone,
+    build_backbone,
+    get_strategy,
+    network_shape,
+)
 from genda.models.unet import UNet
 from genda.normalization import Normalization
 
@@ -95,7 +102,7 @@ def model_config(denoiser: EDMDenoiser, grid: Grid, normalization: Normalization
             f"the backbone's levels {backbone.altitudes.tolist()} km are not the grid's "
             f"{grid.altitude.tolist()} km"
         )
-    expected = strategy.network_channels(grid)
+    expected = network_shape(strategy, grid, backbone.calendar)
     actual = (network.in_channels, network.out_channels, network.cond_dim)
     if expected != actual:
         raise GridMismatchError(
@@ -118,6 +125,8 @@ def model_config(denoiser: EDMDenoiser, grid: Grid, normalization: Normalization
         "skip": skip_config(denoiser),
         # absent for grid coordinates, so that such checkpoints read as before
         **({"coordinates": c} if (c := coordinates_config(denoiser)) else {}),
+        # absent without time inputs, so that such checkpoints read as before
+        **({"calendar": backbone.calendar.config()} if backbone.calendar else {}),
         "normalization": normalization.to_dict(),
     }
 
@@ -149,6 +158,7 @@ def build_denoiser(
     skip: Mapping[str, Any] | None = None,
     coordinates: Mapping[str, Any] | None = None,
     normalization: Normalization | None = None,
+    calendar: Mapping[str, Any] | None = None,
 ) -> EDMDenoiser:
     """``EDMDenoiser(build_backbone(strategy, grid, ...))`` from a stored ``UNet.config``.
 
@@ -157,6 +167,8 @@ def build_denoiser(
     configuration (``None``: EDM's scalar ``c_skip``); its buffers come with the weights.
     ``coordinates`` is the stored ``"coordinates"`` entry (``None``: grid
     coordinates; :mod:`genda.models.coordinates`), which needs ``normalization``.
+    ``calendar`` is the stored ``"calendar"`` entry (``None``: the network sees
+    no time; :mod:`genda.models.calendar`).
 
     Raises:
         CheckpointError: the architecture or skip does not fit the strategy and grid,
@@ -165,7 +177,7 @@ def build_denoiser(
     fixed = ("in_channels", "out_channels", "cond_dim", "pole_sign")
     options = {k: v for k, v in architecture.items() if k not in fixed}
     try:
-        backbone = build_backbone(strategy, grid, **options)
+        backbone = build_backbone(strategy, grid, Calendar.from_config(calendar), **options)
     except (TypeError, ValueError) as error:
         raise CheckpointError(f"invalid architecture {dict(architecture)}: {error}") from error
     built = backbone.network.config
@@ -280,6 +292,7 @@ def _denoiser_from_config(
             config.get("skip"),
             config.get("coordinates"),
             normalization,
+            config.get("calendar"),
         )
     except CheckpointError as error:
         raise CheckpointError(f"{config_file}: {error}") from error

@@ -365,7 +365,11 @@ class FieldDataset(Dataset[torch.Tensor]):
 
     def hours(self, items: Sequence[int] | np.ndarray) -> np.ndarray:
         """UT hours ``[0, 24)`` of the items' times: float64 ``(B,)``."""
-        return hours_of_day(self.times[np.asarray(items, dtype=np.int64)])
+        return hours_of_day(self.times_of(items))
+
+    def times_of(self, items: Sequence[int] | np.ndarray) -> np.ndarray:
+        """The items' valid times: datetime64 ``(B,)``."""
+        return self.times[np.asarray(items, dtype=np.int64)]
 
     def sampler(self, seed: int = 0, group_chunks: int = 1) -> ChunkShuffleSampler:
         """A :class:`ChunkShuffleSampler` suited to this dataset (plain shuffling in memory)."""

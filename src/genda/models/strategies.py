@@ -39,6 +39,7 @@ from torch.utils.checkpoint import checkpoint
 
 from genda.errors import InvalidTypeError, InvalidValueError, UnknownNameError
 from genda.grid import Grid, GridMismatchError
+from genda.models.calendar import Calendar
 from genda.models.padding import pole_signs
 from genda.models.unet import UNet
 
@@ -118,6 +119,7 @@ class Strategy(ABC):
         x: torch.Tensor,
         c_noise: torch.Tensor | float,
         levels: Levels,
+        extra: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Apply ``backbone`` to a whole field: ``(B, V, L, H, W) -> (B, V, L, H, W)``.
 
@@ -128,6 +130,9 @@ class Strategy(ABC):
             c_noise: ``(B,)`` noise conditioning per field (EDM: ``log(sigma) / 4``),
                 or a scalar for all.
             levels: altitudes ``(L,)`` in km, or the grid.
+            extra: ``(B, F)`` field-level conditioning (the calendar,
+                :mod:`genda.models.calendar`), given to every network sample
+                of its field after the strategy's own conditioning.
 
         Returns:
             The backbone's outputs assembled into a field. With EDM
@@ -151,6 +156,14 @@ class Strategy(ABC):
         shape = tuple(x.shape)
         x_net, cond = self.to_network(x, levels)
         c_net = self.network_noise(_noise_per_sample(c_noise, shape[0], x), shape)
+        if extra is not None:
+            if extra.shape[0] != shape[0]:
+                raise InvalidValueError(
+                    f"conditioning for {extra.shape[0]} fields, a batch of {shape[0]}"
+                )
+            # the samples of a field are contiguous, as in network_noise
+            per_sample = extra.to(x_net.dtype).repeat_interleave(x_net.shape[0] // shape[0], 0)
+            cond = per_sample if cond is None else torch.cat([cond, per_sample], dim=1)
         size = self.chunk_size() or x_net.shape[0]
         checkpointed = torch.is_grad_enabled() and size < x_net.shape[0]
         outputs = []
@@ -376,43 +389,74 @@ class StrategyBackbone(nn.Module):
 
     ``forward(x_in (B, V, L, H, W), c_noise (B,), cond=None) -> (B, V, L, H, W)``,
     the signature :class:`genda.models.diffusion.EDMDenoiser` expects. The
-    strategy makes the network's own conditioning (layer2d: altitude), so a
-    field-level ``cond`` is refused.
+    strategy makes the network's own conditioning (layer2d: altitude); the
+    field-level ``cond`` is the calendar's features ``(B, F)``
+    (:mod:`genda.models.calendar`), required with a calendar and refused without.
 
     Args:
         strategy: how the field is presented to ``network``.
         network: ``F(x_in (N, C_in, H, W), c_noise (N,), cond) -> (N, C_out, H, W)``
-            with the channels of ``strategy.network_channels(grid)``.
+            with the channels of ``strategy.network_channels(grid)`` and the
+            calendar's features after the strategy's conditioning.
         levels: the altitudes (km) of the fields' levels, or their grid.
+        calendar: the time inputs (``None``: the network sees no time).
     """
 
-    def __init__(self, strategy: Strategy, network: nn.Module, levels: Levels) -> None:
+    def __init__(
+        self,
+        strategy: Strategy,
+        network: nn.Module,
+        levels: Levels,
+        calendar: Calendar | None = None,
+    ) -> None:
         super().__init__()
         self.strategy = strategy
         self.network = network
         self.altitudes = _altitudes(levels)
+        self.calendar = calendar
 
     def forward(
         self, x_in: torch.Tensor, c_noise: torch.Tensor, cond: torch.Tensor | None = None
     ) -> torch.Tensor:
-        if cond is not None:
+        if self.calendar is None and cond is not None:
             raise InvalidValueError(
-                f"strategy {self.strategy.name!r} makes the network's conditioning itself; "
-                "a field-level cond is not supported"
+                f"strategy {self.strategy.name!r} makes the network's conditioning itself "
+                "and this network sees no time; a field-level cond is not supported"
             )
-        return self.strategy.denoise(self.network, x_in, c_noise, self.altitudes)
+        if self.calendar is not None:
+            if cond is None:
+                raise InvalidValueError(
+                    "this prior's network sees the time of day and the day of the year: "
+                    "give the fields' times (genda.models.calendar.denoiser_at)"
+                )
+            if cond.dim() != 2 or cond.shape[1] != self.calendar.size:
+                raise InvalidValueError(
+                    f"calendar features must be (B, {self.calendar.size}), got {tuple(cond.shape)}"
+                )
+        return self.strategy.denoise(self.network, x_in, c_noise, self.altitudes, cond)
 
 
-def build_backbone(strategy: Strategy, grid: Grid, **unet_options: Any) -> StrategyBackbone:
+def network_shape(
+    strategy: Strategy, grid: Grid, calendar: Calendar | None = None
+) -> tuple[int, int, int]:
+    """``(in_channels, out_channels, cond_dim)`` of the network: the strategy's, and the calendar's features."""
+    in_channels, out_channels, cond_dim = strategy.network_channels(grid)
+    return in_channels, out_channels, cond_dim + (0 if calendar is None else calendar.size)
+
+
+def build_backbone(
+    strategy: Strategy, grid: Grid, calendar: Calendar | None = None, **unet_options: Any
+) -> StrategyBackbone:
     """A :class:`~genda.models.unet.UNet` sized for ``strategy`` on ``grid``, wrapped as a field backbone.
 
     ``in_channels``, ``out_channels``, ``cond_dim`` and ``pole_sign`` come from
-    the strategy; ``unet_options`` are the remaining :class:`UNet` arguments.
+    the strategy (and ``calendar``, the time inputs); ``unet_options`` are the
+    remaining :class:`UNet` arguments.
     """
     fixed = {"in_channels", "out_channels", "cond_dim", "pole_sign"} & set(unet_options)
     if fixed:
         raise InvalidTypeError(f"{sorted(fixed)} are set by the strategy, not by unet_options")
-    in_channels, out_channels, cond_dim = strategy.network_channels(grid)
+    in_channels, out_channels, cond_dim = network_shape(strategy, grid, calendar)
     network = UNet(
         in_channels,
         out_channels,
@@ -420,4 +464,4 @@ def build_backbone(strategy: Strategy, grid: Grid, **unet_options: Any) -> Strat
         pole_sign=strategy.pole_sign(grid),
         **unet_options,
     )
-    return StrategyBackbone(strategy, network, grid)
+    return StrategyBackbone(strategy, network, grid, calendar)

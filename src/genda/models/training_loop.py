@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from genda.errors import GendaError
+from genda.models.calendar import calendar_condition
 from genda.models.checkpoint import save_checkpoint
 from genda.models.data import StepBatches, TrainingData
 from genda.models.diffusion import EDMDenoiser
@@ -187,6 +188,9 @@ class TrainingLoop:
                 self.device,
                 self.rank,
                 hours=self.data.train.hours(positions),
+                cond=calendar_condition(
+                    self.denoiser, self.data.train.times_of(positions), self.device
+                ),
             )
             running += loss.double()
             running_count += 1

@@ -24,15 +24,24 @@ __all__ = ["optimization_step", "slot_noise", "weighted_loss"]
 
 
 def weighted_loss(
-    forward: nn.Module, denoiser: EDMDenoiser, x0: Tensor, sigma: Tensor, noise: Tensor
+    forward: nn.Module,
+    denoiser: EDMDenoiser,
+    x0: Tensor,
+    sigma: Tensor,
+    noise: Tensor,
+    cond: Tensor | None = None,
 ) -> Tensor:
     """Per-sample EDM loss ``lambda(sigma) mean((D(x0 + sigma n, sigma) - x0)^2)``, ``(B,)``.
 
     ``forward`` is the module called (the denoiser, or its DDP / compiled
     wrapper), ``denoiser`` gives the weighting; as in :func:`~genda.models.diffusion.edm_loss`.
+    ``cond``: the backbone's field-level conditioning ``(B, F)`` (the calendar), if any.
     """
     s = sigma.reshape(-1, *([1] * (x0.ndim - 1)))
-    denoised = forward(x0 + s * noise, sigma)
+    if cond is None:
+        denoised = forward(x0 + s * noise, sigma)
+    else:
+        denoised = forward(x0 + s * noise, sigma, cond)
     weight = denoiser.precond.weight(sigma)
     return weight * (denoised.to(x0.dtype) - x0).square().reshape(x0.shape[0], -1).mean(dim=1)
 
@@ -71,12 +80,14 @@ def optimization_step(
     device: torch.device,
     rank: int = 0,
     hours: np.ndarray | None = None,
+    cond: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """One optimizer step of :func:`~genda.models.training.train` on ``x0`` ``(len(slots), V, L, H, W)``.
 
     ``x0`` is encoded into the denoiser's diffusion states first (itself
     unless the denoiser runs in whitened coordinates, whose mean may follow
-    the UT ``hours`` ``(len(slots),)`` of the fields).
+    the UT ``hours`` ``(len(slots),)`` of the fields). ``cond``: the
+    calendar features ``(len(slots), F)`` of a network that sees the time.
 
     The noise of each slot of the global batch, the dropout seed, the learning
     rate of ``step``, the weighted EDM loss (under autocast when asked),
@@ -92,7 +103,7 @@ def optimization_step(
     for group in optimizer.param_groups:
         group["lr"] = lr
     with autocast(device, config.mixed_precision):
-        loss = weighted_loss(forward, denoiser, x0, sigma, noise).mean()
+        loss = weighted_loss(forward, denoiser, x0, sigma, noise, cond).mean()
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if config.grad_clip is not None:

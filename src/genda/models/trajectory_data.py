@@ -89,6 +89,10 @@ class TrajectoryFields:
         """UT hours ``(B,)`` of the items' first states."""
         return self.fields.hours(self.starts[np.asarray(items, dtype=np.int64)])
 
+    def times_of(self, items: Sequence[int] | np.ndarray) -> np.ndarray:
+        """The valid times ``(B,)`` of the items' first states: datetime64."""
+        return self.fields.times_of(self.starts[np.asarray(items, dtype=np.int64)])
+
     def sampler(self, seed: int = 0, group_chunks: int = 1) -> ChunkShuffleSampler:
         """Epoch orders as :meth:`FieldDataset.sampler`, grouped by the first state's chunk."""
         ids = np.zeros(len(self), dtype=np.int64) if self.in_memory else self.chunk_ids

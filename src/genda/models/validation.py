@@ -15,6 +15,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from genda.models.calendar import calendar_condition
 from genda.models.data import FieldDataset, stable_seed
 from genda.models.diffusion import EDMDenoiser
 from genda.models.training_device import autocast
@@ -63,6 +64,7 @@ def validation_loss(
         for start in range(0, mine.size, batch_size):
             part = mine[start : start + batch_size]
             x0 = denoiser.encode(dataset.batch(part).to(device), dataset.hours(part))
+            cond = calendar_condition(denoiser, dataset.times_of(part), device)
             noise = []
             for pos in part:
                 gen = torch.Generator().manual_seed(
@@ -71,7 +73,9 @@ def validation_loss(
                 noise.append(torch.randn(shape, generator=gen))
             sig = torch.full((part.size,), float(sigma), device=device)
             with autocast(device, mixed_precision):
-                losses = weighted_loss(denoiser, denoiser, x0, sig, torch.stack(noise).to(device))
+                losses = weighted_loss(
+                    denoiser, denoiser, x0, sig, torch.stack(noise).to(device), cond
+                )
             sums[j] += losses.double().sum().cpu()
     denoiser.train(was_training)
     if world > 1:

@@ -28,6 +28,7 @@ import xarray as xr
 
 from genda.errors import InvalidValueError, OutputExistsError
 from genda.grid import Grid
+from genda.models.calendar import DEFAULT_CALENDAR, Calendar
 from genda.models.checkpoint import CheckpointError, build_skip, read_checkpoint
 from genda.models.coordinates import COORDINATES, build_coordinates, fit_coordinates
 from genda.models.data import DEFAULT_GAP_HOURS, DEFAULT_MEMORY_LIMIT, TimeSplit, TrainingData
@@ -207,6 +208,19 @@ def _states_setting(states: int | None, stored: Mapping[str, Any], coordinates: 
     return count
 
 
+def _calendar_setting(time_inputs: bool | None, stored: Mapping[str, Any]) -> Calendar | None:
+    """The network's time inputs: asked for, the resumed checkpoint's, or none."""
+    kept = Calendar.from_config(stored.get("calendar")) if stored else None
+    if stored and time_inputs is not None and time_inputs != (kept is not None):
+        raise InvalidValueError(
+            f"the checkpoint's network {'sees' if kept else 'does not see'} the time; "
+            "a resumed run keeps its inputs"
+        )
+    if kept is not None or not time_inputs:
+        return kept
+    return DEFAULT_CALENDAR
+
+
 def _trajectories(training_data: TrainingData, states: int) -> TrainingData:
     """The splits of ``training_data`` as trajectories of ``states`` hourly fields."""
     validation = training_data.validation
@@ -324,6 +338,7 @@ def train_prior(
     coordinates: str | None = None,
     tides: int | None = None,
     states: int | None = None,
+    time_inputs: bool | None = None,
     overwrite: bool = False,
     progress: bool = True,
     memory_limit_bytes: int = DEFAULT_MEMORY_LIMIT,
@@ -360,6 +375,9 @@ def train_prior(
         states: hourly states per sample: ``K > 1`` trains a trajectory prior of
             ``K`` consecutive hours (:mod:`genda.trajectory`; whitened
             coordinates); default 1, or the resumed checkpoint's.
+        time_inputs: the network sees the UT hour and the day of the year
+            (:data:`genda.models.calendar.DEFAULT_CALENDAR`); default off, or
+            the resumed checkpoint's.
         overwrite: replace an existing ``out`` when not resuming.
         progress: progress bar.
         memory_limit_bytes: splits up to this size are held in memory.
@@ -412,7 +430,7 @@ def train_prior(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(run_config.seed)  # the initial weights follow the seed
         denoiser = EDMDenoiser(
-            build_backbone(strategy_obj, grid, **arch),
+            build_backbone(strategy_obj, grid, _calendar_setting(time_inputs, stored), **arch),
             skip=skip_module,
             coordinates=coordinates_module,
         )
