@@ -20,17 +20,28 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
-from torch import nn
 
+from ar1_trajectories import (
+    GRID,
+    PHI,
+    START,
+    STATES,
+    ZeroNetwork,
+    gaussian_trajectory_prior,
+)
+from ar1_trajectories import ar1_trajectories as _ar1_trajectories
+from ar1_trajectories import compare as _compare
+from ar1_trajectories import dense_posterior as _dense_posterior
+from ar1_trajectories import jacobian as _jacobian
+from ar1_trajectories import observations as _observations
+from ar1_trajectories import points as _points
 from genda.assimilation.conditioning import (
     FixedComponents,
     conditioned_denoiser,
     fixed_states,
 )
-from genda.assimilation.gaussian import GaussianFieldPrior
 from genda.assimilation.guidance import GaussianLikelihood
 from genda.assimilation.posterior import likelihood_for
 from genda.errors import InvalidValueError
@@ -53,104 +64,14 @@ from genda.trajectory import (
     trajectory_states,
 )
 
-GRID = Grid.gaussian(8, 16, 2)
-STATES = 3
-PHI = 0.8
 MEMBERS = 512
 JACOBIAN_MEMBERS = 256  # MMPS's Jacobian costs a backward pass per step: half the members
-START = np.datetime64("2000-01-01T00:00")
-
-
-class ZeroNetwork(nn.Module):
-    """An untrained network's limit: output 0, so ``D(z, sigma) = c_skip z``."""
-
-    def forward(self, x: torch.Tensor, c_noise: torch.Tensor, cond=None) -> torch.Tensor:
-        return torch.zeros_like(x)
-
-
-def _ar1_trajectories(count: int, seed: int) -> torch.Tensor:
-    """``(count, K, V, L, H, W)`` AR(1) trajectories of smooth unit-variance fields."""
-    field_prior = GaussianFieldPrior.on_grid(GRID, length_km=3000.0)
-    state = field_prior.sample(count, generator=torch.Generator().manual_seed(seed))
-    states = [state]
-    for k in range(1, STATES):
-        noise = field_prior.sample(count, generator=torch.Generator().manual_seed(seed + k))
-        states.append(PHI * states[-1] + (1 - PHI**2) ** 0.5 * noise)
-    return torch.stack(states, dim=1)
 
 
 @pytest.fixture(scope="module")
 def prior() -> LoadedPrior:
     """The Gaussian trajectory prior of 800 AR(1) trajectories (float64, zero network)."""
-    grid = trajectory_grid(GRID, STATES)
-    normalization = trajectory_normalization(
-        Normalization(GRID.variables, np.zeros((3, 2)), np.ones((3, 2))), STATES
-    )
-    whitening = SpectralWhitening(grid, normalization, coupling="causal").double()
-    whitening.fit([stack_states(_ar1_trajectories(800, 1))])
-    denoiser = EDMDenoiser(ZeroNetwork(), coordinates=whitening).double()
-    strategy = get_strategy("joint3d")
-    return LoadedPrior(denoiser, strategy, grid, normalization, {}, Path("."))
-
-
-def _jacobian(prior: LoadedPrior) -> torch.Tensor:
-    """``J`` ``(N_x, N_z)``: ``x = mu + J z``, fields flattened in trajectory order."""
-    shape = prior.state_shape
-    size = int(np.prod(shape))
-    return torch.func.jacrev(lambda z: prior.denoiser.decode(z.reshape(1, *shape)).reshape(-1))(
-        torch.zeros(size, dtype=torch.float64)
-    )
-
-
-def _observations(hours: list[float]) -> pd.DataFrame:
-    rows = [
-        ("u", -30.0, 45.0, 80.0, 0.3),
-        ("T", 60.0, 200.0, 80.0, 0.3),
-        ("v", 10.0, 100.0, 95.0, 0.3),
-        ("T", -50.0, 300.0, 95.0, 0.3),
-    ]
-    return pd.DataFrame(
-        [
-            {
-                "time": pd.Timestamp(START) + pd.Timedelta(hours=h),
-                "variable": v,
-                "lat": lat,
-                "lon": lon,
-                "alt_km": alt,
-                "value": 0.0,
-                "sigma": s,
-            }
-            for h in hours
-            for v, lat, lon, alt, s in rows
-        ]
-    )
-
-
-def _dense_posterior(
-    jacobian: torch.Tensor, rows: torch.Tensor, y: torch.Tensor, sigma: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and covariance of ``x`` given ``rows @ x = y + e``, ``x = J z``, ``z ~ N(0, I)``."""
-    a = rows @ jacobian
-    precision = torch.eye(a.shape[1], dtype=torch.float64) + a.T @ (a / sigma[:, None] ** 2)
-    cov_z = torch.linalg.inv(precision)
-    mean_z = cov_z @ a.T @ (y / sigma**2)
-    return jacobian @ mean_z, jacobian @ cov_z @ jacobian.T
-
-
-def _compare(members: torch.Tensor, mean: torch.Tensor, cov: torch.Tensor, points) -> None:
-    """Members' mean and spread at ``points`` (flat indices) against the closed form."""
-    seen = members.reshape(members.shape[0], -1)[:, points]
-    spread = cov.diagonal()[points].sqrt()
-    error = (seen.mean(0) - mean[points]).abs()
-    assert torch.all(error < 4 * spread / members.shape[0] ** 0.5 + 0.02 * spread), error / spread
-    np.testing.assert_allclose(seen.std(0), spread, rtol=0.12)
-
-
-def _points(prior: LoadedPrior, state: int, count: int = 24) -> torch.Tensor:
-    """``count`` flat indices of grid points of ``state`` (every variable and level)."""
-    per_state = int(np.prod(prior.grid.shape)) // STATES
-    chosen = torch.randperm(per_state, generator=torch.Generator().manual_seed(state))[:count]
-    return state * per_state + chosen
+    return gaussian_trajectory_prior()
 
 
 # ----------------------------------------------------------------------------- names

@@ -49,6 +49,15 @@ def assimilate(
             "write the hours after it (docs/cycles.md).",
         ),
     ] = False,
+    states: Annotated[
+        int | None,
+        typer.Option(
+            min=2,
+            help="Trajectory prior: hourly states of the window; more than the prior's K "
+            "compose a longer window from its overlapping K-hour segments (docs/cycles.md). "
+            "Default: K.",
+        ),
+    ] = None,
     out: Annotated[
         Path, typer.Option(help="Ensemble store (Zarr v3); created, or the window added.")
     ] = Path("ensemble.zarr"),
@@ -173,6 +182,7 @@ def assimilate(
         yes=yes,
         insecure=insecure,
         filtering=filter_,
+        states=states,
     )
     console.print(render_window(summary))
 

@@ -38,9 +38,10 @@ from genda.assimilation.posterior import (
 from genda.errors import InvalidValueError, RunFailedError
 from genda.grid import Grid
 from genda.models.checkpoint import LoadedPrior, load_checkpoint
+from genda.models.long_window import long_window_prior
 from genda.storage.ensemble_store import EnsembleStore
 from genda.threads import cpu_threads
-from genda.trajectory import HOUR, split_states, state_grid
+from genda.trajectory import HOUR, split_states, state_grid, trajectory_states
 
 
 @dataclass(frozen=True)
@@ -316,12 +317,22 @@ class MemberGenerator:
         self._denoiser: Any = None
         self._conditioned_key: tuple[Any, ...] | None = None
         self._conditioned: Any = None
+        self._long: LoadedPrior | None = None
+
+    def prior_for(self, job: WindowJob) -> LoadedPrior:
+        """The prior of the job's window: the loaded one, or composed for a longer window."""
+        window = job.trajectory
+        if window is None or window.states == trajectory_states(self.prior.grid):
+            return self.prior
+        if self._long is None or trajectory_states(self._long.grid) != window.states:
+            self._long = long_window_prior(self.prior, window.states)
+        return self._long
 
     def denoiser(self, job: WindowJob) -> Any:
         """The job's (guided) denoiser, built once per observation set and method."""
         if self._denoiser_key != job.key:
             self._denoiser = posterior_denoiser(
-                self.prior, job.observations, job.settings, self.device, job.state_time
+                self.prior_for(job), job.observations, job.settings, self.device, job.state_time
             )
             self._denoiser_key = job.key
         return self._denoiser
@@ -337,20 +348,19 @@ class MemberGenerator:
             return self.denoiser(job)
         store = job.store if window.source is None else EnsembleStore.open(window.source)
         previous = torch.from_numpy(store.read_members(window.condition, batch))
-        hours = state_hours(self.prior, window.start, 1)
-        fixed = fixed_states(
-            self.prior, previous, batch, None if hours is None else float(hours[0])
-        )
+        prior = self.prior_for(job)
+        hours = state_hours(prior, window.start, 1)
+        fixed = fixed_states(prior, previous, batch, None if hours is None else float(hours[0]))
         if self._conditioned_key != job.key:  # the window's guidance, built once
             guided = job.observations is not None
-            settings = job.settings.for_prior(self.prior, guided=guided)
+            settings = job.settings.for_prior(prior, guided=guided)
             likelihood = (
-                likelihood_for(self.prior, job.observations, self.device, window.start)
+                likelihood_for(prior, job.observations, self.device, window.start)
                 if guided
                 else None
             )
             self._conditioned = ConditionedGuidance(
-                self.prior,
+                prior,
                 likelihood,
                 fixed.mask,
                 settings.method,
@@ -393,7 +403,7 @@ class MemberGenerator:
                 # batch-mates and comes out bit-identical; only ``todo`` is written.
                 batch = full_block(block[0], batch_size, per_shard, store.n_members)
                 fields = sample_members(
-                    self.prior,
+                    self.prior_for(job),
                     self.batch_denoiser(job, batch),
                     batch,
                     job.seed,
@@ -499,7 +509,7 @@ class MemberGenerator:
             torch.cuda.synchronize(device)
             torch.cuda.reset_peak_memory_stats(device)
             try:
-                x = torch.randn(batch, *self.prior.state_shape, device=device)
+                x = torch.randn(batch, *self.prior_for(job).state_shape, device=device)
                 denoiser(x, torch.full((batch,), 1.0, device=device))
                 torch.cuda.synchronize(device)
                 del x

@@ -119,6 +119,22 @@ class Calendar:
         year = torch.stack([phase.cos(), phase.sin()], dim=-1).reshape(len(days), -1)
         return torch.cat([day, year], dim=1)
 
+    def shift(self, features: Tensor, hours: float) -> Tensor:
+        """The features ``(B, F)`` of times ``hours`` later: each harmonic's phase rotated."""
+        day = torch.arange(1, self.day_harmonics + 1, dtype=torch.float64)
+        year = torch.arange(1, self.year_harmonics + 1, dtype=torch.float64)
+        angle = torch.cat(
+            [
+                day * (2.0 * math.pi * hours / 24.0),
+                year * (2.0 * math.pi * hours / 24.0 / DAYS_PER_YEAR),
+            ]
+        ).to(features.device, features.dtype)
+        cos, sin = features[..., 0::2], features[..., 1::2]
+        rotated = torch.stack(
+            [cos * angle.cos() - sin * angle.sin(), sin * angle.cos() + cos * angle.sin()], dim=-1
+        )
+        return rotated.flatten(-2)
+
 
 DEFAULT_CALENDAR = Calendar()
 """What ``genda train --time-inputs`` gives the network."""

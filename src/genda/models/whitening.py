@@ -330,13 +330,18 @@ class SpectralWhitening(nn.Module):
         """``(B, T, M, G, P)`` -> ``(B, V, L, T, M)``, the inverse of :meth:`_to_groups`."""
         return from_groups(g, self.coupling, *self.field_shape[:2], self.states)
 
-    def _per_state(self, x: Tensor) -> Tensor:
-        """``(B, K V, ...)`` -> ``(B K, V, ...)``: the hourly states of a trajectory apart."""
-        return x.reshape(x.shape[0] * self.states, x.shape[1] // self.states, *x.shape[2:])
+    def _per_state(self, x: Tensor, states: int | None = None) -> Tensor:
+        """``(B, K V, ...)`` -> ``(B K, V, ...)``: the hourly states of a trajectory apart.
 
-    def _per_trajectory(self, x: Tensor) -> Tensor:
+        ``states``: ``K`` (default: this transform's), e.g. the hours of a longer window.
+        """
+        k = states or self.states
+        return x.reshape(x.shape[0] * k, x.shape[1] // k, *x.shape[2:])
+
+    def _per_trajectory(self, x: Tensor, states: int | None = None) -> Tensor:
         """``(B K, V, ...)`` -> ``(B, K V, ...)``, the inverse of :meth:`_per_state`."""
-        return x.reshape(x.shape[0] // self.states, x.shape[1] * self.states, *x.shape[2:])
+        k = states or self.states
+        return x.reshape(x.shape[0] // k, x.shape[1] * k, *x.shape[2:])
 
     def _pack(self, w: Tensor) -> Tensor:
         """Complex ``(..., T, M)`` -> real ``(..., K)`` in the documented layout."""
@@ -357,19 +362,22 @@ class SpectralWhitening(nn.Module):
             analyse(self._per_state(x), (sht, vsht), std, mean, gain, indices)
         )
 
-    def _synthesise(self, a: Tensor) -> Tensor:
-        """Coefficients ``(B, V, L, T, M)`` -> normalised fields ``(B, V, L, H, W)``."""
+    def _synthesise(self, a: Tensor, states: int | None = None) -> Tensor:
+        """Coefficients ``(B, V, L, T, M)`` -> normalised fields ``(B, V, L, H, W)``.
+
+        ``states``: the hourly states stacked in ``V`` (default: this transform's ``K``).
+        """
         dtype = self.wind_std.dtype
         transforms = self.transforms(dtype)
         fields = synthesise(
-            self._per_state(a),
+            self._per_state(a, states),
             (transforms.isht, transforms.ivsht),
             self.wind_std,
             self.wind_mean,
             self._vector_gain(dtype, inverse=True),
             (self.scalar_index, self.wind_index),
         )
-        return self._per_trajectory(fields)
+        return self._per_trajectory(fields, states)
 
     # ------------------------------------------------------------------ fitting
     @torch.no_grad()
@@ -487,6 +495,16 @@ class SpectralWhitening(nn.Module):
         w = self._from_groups(projected)
         return self._pack(w).to(x.dtype)
 
+    def causal_factor(self) -> Tensor:
+        """``L = Q lam^(1/2) R`` ``(T, M, G, P, P)`` complex: the coefficients' anomalies are ``L w``.
+
+        Lower-triangular in the coupling's channel order for ``"cascade"`` and
+        ``"causal"`` (:mod:`genda.models.whitening_covariance`).
+        """
+        vectors, root, _ = self._statistics()
+        rotation = torch.view_as_complex(self.rotation)
+        return torch.einsum("tmgpq,tmgqr->tmgpr", vectors * root[..., None, :], rotation)
+
     def encode_leading(self, x: Tensor, states: int, hours: Any = None) -> Tensor:
         """The ``z`` of a trajectory's first ``states`` hourly states, from those states alone.
 
@@ -512,9 +530,7 @@ class SpectralWhitening(nn.Module):
             raise InvalidValueError(f"1..{self.states} leading states, not {states}")
         d = self._anomalies(x, hours)
         dtype = self.mean.dtype
-        vectors, root, _ = self._statistics()
-        rotation = torch.view_as_complex(self.rotation)
-        factor = torch.einsum("tmgpq,tmgqr->tmgpr", vectors * root[..., None, :], rotation)
+        factor = self.causal_factor()
         count = int(states) * self.group_size // self.states  # the first channels, time first
         lead = factor[..., :count, :count]
         # relative cut of the singular values: the float64 fit's round-off, not the data's

@@ -36,6 +36,7 @@ from genda.distributed.scheduler import ActorPool
 from genda.distributed.work import set_layers_per_batch
 from genda.errors import InvalidValueError
 from genda.models.checkpoint import LoadedPrior, load_checkpoint
+from genda.models.long_window import long_window_prior
 from genda.observations.diagnostics import observation_diagnostics
 from genda.observations.files import read_observations
 from genda.observations.operators import ObservationOperator
@@ -155,6 +156,7 @@ def assimilate_window(
     insecure: bool = False,
     filtering: bool = False,
     writes_first: bool = True,
+    states: int | None = None,
 ) -> WindowSummary:
     """Complete the window at ``time`` in the ensemble store ``out`` (created when absent).
 
@@ -201,6 +203,9 @@ def assimilate_window(
         writes_first: a cold trajectory window writes its first hour; ``False``
             leaves that hour to the window before it (a cycle's cold start after
             a failed window, whose rerun may still complete it).
+        states: a trajectory prior's window of this many hourly states; more
+            than its ``K`` composes the window from overlapping segments
+            (:mod:`genda.models.long_window`). Default ``K``.
 
     Returns:
         The window's :class:`~genda.orchestration.summaries.WindowSummary`
@@ -225,6 +230,8 @@ def assimilate_window(
         check_device(device)
     check_store_output(out, overwrite)
     prior = _load_prior(checkpoint, driver_device, layers_per_batch)
+    if states is not None:  # a window of its own length (genda.models.long_window)
+        prior = long_window_prior(prior, states)
     trajectory = is_trajectory(prior.grid)
     if filtering and not trajectory:
         raise InvalidValueError(
