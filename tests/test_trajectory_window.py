@@ -427,3 +427,29 @@ def test_filtering_on_ray_actors_reads_the_store_and_matches_this_process(
     for hour in (3, 4):
         when = START + np.timedelta64(hour, "h")
         np.testing.assert_array_equal(actors.read_members(when), here.read_members(when))
+
+
+def test_a_window_builds_its_observation_covariance_once(
+    trajectory_priors, tmp_path, monkeypatch
+) -> None:
+    """The check before the store is touched and the sampling share A A^T (in one process),
+    and a filtering window's check builds the conditioned one its members use."""
+    from genda.assimilation import gaussian_tweedie
+
+    built = []
+    original = gaussian_tweedie.ObservationSpace.__init__
+
+    def counting(self, operator, sigma_y):
+        built.append(operator.key)
+        original(self, operator, sigma_y)
+
+    monkeypatch.setattr(gaussian_tweedie.ObservationSpace, "__init__", counting)
+    prior, store = trajectory_priors["joint3d"], tmp_path / "cycle.zarr"
+    result = _assimilate(prior, _observations(tmp_path / "a.csv", START, [0.5, 2.0]), START, store)
+    assert result.exit_code == 0, result.output
+    assert len(built) == 1 and built[0][0] == "decode"
+    later = START + np.timedelta64(2, "h")
+    obs = _observations(tmp_path / "b.csv", later, [1.0])
+    result = _assimilate(prior, obs, later, store, "--filter")
+    assert result.exit_code == 0, result.output
+    assert len(built) == 2 and built[1][1] == "free"

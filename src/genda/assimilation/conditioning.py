@@ -31,6 +31,7 @@ Shapes: ``z`` ``(B, K V, L, D)`` (``D`` real spectral dofs); fields
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -52,6 +53,7 @@ __all__ = [
     "FixedStates",
     "conditioned_denoiser",
     "fixed_states",
+    "leading_mask",
 ]
 
 
@@ -85,6 +87,14 @@ class FixedStates:
                 f"members {self.members[0]}..{self.members[-1]} ({len(self.members)})"
             )
         return self.values[[position[int(m)] for m in members]]
+
+
+def leading_mask(prior: LoadedPrior, count: int = 1) -> Tensor:
+    """``(K V, L, D)`` bool: the components of ``z`` of a trajectory's first ``count`` states."""
+    per_state = prior.grid.shape[0] // trajectory_states(prior.grid)
+    mask = torch.zeros(prior.state_shape, dtype=torch.bool)
+    mask[: count * per_state] = True
+    return mask
 
 
 def fixed_states(
@@ -137,8 +147,7 @@ def fixed_states(
     dtype = coordinates.mean.dtype
     with torch.no_grad():
         z = coordinates.encode_leading(full.to(dtype), count, hours).cpu()
-    mask = torch.zeros(prior.state_shape, dtype=torch.bool)
-    mask[: count * per_state] = True
+    mask = leading_mask(prior, count)
     values = torch.where(mask, z, torch.zeros((), dtype=z.dtype)).float()
     return FixedStates(count, mask, values, tuple(int(m) for m in members))
 
@@ -167,6 +176,10 @@ class FixedComponents(nn.Module):
                 f"fixed states for {values.shape[0]} members, a batch of {out.shape[0]}"
             )
         return torch.where(mask, values, out)
+
+
+def _mask_digest(mask: Tensor) -> str:
+    return hashlib.blake2b(mask.cpu().numpy().tobytes(), digest_size=16).hexdigest()
 
 
 class ConditionedGuidance:
@@ -216,8 +229,9 @@ class ConditionedGuidance:
             return decode(z * free.to(z.device, z.dtype))
 
         self.operator = operator
+        key = None if operator.key is None else (operator.key, "free", _mask_digest(mask))
         self.masked = GaussianLikelihood(
-            StateOperator(operator.fields, free_decode, operator.state_shape),
+            StateOperator(operator.fields, free_decode, operator.state_shape, key),
             likelihood.y,
             likelihood.sigma,
         )

@@ -43,8 +43,10 @@ Shapes: states ``z`` ``(B, *state)``, observations ``(M,)``.
 
 from __future__ import annotations
 
+import hashlib
 import math
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Hashable
 from typing import Any
 
 import torch
@@ -62,6 +64,7 @@ __all__ = [
     "ObservationSpace",
     "conjugate_gradients",
     "observation_covariance",
+    "observation_space",
     "operator_rows",
 ]
 
@@ -200,6 +203,47 @@ class ObservationSpace:
         return (((innovation / sigma_y) @ q) * gain) @ q.T / sigma_y
 
 
+def _digest(*tensors: Tensor) -> str:
+    """A content hash of tensors (their bytes, dtypes and shapes)."""
+    h = hashlib.blake2b(digest_size=16)
+    for t in tensors:
+        t = t.detach().cpu().contiguous()
+        h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()
+
+
+_SPACES: dict[Hashable, ObservationSpace] = {}
+_SPACES_LOCK = threading.Lock()
+
+
+def observation_space(operator: StateOperator, sigma_y: Tensor) -> ObservationSpace:
+    """:class:`ObservationSpace` of ``operator`` and ``sigma_y``, the last one built reused.
+
+    A window's guidance is built where its settings are checked (before the
+    store is touched) and again where its members are sampled; in one process
+    the second finds the first when the operator is the same: the same
+    decode (``operator.key``: the prior's weights, the hour, the fixed
+    components), the same rows of ``H`` and the same errors. One space is
+    kept (it may hold ``A``, up to :data:`DENSE_ROWS_LIMIT` entries).
+    """
+    if operator.key is None:
+        return ObservationSpace(operator, sigma_y)
+    fields = operator.fields
+    key = (
+        operator.key,
+        _digest(fields.index, fields.weight, fields.offset, sigma_y),
+        str(fields.weight.device),
+    )
+    with _SPACES_LOCK:  # driver threads check windows concurrently
+        space = _SPACES.get(key)
+        if space is None:
+            space = ObservationSpace(operator, sigma_y)
+            _SPACES.clear()
+            _SPACES[key] = space
+    return space
+
+
 def conjugate_gradients(
     matvec: Callable[[Tensor], Tensor], b: Tensor, diagonal: Tensor, iterations: int
 ) -> Tensor:
@@ -255,7 +299,7 @@ class GaussianTweedieGuidance(nn.Module):
         self.sigma_data = float(sigma_data)
         # ``space``: one already built for this operator and these errors (the
         # batches of a window with fixed states share it; only their y differ)
-        self.space = space or ObservationSpace(likelihood.operator, likelihood.sigma)
+        self.space = space or observation_space(likelihood.operator, likelihood.sigma)
 
     @property
     def rows(self) -> Tensor | None:

@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from genda.assimilation.conditioning import ConditionedGuidance, FixedStates
 from genda.assimilation.guidance import (
     GUIDANCE_METHODS,
     TWEEDIE_COVARIANCES,
@@ -38,7 +39,7 @@ from genda.assimilation.state_operator import StateOperator
 from genda.errors import InvalidValueError
 from genda.grid import Grid
 from genda.models.calendar import denoiser_at
-from genda.models.checkpoint import LoadedPrior
+from genda.models.checkpoint import MODEL_FILE, LoadedPrior
 from genda.models.data import stable_seed
 from genda.models.sampling import METHODS as SAMPLERS
 from genda.models.sampling import sample
@@ -195,6 +196,16 @@ def state_decoder(prior: LoadedPrior, time: Any = None) -> Callable[[torch.Tenso
     return partial(prior.denoiser.decode, hours=hour)
 
 
+def _decoder_key(prior: LoadedPrior, time: Any) -> tuple[Any, ...] | None:
+    """What identifies :func:`state_decoder`'s map: the weights (with the coordinates'
+    statistics), the window's shape and hour; ``None`` for a prior not read from a checkpoint."""
+    weights = prior.config.get("files", {}).get(MODEL_FILE, {}).get("sha256")
+    if weights is None:
+        return None
+    hours = state_hours(prior, time, 1)
+    return ("decode", weights, tuple(prior.state_shape), None if hours is None else float(hours[0]))
+
+
 def likelihood_for(
     prior: LoadedPrior,
     obs: pd.DataFrame,
@@ -215,7 +226,10 @@ def likelihood_for(
     operator = operator.normalized(prior.normalization)
     if prior.denoiser.coordinates is not None:
         operator = StateOperator(
-            operator.to(device, torch.float32), state_decoder(prior, time), prior.state_shape
+            operator.to(device, torch.float32),
+            state_decoder(prior, time),
+            prior.state_shape,
+            _decoder_key(prior, time),
         )
     y = torch.tensor(obs["value"].to_numpy(dtype=np.float64))
     sigma = torch.tensor(obs["sigma"].to_numpy(dtype=np.float64))
@@ -253,18 +267,33 @@ def check_guidance(
     settings: PosteriorSettings,
     device: torch.device | str = "cpu",
     time: Any = None,
+    fixed: torch.Tensor | None = None,
 ) -> None:
     """Build the window's denoiser and take one sampler step with one member.
 
     Run before a store is touched, so that settings the guidance cannot work
     with fail before a window is registered, not in every worker afterwards.
-    The step costs two or three denoiser calls of one member.
+    The step costs two or three denoiser calls of one member. ``fixed``: the
+    mask of the components a filtering window fixes
+    (:func:`genda.assimilation.conditioning.leading_mask`); the check then
+    builds the guidance its workers build
+    (:class:`~genda.assimilation.conditioning.ConditionedGuidance`, with the
+    fixed components at 0), which a worker in this process finds again
+    (:func:`~genda.assimilation.gaussian_tweedie.observation_space`).
 
     Raises:
         InvalidValueError: the step gives non-finite values with these settings.
     """
     settings = settings.for_prior(prior, guided=obs is not None)
-    denoiser = posterior_denoiser(prior, obs, settings, device, time)
+    if fixed is None:
+        denoiser = posterior_denoiser(prior, obs, settings, device, time)
+    else:
+        likelihood = None if obs is None else likelihood_for(prior, obs, device, time)
+        guidance = ConditionedGuidance(
+            prior, likelihood, fixed, settings.method, time, **settings.guidance_options()
+        )
+        zeros = torch.zeros((1, *prior.state_shape))
+        denoiser = guidance.for_batch(FixedStates(1, fixed, zeros, (0,)), [0])
     # Forward-mode AD levels (MMPS's Jacobian-vector products) are global to the
     # process: windows checked from several threads of one driver take turns.
     with _GUIDANCE_CHECK:

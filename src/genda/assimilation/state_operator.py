@@ -12,7 +12,7 @@ Shapes: ``z`` ``(B, *state)``, ``A(z)`` ``(B, M)``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 
 import torch
 from torch import Tensor
@@ -30,6 +30,10 @@ class StateOperator:
         decode: the prior's states -> fields map (``EDMDenoiser.decode``), affine
             and differentiable in forward and reverse mode.
         state_shape: the shape of one state.
+        key: what identifies ``decode`` (the prior's weights, the hour, a mask),
+            so that what is built from this operator once can be found again
+            (:func:`genda.assimilation.gaussian_tweedie.observation_space`);
+            ``None``: never shared.
     """
 
     def __init__(
@@ -37,10 +41,12 @@ class StateOperator:
         fields: ObservationOperator,
         decode: Callable[[Tensor], Tensor],
         state_shape: tuple[int, ...],
+        key: Hashable | None = None,
     ) -> None:
         self.fields = fields
         self.decode = decode
         self.state_shape = tuple(state_shape)
+        self.key = key
 
     @property
     def n_obs(self) -> int:
@@ -50,7 +56,7 @@ class StateOperator:
         self, device: torch.device | str | None = None, dtype: torch.dtype | None = None
     ) -> StateOperator:
         """``H`` moved; ``decode`` runs where its module lives and in the state's dtype."""
-        return StateOperator(self.fields.to(device, dtype), self.decode, self.state_shape)
+        return StateOperator(self.fields.to(device, dtype), self.decode, self.state_shape, self.key)
 
     def __call__(self, z: Tensor) -> Tensor:
         return self.fields(self.decode(z))

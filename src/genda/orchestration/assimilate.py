@@ -21,6 +21,7 @@ import pandas as pd
 import torch
 
 from genda import __version__
+from genda.assimilation.conditioning import leading_mask
 from genda.assimilation.posterior import (
     PosteriorSettings,
     check_guidance,
@@ -252,7 +253,9 @@ def assimilate_window(
     provenance = window_provenance(prior, obs, settings, seed, when, window_hours)
     if trajectory:
         provenance = trajectory_provenance(provenance, prior, when, filtering, writes_first)
-    check_guidance(prior, obs, settings, driver_device, when)
+    check_guidance(
+        prior, obs, settings, driver_device, when, leading_mask(prior) if filtering else None
+    )
     spec = None
     if not in_process:
         spec = _worker_spec(
