@@ -139,12 +139,13 @@ def run_forecasts(
     steps: int,
     truth: xr.Dataset,
     work: Path,
+    leads: tuple[int, ...] = LEADS,
 ) -> dict[str, dict[str, dict[str, float]]]:
-    """Mean CRPS per lead of the forecast, persistence and the climatological prior."""
+    """Mean CRPS per lead (hours) of the forecast, persistence and the climatological prior."""
     grid = Grid.from_dataset(truth)
     weights = grid.area_weights()[:, None]
     scores: dict[str, dict[int, list[dict[str, float]]]] = {
-        k: {lead: [] for lead in LEADS} for k in ("forecast", "persistence", "climatology")
+        k: {lead: [] for lead in leads} for k in ("forecast", "persistence", "climatology")
     }
     for number, start in enumerate(starts):
         out = work / f"forecast-{number}.zarr"
@@ -152,7 +153,7 @@ def run_forecasts(
             prior,
             analysis_store,
             start,
-            max(LEADS),
+            max(leads),
             out,
             settings=PosteriorSettings(steps=steps),
             seed=number,
@@ -160,7 +161,7 @@ def run_forecasts(
             progress=False,
         )
         initial = members_of(analysis_store, start)
-        for lead in LEADS:
+        for lead in leads:
             valid = start + lead * HOUR
             target = truth_at(truth, grid, valid)
             # the prior, unguided, from the valid hour: its first state
@@ -216,6 +217,7 @@ def old_observation(
     truth: xr.Dataset,
     work: Path,
     ends: list[int],
+    stations: tuple[str, ...] = OLD_OBSERVATION_STATIONS,
 ) -> list[dict[str, Any]]:
     """Cold windows ending at ``t``: the error at a radar with and without its ``t - 3 h`` rows."""
     states = trajectory_states(Grid.from_dict(read_checkpoint(prior).config["grid"]))
@@ -224,7 +226,7 @@ def old_observation(
         when, assimilated = windows[end][0], windows[end][1]
         start = when - (states - 1) * HOUR
         earlier = windows[end - (states - 1)][1]
-        for station in OLD_OBSERVATION_STATIONS:
+        for station in stations:
             old = earlier[(earlier["station"] == station) & earlier["variable"].isin(["u", "v"])]
             here = assimilated[
                 (assimilated["station"] == station) & assimilated["variable"].isin(["u", "v"])
@@ -412,11 +414,16 @@ def main() -> None:
     }
     last_times = [np.datetime64(r["time"]) for r in rows["genda-cycled"]][-per_day:]
     starts = last_times[:: max(1, len(last_times) // 4)][:4] if not args.quick else last_times[:1]
+    # --quick: the shortest leads and one station, enough to run every part once
+    leads = (1, 3) if args.quick else LEADS
+    stations = OLD_OBSERVATION_STATIONS[:1] if args.quick else OLD_OBSERVATION_STATIONS
     forecasts = run_forecasts(
-        prior, args.work / "cycled.zarr", starts, args.members, args.steps, truth, args.work
+        prior, args.work / "cycled.zarr", starts, args.members, args.steps, truth, args.work, leads
     )
     ends = [hours]
-    old = old_observation(prior, windows, args.old_members, args.steps, truth, args.work, ends)
+    old = old_observation(
+        prior, windows, args.old_members, args.steps, truth, args.work, ends, stations
+    )
     tides = None  # the tidal analysis needs whole days, at least two
     if not args.quick and len(hourly) >= 48:
         tide_times = [np.datetime64(r["time"]) for r in hourly][: 24 * (len(hourly) // 24)]
@@ -462,7 +469,7 @@ def main() -> None:
             "states": states,
             "every_hours": every,
             "withheld": list(WITHHELD),
-            "old_observation_stations": list(OLD_OBSERVATION_STATIONS),
+            "old_observation_stations": list(stations),
             "old_observation_members": args.old_members,
         },
         "seconds_per_window": seconds,
