@@ -177,7 +177,9 @@ def test_genda_train_time_inputs_then_assimilate_and_resume(tiny_archive, tmp_pa
     assert bool(ds.complete.all()) and np.isfinite(ds.T.values).all()
 
     result = _train(tiny_archive, tmp_path / "again", "--resume", str(prior), "--no-time-inputs")
-    assert result.exit_code != 0 and "keeps its inputs" in " ".join(result.output.split())
+    assert result.exit_code != 0 and "trained with time inputs on, not 'off'" in " ".join(
+        result.output.split()
+    )
     assert not (tmp_path / "again").exists()
     result = _train(tiny_archive, tmp_path / "more", "--resume", str(prior), "--steps", "6")
     assert result.exit_code == 0, result.output
@@ -185,26 +187,41 @@ def test_genda_train_time_inputs_then_assimilate_and_resume(tiny_archive, tmp_pa
 
 
 @pytest.mark.slow
-def test_a_trajectory_prior_with_time_inputs_cycles_and_forecasts(tiny_archive, tmp_path) -> None:
-    """Each window's network is told its first hour: cold, filtering and forecast windows run."""
+def test_a_trajectory_prior_with_time_inputs_cycles_and_forecasts(
+    tiny_archive, tmp_path, monkeypatch
+) -> None:
+    """Each window's network is told its first hour: cold, filtering and forecast windows."""
     prior = tmp_path / "timed-k3"
     result = _train(
         tiny_archive, prior, "--time-inputs", "--coordinates", "whitened", "--states", "3"
     )
     assert result.exit_code == 0, result.output
+    told: list[np.datetime64] = []  # the times the network is told, window by window
+    features = Calendar.features
+
+    def recording(self, times):
+        told.extend(np.atleast_1d(np.asarray(times, dtype="datetime64[ns]")).tolist())
+        return features(self, times)
+
+    monkeypatch.setattr(Calendar, "features", recording)
     start = np.datetime64("2000-01-02T12:00")
     store = tmp_path / "cycle.zarr"
     for when, extra in ((start, ()), (start + np.timedelta64(2, "h"), ("--filter",))):
         args = ["assimilate", "--checkpoint", str(prior), "--time", str(when), "--members", "3"]
         args += ["--steps", "4", "--no-progress", "--out", str(store), *extra]
         obs = _observations(tmp_path / f"{len(extra)}.csv", when + np.timedelta64(1, "h"))
+        told.clear()
         result = runner.invoke(app, [*args, "--obs", str(obs)])
         assert result.exit_code == 0, result.output
+        assert told and set(told) == {np.datetime64(when, "ns").astype(int)}, (when, told)
     last = start + np.timedelta64(4, "h")
     args = ["forecast", "--checkpoint", str(prior), "--analysis", str(store), "--time", str(last)]
-    args += ["--hours", "2", "--out", str(tmp_path / "forecast.zarr"), "--steps", "4"]
+    args += ["--hours", "4", "--out", str(tmp_path / "forecast.zarr"), "--steps", "4"]
+    told.clear()
     result = runner.invoke(app, [*args, "--no-progress"])
     assert result.exit_code == 0, result.output
+    segments = {np.datetime64(last + np.timedelta64(h, "h"), "ns").astype(int) for h in (0, 2)}
+    assert set(told) == segments  # each segment at its own first hour
     for path in (store, tmp_path / "forecast.zarr"):
         ds = xr.open_zarr(path)
         assert bool(ds.complete.all()) and np.isfinite(ds.u.values).all()

@@ -8,6 +8,7 @@ smoother) is the dense Gaussian posterior of that chain.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ import pandas as pd
 import pytest
 import torch
 import xarray as xr
+from torch import nn
 from typer.testing import CliRunner
 
 from ar1_trajectories import (
@@ -33,8 +35,9 @@ from genda.assimilation.guidance import GaussianLikelihood, guided_denoiser
 from genda.assimilation.posterior import likelihood_for
 from genda.cli import app
 from genda.errors import InvalidValueError
-from genda.models.calendar import Calendar
+from genda.models.calendar import Calendar, denoiser_at
 from genda.models.checkpoint import LoadedPrior, load_checkpoint
+from genda.models.diffusion import EDMDenoiser
 from genda.models.long_window import long_window_prior
 from genda.models.sampling import sample
 from genda.trajectory import stack_states, trajectory_states
@@ -148,7 +151,20 @@ def test_a_long_window_needs_a_trajectory_prior_and_a_length_it_can_make(
     assert long_window_prior(segment_prior, 3) is segment_prior
 
 
-def test_the_calendar_of_each_segment_is_its_own_first_hour() -> None:
+class RecordingNetwork(nn.Module):
+    """A backbone with a calendar that outputs 0 and keeps the conditioning it was given."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calendar = Calendar(day_harmonics=2, year_harmonics=2)
+        self.told: list[torch.Tensor] = []
+
+    def forward(self, x: torch.Tensor, c_noise: torch.Tensor, cond=None) -> torch.Tensor:
+        self.told.append(cond)
+        return torch.zeros_like(x)
+
+
+def test_each_segment_is_told_its_own_first_hour(segment_prior) -> None:
     calendar = Calendar(day_harmonics=2, year_harmonics=2)
     when = np.datetime64("2001-03-01T22:00")
     for hours in (1.0, 5.0, 30.0):
@@ -156,6 +172,18 @@ def test_the_calendar_of_each_segment_is_its_own_first_hour() -> None:
         torch.testing.assert_close(
             calendar.shift(calendar.features(when), hours), calendar.features(later)
         )
+    network = RecordingNetwork()
+    timed = replace(
+        segment_prior,
+        denoiser=EDMDenoiser(network, coordinates=segment_prior.denoiser.coordinates).double(),
+    )
+    window = long_window_prior(timed, HOURS)
+    z = torch.randn(2, *window.state_shape, dtype=torch.float64)
+    denoiser_at(window.denoiser, when)(z, torch.tensor([1.0, 1.0], dtype=torch.float64))
+    (told,) = network.told
+    hours = when + np.arange(4) * np.timedelta64(1, "h")  # segments start at 0, 1, 2, 3 h
+    expected = calendar.features(np.tile(hours, 2))  # member 0's segments, then member 1's
+    torch.testing.assert_close(told, expected.to(told.dtype))
 
 
 def _observations(path: Path, start: np.datetime64, hours: list[float]) -> Path:

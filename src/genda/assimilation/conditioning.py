@@ -31,7 +31,6 @@ Shapes: ``z`` ``(B, K V, L, D)`` (``D`` real spectral dofs); fields
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -39,7 +38,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from genda.assimilation.gaussian_tweedie import GaussianTweedieGuidance
+from genda.assimilation.gaussian_tweedie import GaussianTweedieGuidance, content_digest
 from genda.assimilation.guidance import GaussianLikelihood, guided_denoiser
 from genda.assimilation.state_operator import StateOperator
 from genda.errors import InvalidValueError
@@ -178,10 +177,6 @@ class FixedComponents(nn.Module):
         return torch.where(mask, values, out)
 
 
-def _mask_digest(mask: Tensor) -> str:
-    return hashlib.blake2b(mask.cpu().numpy().tobytes(), digest_size=16).hexdigest()
-
-
 class ConditionedGuidance:
     """The guidance of one window whose first states are fixed, built once for every batch.
 
@@ -229,7 +224,7 @@ class ConditionedGuidance:
             return decode(z * free.to(z.device, z.dtype))
 
         self.operator = operator
-        key = None if operator.key is None else (operator.key, "free", _mask_digest(mask))
+        key = None if operator.key is None else (operator.key, "free", content_digest(mask))
         self.masked = GaussianLikelihood(
             StateOperator(operator.fields, free_decode, operator.state_shape, key),
             likelihood.y,

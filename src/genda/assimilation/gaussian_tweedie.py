@@ -62,7 +62,9 @@ __all__ = [
     "EXACT_SOLVE_LIMIT",
     "GaussianTweedieGuidance",
     "ObservationSpace",
+    "clear_observation_spaces",
     "conjugate_gradients",
+    "content_digest",
     "observation_covariance",
     "observation_space",
     "operator_rows",
@@ -203,7 +205,7 @@ class ObservationSpace:
         return (((innovation / sigma_y) @ q) * gain) @ q.T / sigma_y
 
 
-def _digest(*tensors: Tensor) -> str:
+def content_digest(*tensors: Tensor) -> str:
     """A content hash of tensors (their bytes, dtypes and shapes)."""
     h = hashlib.blake2b(digest_size=16)
     for t in tensors:
@@ -225,23 +227,35 @@ def observation_space(operator: StateOperator, sigma_y: Tensor) -> ObservationSp
     the second finds the first when the operator is the same: the same
     decode (``operator.key``: the prior's weights, the hour, the fixed
     components), the same rows of ``H`` and the same errors. One space is
-    kept (it may hold ``A``, up to :data:`DENSE_ROWS_LIMIT` entries).
+    kept (it may hold ``A``, up to :data:`DENSE_ROWS_LIMIT` entries); the
+    one before is let go before the next is built, and the build runs
+    outside the lock, so that windows checked by several threads of a driver
+    do not wait for each other.
     """
     if operator.key is None:
         return ObservationSpace(operator, sigma_y)
     fields = operator.fields
     key = (
         operator.key,
-        _digest(fields.index, fields.weight, fields.offset, sigma_y),
+        content_digest(fields.index, fields.weight, fields.offset, sigma_y),
         str(fields.weight.device),
     )
     with _SPACES_LOCK:  # driver threads check windows concurrently
         space = _SPACES.get(key)
-        if space is None:
-            space = ObservationSpace(operator, sigma_y)
-            _SPACES.clear()
-            _SPACES[key] = space
+        if space is not None:
+            return space
+        _SPACES.clear()
+    space = ObservationSpace(operator, sigma_y)
+    with _SPACES_LOCK:
+        _SPACES.clear()
+        _SPACES[key] = space
     return space
+
+
+def clear_observation_spaces() -> None:
+    """Let the kept observation space go (before measuring free memory)."""
+    with _SPACES_LOCK:
+        _SPACES.clear()
 
 
 def conjugate_gradients(

@@ -39,7 +39,7 @@ from genda.assimilation.state_operator import StateOperator
 from genda.errors import InvalidValueError
 from genda.grid import Grid
 from genda.models.calendar import denoiser_at
-from genda.models.checkpoint import MODEL_FILE, LoadedPrior
+from genda.models.checkpoint import LoadedPrior
 from genda.models.data import stable_seed
 from genda.models.sampling import METHODS as SAMPLERS
 from genda.models.sampling import sample
@@ -199,8 +199,9 @@ def state_decoder(prior: LoadedPrior, time: Any = None) -> Callable[[torch.Tenso
 def _decoder_key(prior: LoadedPrior, time: Any) -> tuple[Any, ...] | None:
     """What identifies :func:`state_decoder`'s map: the weights (with the coordinates'
     statistics), the window's shape and hour; ``None`` for a prior not read from a checkpoint."""
-    weights = prior.config.get("files", {}).get(MODEL_FILE, {}).get("sha256")
-    if weights is None:
+    try:
+        weights = prior.weights_sha256
+    except KeyError:  # built in memory, not read from a checkpoint
         return None
     hours = state_hours(prior, time, 1)
     return ("decode", weights, tuple(prior.state_shape), None if hours is None else float(hours[0]))

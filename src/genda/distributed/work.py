@@ -28,6 +28,7 @@ import pandas as pd
 import torch
 
 from genda.assimilation.conditioning import ConditionedGuidance, fixed_states
+from genda.assimilation.gaussian_tweedie import clear_observation_spaces
 from genda.assimilation.posterior import (
     PosteriorSettings,
     likelihood_for,
@@ -37,6 +38,7 @@ from genda.assimilation.posterior import (
 )
 from genda.errors import InvalidValueError, RunFailedError
 from genda.grid import Grid
+from genda.models.calendar import denoiser_at
 from genda.models.checkpoint import LoadedPrior, load_checkpoint
 from genda.models.long_window import long_window_prior
 from genda.storage.ensemble_store import EnsembleStore
@@ -112,12 +114,14 @@ class WindowJob:
 
     @property
     def key(self) -> tuple[Any, ...]:
-        """What the guided denoiser depends on (the time: a prior's mean may follow the hour)."""
+        """What the guided denoiser depends on (the time: a prior's mean may follow the hour;
+        a trajectory window's length and what it is conditioned on)."""
         return (
             str(self.state_time),
             self.observations_fingerprint,
             self.settings.method,
             self.settings.guidance_options(),
+            self.trajectory,
         )
 
 
@@ -483,6 +487,7 @@ class MemberGenerator:
             # the previous window's guidance goes, and what the caching allocator holds
             # but does not use is free for this one
             self._denoiser, self._denoiser_key = None, None
+            clear_observation_spaces()
             torch.cuda.empty_cache()
             free, _ = torch.cuda.mem_get_info(device)
             loaded = torch.cuda.memory_allocated(device)  # the weights, before the window
@@ -503,13 +508,17 @@ class MemberGenerator:
             refuse(plan, where)
         if device.type != "cuda":
             return ceiling if plan is None else plan.batch
-        denoiser = self.denoiser(job)  # the window's guidance counts against the budget
+        # the window's guidance counts against the budget; unguided, it is told the time
+        prior = self.prior_for(job)
+        denoiser = self.denoiser(job)
+        if denoiser is prior.denoiser:
+            denoiser = denoiser_at(denoiser, job.state_time)
 
         def fits(batch: int) -> bool:
             torch.cuda.synchronize(device)
             torch.cuda.reset_peak_memory_stats(device)
             try:
-                x = torch.randn(batch, *self.prior_for(job).state_shape, device=device)
+                x = torch.randn(batch, *prior.state_shape, device=device)
                 denoiser(x, torch.full((batch,), 1.0, device=device))
                 torch.cuda.synchronize(device)
                 del x

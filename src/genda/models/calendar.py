@@ -46,6 +46,7 @@ from genda.models.time_of_day import day_harmonics, hours_of_day
 __all__ = [
     "DAYS_PER_YEAR",
     "DEFAULT_CALENDAR",
+    "NEEDS_TIME",
     "Calendar",
     "CalendarDenoiser",
     "calendar_condition",
@@ -56,6 +57,11 @@ __all__ = [
 
 DAYS_PER_YEAR = 365.2425
 """The mean Gregorian year in days: the period of the seasonal features."""
+
+NEEDS_TIME = (
+    "this prior's network sees the time of day and the day of the year: give the window's time"
+)
+"""What a network with a calendar says when it is called without the time."""
 
 
 def days_of_year(times: np.datetime64 | Sequence[np.datetime64] | np.ndarray) -> np.ndarray:
@@ -107,7 +113,7 @@ class Calendar:
         unknown = set(config) - {"day_harmonics", "year_harmonics"}
         if unknown:
             raise InvalidValueError(f"unknown calendar settings {sorted(unknown)}")
-        return cls(**{k: int(v) for k, v in config.items()})
+        return cls(**dict(config))  # integers only (checked by the constructor)
 
     def features(self, times: Any) -> Tensor:
         """``(B, F)`` float64 features of ``times`` (one datetime64 or ``(B,)``)."""
@@ -208,9 +214,6 @@ def denoiser_at(denoiser: nn.Module, times: Any) -> nn.Module:
     if calendar is None:
         return denoiser
     if times is None:
-        raise InvalidValueError(
-            "this prior's network sees the time of day and the day of the year: "
-            "give the window's time"
-        )
+        raise InvalidValueError(NEEDS_TIME)
     features = calendar.features(times)
     return CalendarDenoiser(denoiser, features[0] if features.shape[0] == 1 else features)

@@ -29,7 +29,15 @@ noise level and the observations of the whole window guide every hour, so
 nothing is sampled autoregressively. For the Gaussian part (an untrained
 network) the composed denoiser is exactly ``c_skip`` on the long state and
 the posterior is the Kalman smoother of the Markov chain
-(tests/test_long_window.py). Where the fit dropped directions of a mode
+(tests/test_long_window.py).
+
+With a mean that follows UT (``tides``), hour ``t >= K`` takes the mean of
+the last state of the segment that ends at it, and a segment's ``z`` is
+read from the window's anomalies about those means; the fitted means of
+the same hour seen as different states of a segment differ by their
+sampling error, which the segment then sees as a small offset. The
+segment prior's statistics are taken when the window is built: it is built
+on the device it runs on. Where the fit dropped directions of a mode
 (no variance, e.g. the winds' ``l = 0``), a segment after the first sees
 zeros in those of its first ``K - 1`` hours, which the fields ignore.
 
@@ -50,7 +58,7 @@ from torch import Tensor, nn
 from genda.errors import InvalidValueError
 from genda.models.calendar import calendar_of
 from genda.models.checkpoint import LoadedPrior
-from genda.models.whitening import SpectralWhitening
+from genda.models.whitening import SpectralWhitening, pinv_rtol
 from genda.models.whitening_layout import from_groups, to_groups
 from genda.trajectory import (
     MAX_STATES,
@@ -92,8 +100,7 @@ class LongCoordinates:
         self.state_shape = (self.state_variables * self.hours, nlev, whitening.dofs)
         factor = whitening.causal_factor()  # (T, M, 1, K C, K C)
         lead = (self.segment - 1) * self.channels
-        dtype = whitening.mean.dtype
-        rtol = 1e-10 if dtype == torch.float64 else 1e-5  # the fit's round-off, as encode_leading
+        rtol = pinv_rtol(whitening.mean.dtype)
         self.factor = factor
         self.lead_inverse = torch.linalg.pinv(factor[..., :lead, :lead], rtol=rtol)
         self.cross = factor[..., lead:, :lead]
@@ -225,7 +232,11 @@ class LongWindowDenoiser(nn.Module):
         super().__init__()
         self.inner = denoiser
         self.coordinates = LongCoordinates(denoiser.coordinates, hours)
-        self.backbone = getattr(denoiser, "backbone", None)  # its calendar, if any
+
+    @property
+    def backbone(self) -> Any:
+        """The segment prior's backbone (its calendar, if any)."""
+        return getattr(self.inner, "backbone", None)
 
     @property
     def sigma_data(self) -> float:

@@ -39,7 +39,7 @@ from torch.utils.checkpoint import checkpoint
 
 from genda.errors import InvalidTypeError, InvalidValueError, UnknownNameError
 from genda.grid import Grid, GridMismatchError
-from genda.models.calendar import Calendar
+from genda.models.calendar import NEEDS_TIME, Calendar
 from genda.models.padding import pole_signs
 from genda.models.unet import UNet
 
@@ -425,10 +425,7 @@ class StrategyBackbone(nn.Module):
             )
         if self.calendar is not None:
             if cond is None:
-                raise InvalidValueError(
-                    "this prior's network sees the time of day and the day of the year: "
-                    "give the fields' times (genda.models.calendar.denoiser_at)"
-                )
+                raise InvalidValueError(NEEDS_TIME)
             if cond.dim() != 2 or cond.shape[1] != self.calendar.size:
                 raise InvalidValueError(
                     f"calendar features must be (B, {self.calendar.size}), got {tuple(cond.shape)}"

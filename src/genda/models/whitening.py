@@ -155,6 +155,12 @@ def _check_options(coupling: str, tides: int) -> None:
         )
 
 
+def pinv_rtol(dtype: torch.dtype) -> float:
+    """Relative cut of the singular values in a pseudo-inverse of the fitted factors:
+    the float64 fit's round-off, or float32's, not the data's."""
+    return 1e-10 if dtype == torch.float64 else 1e-5
+
+
 class SpectralWhitening(nn.Module):
     """The affine control-variable transform ``x = mu + U z`` with ``z ~ N(0, I)`` under the fit.
 
@@ -533,8 +539,7 @@ class SpectralWhitening(nn.Module):
         factor = self.causal_factor()
         count = int(states) * self.group_size // self.states  # the first channels, time first
         lead = factor[..., :count, :count]
-        # relative cut of the singular values: the float64 fit's round-off, not the data's
-        inverse = torch.linalg.pinv(lead, rtol=1e-10 if dtype == torch.float64 else 1e-5)
+        inverse = torch.linalg.pinv(lead, rtol=pinv_rtol(dtype))
         w = torch.zeros_like(d)
         w[..., :count] = torch.einsum("tmgpq,btmgq->btmgp", inverse, d[..., :count])
         return self._pack(self._from_groups(w)).to(x.dtype)

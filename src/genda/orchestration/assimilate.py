@@ -232,7 +232,13 @@ def assimilate_window(
     check_store_output(out, overwrite)
     prior = _load_prior(checkpoint, driver_device, layers_per_batch)
     if states is not None:  # a window of its own length (genda.models.long_window)
+        segment = prior
         prior = long_window_prior(prior, states)
+        if auto_batch and prior is not segment:
+            raise InvalidValueError(
+                "--batch-size auto plans the memory of one network call; a window longer "
+                "than the prior's calls it once per segment: give a batch size"
+            )
     trajectory = is_trajectory(prior.grid)
     if filtering and not trajectory:
         raise InvalidValueError(

@@ -208,17 +208,17 @@ def _states_setting(states: int | None, stored: Mapping[str, Any], coordinates: 
     return count
 
 
-def _calendar_setting(time_inputs: bool | None, stored: Mapping[str, Any]) -> Calendar | None:
+def _calendar_setting(
+    time_inputs: bool | None,
+    stored: Mapping[str, Any],
+    resume: str | os.PathLike[str] | None,
+) -> Calendar | None:
     """The network's time inputs: asked for, the resumed checkpoint's, or none."""
-    kept = Calendar.from_config(stored.get("calendar")) if stored else None
-    if stored and time_inputs is not None and time_inputs != (kept is not None):
-        raise InvalidValueError(
-            f"the checkpoint's network {'sees' if kept else 'does not see'} the time; "
-            "a resumed run keeps its inputs"
-        )
-    if kept is not None or not time_inputs:
-        return kept
-    return DEFAULT_CALENDAR
+    if resume is not None:  # a resumed run keeps its inputs
+        requested = None if time_inputs is None else "on" if time_inputs else "off"
+        _keep_resumed(requested, stored, "calendar", ("off", "on"), resume, "time inputs {}")
+        return Calendar.from_config(stored.get("calendar"))
+    return DEFAULT_CALENDAR if time_inputs else None
 
 
 def _trajectories(training_data: TrainingData, states: int) -> TrainingData:
@@ -430,7 +430,9 @@ def train_prior(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(run_config.seed)  # the initial weights follow the seed
         denoiser = EDMDenoiser(
-            build_backbone(strategy_obj, grid, _calendar_setting(time_inputs, stored), **arch),
+            build_backbone(
+                strategy_obj, grid, _calendar_setting(time_inputs, stored, resume), **arch
+            ),
             skip=skip_module,
             coordinates=coordinates_module,
         )
