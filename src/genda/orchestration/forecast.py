@@ -29,12 +29,16 @@ from pathlib import Path
 import numpy as np
 
 from genda.assimilation.posterior import PosteriorSettings
-from genda.distributed import TrajectoryWindow, WindowJob, complete_window
+from genda.distributed import complete_window
 from genda.distributed.work import MemberGenerator
 from genda.errors import InvalidValueError, MissingInputError
 from genda.models.checkpoint import load_checkpoint
 from genda.orchestration.assimilate import window_provenance
-from genda.orchestration.trajectory_window import check_condition, trajectory_provenance
+from genda.orchestration.trajectory_window import (
+    check_condition,
+    trajectory_job,
+    trajectory_provenance,
+)
 from genda.ownership import check_store_output
 from genda.seeds import stable_seed
 from genda.storage import EnsembleStore
@@ -122,9 +126,6 @@ def forecast(
     written, seconds, times = 0, 0.0, []
     for segment in range(segments):
         begin = start + segment * (states - 1) * HOUR
-        window = TrajectoryWindow(
-            begin, states, begin, str(Path(analysis).resolve()) if segment == 0 else None
-        )
         provenance = trajectory_provenance(
             window_provenance(prior, None, settings, seed, begin, 0.0), prior, begin, True
         )
@@ -133,22 +134,22 @@ def forecast(
             "analysis": str(Path(analysis).resolve()),
             "segment": segment,
         }
-        for when in window.times:
-            store.add_window(when, provenance)
-        job = WindowJob(
+        job = trajectory_job(
             store,
-            window.times[-1],
-            stable_seed("forecast", int(seed), iso(begin)),
+            prior,
+            begin,
+            seed,
             settings,
             None,
-            "",
             provenance,
-            window,
+            True,
+            source=str(Path(analysis).resolve()) if segment == 0 else None,
+            job_seed=stable_seed("forecast", int(seed), iso(begin)),
         )
         report = complete_window(job, generator=generator, progress=progress)
         written += report.run.written
         seconds += report.run.seconds
-        times.extend(iso(t) for t in window.times)
+        times.extend(iso(t) for t in job.times)
     return ForecastSummary(
         str(store.path),
         str(Path(analysis).resolve()),

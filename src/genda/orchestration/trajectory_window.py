@@ -200,8 +200,15 @@ def trajectory_job(
     provenance: dict[str, Any],
     filtering: bool,
     writes_first: bool = True,
+    *,
+    source: str | None = None,
+    job_seed: int | None = None,
 ) -> WindowJob:
     """The job of a trajectory window: every hour it writes is registered in ``store``.
+
+    ``source``: the store a filtering window's first state is read from, when
+    not ``store`` (a forecast's first segment reads the analysis); ``job_seed``:
+    the window's seed (default :func:`window_seed` of ``seed`` and ``start``).
 
     Raises:
         EnsembleStoreError: an hour holds members of another window (checked for
@@ -211,6 +218,7 @@ def trajectory_job(
         np.datetime64(start, "s"),
         trajectory_states(prior.grid),
         start if filtering else None,
+        source,
         writes_first=writes_first,
     )
     check_hours_free(store, window.times, provenance)
@@ -219,10 +227,10 @@ def trajectory_job(
     return WindowJob(
         store,
         window.times[-1],
-        window_seed(seed, np.datetime64(start, "s")),
+        window_seed(seed, np.datetime64(start, "s")) if job_seed is None else job_seed,
         settings,
         obs,
-        provenance["observations_sha256"],
+        provenance.get("observations_sha256") or "",
         provenance,
         window,
     )
