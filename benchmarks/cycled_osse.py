@@ -74,6 +74,28 @@ def truth_archive(path: Path, config: SimulatorConfig, days: float, seed: int) -
     return path
 
 
+SCORE_HEADERS = {"crps": "CRPS", "rmse": "RMSE", "spread_skill": "spread-skill"}
+
+
+def write_scores(
+    out: Path, payload: dict[str, Any], title: str, table: list[dict[str, Any]]
+) -> None:
+    """``out``, the JSON of ``payload``, and beside it ``.md``: ``title`` and ``table``
+    (rows of names, then ``crps``, ``rmse``, ``spread_skill``) as a markdown table."""
+    write_file(out, json.dumps(payload, indent=2) + "\n")
+    keys = list(table[0])
+    lines = ["| " + " | ".join(SCORE_HEADERS.get(k, k) for k in keys) + " |"]
+    lines.append("|" + "---|" * len(keys))
+    for row in table:
+        cells = [
+            f"{row[k]:.2f}" if k == "spread_skill" else f"{row[k]:.3g}" if k in SCORE_HEADERS
+            else str(row[k])
+            for k in keys
+        ]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
+    write_file(out.with_suffix(".md"), title + "\n\n" + "\n".join(lines) + "\n")
+
+
 def hourly_windows(
     truth_path: Path, obs_dir: Path, hours: int
 ) -> list[tuple[np.datetime64, Any, Any, Path]]:
@@ -348,18 +370,7 @@ def main() -> None:
         "windows": rows,
     }
     if not args.quick:
-        out = RESULTS / "cycled_osse-cpu.json"
-        write_file(out, json.dumps(payload, indent=2) + "\n")
-        lines = [
-            "| method | span | field | CRPS | RMSE | spread-skill |",
-            "|---|---|---|---|---|---|",
-        ]
-        lines += [
-            f"| {r['method']} | {r['span']} | {r['field']} | {r['crps']:.3g} | {r['rmse']:.3g} "
-            f"| {r['spread_skill']:.2f} |"
-            for r in table
-        ]
-        write_file(out.with_suffix(".md"), title + "\n\n" + "\n".join(lines) + "\n")
+        write_scores(RESULTS / "cycled_osse-cpu.json", payload, title, table)
         figure(rows, FIGURES / "cycled_osse.png")
     else:
         write_file(args.work / "cycled_osse-quick.json", json.dumps(payload, indent=2) + "\n")

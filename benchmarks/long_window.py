@@ -33,9 +33,8 @@ import numpy as np
 import xarray as xr
 
 from _common import RESULTS, machine, print_table
-from cycled_osse import VARIABLES, hourly_windows, score_window, truth_archive
+from cycled_osse import VARIABLES, hourly_windows, score_window, truth_archive, write_scores
 from genda.assimilation.posterior import PosteriorSettings
-from genda.atomic import write_file
 from genda.grid import Grid
 from genda.models.checkpoint import read_checkpoint
 from genda.orchestration.assimilate import assimilate_window
@@ -182,14 +181,7 @@ def main() -> None:
         "summary": summary,
         "hourly": rows,
     }
-    out = RESULTS / "long_window-cpu.json"
-    write_file(out, json.dumps(payload, indent=2) + "\n")
-    lines = ["| method | field | CRPS | RMSE | spread-skill |", "|---|---|---|---|---|"]
-    lines += [
-        f"| {r['method']} | {r['field']} | {r['crps']:.3g} | {r['rmse']:.3g} | {r['spread_skill']:.2f} |"
-        for r in table
-    ]
-    write_file(out.with_suffix(".md"), title + "\n\n" + "\n".join(lines) + "\n")
+    write_scores(RESULTS / "long_window-cpu.json", payload, title, table)
 
 
 def _grid_of(prior: str) -> Grid:

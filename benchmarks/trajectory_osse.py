@@ -54,6 +54,7 @@ from cycled_osse import (
     score_window,
     truth_archive,
     tuned_settings,
+    write_scores,
 )
 from genda.assimilation.posterior import PosteriorSettings
 from genda.atomic import write_file
@@ -486,14 +487,7 @@ def main() -> None:
     if args.quick:
         write_file(args.work / "trajectory_osse-quick.json", json.dumps(payload, indent=2) + "\n")
         return
-    out = RESULTS / "trajectory_osse-cpu.json"
-    write_file(out, json.dumps(payload, indent=2) + "\n")
-    lines = ["| method | span | field | CRPS | RMSE | spread-skill |", "|---|---|---|---|---|---|"]
-    lines += [
-        f"| {r['method']} | {r['span']} | {r['field']} | {r['crps']:.3g} | {r['rmse']:.3g} | {r['spread_skill']:.2f} |"
-        for r in table
-    ]
-    write_file(out.with_suffix(".md"), title + "\n\n" + "\n".join(lines) + "\n")
+    write_scores(RESULTS / "trajectory_osse-cpu.json", payload, title, table)
     figure(rows, forecasts, FIGURES / "trajectory_osse.png")
 
 
