@@ -56,6 +56,7 @@ bench: $(STAMP)
 		--out outputs/trajectory-k4 --steps 3000 --batch-size 16 --lr 3e-4 --warmup-steps 200 \
 		--no-progress --overwrite
 	$(BIN)/python benchmarks/trajectory_osse.py --prior outputs/trajectory-k4 --days 3
+	$(BIN)/python benchmarks/long_window.py --prior outputs/trajectory-k4 --work outputs/cycled_osse --hours 7
 	$(BIN)/python benchmarks/cost.py
 	$(BIN)/python benchmarks/summary.py
 
