@@ -250,8 +250,8 @@ def posterior_denoiser(
     that a worker holding the prior does once per window, not per batch.
     ``time``: the window's valid time, for a prior whose mean follows the hour.
     """
-    if obs is None:
-        return prior.denoiser  # sample_members tells it the members' times
+    if obs is None:  # the prior's, told the window's time if its network sees it
+        return denoiser_at(prior.denoiser, time)
     settings = settings.for_prior(prior)
     likelihood = likelihood_for(prior, obs, device, time)
     return guided_denoiser(
@@ -332,7 +332,7 @@ def sample_members(
     after each of the ``settings.steps`` sampler steps (progress).
     """
     hours = state_hours(prior, time, len(members))
-    if denoiser is prior.denoiser:  # unguided: a network that sees the time is told it
+    if denoiser is prior.denoiser:  # the bare prior (genda fidelity: a time per member)
         denoiser = denoiser_at(denoiser, time)
     state = sample(
         denoiser,

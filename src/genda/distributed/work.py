@@ -38,7 +38,6 @@ from genda.assimilation.posterior import (
 )
 from genda.errors import InvalidValueError, RunFailedError
 from genda.grid import Grid
-from genda.models.calendar import denoiser_at
 from genda.models.checkpoint import LoadedPrior, load_checkpoint
 from genda.models.long_window import long_window_prior
 from genda.storage.ensemble_store import EnsembleStore
@@ -508,11 +507,8 @@ class MemberGenerator:
             refuse(plan, where)
         if device.type != "cuda":
             return ceiling if plan is None else plan.batch
-        # the window's guidance counts against the budget; unguided, it is told the time
         prior = self.prior_for(job)
-        denoiser = self.denoiser(job)
-        if denoiser is prior.denoiser:
-            denoiser = denoiser_at(denoiser, job.state_time)
+        denoiser = self.denoiser(job)  # the window's guidance counts against the budget
 
         def fits(batch: int) -> bool:
             torch.cuda.synchronize(device)
