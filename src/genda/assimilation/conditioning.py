@@ -225,8 +225,9 @@ class ConditionedGuidance:
 
         self.operator = operator
         key = None if operator.key is None else (operator.key, "free", content_digest(mask))
+        factor = None if operator.factor is None else operator.factor.masked(mask)
         self.masked = GaussianLikelihood(
-            StateOperator(operator.fields, free_decode, operator.state_shape, key),
+            StateOperator(operator.fields, free_decode, operator.state_shape, key, factor),
             likelihood.y,
             likelihood.sigma,
         )

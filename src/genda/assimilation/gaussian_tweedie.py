@@ -21,13 +21,17 @@ Kalman update of ``x_hat`` with prior covariance ``c I``:
 
 which needs one network call per step and no Jacobian. Once per window:
 
-* the rows of ``A = H U`` (the linear part of the observation operator on
-  ``z``, ``(M, N)``, ``N`` the size of a state) by ``ceil(M / block)``
+* ``A A^T`` (``M x M``), the prior covariance of the observations, with
+  ``A = H U`` the linear part of the observation operator on ``z``
+  (``(M, N)``, ``N`` the size of a state). When the operator knows its
+  decode's per-mode factor (every whitened prior,
+  :mod:`genda.assimilation.spectral_factor`), from the observations' spectral
+  point functionals, and each step applies ``A`` and ``A^T`` through that
+  factor. Otherwise from the rows of ``A``, by ``ceil(M / block)``
   reverse-mode products through ``U`` (never through the network), kept
   when they fit :data:`DENSE_ROWS_LIMIT` so that each step applies ``A`` and
   ``A^T`` as two small matrix products;
-* ``A A^T`` (``M x M``), the prior covariance of the observations, and
-  ``Sigma_y^-1/2 A A^T Sigma_y^-1/2 = Q diag(lam) Q^T`` diagonalised, so that
+* ``S = Sigma_y^-1/2 A A^T Sigma_y^-1/2 = Q diag(lam) Q^T`` diagonalised, so that
   each noise level is solved exactly by ``(I + c S)^-1 = Q diag(1 / (1 + c
   lam)) Q^T`` (up to :data:`EXACT_SOLVE_LIMIT` observations; beyond, a fixed
   number of conjugate-gradient steps on ``A (A^T v)``).
@@ -52,6 +56,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from genda.assimilation.spectral_factor import spectral_gram
 from genda.assimilation.state_operator import StateOperator
 from genda.errors import InvalidValueError
 from genda.models.sampling import Denoiser
@@ -134,8 +139,10 @@ class ObservationSpace:
     states) and the observation errors ``sigma_y`` ``(M,)``. Up to
     :data:`EXACT_SOLVE_LIMIT` observations, ``S = Sigma_y^-1/2 A A^T
     Sigma_y^-1/2 = Q diag(lam) Q^T`` is diagonalised and every solve is exact;
-    beyond, solves run conjugate gradients on ``A (A^T v)``. ``A`` itself is
-    kept ``(M, N)`` when it fits :data:`DENSE_ROWS_LIMIT`.
+    beyond, solves run conjugate gradients on ``A (A^T v)``. With the
+    operator's :attr:`~StateOperator.factor`, ``A A^T``, ``A`` and ``A^T`` go
+    through it (:mod:`genda.assimilation.spectral_factor`); without, ``A``
+    itself is kept ``(M, N)`` when it fits :data:`DENSE_ROWS_LIMIT`.
     """
 
     def __init__(self, operator: StateOperator, sigma_y: Tensor) -> None:
@@ -146,39 +153,49 @@ class ObservationSpace:
         self.offset: Tensor | None = None
         self.eigenvalues: Tensor | None = None
         self.eigenvectors: Tensor | None = None
-        keep_rows = m * math.prod(operator.state_shape) <= DENSE_ROWS_LIMIT
+        self.modes: Tensor | None = None  # the decode's F on its modes, when known
+        structured = operator.factor is not None
+        # With the decode's factor, A A^T comes from the spectral point functionals
+        # and each step goes through the decode: as fast as a matrix A and no memory.
+        keep_rows = not structured and m * math.prod(operator.state_shape) <= DENSE_ROWS_LIMIT
         if m <= EXACT_SOLVE_LIMIT:
-            covariance, self.rows = observation_covariance(operator, keep_rows=keep_rows)
+            if structured:
+                covariance = spectral_gram(operator.factor, operator.fields)
+            else:
+                covariance, self.rows = observation_covariance(operator, keep_rows=keep_rows)
             scale = sigma_y.double()
             values, vectors = torch.linalg.eigh(covariance / scale[:, None] / scale[None, :])
             self.eigenvalues = values.clamp(min=0.0).to(sigma_y.dtype)
             self.eigenvectors = vectors.to(sigma_y.dtype)
         elif keep_rows:
             self.rows = operator_rows(operator)
-        if self.rows is not None:
-            zero = torch.zeros(
-                (1, *operator.state_shape), dtype=self.rows.dtype, device=self.rows.device
-            )
+        if structured:
+            self.modes = operator.factor.modes()
+        if self.rows is not None or structured:
+            weight = operator.fields.weight
+            zero = torch.zeros((1, *operator.state_shape), dtype=weight.dtype, device=weight.device)
             self.offset = operator(zero)[0].detach()  # A(0) = H mu
 
     def apply(self, z: Tensor) -> Tensor:
         """``A(z)`` ``(B, M)`` of states ``(B, *state)``."""
-        if self.rows is None or self.offset is None:
+        if self.offset is None:
             return self.operator(z)
-        return z.reshape(z.shape[0], -1) @ self.rows.T.to(z.dtype) + self.offset.to(z.dtype)
+        return self.linear(z) + self.offset.to(z.dtype)
 
     def adjoint(self, weights: Tensor) -> Tensor:
         """``A^T w`` ``(B, *state)`` of ``w`` ``(B, M)`` (the linear part's adjoint)."""
         if self.rows is not None:
             flat = weights @ self.rows.to(weights.dtype)
             return flat.reshape(weights.shape[0], *self.operator.state_shape)
+        if self.modes is not None:
+            return self.operator.factor.adjoint(self.operator.fields.adjoint(weights), self.modes)
         state = torch.zeros(
             (weights.shape[0], *self.operator.state_shape),
             dtype=weights.dtype,
             device=weights.device,
         )
-        with torch.enable_grad():  # the adjoint of A, not of a network
-            _, pullback = torch.func.vjp(self.operator.linear, state)
+        with torch.enable_grad():  # the adjoint of A (affine: its linear part's), not of a network
+            _, pullback = torch.func.vjp(self.operator, state)
             (out,) = pullback(weights)
         return out.detach()
 
@@ -186,6 +203,8 @@ class ObservationSpace:
         """``A z`` without the offset: ``(B, *state) -> (B, M)``."""
         if self.rows is not None:
             return z.reshape(z.shape[0], -1) @ self.rows.T.to(z.dtype)
+        if self.modes is not None:
+            return self.operator.fields.linear(self.operator.factor.linear(z, self.modes))
         return self.operator.linear(z)
 
     def solve(self, innovation: Tensor, c: Tensor) -> Tensor:

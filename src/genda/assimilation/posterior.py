@@ -35,6 +35,7 @@ from genda.assimilation.guidance import (
     guided_denoiser,
     resolve_covariance,
 )
+from genda.assimilation.spectral_factor import spectral_factor
 from genda.assimilation.state_operator import StateOperator
 from genda.errors import InvalidValueError
 from genda.grid import Grid
@@ -231,6 +232,7 @@ def likelihood_for(
             state_decoder(prior, time),
             prior.state_shape,
             _decoder_key(prior, time),
+            spectral_factor(prior.denoiser.coordinates),
         )
     y = torch.tensor(obs["value"].to_numpy(dtype=np.float64))
     sigma = torch.tensor(obs["sigma"].to_numpy(dtype=np.float64))

@@ -13,6 +13,7 @@ Shapes: ``z`` ``(B, *state)``, ``A(z)`` ``(B, M)``.
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -34,6 +35,9 @@ class StateOperator:
             so that what is built from this operator once can be found again
             (:func:`genda.assimilation.gaussian_tweedie.observation_space`);
             ``None``: never shared.
+        factor: ``decode``'s linear part by parts
+            (:class:`genda.assimilation.spectral_factor.SpectralFactor`), from which
+            ``A A^T`` is built without going through ``decode``; ``None``: unknown.
     """
 
     def __init__(
@@ -42,11 +46,13 @@ class StateOperator:
         decode: Callable[[Tensor], Tensor],
         state_shape: tuple[int, ...],
         key: Hashable | None = None,
+        factor: Any = None,
     ) -> None:
         self.fields = fields
         self.decode = decode
         self.state_shape = tuple(state_shape)
         self.key = key
+        self.factor = factor
 
     @property
     def n_obs(self) -> int:
@@ -56,7 +62,9 @@ class StateOperator:
         self, device: torch.device | str | None = None, dtype: torch.dtype | None = None
     ) -> StateOperator:
         """``H`` moved; ``decode`` runs where its module lives and in the state's dtype."""
-        return StateOperator(self.fields.to(device, dtype), self.decode, self.state_shape, self.key)
+        return StateOperator(
+            self.fields.to(device, dtype), self.decode, self.state_shape, self.key, self.factor
+        )
 
     def __call__(self, z: Tensor) -> Tensor:
         return self.fields(self.decode(z))

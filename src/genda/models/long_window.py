@@ -110,6 +110,25 @@ class LongCoordinates:
         eye = torch.eye(self.channels, dtype=factor.dtype, device=factor.device)
         self.innovation_null = eye - self.innovation_inverse @ self.innovation
         self.regression = self.cross @ self.lead_inverse  # (T, M, 1, C, (K - 1) C)
+        self._square_root: Tensor | None = None
+
+    @property
+    def states(self) -> int:
+        """``L``, the window's hourly states."""
+        return self.hours
+
+    def square_root(self) -> Tensor:
+        """The chain's per-mode map ``(T, M, 1, L C, L C)`` complex: the anomalies are ``it @ w``.
+
+        Read off by applying :meth:`anomalies` to the identity; kept after the first call.
+        """
+        if self._square_root is None:
+            size = self.hours * self.channels
+            t = self.whitening.truncation
+            eye = torch.eye(size, dtype=self.factor.dtype, device=self.factor.device)
+            columns = self.anomalies(eye.reshape(size, 1, 1, 1, size).expand(size, t, t, 1, size))
+            self._square_root = columns.permute(1, 2, 3, 4, 0).contiguous()
+        return self._square_root
 
     @property
     def mean(self) -> Tensor:

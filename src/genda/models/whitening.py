@@ -511,6 +511,16 @@ class SpectralWhitening(nn.Module):
         rotation = torch.view_as_complex(self.rotation)
         return torch.einsum("tmgpq,tmgqr->tmgpr", vectors * root[..., None, :], rotation)
 
+    def square_root(self) -> Tensor:
+        """``U``'s per-mode factor ``(T, M, G, P, P)`` complex: the anomalies are ``factor @ w``.
+
+        ``Q lam^(1/2)``, times ``R`` for the triangular couplings (:meth:`causal_factor`).
+        """
+        if self.coupling in TRIANGULAR:
+            return self.causal_factor()
+        vectors, root, _ = self._statistics()
+        return vectors * root[..., None, :]
+
     def encode_leading(self, x: Tensor, states: int, hours: Any = None) -> Tensor:
         """The ``z`` of a trajectory's first ``states`` hourly states, from those states alone.
 
