@@ -11,11 +11,17 @@ import torch
 
 from ar1_trajectories import START, gaussian_trajectory_prior
 from ar1_trajectories import observations as trajectory_observations
+from genda.assimilation import gaussian_tweedie
 from genda.assimilation.conditioning import leading_mask
 from genda.assimilation.gaussian import GaussianFieldPrior
 from genda.assimilation.gaussian_tweedie import ObservationSpace
 from genda.assimilation.posterior import likelihood_for
-from genda.assimilation.spectral_factor import spectral_factor, spectral_gram
+from genda.assimilation.spectral_factor import (
+    factor_rows,
+    spectral_factor,
+    spectral_gram,
+    spectral_rows,
+)
 from genda.assimilation.state_operator import StateOperator
 from genda.grid import Grid
 from genda.models.long_window import long_window_prior
@@ -86,6 +92,8 @@ def _check(operator: StateOperator) -> None:
     gram = spectral_gram(factor, operator.fields)
     torch.testing.assert_close(gram, a @ a.T, rtol=1e-9, atol=1e-9 * float(gram.abs().max()))
     modes = factor.modes()
+    rows = factor_rows(factor, spectral_rows(factor, operator.fields), modes)
+    torch.testing.assert_close(rows, a, rtol=1e-9, atol=1e-9 * float(a.abs().max()))
     z = torch.randn((3, *operator.state_shape), dtype=torch.float64)
     seen = operator.fields.linear(factor.linear(z, modes))
     torch.testing.assert_close(seen, z.reshape(3, -1) @ a.T)
@@ -127,17 +135,19 @@ def test_trajectory_windows_long_windows_and_fixed_first_hours() -> None:
     _check(likelihood_for(long, table, time=START).operator)
 
 
-def test_the_observation_space_takes_the_factor_and_solves_as_before() -> None:
-    """The same eigenvalues and steps with the factor as with the matrix ``A``."""
+@pytest.mark.parametrize("rows", [True, False])
+def test_the_observation_space_takes_the_factor_and_solves_as_before(rows, monkeypatch) -> None:
+    """The same eigenvalues and steps with the factor (``A`` as a matrix from it, or
+    ``A`` and ``A^T`` through it) as with the matrix ``A`` of the brute force."""
     prior = gaussian_trajectory_prior()
     likelihood = likelihood_for(prior, trajectory_observations([0.0, 1.0, 2.0]), time=START)
     operator = likelihood.operator
     plain = StateOperator(operator.fields, operator.decode, operator.state_shape)
-    fast, slow = (
-        ObservationSpace(operator, likelihood.sigma),
-        ObservationSpace(plain, likelihood.sigma),
-    )
-    assert fast.rows is None and slow.rows is not None
+    slow = ObservationSpace(plain, likelihood.sigma)
+    if not rows:
+        monkeypatch.setattr(gaussian_tweedie, "FACTOR_ROWS_LIMIT", 0)
+    fast = ObservationSpace(operator, likelihood.sigma)
+    assert (fast.rows is not None) == rows and slow.rows is not None
     torch.testing.assert_close(fast.eigenvalues, slow.eigenvalues)
     z = torch.randn((2, *operator.state_shape), dtype=torch.float64)
     torch.testing.assert_close(fast.apply(z), slow.apply(z))

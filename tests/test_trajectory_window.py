@@ -301,7 +301,7 @@ def test_after_a_failed_window_the_next_starts_cold_and_the_rerun_fills_the_gap(
     )
 
 
-def test_a_trajectory_cycle_runs_windows_that_meet(trajectory_priors, tmp_path) -> None:
+def test_a_trajectory_cycle_runs_windows_that_meet(trajectory_priors, tiny_prior, tmp_path) -> None:
     from genda.errors import InvalidValueError
     from genda.orchestration.config import load_cycle_config
     from genda.orchestration.flows import prior_states
@@ -309,6 +309,35 @@ def test_a_trajectory_cycle_runs_windows_that_meet(trajectory_priors, tmp_path) 
     config = load_cycle_config(_cycle_config(tmp_path, trajectory_priors["joint3d"], 1))
     with pytest.raises(InvalidValueError, match="runs every 2 h"):
         prior_states(config)
+    long = config.model_copy(update={"states": 5, "every_hours": 4.0})
+    assert prior_states(long) == 5
+    with pytest.raises(InvalidValueError, match="3 to 48 hours, not states: 2"):
+        prior_states(long.model_copy(update={"states": 2}))
+    with pytest.raises(InvalidValueError, match="models one instant"):
+        prior_states(long.model_copy(update={"checkpoint": str(tiny_prior)}))
+
+
+@pytest.mark.slow
+def test_a_cycle_of_long_windows_filters_on_each_last_hour(
+    harness, trajectory_priors, tmp_path
+) -> None:
+    """``states: 4`` on a 3-hour prior: windows of 4 hours, every 3 h, composed from segments."""
+    from genda.orchestration.config import load_cycle_config
+    from genda.orchestration.flows import assimilation_cycle
+
+    path = _cycle_config(tmp_path, trajectory_priors["joint3d"], 3)
+    _observations(tmp_path / "obs-2000-01-02T1200.csv", START, [0.5, 1.0, 2.0, 3.0])
+    later = START + np.timedelta64(3, "h")
+    _observations(tmp_path / f"obs-{str(later).replace(':', '')}.csv", later, [1.0, 3.0])
+    path.write_text(path.read_text() + "states: 4\n")
+    config = load_cycle_config(path)
+    results = assimilation_cycle(config)
+    assert [r["ensemble"]["written"] for r in results] == [4, 4], results
+    ds = xr.open_zarr(config.store)
+    assert ds.sizes["time"] == 7 and bool(ds.complete.all())
+    windows = json.loads(ds.attrs["genda_windows"])
+    second = windows["2000-01-02T16:00:00"]["provenance"]["trajectory"]
+    assert second["states"] == 4 and second["conditioned_on"] == "2000-01-02T15:00:00"
 
 
 def test_a_forecast_carries_each_member_on_from_the_analysis(

@@ -56,7 +56,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from genda.assimilation.spectral_factor import spectral_gram
+from genda.assimilation.spectral_factor import factor_rows, spectral_gram, spectral_rows
 from genda.assimilation.state_operator import StateOperator
 from genda.errors import InvalidValueError
 from genda.models.sampling import Denoiser
@@ -65,6 +65,7 @@ __all__ = [
     "CG_ITERATIONS",
     "DENSE_ROWS_LIMIT",
     "EXACT_SOLVE_LIMIT",
+    "FACTOR_ROWS_LIMIT",
     "GaussianTweedieGuidance",
     "ObservationSpace",
     "clear_observation_spaces",
@@ -78,6 +79,11 @@ __all__ = [
 DENSE_ROWS_LIMIT = 2**28
 """Most entries of ``A`` (``M x N``) kept as a matrix (1 GiB in float32); beyond,
 each step applies ``A`` and ``A^T`` through the operator."""
+
+FACTOR_ROWS_LIMIT = 2**27
+"""With the decode's factor, most entries of ``A`` kept as a matrix (512 MiB): up
+to about there two matrix products of a batch beat a synthesis and ``F`` on every
+mode (``benchmarks/observation_space.py``); beyond, the factor is faster."""
 
 EXACT_SOLVE_LIMIT = 6000
 """Most observations whose ``A A^T`` is built and diagonalised (``O(M^3)``, 288 MB at
@@ -155,22 +161,29 @@ class ObservationSpace:
         self.eigenvectors: Tensor | None = None
         self.modes: Tensor | None = None  # the decode's F on its modes, when known
         structured = operator.factor is not None
-        # With the decode's factor, A A^T comes from the spectral point functionals
-        # and each step goes through the decode: as fast as a matrix A and no memory.
-        keep_rows = not structured and m * math.prod(operator.state_shape) <= DENSE_ROWS_LIMIT
+        entries = m * math.prod(operator.state_shape)
+        # With the decode's factor, A A^T comes from the spectral point functionals,
+        # and A is a matrix only while two products of a batch beat the factor's.
+        keep_rows = entries <= (FACTOR_ROWS_LIMIT if structured else DENSE_ROWS_LIMIT)
+        if structured:
+            self.modes = operator.factor.modes()
+            if keep_rows or m <= EXACT_SOLVE_LIMIT:
+                functionals = spectral_rows(operator.factor, operator.fields)
+            if keep_rows:
+                self.rows = factor_rows(operator.factor, functionals, self.modes)
         if m <= EXACT_SOLVE_LIMIT:
             if structured:
-                covariance = spectral_gram(operator.factor, operator.fields)
+                covariance = spectral_gram(
+                    operator.factor, operator.fields, self.modes, functionals
+                )
             else:
                 covariance, self.rows = observation_covariance(operator, keep_rows=keep_rows)
             scale = sigma_y.double()
             values, vectors = torch.linalg.eigh(covariance / scale[:, None] / scale[None, :])
             self.eigenvalues = values.clamp(min=0.0).to(sigma_y.dtype)
             self.eigenvectors = vectors.to(sigma_y.dtype)
-        elif keep_rows:
+        elif keep_rows and not structured:
             self.rows = operator_rows(operator)
-        if structured:
-            self.modes = operator.factor.modes()
         if self.rows is not None or structured:
             weight = operator.fields.weight
             zero = torch.zeros((1, *operator.state_shape), dtype=weight.dtype, device=weight.device)

@@ -77,6 +77,13 @@ class CycleConfig(BaseModel):
     end: datetime
     every_hours: float = Field(1.0, gt=0)
     window_hours: float = Field(1.0, ge=0)
+    states: int | None = Field(
+        None,
+        ge=2,
+        description="Hourly states per window of a trajectory prior, more than its own K: "
+        "long windows composed from its segments (every_hours = states - 1). "
+        "None: the prior's own.",
+    )
     outlier_k: float = Field(
         DEFAULT_OUTLIER_K,
         gt=0,

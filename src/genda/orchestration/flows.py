@@ -100,11 +100,12 @@ def check_observations(config: CycleConfig, time: str) -> dict[str, Any]:
 
 
 def prior_states(config: CycleConfig) -> int:
-    """The hourly states of the cycle's prior (1: one instant per window).
+    """The hourly states of the cycle's windows (1: one instant per window): the
+    prior's ``K``, or ``config.states``.
 
     Raises:
-        InvalidValueError: a trajectory prior whose windows would not meet end
-            to start (``every_hours`` must be ``K - 1``).
+        InvalidValueError: windows that would not meet end to start
+            (``every_hours`` must be their hours less one), or bad ``states``.
     """
     from genda.errors import InvalidValueError
 
@@ -112,7 +113,7 @@ def prior_states(config: CycleConfig) -> int:
     states = trajectory_states(grid) if is_trajectory(grid) else 1
     if states > 1 and config.every_hours != states - 1:
         raise InvalidValueError(
-            f"the prior's windows are {states} hourly states: a cycle of them runs every "
+            f"the cycle's windows are {states} hourly states: a cycle of them runs every "
             f"{states - 1} h (each window starts at the last hour of the one before), not every "
             f"{config.every_hours:g} h"
         )
@@ -154,6 +155,7 @@ def make_ensemble(config: CycleConfig, time: str, progress: bool = True) -> dict
         progress=progress,  # drawn on a terminal only (genda.progress)
         filtering=mode == FILTER,
         writes_first=mode != COLD_AFTER,
+        states=config.states,
     )
     get_run_logger().info(
         "window %s: %d members made, %d already stored, %.2f members/s, %d retried",
@@ -284,11 +286,31 @@ def assimilate_window_flow(config: CycleConfig, time: str, progress: bool = True
 
 
 def _grid_of(config: CycleConfig) -> Any:
-    """The grid of the cycle's prior, as its checkpoint records it."""
+    """The grid of the cycle's windows: the prior's, as its checkpoint records it, or
+    ``config.states`` hours of it (long windows composed from a trajectory prior).
+
+    Raises:
+        InvalidValueError: ``states`` for a prior of one instant, or outside ``K..MAX_STATES``.
+    """
+    from genda.errors import InvalidValueError
     from genda.grid import Grid
     from genda.models.checkpoint import read_checkpoint
+    from genda.trajectory import MAX_STATES, state_grid, trajectory_grid
 
-    return Grid.from_dict(read_checkpoint(config.checkpoint).config["grid"])
+    grid = Grid.from_dict(read_checkpoint(config.checkpoint).config["grid"])
+    if config.states is None:
+        return grid
+    if not is_trajectory(grid):
+        raise InvalidValueError(
+            f"states: {config.states} composes long windows from a trajectory prior (genda train "
+            f"--states K); {config.checkpoint} models one instant"
+        )
+    own = trajectory_states(grid)
+    if not own <= config.states <= MAX_STATES:
+        raise InvalidValueError(
+            f"a window of this prior has {own} to {MAX_STATES} hours, not states: {config.states}"
+        )
+    return trajectory_grid(state_grid(grid), config.states)
 
 
 def cycle_artifact_key(config: CycleConfig) -> str:
