@@ -57,6 +57,8 @@ bench: $(STAMP)
 		--no-progress --overwrite
 	$(BIN)/python benchmarks/trajectory_osse.py --prior outputs/trajectory-k4 --days 3
 	$(BIN)/python benchmarks/long_window.py --prior outputs/trajectory-k4 --work outputs/cycled_osse --hours 7
+	$(BIN)/python benchmarks/member_spectra.py --work outputs/cycled_osse
+	$(BIN)/python benchmarks/observation_space.py --prior outputs/trajectory-k4 default --work outputs/cycled_osse
 	$(BIN)/python benchmarks/cost.py
 	$(BIN)/python benchmarks/summary.py
 

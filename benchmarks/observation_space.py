@@ -1,12 +1,13 @@
 """A window's ``A A^T`` and its steps' ``A``, ``A^T``: through the decode's factor against brute force.
 
-    python benchmarks/observation_space.py --prior PATH --work outputs/cycled_osse
+    python benchmarks/observation_space.py --prior PATH [default] --work outputs/cycled_osse
     python benchmarks/observation_space.py --quick --work W  # after trajectory_osse.py --quick
 
 Run after ``benchmarks/trajectory_osse.py``: it takes that run's first
-hourly observation tables (``--work``) and the trajectory prior. For windows
-of the prior's ``K`` hours with ``M`` observations (drawn from those tables),
-side by side in one process:
+hourly observation tables (``--work``) and priors in whitened coordinates
+(its trajectory prior, the shipped ``default``). For windows of each prior's
+hours (``K``, or 1) with ``M`` observations (drawn from those tables, at
+most all of them), side by side in one process:
 
 - **factor**: the window's ``ObservationSpace`` as genda builds it: ``A A^T``
   from the observations' spectral point functionals, and a step's ``A``,
@@ -43,7 +44,7 @@ from genda.assimilation.posterior import likelihood_for
 from genda.assimilation.state_operator import StateOperator
 from genda.atomic import write_file
 from genda.models.checkpoint import load_checkpoint
-from genda.trajectory import trajectory_states
+from genda.trajectory import is_trajectory, trajectory_states
 
 BATCH = 16
 """States per step (a batch of members)."""
@@ -96,49 +97,50 @@ def measure(prior: Any, table: pd.DataFrame, start: np.datetime64) -> dict[str, 
     }
 
 
+def window_table(work: Path, states: int) -> tuple[pd.DataFrame, np.datetime64]:
+    """The OSSE's observations of its first ``states`` hours and the first hour."""
+    tables = sorted((work / "obs").glob("*.parquet"))[:states]
+    if len(tables) < states:
+        raise SystemExit(f"{work / 'obs'} has fewer than {states} hourly tables")
+    table = pd.concat([pd.read_parquet(path) for path in tables], ignore_index=True)
+    return table, np.datetime64(pd.Timestamp(table["time"].min()).floor("h"), "ns")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--prior", help="the trajectory prior of the trajectory OSSE")
+    parser.add_argument(
+        "--prior", nargs="+", help="priors in whitened coordinates (trajectory or one instant)"
+    )
     parser.add_argument("--work", type=Path, default=Path("outputs") / "cycled_osse")
     parser.add_argument("--counts", type=int, nargs="+", default=[300, 1000, 2200])
     parser.add_argument("--quick", action="store_true", help="the quick OSSE's prior, 200 rows")
     args = parser.parse_args()
     if args.quick:
-        args.prior = args.prior or str(args.work / "quick-prior")
+        args.prior = args.prior or [str(args.work / "quick-prior")]
         args.counts = [200]
-    if args.prior is None:
+    if not args.prior:
         parser.error("--prior is needed (the trajectory OSSE's prior)")
     torch.manual_seed(0)
-    prior = load_checkpoint(args.prior)
-    states = trajectory_states(prior.grid)
-    tables = sorted((args.work / "obs").glob("*.parquet"))[:states]
-    if len(tables) < states:
-        parser.error(f"{args.work / 'obs'} has fewer than {states} hourly tables")
-    table = pd.concat([pd.read_parquet(path) for path in tables], ignore_index=True)
-    start = np.datetime64(pd.Timestamp(table["time"].min()).floor("h"), "ns")
-    measure(prior, table.iloc[:50], start)  # one-time set-up (transform tables) left out
     rows = []
-    for count in args.counts:
-        chosen = np.random.default_rng(count).choice(len(table), min(count, len(table)), False)
-        rows.append(measure(prior, table.iloc[np.sort(chosen)], start))
+    for path in args.prior:
+        prior = load_checkpoint(path)
+        states = trajectory_states(prior.grid) if is_trajectory(prior.grid) else 1
+        table, start = window_table(args.work, states)
+        measure(prior, table.iloc[:50], start)  # one-time set-up (transform tables) left out
+        for count in sorted({min(count, len(table)) for count in args.counts}):
+            chosen = np.random.default_rng(count).choice(len(table), count, False)
+            row = measure(prior, table.iloc[np.sort(chosen)], start)
+            rows.append({"prior": Path(path).name, "hours": states, **row})
     title = (
-        f"a {states}-hour window's A A^T and one step's A and A^T ({BATCH} states): "
-        f"through the decode's factor against brute force, seconds on this CPU "
+        f"a window's A A^T and one step's A and A^T ({BATCH} states): through the "
+        f"decode's factor against brute force, seconds on this CPU "
         f"({torch.get_num_threads()} threads)"
     )
     print_table(title, rows)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    payload = {
-        "benchmark": "observation_space",
-        "machine": machine(),
-        "prior": Path(args.prior).name,
-        "states": states,
-        "batch": BATCH,
-        "rows": rows,
-    }
+    payload = {"benchmark": "observation_space", "machine": machine(), "batch": BATCH, "rows": rows}
     if not args.quick:
+        RESULTS.mkdir(parents=True, exist_ok=True)
         write_file(RESULTS / "observation_space-cpu.json", json.dumps(payload, indent=2) + "\n")
-    print(json.dumps(rows[-1]))
 
 
 if __name__ == "__main__":
