@@ -98,6 +98,7 @@ def main() -> None:
     tables = {t: a for t, a, _, _ in windows}
     settings = PosteriorSettings(steps=args.steps)
     seconds: dict[str, float] = {}
+    observations: dict[str, Any] = {"long window": sum(len(tables[t]) for t in hours)}
 
     long_store = args.work / "long-window.zarr"
     started = time.perf_counter()
@@ -119,6 +120,9 @@ def main() -> None:
     offsets = list(range(0, args.hours - states + 1, states - 1))
     if offsets[-1] + states < args.hours:
         offsets.append(args.hours - states)
+    observations["cold K-hour windows"] = [
+        sum(len(tables[t]) for t in hours[offset : offset + states]) for offset in offsets
+    ]
     started = time.perf_counter()
     for number, offset in enumerate(offsets):
         span = hours[offset : offset + states]
@@ -178,6 +182,7 @@ def main() -> None:
             "steps": args.steps,
         },
         "seconds": seconds,
+        "observations": observations,
         "summary": summary,
         "hourly": rows,
     }

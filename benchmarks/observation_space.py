@@ -13,7 +13,9 @@ most all of them), side by side in one process:
   from the observations' spectral point functionals, and a step's ``A``,
   ``A^T`` of a batch of states through the decode's per-mode factor, or as
   two products with ``A`` built from the factor while it is small
-  (:mod:`genda.assimilation.spectral_factor`);
+  (:mod:`genda.assimilation.spectral_factor`); and the step through the
+  factor alone (``step_through_factor_s``), also where genda keeps ``A``,
+  to show where the two ways cross (``FACTOR_ROWS_LIMIT``);
 - **brute force**: the same space from an operator that does not know its
   factor: ``A A^T`` from the rows of ``A`` by reverse-mode products through
   the whole decode (kept as a matrix when they fit), and a step's ``A``,
@@ -83,6 +85,10 @@ def measure(prior: Any, table: pd.DataFrame, start: np.datetime64) -> dict[str, 
         return seconds(lambda: space.apply(z)) + seconds(lambda: space.adjoint(w))
 
     step_fast, step_slow = step(fast), step(slow)
+    factor, modes = operator.factor, operator.factor.modes()
+    through_factor = seconds(lambda: operator.fields.linear(factor.linear(z, modes))) + seconds(
+        lambda: factor.adjoint(operator.fields.adjoint(w), modes)
+    )  # the factor's step even where genda keeps A: where the two cross
     return {
         "observations": operator.n_obs,
         "factor_keeps_a": fast.rows is not None,
@@ -93,6 +99,7 @@ def measure(prior: Any, table: pd.DataFrame, start: np.datetime64) -> dict[str, 
         "step_factor_s": step_fast,
         "step_brute_s": step_slow,
         "step_ratio": step_slow / step_fast,
+        "step_through_factor_s": through_factor,
         "eigenvalues_max_relative_difference": difference,
     }
 

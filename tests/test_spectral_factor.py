@@ -132,7 +132,54 @@ def test_trajectory_windows_long_windows_and_fixed_first_hours() -> None:
 
     long = long_window_prior(prior, 5)
     table = trajectory_observations([0.0, 1.5, 3.0, 3.75, 4.0])
-    _check(likelihood_for(long, table, time=START).operator)
+    operator = likelihood_for(long, table, time=START).operator
+    _check(operator)
+    fixed = torch.zeros(operator.state_shape, dtype=torch.bool)
+    fixed[: operator.state_shape[0] // 5] = True  # the first hour, as a filtering long window
+    free = (~fixed).double()
+    _check(
+        StateOperator(
+            operator.fields,
+            lambda z: operator.decode(z * free),
+            operator.state_shape,
+            None,
+            operator.factor.masked(fixed),
+        )
+    )
+
+
+def test_a_long_window_too_large_for_one_matrix_per_mode_takes_the_brute_force(
+    monkeypatch,
+) -> None:
+    from genda.assimilation import spectral_factor as module
+
+    long = long_window_prior(gaussian_trajectory_prior(), 5)
+    size = long.denoiser.coordinates.square_root_bytes
+    monkeypatch.setattr(module, "FACTOR_BYTES_LIMIT", size - 1)
+    table = trajectory_observations([0.0, 4.0])
+    assert likelihood_for(long, table, time=START).operator.factor is None
+    monkeypatch.setattr(module, "FACTOR_BYTES_LIMIT", size)
+    assert likelihood_for(long, table, time=START).operator.factor is not None
+
+
+def test_float32_as_sampled() -> None:
+    """The working precision of a window: the Gram matrix to float32 round-off."""
+    field_prior = GaussianFieldPrior.on_grid(GRID, length_km=2500.0)
+    fields = field_prior.sample(300, generator=torch.Generator().manual_seed(2))
+    whitening = SpectralWhitening(GRID, coupling="cascade").fit([fields.float()])
+    fields_operator = ObservationOperator.from_table(_table(), GRID).to(dtype=torch.float32)
+    operator = StateOperator(
+        fields_operator, whitening.decode, whitening.state_shape, None, spectral_factor(whitening)
+    )
+    size = int(np.prod(operator.state_shape))
+    a = torch.func.jacrev(lambda z: operator(z.reshape(1, *operator.state_shape))[0])(
+        torch.zeros(size)
+    )
+    gram = spectral_gram(operator.factor, fields_operator)
+    assert gram.dtype == torch.float64
+    torch.testing.assert_close(
+        gram, (a @ a.T).double(), rtol=1e-4, atol=1e-5 * float(gram.abs().max())
+    )
 
 
 @pytest.mark.parametrize("rows", [True, False])

@@ -398,12 +398,14 @@ def test_a_forecast_carries_each_member_on_from_the_analysis(
 def test_filtering_on_ray_actors_reads_the_store_and_matches_this_process(
     trajectory_priors, tmp_path
 ) -> None:
-    """Two actors fix their members' first states from the store: the members of one process."""
+    """Two actors fix their members' first states from the store: the members of one
+    process, in a filtering window and in a forecast of two segments."""
     import os
     import tempfile
 
     from genda.assimilation.posterior import PosteriorSettings
     from genda.orchestration.assimilate import assimilate_window
+    from genda.orchestration.forecast import forecast
     from genda.threads import cpu_threads
 
     ray = pytest.importorskip("ray")
@@ -449,6 +451,13 @@ def test_filtering_on_ray_actors_reads_the_store_and_matches_this_process(
             progress=False,
             filtering=True,
         )
+        # a forecast of two segments on two actors, each reading its members' first states
+        last = later + np.timedelta64(2, "h")
+        forecasts = {name: tmp_path / f"forecast-{name}.zarr" for name in stores}
+        on_actors = forecast(
+            prior, stores["actors"], last, 3, forecasts["actors"], settings=settings, workers=2,
+            progress=False,
+        )  # fmt: skip
     finally:
         ray.shutdown()
     assert summary.workers == 2 and summary.written == 4
@@ -456,6 +465,18 @@ def test_filtering_on_ray_actors_reads_the_store_and_matches_this_process(
     for hour in (3, 4):
         when = START + np.timedelta64(hour, "h")
         np.testing.assert_array_equal(actors.read_members(when), here.read_members(when))
+    with cpu_threads(1):
+        in_process = forecast(
+            prior, stores["here"], last, 3, forecasts["here"], settings=settings, progress=False
+        )
+    assert on_actors.written == in_process.written > 0 and len(in_process.hours) == 4
+    assert on_actors.hours == in_process.hours
+    for hour in in_process.hours:
+        when = np.datetime64(hour)
+        np.testing.assert_array_equal(
+            EnsembleStore.open(forecasts["actors"]).read_members(when),
+            EnsembleStore.open(forecasts["here"]).read_members(when),
+        )
 
 
 def test_a_window_builds_its_observation_covariance_once(

@@ -184,6 +184,8 @@ class ObservationSpace:
             self.eigenvectors = vectors.to(sigma_y.dtype)
         elif keep_rows and not structured:
             self.rows = operator_rows(operator)
+        if self.rows is not None:
+            self.modes = None  # the steps take A: F on the modes is not needed again
         if self.rows is not None or structured:
             weight = operator.fields.weight
             zero = torch.zeros((1, *operator.state_shape), dtype=weight.dtype, device=weight.device)

@@ -28,8 +28,11 @@ product over (their channels x modes): ``M^2 x ~6 x T^2/2`` in all, against
 
 Each sampling step applies ``A`` and ``A^T`` to a batch of states. With
 ``F`` computed once per window, both run as one synthesis (or its adjoint)
-and one product with ``F`` on the modes ``l >= m``: no reverse-mode pass
-through the decode, and no ``(M, N)`` matrix ``A`` in memory.
+and one product with ``F`` on the modes ``l >= m``: no reverse pass through
+the whole decode (the adjoint synthesis alone is taken by reverse mode), and
+no ``(M, N)`` matrix ``A`` in memory unless it is small. A long window's
+``F`` (its chain as one matrix per mode, ``(L C)^2``) is used up to
+:data:`FACTOR_BYTES_LIMIT`; a longer window takes the brute force.
 
 ``tests/test_spectral_factor.py`` checks all three against the brute force.
 
@@ -60,6 +63,17 @@ __all__ = [
     "spectral_gram",
     "spectral_rows",
 ]
+
+FACTOR_BYTES_LIMIT = 2**30
+"""Most bytes of a factor's modes ``l >= m`` (a long window's ``(L C)^2`` per mode):
+beyond, the observation space takes the brute force, whose cost grows only
+linearly with the window's hours (``L <= 21`` on the default grid, 24 channels an hour)."""
+
+SPREAD_BATCH = 128
+"""Observations of a block whose ``C g_n`` on every channel is held at once (``(n, C, Q)``)."""
+
+ROW_BATCH = 256
+"""Observations whose rows of ``A`` are made at once (:func:`factor_rows`)."""
 
 UNIT_BATCH = 2048
 """Most (observation, hour, level) units synthesised adjointly at once (~50 MB at 32 x 64)."""
@@ -104,6 +118,10 @@ class SpectralFactor:
         """``F diag(free)`` on the modes ``l >= m``: ``(Q, G, P, P)`` complex."""
         valid = self.whitening.valid.to(self.whitening.mean.device)
         f = self.square_root()[valid]
+        # w_l0 is real and the synthesis takes Re a_l0: at m = 0 only Re F acts
+        # (F is real there up to the round-off of a long window's pseudo-inverses)
+        order = torch.arange(valid.shape[1], device=valid.device)[None, :].expand_as(valid)[valid]
+        f[order == 0] = f[order == 0].real.to(f.dtype)
         if self.free is not None:
             f = f * self.free.to(f.real.dtype)[None, :, None, :]
         return f
@@ -286,8 +304,9 @@ def spectral_rows(structure: SpectralFactor, fields: ObservationOperator) -> Spe
     ]  # (units, V_s)
     touched = functionals.abs().amax(dim=-1) > 0  # (units, V_s): T rows do not touch u, v
     by_row: dict[int, list[tuple[int, int]]] = {}
+    unit_rows, channels = unit_row.tolist(), channel.tolist()  # one transfer, not one per entry
     for u, v in touched.nonzero().tolist():
-        by_row.setdefault(int(unit_row[u]), []).append((int(channel[u, v]), u * per_state + v))
+        by_row.setdefault(unit_rows[u], []).append((channels[u][v], u * per_state + v))
     flat = functionals.reshape(-1, functionals.shape[-1])
     by_channels: dict[tuple[int, ...], list[tuple[int, list[int]]]] = {}
     for row, entries in by_row.items():
@@ -326,14 +345,21 @@ def factor_rows(structure: SpectralFactor, rows: SpectralRows, modes: Tensor) ->
     nvar = whitening.field_shape[0] // whitening.states * structure.states
     nlev = whitening.field_shape[1]
     out = torch.zeros((rows.count, nvar * nlev * whitening.dofs), dtype=dtype, device=modes.device)
-    for members, channels, functionals in rows.blocks:
-        w = torch.zeros((members.numel(), t, t, g, p), dtype=modes.dtype, device=modes.device)
+    chunks = [
+        (members[lo : lo + ROW_BATCH], channels, functionals[lo : lo + ROW_BATCH])
+        for members, channels, functionals in rows.blocks
+        for lo in range(0, members.numel(), ROW_BATCH)
+    ]
+    for members, channels, functionals in chunks:
+        w = torch.zeros((members.numel(), q, g, p), dtype=modes.dtype, device=modes.device)
         group = channels // p
         for one in group.unique().tolist():  # an observation's channels of one group
             chosen = (group == one).nonzero().squeeze(1)
             part = functionals[:, chosen] * undo  # (n, c, Q)
-            w[:, valid, one] += torch.einsum("qcr,ncq->nqr", columns[:, channels[chosen]], part)
-        coefficients = from_groups(w, whitening.coupling, nvar, nlev, structure.states)
+            w[:, :, one] += torch.einsum("qcr,ncq->nqr", columns[:, channels[chosen]], part)
+        full = torch.zeros((members.numel(), t, t, g, p), dtype=modes.dtype, device=modes.device)
+        full[:, valid] = w
+        coefficients = from_groups(full, whitening.coupling, nvar, nlev, structure.states)
         z = whitening._pack(coefficients) / _pack_factor(whitening, dtype) ** 2
         out[members] = z.reshape(members.numel(), -1)
     return out
@@ -349,6 +375,8 @@ def spectral_factor(coordinates: Any) -> SpectralFactor | None:
     square_root = getattr(coordinates, "square_root", None)
     if coordinates is None or not callable(square_root):
         return None
+    if getattr(coordinates, "square_root_bytes", 0) > FACTOR_BYTES_LIMIT:
+        return None  # a long window's chain as one matrix per mode: too large to hold
     whitening = getattr(coordinates, "whitening", coordinates)
     return SpectralFactor(whitening, int(coordinates.states), square_root)
 
@@ -380,12 +408,13 @@ def spectral_gram(
     out = torch.zeros((m, m), dtype=torch.float64, device=covariance.device)
     blocks = rows.blocks
     for second, (rows2, channels2, g2) in enumerate(blocks):
-        # C g_n on every channel: (n2, C, Q)
-        spread = torch.einsum("qij,njq->niq", covariance[:, :, channels2], g2)
-        for rows1, channels1, g1 in blocks[: second + 1]:
-            left = g1.reshape(g1.shape[0], -1).conj()
-            right = spread[:, channels1].reshape(spread.shape[0], -1)
-            block = 0.5 * (left @ right.T).real.double()
-            out[rows1[:, None], rows2[None, :]] = block
-            out[rows2[:, None], rows1[None, :]] = block.T
+        for lo in range(0, rows2.numel(), SPREAD_BATCH):  # (n2, C, Q) at most this many n2
+            part, members = g2[lo : lo + SPREAD_BATCH], rows2[lo : lo + SPREAD_BATCH]
+            spread = torch.einsum("qij,njq->niq", covariance[:, :, channels2], part)  # C g_n
+            for rows1, channels1, g1 in blocks[: second + 1]:
+                left = g1.reshape(g1.shape[0], -1).conj()
+                right = spread[:, channels1].reshape(spread.shape[0], -1)
+                block = 0.5 * (left @ right.T).real.double()
+                out[rows1[:, None], members[None, :]] = block
+                out[members[:, None], rows1[None, :]] = block.T
     return out

@@ -10,6 +10,7 @@ from rich.table import Table
 
 from genda.assimilation.posterior import PosteriorSettings
 from genda.cli.group import console
+from genda.cli.options import InsecureOption
 
 _DEFAULTS = PosteriorSettings()
 
@@ -33,7 +34,23 @@ def forecast(
     ),
     seed: Annotated[int, typer.Option(help="Experiment seed (hashed with each segment).")] = 0,
     device: Annotated[str, typer.Option(help="torch device: cpu or cuda.")] = "cpu",
-    threads: Annotated[int, typer.Option(help="torch threads of CPU sampling.")] = 1,
+    threads: Annotated[
+        int,
+        typer.Option(
+            help="torch threads of CPU sampling: per Ray actor with --workers, else of this process."
+        ),
+    ] = 1,
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=0, help="Ray actors sampling every segment (one per GPU with cuda); 0: here."
+        ),
+    ] = 0,
+    ray_address: Annotated[
+        str | None,
+        typer.Option(help="Running Ray cluster (else RAY_ADDRESS, else start a local one)."),
+    ] = None,
+    insecure: InsecureOption = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing forecast store.")] = False,
     progress: Annotated[bool, typer.Option(help="Show the sampling's progress.")] = True,
 ) -> None:
@@ -51,6 +68,9 @@ def forecast(
         seed=seed,
         device=device,
         threads=threads,
+        workers=workers,
+        ray_address=ray_address,
+        insecure=insecure,
         overwrite=overwrite,
         progress=progress,
     )

@@ -110,7 +110,6 @@ class LongCoordinates:
         eye = torch.eye(self.channels, dtype=factor.dtype, device=factor.device)
         self.innovation_null = eye - self.innovation_inverse @ self.innovation
         self.regression = self.cross @ self.lead_inverse  # (T, M, 1, C, (K - 1) C)
-        self._square_root: Tensor | None = None
 
     @property
     def states(self) -> int:
@@ -120,15 +119,25 @@ class LongCoordinates:
     def square_root(self) -> Tensor:
         """The chain's per-mode map ``(T, M, 1, L C, L C)`` complex: the anomalies are ``it @ w``.
 
-        Read off by applying :meth:`anomalies` to the identity; kept after the first call.
+        Read off by applying :meth:`anomalies` to the identity, a degree at a
+        time; ``(L C)^2`` per mode, so made only when asked (see
+        :attr:`square_root_bytes`), not kept.
         """
-        if self._square_root is None:
-            size = self.hours * self.channels
-            t = self.whitening.truncation
-            eye = torch.eye(size, dtype=self.factor.dtype, device=self.factor.device)
-            columns = self.anomalies(eye.reshape(size, 1, 1, 1, size).expand(size, t, t, 1, size))
-            self._square_root = columns.permute(1, 2, 3, 4, 0).contiguous()
-        return self._square_root
+        size = self.hours * self.channels
+        t = self.whitening.truncation
+        eye = torch.eye(size, dtype=self.factor.dtype, device=self.factor.device)
+        out = torch.empty((t, t, 1, size, size), dtype=self.factor.dtype, device=self.factor.device)
+        for degree in range(t):  # one degree's columns at a time: a 1/T share of the peak
+            identity = eye.reshape(size, 1, 1, 1, size).expand(size, 1, t, 1, size)
+            columns = self.anomalies(identity, slice(degree, degree + 1))
+            out[degree] = columns[:, 0].permute(1, 2, 3, 0)
+        return out
+
+    @property
+    def square_root_bytes(self) -> int:
+        """The bytes of :meth:`square_root`'s modes ``l >= m`` (what the observation space keeps)."""
+        t, size = self.whitening.truncation, self.hours * self.channels
+        return t * (t + 1) // 2 * size * size * self.factor.element_size()
 
     @property
     def mean(self) -> Tensor:
@@ -153,16 +162,21 @@ class LongCoordinates:
         c = self.channels
         return x[..., hour * c : (hour + count) * c]
 
-    def anomalies(self, w: Tensor) -> Tensor:
-        """``w`` ``(B, T, M, 1, L C)`` -> the hours' coefficient anomalies ``d``, same shape."""
+    def anomalies(self, w: Tensor, degrees: slice = slice(None)) -> Tensor:
+        """``w`` ``(B, T, M, 1, L C)`` -> the hours' coefficient anomalies ``d``, same shape.
+
+        ``degrees``: the degrees ``w`` holds (its second axis), all by default.
+        """
         k = self.segment
-        first = torch.einsum("tmgpq,btmgq->btmgp", self.factor, self._block(w, 0, k))
+        factor, regression = self.factor[degrees], self.regression[degrees]
+        innovation = self.innovation[degrees]
+        first = torch.einsum("tmgpq,btmgq->btmgp", factor, self._block(w, 0, k))
         blocks = list(first.split(self.channels, dim=-1))
         for hour in range(k, self.hours):
             before = torch.cat(blocks[-(k - 1) :], dim=-1)
             blocks.append(
-                torch.einsum("tmgpq,btmgq->btmgp", self.regression, before)
-                + torch.einsum("tmgpq,btmgq->btmgp", self.innovation, self._block(w, hour))
+                torch.einsum("tmgpq,btmgq->btmgp", regression, before)
+                + torch.einsum("tmgpq,btmgq->btmgp", innovation, self._block(w, hour))
             )
         return torch.cat(blocks, dim=-1)
 

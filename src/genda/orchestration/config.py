@@ -80,8 +80,8 @@ class CycleConfig(BaseModel):
     states: int | None = Field(
         None,
         ge=2,
-        description="Hourly states per window of a trajectory prior, more than its own K: "
-        "long windows composed from its segments (every_hours = states - 1). "
+        description="Hourly states per window of a trajectory prior, its own K or more: "
+        "longer windows are composed from its segments (every_hours = states - 1). "
         "None: the prior's own.",
     )
     outlier_k: float = Field(

@@ -334,6 +334,7 @@ def assimilation_cycle(config: CycleConfig, progress: bool = True) -> list[dict[
 
     from genda.distributed.cluster import ray_session
 
+    prior_states(config)  # windows that do not meet: refused once, before any window
     results = []
     # One Ray for the whole cycle: each window's actors then start in seconds
     # instead of each window starting (and stopping) a local cluster.

@@ -23,16 +23,20 @@ from __future__ import annotations
 
 import math
 import os
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from genda.assimilation.posterior import PosteriorSettings
-from genda.distributed import complete_window
+from genda.distributed import WorkerSpec, complete_window
+from genda.distributed.cluster import check_cluster, ray_session
+from genda.distributed.cluster import ray_address as ray_address_of
+from genda.distributed.scheduler import ActorPool
 from genda.distributed.work import MemberGenerator
 from genda.errors import InvalidValueError, MissingInputError
-from genda.models.checkpoint import load_checkpoint
+from genda.models.checkpoint import LoadedPrior, load_checkpoint
 from genda.orchestration.assimilate import window_provenance
 from genda.orchestration.trajectory_window import (
     check_condition,
@@ -82,10 +86,18 @@ def forecast(
     seed: int = 0,
     device: str = "cpu",
     threads: int = 1,
+    workers: int = 0,
+    ray_address: str | None = None,
+    insecure: bool = False,
     overwrite: bool = False,
     progress: bool = True,
 ) -> ForecastSummary:
     """Forecast ``hours`` hours from the analysis window ``time`` of ``analysis`` into ``out``.
+
+    ``workers``: Ray actors that sample every segment (``threads`` torch
+    threads each; one pool for the whole forecast, each actor reading its
+    members' first states from the store); 0: in this process with
+    ``threads``. ``ray_address``, ``insecure``: as ``genda assimilate``'s.
 
     Raises:
         InvalidValueError: not a trajectory prior, ``hours < 1``, ``out`` is the
@@ -95,6 +107,8 @@ def forecast(
     start = as_datetime64(time)
     if int(hours) < 1:
         raise InvalidValueError(f"a forecast needs at least one hour, not {hours}")
+    if int(workers) < 0:
+        raise InvalidValueError(f"workers must be >= 0 (0: in this process), not {workers}")
     if Path(out).resolve() == Path(analysis).resolve():
         raise InvalidValueError(
             "a forecast goes to its own store: the analysis store's later hours belong to the "
@@ -113,6 +127,8 @@ def forecast(
         raise InvalidValueError(f"a forecast starts from an analysis store: {error}") from None
     check_condition(analysis, prior, start, members, forecast=True)
     check_store_output(out, overwrite)
+    if workers > 0:  # the cluster must answer, or be allowed, before the store is touched
+        check_cluster(ray_address_of(ray_address), insecure=insecure)
     states = trajectory_states(prior.grid)
     segments = math.ceil(int(hours) / (states - 1))
     store = EnsembleStore.open_or_create(
@@ -122,7 +138,60 @@ def forecast(
         {"title": "genda ensemble forecast", "forecast_from": iso(start)},
         overwrite=overwrite,
     )
-    generator = MemberGenerator(str(prior.path), device, threads, prior=prior)
+    cpus = workers * threads if device == "cpu" else None
+    with ray_session(ray_address, num_cpus=cpus, insecure=insecure) if workers else nullcontext():
+        pool = (
+            ActorPool.start(WorkerSpec(str(prior.path), device, threads), workers)
+            if workers
+            else None
+        )
+        try:
+            written, seconds, times = _run_segments(
+                store,
+                prior,
+                analysis,
+                start,
+                segments,
+                settings,
+                seed,
+                pool,
+                threads,
+                device,
+                progress,
+            )
+        finally:
+            if pool is not None:
+                pool.shutdown()
+    return ForecastSummary(
+        str(store.path),
+        str(Path(analysis).resolve()),
+        iso(start),
+        tuple(times),
+        members,
+        written,
+        seconds,
+    )
+
+
+def _run_segments(
+    store: EnsembleStore,
+    prior: LoadedPrior,
+    analysis: str | os.PathLike[str],
+    start: np.datetime64,
+    segments: int,
+    settings: PosteriorSettings,
+    seed: int,
+    pool: ActorPool | None,
+    threads: int,
+    device: str,
+    progress: bool,
+) -> tuple[int, float, list[str]]:
+    """Sample the forecast's segments in order: ``(members written, seconds, valid times)``.
+
+    On the actors of ``pool``, or in this process without one.
+    """
+    states = trajectory_states(prior.grid)
+    generator = None if pool else MemberGenerator(str(prior.path), device, threads, prior=prior)
     written, seconds, times = 0, 0.0, []
     for segment in range(segments):
         begin = start + segment * (states - 1) * HOUR
@@ -146,16 +215,8 @@ def forecast(
             source=str(Path(analysis).resolve()) if segment == 0 else None,
             job_seed=stable_seed("forecast", int(seed), iso(begin)),
         )
-        report = complete_window(job, generator=generator, progress=progress)
+        report = complete_window(job, generator=generator, pool=pool, progress=progress)
         written += report.run.written
         seconds += report.run.seconds
         times.extend(iso(t) for t in job.times)
-    return ForecastSummary(
-        str(store.path),
-        str(Path(analysis).resolve()),
-        iso(start),
-        tuple(times),
-        members,
-        written,
-        seconds,
-    )
+    return written, seconds, times
