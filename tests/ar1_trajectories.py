@@ -28,6 +28,7 @@ from genda.trajectory import (
     trajectory_normalization,
     trajectory_states,
 )
+from point_tables import point_table
 
 GRID = Grid.gaussian(8, 16, 2)
 STATES = 3
@@ -82,21 +83,7 @@ def observations(hours: list[float]) -> pd.DataFrame:
         ("v", 10.0, 100.0, 95.0, 0.3),
         ("T", -50.0, 300.0, 95.0, 0.3),
     ]
-    return pd.DataFrame(
-        [
-            {
-                "time": pd.Timestamp(START) + pd.Timedelta(hours=h),
-                "variable": v,
-                "lat": lat,
-                "lon": lon,
-                "alt_km": alt,
-                "value": 0.0,
-                "sigma": s,
-            }
-            for h in hours
-            for v, lat, lon, alt, s in rows
-        ]
-    )
+    return point_table(rows, [pd.Timestamp(START) + pd.Timedelta(hours=h) for h in hours])
 
 
 def dense_posterior(

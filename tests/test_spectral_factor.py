@@ -28,6 +28,7 @@ from genda.models.long_window import long_window_prior
 from genda.models.whitening import SpectralWhitening
 from genda.normalization import Normalization
 from genda.observations.operators import ObservationOperator
+from point_tables import point_table
 
 GRID = Grid.gaussian(8, 16, 3)
 
@@ -35,30 +36,17 @@ GRID = Grid.gaussian(8, 16, 3)
 def _table() -> pd.DataFrame:
     """Winds and temperatures between levels, near a pole, and a limb profile over levels."""
     rows = [
-        ("u", -30.0, 45.0, 82.0, None),
-        ("v", 10.0, 100.0, 95.0, None),
-        ("T", 60.0, 200.0, 80.0, None),
-        ("T", -85.0, 300.0, 104.0, None),
-        ("u", 87.0, 10.0, 110.0, None),
-        ("v", 87.0, 10.0, 110.0, None),
-        ("T", 20.0, 359.0, 95.0, 20.0),
-        ("u", 0.0, 180.0, 100.0, None),
+        ("u", -30.0, 45.0, 82.0, 1.0),
+        ("v", 10.0, 100.0, 95.0, 1.0),
+        ("T", 60.0, 200.0, 80.0, 1.0),
+        ("T", -85.0, 300.0, 104.0, 1.0),
+        ("u", 87.0, 10.0, 110.0, 1.0),
+        ("v", 87.0, 10.0, 110.0, 1.0),
+        ("T", 20.0, 359.0, 95.0, 1.0),
+        ("u", 0.0, 180.0, 100.0, 1.0),
     ]
-    return pd.DataFrame(
-        [
-            {
-                "time": pd.Timestamp("2000-01-01"),
-                "variable": v,
-                "lat": lat,
-                "lon": lon,
-                "alt_km": alt,
-                "value": 0.0,
-                "sigma": 1.0,
-                "fwhm_km": np.nan if fwhm is None else fwhm,
-            }
-            for v, lat, lon, alt, fwhm in rows
-        ]
-    )
+    fwhm = [None] * 6 + [20.0, None]
+    return point_table(rows, [pd.Timestamp("2000-01-01")], fwhm)
 
 
 @pytest.fixture(scope="module", params=["columns", "levels", "cascade"])

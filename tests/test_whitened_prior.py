@@ -33,6 +33,7 @@ from genda.models.whitening import SpectralWhitening
 from genda.normalization import Normalization
 from genda.observations.operators import ObservationOperator
 from genda.storage import EnsembleStore
+from point_tables import point_table
 
 runner = CliRunner()
 GRID = Grid.gaussian(8, 16, 2)
@@ -54,20 +55,7 @@ def _observations() -> pd.DataFrame:
         ("T", -70.0, 300.0, 110.0, 1.0),
         ("u", 5.0, 10.0, 110.0, 2.0),
     ]
-    return pd.DataFrame(
-        [
-            {
-                "time": pd.Timestamp("2000-01-01"),
-                "variable": v,
-                "lat": lat,
-                "lon": lon,
-                "alt_km": alt,
-                "value": 0.0,
-                "sigma": s,
-            }
-            for v, lat, lon, alt, s in rows
-        ]
-    )
+    return point_table(rows, [pd.Timestamp("2000-01-01")])
 
 
 def _dense_problem(whitening: SpectralWhitening, obs: pd.DataFrame, hour: float | None = None):

@@ -10,7 +10,7 @@ from rich.table import Table
 
 from genda.assimilation.posterior import PosteriorSettings
 from genda.cli.group import console
-from genda.cli.options import InsecureOption
+from genda.cli.options import InsecureOption, RayAddressOption
 
 _DEFAULTS = PosteriorSettings()
 
@@ -46,10 +46,7 @@ def forecast(
             min=0, help="Ray actors sampling every segment (one per GPU with cuda); 0: here."
         ),
     ] = 0,
-    ray_address: Annotated[
-        str | None,
-        typer.Option(help="Running Ray cluster (else RAY_ADDRESS, else start a local one)."),
-    ] = None,
+    ray_address: RayAddressOption = None,
     insecure: InsecureOption = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing forecast store.")] = False,
     progress: Annotated[bool, typer.Option(help="Show the sampling's progress.")] = True,

@@ -59,6 +59,12 @@ InsecureOption = Annotated[
 ]
 """``--insecure`` of the commands that may start a local Ray cluster."""
 
+RayAddressOption = Annotated[
+    str | None,
+    typer.Option(help="Running Ray cluster (else RAY_ADDRESS, else start a local one)."),
+]
+"""``--ray-address`` of the commands that sample on Ray actors."""
+
 
 def parse_channel_mult(text: str) -> list[int]:
     """``--channel-mult``: integers separated by commas, e.g. ``1,2,2``."""
@@ -115,6 +121,7 @@ __all__ = [
     "POSTERIOR_DEFAULTS",
     "SAMPLER_HELP",
     "InsecureOption",
+    "RayAddressOption",
     "command_line",
     "one_of",
     "parse_batch_size",

@@ -14,6 +14,7 @@ from genda.cli.options import (
     POSTERIOR_DEFAULTS,
     SAMPLER_HELP,
     InsecureOption,
+    RayAddressOption,
     one_of,
     parse_batch_size,
 )
@@ -126,10 +127,7 @@ def assimilate(
             "process with --workers 0 (docs/distributed.md)."
         ),
     ] = 1,
-    ray_address: Annotated[
-        str | None,
-        typer.Option(help="Running Ray cluster (else RAY_ADDRESS, else start a local one)."),
-    ] = None,
+    ray_address: RayAddressOption = None,
     insecure: InsecureOption = False,
     members_per_shard: Annotated[
         int | None, typer.Option(help="New store: members per shard file (1: no sharding).")
