@@ -64,10 +64,12 @@ __all__ = [
     "spectral_rows",
 ]
 
-FACTOR_BYTES_LIMIT = 2**30
-"""Most bytes of a factor's modes ``l >= m`` (a long window's ``(L C)^2`` per mode):
-beyond, the observation space takes the brute force, whose cost grows only
-linearly with the window's hours (``L <= 21`` on the default grid, 24 channels an hour)."""
+FACTOR_BYTES_LIMIT = 2**31
+"""Most bytes of a factor made as one matrix per mode (a long window's chain,
+``(L C)^2`` per mode; the observation space then keeps its modes ``l >= m``,
+half of it, and their ``F F^H``): beyond, the observation space takes the
+brute force, whose cost grows only linearly with the window's hours
+(``L <= 21`` on the default grid, 24 channels an hour)."""
 
 SPREAD_BATCH = 128
 """Observations of a block whose ``C g_n`` on every channel is held at once (``(n, C, Q)``)."""

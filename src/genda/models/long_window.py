@@ -135,9 +135,9 @@ class LongCoordinates:
 
     @property
     def square_root_bytes(self) -> int:
-        """The bytes of :meth:`square_root`'s modes ``l >= m`` (what the observation space keeps)."""
+        """The bytes :meth:`square_root` allocates (the observation space then keeps half)."""
         t, size = self.whitening.truncation, self.hours * self.channels
-        return t * (t + 1) // 2 * size * size * self.factor.element_size()
+        return t * t * size * size * self.factor.element_size()
 
     @property
     def mean(self) -> Tensor:
