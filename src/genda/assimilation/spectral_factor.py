@@ -122,7 +122,7 @@ class SpectralFactor:
         f = self.square_root()[valid]
         # w_l0 is real and the synthesis takes Re a_l0: at m = 0 only Re F acts
         # (F is real there up to the round-off of a long window's pseudo-inverses)
-        order = torch.arange(valid.shape[1], device=valid.device)[None, :].expand_as(valid)[valid]
+        order = _orders(valid)
         f[order == 0] = f[order == 0].real.to(f.dtype)
         if self.free is not None:
             f = f * self.free.to(f.real.dtype)[None, :, None, :]
@@ -296,7 +296,7 @@ def spectral_rows(structure: SpectralFactor, fields: ObservationOperator) -> Spe
             )
 
     # m = 0: w_l0 is real, so only Re g counts, with weight 1 against 1/2 for m > 0
-    order = torch.arange(valid.shape[1], device=device)[None, :].expand_as(valid)[valid]
+    order = _orders(valid)
     functionals = torch.where(order == 0, math.sqrt(2.0) * functionals.real, functionals)
 
     # each observation's channels: (k V_s + v, level) -> coupling-group channel
@@ -340,7 +340,7 @@ def factor_rows(structure: SpectralFactor, rows: SpectralRows, modes: Tensor) ->
     t = whitening.truncation
     valid = whitening.valid.to(modes.device)
     q, g, p = modes.shape[0], modes.shape[1], modes.shape[2]
-    order = torch.arange(t, device=modes.device)[None, :].expand(t, t)[valid]
+    order = _orders(valid)
     undo = torch.ones(order.shape, dtype=dtype, device=modes.device)
     undo[order == 0] = 1.0 / math.sqrt(2.0)  # the sqrt 2 of spectral_rows
     columns = modes.conj().reshape(q, g * p, p)  # (Q, (g, p), r): F^H's rows
@@ -386,6 +386,11 @@ def spectral_factor(coordinates: Any) -> SpectralFactor | None:
 def _pack_factor(whitening: Any, dtype: torch.dtype) -> Tensor:
     """``(D,)``: the layout's ``sqrt 2`` on ``m > 0`` (:func:`genda.models.whitening_layout.pack_factor`)."""
     return pack_factor(whitening.dof_order, dtype)
+
+
+def _orders(valid: Tensor) -> Tensor:
+    """``(Q,)``: the order ``m`` of each mode ``l >= m`` of ``valid`` ``(T, M)``."""
+    return torch.arange(valid.shape[1], device=valid.device)[None, :].expand_as(valid)[valid]
 
 
 def _complex(dtype: torch.dtype) -> torch.dtype:

@@ -127,8 +127,8 @@ class LongCoordinates:
         t = self.whitening.truncation
         eye = torch.eye(size, dtype=self.factor.dtype, device=self.factor.device)
         out = torch.empty((t, t, 1, size, size), dtype=self.factor.dtype, device=self.factor.device)
+        identity = eye.reshape(size, 1, 1, 1, size).expand(size, 1, t, 1, size)
         for degree in range(t):  # one degree's columns at a time: a 1/T share of the peak
-            identity = eye.reshape(size, 1, 1, 1, size).expand(size, 1, t, 1, size)
             columns = self.anomalies(identity, slice(degree, degree + 1))
             out[degree] = columns[:, 0].permute(1, 2, 3, 0)
         return out
