@@ -183,10 +183,22 @@ class ModelEnsemble:
         for _ in range(settings.members):
             run.advance(settings.spacing_hours * SECONDS_PER_HOUR)
             states.append(run.state.clone())
+        return cls.from_states(config, states, time, settings.seed)
+
+    @classmethod
+    def from_states(
+        cls,
+        config: SimulatorConfig,
+        states: Sequence[torch.Tensor],
+        time: np.datetime64,
+        seed: int,
+    ) -> ModelEnsemble:
+        """Member ``k`` starts from ``states[k]`` (spectral model states) at ``time`` and
+        forces with seed ``seed + 1 + k``."""
         members = []
         for k, state in enumerate(states):
-            member = Simulator(config, seed=settings.seed + 1 + k)
-            member.state = state
+            member = Simulator(config, seed=seed + 1 + k)
+            member.state = state.clone()
             set_clock(member, time)
             members.append(member)
         return cls(members)

@@ -1,0 +1,376 @@
+"""How much can any filter gain over independent windows on the cycled OSSE's network?
+
+    python benchmarks/filtering_bound.py [--members 16 64] [--days 3]
+    python benchmarks/filtering_bound.py --quick          # a tiny end-to-end check
+
+The cycled OSSE (``benchmarks/trajectory_osse.py``) asks a filtering cycle for
+0.7 times the CRPS of independent windows. This benchmark measures what the
+built-in model's own filter reaches on the same truth and observations, where
+its forecast model is perfect up to the stochastic forcing, so that genda's
+ratio can be read against what the network allows:
+
+- **enkf-cycled-K**: the model EnKF carried from hour to hour
+  (:class:`genda.assimilation.cycled_enkf.ModelEnsemble`), ``K`` members;
+- **enkf-cold-K**: the same analysis of each scored window from a fresh
+  climatological ensemble (the EnKF's own initial ensemble, brought to the
+  window's time of day): independent windows of the classical system;
+- **perfect-past**: members started from the truth's exact model state ``lead``
+  hours before the valid time, each with its own stochastic forcing, with no
+  observation at all. At a lead of 1 h it is what a filter that knew the whole
+  past exactly would forecast, so its CRPS says how much of the truth is
+  predictable from one hour to the next.
+
+The localisation and RTPS of every EnKF (cycled and cold, each ``K``) are
+chosen on a day of another truth (seed 7, as ``cycled_osse.py --tune``), which
+is then not scored. Scores are those of the cycled OSSE (area-weighted CRPS,
+ensemble-mean RMSE, spread-skill per variable, pooled over its first full day
+and last day, at genda's analysis hours).
+
+Writes ``benchmarks/results/filtering_bound-cpu.json`` (``.md`` beside it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import xarray as xr
+from tqdm import tqdm
+
+from _common import RESULTS, machine, print_table
+from cycled_osse import (
+    TUNE_SEED,
+    VARIABLES,
+    WITHHELD,
+    hourly_windows,
+    pooled,
+    score_window,
+    truth_archive,
+    write_scores,
+)
+from genda.assimilation.baselines import Localization
+from genda.assimilation.cycled_enkf import EnkfSettings, ModelEnsemble, set_clock
+from genda.atomic import write_file
+from genda.grid import Grid
+from genda.orchestration.enkf_cycle import model_config_of
+from genda.orchestration.simulate import spin_up
+from genda.simulator import Simulator, SimulatorConfig
+from genda.storage import open_archive
+
+ROOT = Path(__file__).resolve().parents[1]
+HOUR = np.timedelta64(3600, "s")
+TRUTH_SEED = 2026
+SPINUP_DAYS = 30.0
+HORIZONTAL_KM = (1000.0, 1500.0, 3000.0)
+CYCLED_RTPS = (0.3, 0.5)
+COLD_RTPS = (0.0, 0.5)
+LEADS = (1, 3, 6, 12, 24)
+EVERY = 3  # genda's windows end every 3 h in the cycled OSSE
+
+
+def climatological_states(
+    config: SimulatorConfig, first: np.datetime64, offsets: list[int], members: int, seed: int
+) -> dict[int, list[torch.Tensor]]:
+    """Model states of one run (seed ``seed``), ``members`` per hour-of-day offset.
+
+    Offset 0 gives exactly the members of :meth:`ModelEnsemble.climatological` at
+    ``first`` (spin-up, ``first``'s time of day, then a state every 24 h); offset
+    ``o`` gives the states ``o`` hours after each of the previous days' ones, so
+    every set is in the phase of the tides at ``first + o`` hours.
+    """
+    run = Simulator(config, seed=seed)
+    spin_up(run, SPINUP_DAYS, progress=False)
+    day = np.timedelta64(86400, "s")
+    behind = (np.datetime64(first, "s") - np.datetime64(run.time, "s")) % day
+    run.advance(float(behind / np.timedelta64(1, "s")))
+    targets = sorted(
+        (24 * (k + 1) if o == 0 else 24 * k + o, o) for k in range(members) for o in offsets
+    )
+    states: dict[int, list[torch.Tensor]] = {o: [] for o in offsets}
+    now = 0
+    for hours, offset in tqdm(targets, desc="climatological states", leave=False):
+        run.advance((hours - now) * 3600.0)
+        now = hours
+        states[offset].append(run.state.clone())
+    return states
+
+
+def cycled(
+    config: SimulatorConfig,
+    windows: list,
+    initial: list[torch.Tensor],
+    settings: EnkfSettings,
+    truth: xr.Dataset,
+    scored: set[str],
+) -> tuple[list[dict[str, Any]], float]:
+    """The model EnKF through every window, as ``genda enkf-cycle`` without its store;
+    the scores of the windows at ``scored`` and the seconds per window."""
+    grid = Grid.from_dataset(truth)
+    ensemble = ModelEnsemble.from_states(config, initial, windows[0][0], settings.seed)
+    rng = np.random.default_rng([settings.seed, 7919])  # as genda enkf-cycle
+    rows = []
+    started = time.perf_counter()
+    for when, assimilated, withheld, _ in tqdm(windows, desc="cycled EnKF", leave=False):
+        ensemble.advance_to(when)
+        ensemble.analyse(assimilated, settings, rng)
+        if str(when)[:19] in scored:
+            rows.append(score(ensemble.fields(), when, truth, grid, withheld))
+    return rows, (time.perf_counter() - started) / len(windows)
+
+
+def cold(
+    config: SimulatorConfig,
+    windows: list,
+    states: dict[int, list[torch.Tensor]],
+    settings: EnkfSettings,
+    truth: xr.Dataset,
+    scored: set[str],
+) -> list[dict[str, Any]]:
+    """One analysis of each scored window from the climatological states of its hour of day."""
+    grid = Grid.from_dataset(truth)
+    first = windows[0][0]
+    rng = np.random.default_rng([settings.seed, 7919])
+    ensemble = ModelEnsemble.from_states(config, states[0], first, settings.seed)
+    rows = []
+    for when, assimilated, withheld, _ in windows:
+        if str(when)[:19] not in scored:
+            continue
+        offset = int((when - first) / HOUR) % 24
+        for member, state in zip(ensemble.members, states[offset], strict=True):
+            member.state = state.clone()  # no forecast follows: the forcing's state is moot
+            set_clock(member, when)
+        ensemble.analyse(assimilated, settings, rng)
+        rows.append(score(ensemble.fields(), when, truth, grid, withheld))
+    return rows
+
+
+def score(
+    fields: np.ndarray, when: np.datetime64, truth: xr.Dataset, grid: Grid, withheld: Any
+) -> dict[str, Any]:
+    target = grid.tensor_from_dataset(truth.sel(time=when), dtype=torch.float64).numpy()
+    return {"time": str(when)[:19], **score_window(fields, target, grid, withheld)}
+
+
+def perfect_past(
+    config: SimulatorConfig,
+    windows: list,
+    starts: list[int],
+    leads: tuple[int, ...],
+    members: int,
+    truth: xr.Dataset,
+) -> dict[int, list[dict[str, Any]]]:
+    """Scores by lead of members started from the truth's own model state at ``starts``
+    (hours after the first window), each forced with its own seed.
+
+    The truth is run again from its seed (:func:`truth_archive`'s spin-up and
+    hourly output); every hour's output is checked against the archive.
+    """
+    grid = Grid.from_dataset(truth)
+    windows_at = {int((t - windows[0][0]) / HOUR): (t, w) for t, _, w, _ in windows}
+    run = Simulator(config, seed=TRUTH_SEED)
+    spin_up(run, SPINUP_DAYS, progress=False)
+    out: dict[int, list[dict[str, Any]]] = {lead: [] for lead in leads}
+    hour = -1  # the archive's first snapshot is an hour after the spin-up
+    for start in tqdm(starts, desc="perfect-past forecasts", leave=False):
+        while hour < start:
+            run.advance(3600.0)
+            hour += 1
+        when = windows_at[hour][0]
+        archived = grid.tensor_from_dataset(truth.sel(time=when), dtype=torch.float32).numpy()
+        if not np.allclose(run.snapshot().cpu().numpy(), archived, atol=1e-3):
+            raise RuntimeError(f"the truth run does not reproduce the archive at {when}")
+        ensemble = []
+        for k in range(members):
+            member = Simulator(config, seed=TRUTH_SEED + 1000 + k)
+            member.state = run.state.clone()
+            set_clock(member, when)
+            ensemble.append(member)
+        ensemble_model = ModelEnsemble(ensemble)
+        for lead in leads:
+            valid, withheld = windows_at[start + lead]
+            ensemble_model.advance_to(valid)
+            out[lead].append(score(ensemble_model.fields(), valid, truth, grid, withheld))
+    return out
+
+
+def tune(
+    config: SimulatorConfig, work: Path, members: int, states: dict[int, list[torch.Tensor]]
+) -> dict[str, dict[str, float]]:
+    """Localisation and RTPS of the cycled and the cold EnKF of ``members`` members,
+    by the CRPS of the second half of a day of another truth, summed relative to the best."""
+    truth_path = truth_archive(work / "tune-truth.zarr", config, 1.0, TUNE_SEED)
+    truth = open_archive(truth_path).load()
+    windows = hourly_windows(truth_path, work / "tune-obs", 24)
+    scored = {str(t)[:19] for t, *_ in windows[12:]}
+    cold_scored = {str(t)[:19] for t, *_ in windows[12::EVERY]}
+    chosen: dict[str, dict[str, float]] = {}
+    for kind, grid_rtps in (("cycled", CYCLED_RTPS), ("cold", COLD_RTPS)):
+        results = []
+        for horizontal in HORIZONTAL_KM:
+            for rtps in grid_rtps:
+                settings = EnkfSettings(
+                    members=members, localization=Localization(horizontal, 30.0), rtps=rtps
+                )
+                if kind == "cycled":
+                    rows, _ = cycled(config, windows, states[0], settings, truth, scored)
+                else:
+                    rows = cold(config, windows, states, settings, truth, cold_scored)
+                span = pooled(rows, {r["time"] for r in rows})
+                crps = {v: span[v]["crps"] for v in VARIABLES}
+                results.append({"horizontal_km": horizontal, "rtps": rtps, "crps": crps})
+                print(kind, members, horizontal, rtps, crps)
+        best = {v: min(r["crps"][v] for r in results) for v in VARIABLES}
+        winner = min(results, key=lambda r: sum(r["crps"][v] / best[v] for v in VARIABLES))
+        chosen[kind] = {"horizontal_km": winner["horizontal_km"], "rtps": winner["rtps"]}
+    return chosen
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--members", type=int, nargs="+", default=[16, 64])
+    parser.add_argument("--days", type=float, default=3.0)
+    parser.add_argument("--work", type=Path, default=ROOT / "outputs" / "cycled_osse")
+    parser.add_argument("--quick", action="store_true", help="16 x 32 x 4, a day, 4 members")
+    args = parser.parse_args()
+    config = SimulatorConfig()
+    leads = LEADS
+    if args.quick:
+        config = SimulatorConfig(nlat=16, nlon=32, layers=4, levels=4)
+        args.members, args.days, leads = [4], 1.0, (1, 3)
+        args.work = args.work / "quick"
+    args.work.mkdir(parents=True, exist_ok=True)
+    hours = round(24 * args.days)
+    truth_path = truth_archive(args.work / "truth.zarr", config, max(args.days, 1.0) + 0.625, 2026)
+    truth = open_archive(truth_path).load()
+    config = model_config_of(truth_path)
+    windows = hourly_windows(truth_path, args.work / "obs", hours + 1)
+    first = windows[0][0]
+    # genda's analysis hours (every 3 h from hour 3) and the cycled OSSE's two spans
+    analysis_times = [str(t)[:19] for t, *_ in windows[EVERY::EVERY]]
+    per_day = 24 // EVERY
+    spans = {
+        "first full day": set(analysis_times[per_day : 2 * per_day]),
+        "last day": set(analysis_times[-per_day:]),
+    }
+    if args.quick:
+        spans = {"all": set(analysis_times)}
+    scored = set().union(*spans.values())
+    offsets = sorted({int((np.datetime64(t) - first) / HOUR) % 24 for t in scored} | {0})
+    started = time.perf_counter()
+    rows: dict[str, list[dict[str, Any]]] = {}
+    seconds: dict[str, float] = {}
+    tuned: dict[int, dict[str, dict[str, float]]] = {}
+    for members in args.members:
+        states = climatological_states(config, first, offsets, members, seed=0)
+        tuned[members] = tune(config, args.work, members, states)
+        for kind in ("cycled", "cold"):
+            choice = tuned[members][kind]
+            settings = EnkfSettings(
+                members=members,
+                localization=Localization(choice["horizontal_km"], 30.0),
+                rtps=choice["rtps"],
+            )
+            name = f"enkf-{kind}-{members}"
+            if kind == "cycled":
+                rows[name], seconds[name] = cycled(
+                    config, windows, states[0], settings, truth, scored
+                )
+            else:
+                rows[name] = cold(config, windows, states, settings, truth, scored)
+    # perfect past: starts through the first full day, every lead inside the truth
+    starts = [h for h in range(24, 48, 6) if h + max(leads) <= hours] or [0]
+    forecasts = perfect_past(config, windows, starts, leads, min(args.members), truth)
+    summary: dict[str, dict[str, Any]] = {
+        name: {label: pooled(series, span) for label, span in spans.items()}
+        for name, series in rows.items()
+    }
+    perfect = {
+        lead: pooled(series, {r["time"] for r in series}) for lead, series in forecasts.items()
+    }
+    ratios = {
+        label: {
+            f"cycled_over_cold_{m}": {
+                v: summary[f"enkf-cycled-{m}"][label][v]["crps"]
+                / summary[f"enkf-cold-{m}"][label][v]["crps"]
+                for v in VARIABLES
+            }
+            for m in args.members
+        }
+        for label in spans
+    }
+    genda = RESULTS / "trajectory_osse-cpu.json"
+    if genda.exists() and not args.quick:
+        osse = json.loads(genda.read_text())["summary"]
+        for label in spans:
+            independent = osse["genda-independent"][label]
+            ratios[label]["genda_cycled_over_independent"] = {
+                v: osse["genda-cycled"][label][v]["crps"] / independent[v]["crps"]
+                for v in VARIABLES
+            }
+            for m in args.members:
+                ratios[label][f"enkf_cycled_{m}_over_genda_independent"] = {
+                    v: summary[f"enkf-cycled-{m}"][label][v]["crps"] / independent[v]["crps"]
+                    for v in VARIABLES
+                }
+            ratios[label]["perfect_past_1h_over_genda_independent"] = {
+                v: perfect[1][v]["crps"] / independent[v]["crps"] for v in VARIABLES
+            }
+    table = [
+        {
+            "system": name,
+            "span": label,
+            "field": v,
+            **{k: scores[v][k] for k in ("crps", "rmse", "spread_skill")},
+        }
+        for name, by_span in summary.items()
+        for label, scores in by_span.items()
+        for v in VARIABLES
+    ]
+    table += [
+        {
+            "system": "perfect-past",
+            "span": f"lead {lead} h",
+            "field": v,
+            **{k: perfect[lead][v][k] for k in ("crps", "rmse", "spread_skill")},
+        }
+        for lead in leads
+        for v in VARIABLES
+    ]
+    title = (
+        f"what filtering can gain ({hours} h of hourly windows, EnKF of "
+        f"{', '.join(map(str, args.members))} members, perfect model)"
+    )
+    print_table(title, table)
+    print(json.dumps(ratios, indent=1))
+    payload = {
+        "benchmark": "filtering_bound",
+        "measured": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "machine": machine(),
+        "settings": {
+            "days": args.days,
+            "members": args.members,
+            "withheld": list(WITHHELD),
+            "tuned": {str(m): choice for m, choice in tuned.items()},
+            "perfect_past_starts_hours": starts,
+            "perfect_past_members": min(args.members),
+        },
+        "seconds_per_window": seconds,
+        "wall_seconds": time.perf_counter() - started,
+        "summary": summary,
+        "perfect_past": {str(lead): scores for lead, scores in perfect.items()},
+        "ratios": ratios,
+        "windows": rows,
+    }
+    if args.quick:
+        write_file(args.work / "filtering_bound-quick.json", json.dumps(payload, indent=2) + "\n")
+        return
+    write_scores(RESULTS / "filtering_bound-cpu.json", payload, title, table)
+
+
+if __name__ == "__main__":
+    main()
