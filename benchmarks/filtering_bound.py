@@ -74,7 +74,12 @@ EVERY = 3  # genda's windows end every 3 h in the cycled OSSE
 
 
 def climatological_states(
-    config: SimulatorConfig, first: np.datetime64, offsets: list[int], members: int, seed: int
+    config: SimulatorConfig,
+    first: np.datetime64,
+    offsets: list[int],
+    members: int,
+    seed: int,
+    spinup_days: float = SPINUP_DAYS,
 ) -> dict[int, list[torch.Tensor]]:
     """Model states of one run (seed ``seed``), ``members`` per hour-of-day offset.
 
@@ -84,7 +89,7 @@ def climatological_states(
     every set is in the phase of the tides at ``first + o`` hours.
     """
     run = Simulator(config, seed=seed)
-    spin_up(run, SPINUP_DAYS, progress=False)
+    spin_up(run, spinup_days, progress=False)
     day = np.timedelta64(86400, "s")
     behind = (np.datetime64(first, "s") - np.datetime64(run.time, "s")) % day
     run.advance(float(behind / np.timedelta64(1, "s")))

@@ -254,6 +254,7 @@ def old_observation(
                     overwrite=True,
                 )
                 errors[label] = station_error(store, when, truth, here)
+                shutil.rmtree(store)  # a case's two stores are read once
             results.append({"time": str(when)[:19], "station": station, **errors})
     return results
 
