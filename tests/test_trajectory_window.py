@@ -382,6 +382,7 @@ def test_a_forecast_carries_each_member_on_from_the_analysis(
         (["--time", str(last + np.timedelta64(1, "h"))], "no window at"),
         (["--out", str(analysis)], "its own store"),
         (["--checkpoint", str(tiny_prior)], "models one instant"),
+        (["--hours", "100000000"], "100000000 forecast hours of 6 members"),
     ]
     for change, needle in refused:
         bad = list(args)

@@ -50,6 +50,7 @@ def forecast(
     insecure: InsecureOption = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing forecast store.")] = False,
     progress: Annotated[bool, typer.Option(help="Show the sampling's progress.")] = True,
+    yes: Annotated[bool, typer.Option("--yes", help="Confirm a very large store.")] = False,
 ) -> None:
     """Forecast the hours after an analysis: member m carries on from member m (docs/cycles.md)."""
     from genda.orchestration.forecast import forecast as run_forecast
@@ -70,6 +71,7 @@ def forecast(
         insecure=insecure,
         overwrite=overwrite,
         progress=progress,
+        yes=yes,
     )
     table = Table(title="ensemble forecast", header_style="bold", show_header=False)
     table.add_row("store", summary.store)

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from genda.assimilation.posterior import PosteriorSettings
+from genda.budget import check_output_size, human_bytes
 from genda.distributed import WorkerSpec, complete_window
 from genda.distributed.cluster import check_cluster, ray_session
 from genda.distributed.cluster import ray_address as ray_address_of
@@ -91,6 +92,7 @@ def forecast(
     insecure: bool = False,
     overwrite: bool = False,
     progress: bool = True,
+    yes: bool = False,
 ) -> ForecastSummary:
     """Forecast ``hours`` hours from the analysis window ``time`` of ``analysis`` into ``out``.
 
@@ -98,11 +100,14 @@ def forecast(
     threads each; one pool for the whole forecast, each actor reading its
     members' first states from the store); 0: in this process with
     ``threads``. ``ray_address``, ``insecure``: as ``genda assimilate``'s.
+    ``yes``: confirm a store larger than :data:`genda.budget.CONFIRM_BYTES`.
 
     Raises:
         InvalidValueError: not a trajectory prior, ``hours < 1``, ``out`` is the
-            analysis store, or the analysis window is missing, not finalised or
-            of another grid (:func:`~genda.orchestration.trajectory_window.check_condition`).
+            analysis store, the analysis window is missing, not finalised or
+            of another grid (:func:`~genda.orchestration.trajectory_window.check_condition`),
+            or the forecast's hours would not fit on the disk or are large and
+            unconfirmed (:func:`~genda.budget.check_output_size`).
     """
     start = as_datetime64(time)
     if int(hours) < 1:
@@ -131,6 +136,14 @@ def forecast(
         check_cluster(ray_address_of(ray_address), insecure=insecure)
     states = trajectory_states(prior.grid)
     segments = math.ceil(int(hours) / (states - 1))
+    hour_bytes = members * math.prod(state_grid(prior.grid).shape) * 4  # float32 members
+    check_output_size(
+        segments * (states - 1) * hour_bytes,
+        out,
+        f"{segments * (states - 1)} forecast hours of {members} members "
+        f"({human_bytes(hour_bytes)} an hour)",
+        yes=yes,
+    )
     store = EnsembleStore.open_or_create(
         out,
         state_grid(prior.grid),
