@@ -12,19 +12,24 @@ ratio can be read against what the network allows:
 - **enkf-cycled-K**: the model EnKF carried from hour to hour
   (:class:`genda.assimilation.cycled_enkf.ModelEnsemble`), ``K`` members;
 - **enkf-cold-K**: the same analysis of each scored window from a fresh
-  climatological ensemble (the EnKF's own initial ensemble, brought to the
-  window's time of day): independent windows of the classical system;
-- **perfect-past**: members started from the truth's exact model state ``lead``
-  hours before the valid time, each with its own stochastic forcing, with no
-  observation at all. At a lead of 1 h it is what a filter that knew the whole
-  past exactly would forecast, so its CRPS says how much of the truth is
-  predictable from one hour to the next.
+  climatological ensemble: states of the run that makes the EnKF's initial
+  ensemble, a day apart, at the window's time of day
+  (:func:`climatological_states`); independent windows of the classical system;
+- **perfect-past**: members started from the truth's exact model state
+  ``lead`` hours before the valid time, each with its own realisation of the
+  stochastic forcing (the truth's own is not given to them), with no
+  observation at all. At a lead of 1 h, valid at genda's analysis hours, it is
+  what a filter that knew the truth's model state an hour earlier would
+  forecast: a floor for any hourly filter's CRPS before its analysis. A
+  second set, from four starts through the first full day, gives its CRPS
+  by lead up to a day (how fast the truth becomes unpredictable).
 
 The localisation and RTPS of every EnKF (cycled and cold, each ``K``) are
 chosen on a day of another truth (seed 7, as ``cycled_osse.py --tune``), which
-is then not scored. Scores are those of the cycled OSSE (area-weighted CRPS,
-ensemble-mean RMSE, spread-skill per variable, pooled over its first full day
-and last day, at genda's analysis hours).
+is then not scored; the ensemble sizes run in parallel processes. Scores are
+those of the cycled OSSE (area-weighted CRPS, ensemble-mean RMSE, spread-skill
+per variable, pooled over its first full day and last day, at genda's analysis
+hours: the ends of its 4-hour windows, every 3 h).
 
 Writes ``benchmarks/results/filtering_bound-cpu.json`` (``.md`` beside it).
 """
@@ -33,7 +38,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import time
+from concurrent.futures import ProcessPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -66,10 +74,11 @@ ROOT = Path(__file__).resolve().parents[1]
 HOUR = np.timedelta64(3600, "s")
 TRUTH_SEED = 2026
 SPINUP_DAYS = 30.0
-HORIZONTAL_KM = (1000.0, 1500.0, 3000.0)
-CYCLED_RTPS = (0.3, 0.5)
+HORIZONTAL_KM = (1000.0, 1500.0, 2500.0)
+CYCLED_RTPS = (0.3, 0.6)
 COLD_RTPS = (0.0, 0.5)
 LEADS = (1, 3, 6, 12, 24)
+PERFECT_PAST_MEMBERS = 16
 EVERY = 3  # genda's windows end every 3 h in the cycled OSSE
 
 
@@ -84,9 +93,11 @@ def climatological_states(
     """Model states of one run (seed ``seed``), ``members`` per hour-of-day offset.
 
     Offset 0 gives exactly the members of :meth:`ModelEnsemble.climatological` at
-    ``first`` (spin-up, ``first``'s time of day, then a state every 24 h); offset
-    ``o`` gives the states ``o`` hours after each of the previous days' ones, so
-    every set is in the phase of the tides at ``first + o`` hours.
+    ``first`` with the same seed and its default ``spacing_hours`` of 24 (spin-up,
+    ``first``'s time of day, then a state every 24 h); offset ``o`` gives, for
+    member ``k``, the state ``o`` hours after member ``k - 1``'s (after the
+    alignment for ``k = 0``), so every set is in the phase of the tides at
+    ``first + o`` hours.
     """
     run = Simulator(config, seed=seed)
     spin_up(run, spinup_days, progress=False)
@@ -161,27 +172,38 @@ def score(
     return {"time": str(when)[:19], **score_window(fields, target, grid, withheld)}
 
 
+def scores_of(row: dict[str, Any]) -> dict[str, Any]:
+    """A perfect-past row as :func:`cycled_osse.pooled` reads rows: its time and scores."""
+    return {k: v for k, v in row.items() if k not in ("start", "lead")}
+
+
 def perfect_past(
-    config: SimulatorConfig,
+    truth_path: Path,
     windows: list,
-    starts: list[int],
-    leads: tuple[int, ...],
+    plan: dict[int, tuple[int, ...]],
     members: int,
     truth: xr.Dataset,
-) -> dict[int, list[dict[str, Any]]]:
-    """Scores by lead of members started from the truth's own model state at ``starts``
-    (hours after the first window), each forced with its own seed.
+) -> list[dict[str, Any]]:
+    """Scores of members started from the truth's own model state at each start of
+    ``plan`` (hours after the first window), at each of its leads, as rows with
+    ``time`` (valid), ``start`` and ``lead``; each member forces with its own seed.
 
-    The truth is run again from its seed (:func:`truth_archive`'s spin-up and
-    hourly output); every hour's output is checked against the archive.
+    The truth is run again from its archive's seed and spin-up
+    (:func:`genda.orchestration.simulate.simulate_archive`'s hourly output); every
+    start's output is checked against the archive.
     """
     grid = Grid.from_dataset(truth)
+    attrs = open_archive(truth_path).attrs
+    config = model_config_of(truth_path)
     windows_at = {int((t - windows[0][0]) / HOUR): (t, w) for t, _, w, _ in windows}
-    run = Simulator(config, seed=TRUTH_SEED)
-    spin_up(run, SPINUP_DAYS, progress=False)
-    out: dict[int, list[dict[str, Any]]] = {lead: [] for lead in leads}
+    run = Simulator(config, seed=int(attrs["seed"]))
+    spin_up(run, float(attrs["spinup_days"]), progress=False)
+    rows = []
     hour = -1  # the archive's first snapshot is an hour after the spin-up
-    for start in tqdm(starts, desc="perfect-past forecasts", leave=False):
+    ensemble = ModelEnsemble(
+        [Simulator(config, seed=int(attrs["seed"]) + 1000 + k) for k in range(members)]
+    )
+    for start in tqdm(sorted(plan), desc="perfect-past forecasts", leave=False):
         while hour < start:
             run.advance(3600.0)
             hour += 1
@@ -189,31 +211,28 @@ def perfect_past(
         archived = grid.tensor_from_dataset(truth.sel(time=when), dtype=torch.float32).numpy()
         if not np.allclose(run.snapshot().cpu().numpy(), archived, atol=1e-3):
             raise RuntimeError(f"the truth run does not reproduce the archive at {when}")
-        ensemble = []
-        for k in range(members):
-            member = Simulator(config, seed=TRUTH_SEED + 1000 + k)
+        for member in ensemble.members:
             member.state = run.state.clone()
             set_clock(member, when)
-            ensemble.append(member)
-        ensemble_model = ModelEnsemble(ensemble)
-        for lead in leads:
+        for lead in sorted(plan[start]):
             valid, withheld = windows_at[start + lead]
-            ensemble_model.advance_to(valid)
-            out[lead].append(score(ensemble_model.fields(), valid, truth, grid, withheld))
-    return out
+            ensemble.advance_to(valid)
+            row = score(ensemble.fields(), valid, truth, grid, withheld)
+            rows.append({**row, "start": str(when)[:19], "lead": lead})
+    return rows
 
 
 def tune(
     config: SimulatorConfig, work: Path, members: int, states: dict[int, list[torch.Tensor]]
-) -> dict[str, dict[str, float]]:
+) -> dict[str, dict[str, Any]]:
     """Localisation and RTPS of the cycled and the cold EnKF of ``members`` members,
     by the CRPS of the second half of a day of another truth, summed relative to the best."""
     truth_path = truth_archive(work / "tune-truth.zarr", config, 1.0, TUNE_SEED)
     truth = open_archive(truth_path).load()
     windows = hourly_windows(truth_path, work / "tune-obs", 24)
     scored = {str(t)[:19] for t, *_ in windows[12:]}
-    cold_scored = {str(t)[:19] for t, *_ in windows[12::EVERY]}
-    chosen: dict[str, dict[str, float]] = {}
+    cold_scored = {str(t)[:19] for t, *_ in windows[::EVERY]}  # cold: no spin-up to skip
+    chosen: dict[str, dict[str, Any]] = {}
     for kind, grid_rtps in (("cycled", CYCLED_RTPS), ("cold", COLD_RTPS)):
         results = []
         for horizontal in HORIZONTAL_KM:
@@ -231,8 +250,52 @@ def tune(
                 print(kind, members, horizontal, rtps, crps)
         best = {v: min(r["crps"][v] for r in results) for v in VARIABLES}
         winner = min(results, key=lambda r: sum(r["crps"][v] / best[v] for v in VARIABLES))
-        chosen[kind] = {"horizontal_km": winner["horizontal_km"], "rtps": winner["rtps"]}
+        chosen[kind] = {
+            "horizontal_km": winner["horizontal_km"],
+            "rtps": winner["rtps"],
+            # a choice at the grid's edge may leave skill on the table
+            "on_edge": winner["horizontal_km"] in (HORIZONTAL_KM[0], HORIZONTAL_KM[-1])
+            or winner["rtps"] in (grid_rtps[0], grid_rtps[-1]),
+            "grid": results,
+        }
     return chosen
+
+
+def run_size(
+    members: int, truth_path: Path, work: Path, hours: int, scored: set[str], offsets: list[int]
+) -> dict[str, Any]:
+    """Tuning, the cycled EnKF and the cold windows of one ensemble size (one process)."""
+    truth = open_archive(truth_path).load()
+    config = model_config_of(truth_path)
+    windows = hourly_windows(truth_path, work / "obs", hours + 1)
+    states = climatological_states(config, windows[0][0], offsets, members, seed=0)
+    tuned = tune(config, work, members, states)
+    rows, seconds = {}, {}
+    for kind in ("cycled", "cold"):
+        settings = EnkfSettings(
+            members=members,
+            localization=Localization(tuned[kind]["horizontal_km"], 30.0),
+            rtps=tuned[kind]["rtps"],
+        )
+        name = f"enkf-{kind}-{members}"
+        if kind == "cycled":
+            rows[name], seconds[name] = cycled(config, windows, states[0], settings, truth, scored)
+        else:
+            rows[name] = cold(config, windows, states, settings, truth, scored)
+    return {"tuned": tuned, "rows": rows, "seconds": seconds}
+
+
+def comparable_osse(days: float) -> dict[str, Any] | None:
+    """The cycled OSSE's summary if it ran the same days, 3-hourly windows and 16 members."""
+    path = RESULTS / "trajectory_osse-cpu.json"
+    if not path.exists():
+        return None
+    osse = json.loads(path.read_text())
+    settings = osse["settings"]
+    if (settings["days"], settings["every_hours"], settings["members"]) != (days, EVERY, 16):
+        print(f"{path.name} ran other settings ({settings}): genda's ratios are left out")
+        return None
+    return osse["summary"]
 
 
 def main() -> None:
@@ -243,20 +306,32 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="16 x 32 x 4, a day, 4 members")
     args = parser.parse_args()
     config = SimulatorConfig()
-    leads = LEADS
+    leads, curve_members = LEADS, PERFECT_PAST_MEMBERS
     if args.quick:
         config = SimulatorConfig(nlat=16, nlon=32, layers=4, levels=4)
-        args.members, args.days, leads = [4], 1.0, (1, 3)
+        args.members, args.days, leads, curve_members = [4], 1.0, (1, 3), 4
         args.work = args.work / "quick"
+    elif args.days < 2:
+        parser.error("--days must be at least 2: the scores pool a first full day and a last day")
     args.work.mkdir(parents=True, exist_ok=True)
     hours = round(24 * args.days)
-    truth_path = truth_archive(args.work / "truth.zarr", config, max(args.days, 1.0) + 0.625, 2026)
+    truth_path = truth_archive(
+        args.work / "truth.zarr", config, max(args.days, 1.0) + 0.625, TRUTH_SEED
+    )
     truth = open_archive(truth_path).load()
-    config = model_config_of(truth_path)
     windows = hourly_windows(truth_path, args.work / "obs", hours + 1)
+    if len(windows) < hours + 1:
+        raise SystemExit(
+            f"{truth_path} holds {len(windows)} hours, fewer than the {hours + 1} of "
+            f"--days {args.days:g}: remove it, or give another --work"
+        )
+    # the tuning truth and its tables, made once before the sizes' processes read them
+    tune_truth = truth_archive(args.work / "tune-truth.zarr", config, 1.0, TUNE_SEED)
+    hourly_windows(tune_truth, args.work / "tune-obs", 24)
     first = windows[0][0]
     # genda's analysis hours (every 3 h from hour 3) and the cycled OSSE's two spans
-    analysis_times = [str(t)[:19] for t, *_ in windows[EVERY::EVERY]]
+    analysis_hours = list(range(EVERY, hours + 1, EVERY))
+    analysis_times = [str(windows[h][0])[:19] for h in analysis_hours]
     per_day = 24 // EVERY
     spans = {
         "first full day": set(analysis_times[per_day : 2 * per_day]),
@@ -267,50 +342,67 @@ def main() -> None:
     scored = set().union(*spans.values())
     offsets = sorted({int((np.datetime64(t) - first) / HOUR) % 24 for t in scored} | {0})
     started = time.perf_counter()
+    # the perfect past: an hour before every scored analysis hour, and a day of
+    # leads from starts through the first full day
+    plan: dict[int, set[int]] = {
+        h - 1: {1} for h, t in zip(analysis_hours, analysis_times, strict=True) if t in scored
+    }
+    curve_starts = [h for h in range(24, 48, 6) if h + max(leads) <= hours] or [0]
+    for start in curve_starts:
+        plan.setdefault(start, set()).update(leads)
+    with ProcessPoolExecutor(
+        max_workers=len(args.members), mp_context=multiprocessing.get_context("spawn")
+    ) as pool:
+        each_size = partial(
+            run_size,
+            truth_path=truth_path,
+            work=args.work,
+            hours=hours,
+            scored=scored,
+            offsets=offsets,
+        )
+        futures = pool.map(each_size, args.members)  # the sizes' processes start now
+        perfect_rows = perfect_past(
+            truth_path, windows, {k: tuple(v) for k, v in plan.items()}, curve_members, truth
+        )
+        sizes = list(futures)
     rows: dict[str, list[dict[str, Any]]] = {}
     seconds: dict[str, float] = {}
-    tuned: dict[int, dict[str, dict[str, float]]] = {}
-    for members in args.members:
-        states = climatological_states(config, first, offsets, members, seed=0)
-        tuned[members] = tune(config, args.work, members, states)
-        for kind in ("cycled", "cold"):
-            choice = tuned[members][kind]
-            settings = EnkfSettings(
-                members=members,
-                localization=Localization(choice["horizontal_km"], 30.0),
-                rtps=choice["rtps"],
-            )
-            name = f"enkf-{kind}-{members}"
-            if kind == "cycled":
-                rows[name], seconds[name] = cycled(
-                    config, windows, states[0], settings, truth, scored
-                )
-            else:
-                rows[name] = cold(config, windows, states, settings, truth, scored)
-    # perfect past: starts through the first full day, every lead inside the truth
-    starts = [h for h in range(24, 48, 6) if h + max(leads) <= hours] or [0]
-    forecasts = perfect_past(config, windows, starts, leads, min(args.members), truth)
+    tuned: dict[int, Any] = {}
+    for members, size in zip(args.members, sizes, strict=True):
+        rows.update(size["rows"])
+        seconds.update(size["seconds"])
+        tuned[members] = size["tuned"]
+    rows["perfect-past-1h"] = [
+        scores_of(r) for r in perfect_rows if r["lead"] == 1 and r["time"] in scored
+    ]
     summary: dict[str, dict[str, Any]] = {
         name: {label: pooled(series, span) for label, span in spans.items()}
         for name, series in rows.items()
     }
-    perfect = {
-        lead: pooled(series, {r["time"] for r in series}) for lead, series in forecasts.items()
+    curve_times = {str(windows[s][0])[:19] for s in curve_starts}
+    curve = {
+        lead: pooled(
+            [scores_of(r) for r in perfect_rows if r["lead"] == lead and r["start"] in curve_times],
+            {r["time"] for r in perfect_rows},
+        )
+        for lead in leads
     }
-    ratios = {
-        label: {
-            f"cycled_over_cold_{m}": {
-                v: summary[f"enkf-cycled-{m}"][label][v]["crps"]
-                / summary[f"enkf-cold-{m}"][label][v]["crps"]
+    ratios: dict[str, dict[str, dict[str, float]]] = {}
+    for label in spans:
+        ratios[label] = {}
+        for m in args.members:
+            cold_crps = summary[f"enkf-cold-{m}"][label]
+            ratios[label][f"enkf_cycled_{m}_over_cold_{m}"] = {
+                v: summary[f"enkf-cycled-{m}"][label][v]["crps"] / cold_crps[v]["crps"]
                 for v in VARIABLES
             }
-            for m in args.members
-        }
-        for label in spans
-    }
-    genda = RESULTS / "trajectory_osse-cpu.json"
-    if genda.exists() and not args.quick:
-        osse = json.loads(genda.read_text())["summary"]
+            ratios[label][f"perfect_past_1h_over_enkf_cold_{m}"] = {
+                v: summary["perfect-past-1h"][label][v]["crps"] / cold_crps[v]["crps"]
+                for v in VARIABLES
+            }
+    osse = None if args.quick else comparable_osse(args.days)
+    if osse is not None:
         for label in spans:
             independent = osse["genda-independent"][label]
             ratios[label]["genda_cycled_over_independent"] = {
@@ -322,9 +414,6 @@ def main() -> None:
                     v: summary[f"enkf-cycled-{m}"][label][v]["crps"] / independent[v]["crps"]
                     for v in VARIABLES
                 }
-            ratios[label]["perfect_past_1h_over_genda_independent"] = {
-                v: perfect[1][v]["crps"] / independent[v]["crps"] for v in VARIABLES
-            }
     table = [
         {
             "system": name,
@@ -339,9 +428,9 @@ def main() -> None:
     table += [
         {
             "system": "perfect-past",
-            "span": f"lead {lead} h",
+            "span": f"lead {lead} h, {len(curve_starts)} starts",
             "field": v,
-            **{k: perfect[lead][v][k] for k in ("crps", "rmse", "spread_skill")},
+            **{k: curve[lead][v][k] for k in ("crps", "rmse", "spread_skill")},
         }
         for lead in leads
         for v in VARIABLES
@@ -360,16 +449,22 @@ def main() -> None:
             "days": args.days,
             "members": args.members,
             "withheld": list(WITHHELD),
-            "tuned": {str(m): choice for m, choice in tuned.items()},
-            "perfect_past_starts_hours": starts,
-            "perfect_past_members": min(args.members),
+            "tuning_grid": {
+                "horizontal_km": HORIZONTAL_KM,
+                "cycled_rtps": CYCLED_RTPS,
+                "cold_rtps": COLD_RTPS,
+            },
+            "perfect_past_members": curve_members,
+            "perfect_past_curve_starts": [str(windows[s][0])[:19] for s in curve_starts],
         },
+        "tuned": {str(m): choice for m, choice in tuned.items()},
         "seconds_per_window": seconds,
         "wall_seconds": time.perf_counter() - started,
         "summary": summary,
-        "perfect_past": {str(lead): scores for lead, scores in perfect.items()},
+        "perfect_past_by_lead": {str(lead): scores for lead, scores in curve.items()},
         "ratios": ratios,
         "windows": rows,
+        "perfect_past": perfect_rows,
     }
     if args.quick:
         write_file(args.work / "filtering_bound-quick.json", json.dumps(payload, indent=2) + "\n")
