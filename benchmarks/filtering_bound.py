@@ -52,6 +52,7 @@ from tqdm import tqdm
 
 from _common import RESULTS, machine, print_table
 from cycled_osse import (
+    TRUTH_SEED,
     TUNE_SEED,
     VARIABLES,
     WITHHELD,
@@ -72,7 +73,6 @@ from genda.storage import open_archive
 
 ROOT = Path(__file__).resolve().parents[1]
 HOUR = np.timedelta64(3600, "s")
-TRUTH_SEED = 2026
 SPINUP_DAYS = 30.0
 HORIZONTAL_KM = (1000.0, 1500.0, 2500.0)
 CYCLED_RTPS = (0.3, 0.6)
