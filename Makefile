@@ -56,6 +56,8 @@ bench: $(STAMP)
 		--out outputs/trajectory-k4 --steps 3000 --batch-size 16 --lr 3e-4 --warmup-steps 200 \
 		--no-progress --overwrite
 	$(BIN)/python benchmarks/trajectory_osse.py --prior outputs/trajectory-k4 --days 3
+	$(BIN)/python benchmarks/filtering_bound.py --work outputs/cycled_osse
+	$(BIN)/python benchmarks/old_observation.py --prior outputs/trajectory-k4 --work outputs/cycled_osse
 	$(BIN)/python benchmarks/long_window.py --prior outputs/trajectory-k4 --work outputs/cycled_osse --hours 7
 	$(BIN)/python benchmarks/member_spectra.py --work outputs/cycled_osse
 	$(BIN)/python benchmarks/observation_space.py --prior outputs/trajectory-k4 default --work outputs/cycled_osse
