@@ -1,6 +1,6 @@
 """How much can any filter gain over independent windows on the cycled OSSE's network?
 
-    python benchmarks/filtering_bound.py [--members 16 64] [--days 3]
+    python benchmarks/filtering_bound.py [--members 16 32] [--days 3]
     python benchmarks/filtering_bound.py --quick          # a tiny end-to-end check
 
 The cycled OSSE (``benchmarks/trajectory_osse.py``) asks a filtering cycle for
@@ -300,7 +300,7 @@ def comparable_osse(days: float) -> dict[str, Any] | None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--members", type=int, nargs="+", default=[16, 64])
+    parser.add_argument("--members", type=int, nargs="+", default=[16, 32])
     parser.add_argument("--days", type=float, default=3.0)
     parser.add_argument("--work", type=Path, default=ROOT / "outputs" / "cycled_osse")
     parser.add_argument("--quick", action="store_true", help="16 x 32 x 4, a day, 4 members")
