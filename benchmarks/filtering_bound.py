@@ -222,6 +222,14 @@ def perfect_past(
     return rows
 
 
+def on_edge(choice: dict[str, Any], grid_rtps: tuple[float, ...]) -> dict[str, bool]:
+    """Whether ``choice`` lies at an end of a tuning dimension of three or more values."""
+    return {
+        name: len(values) >= 3 and choice[name] in (values[0], values[-1])
+        for name, values in (("horizontal_km", HORIZONTAL_KM), ("rtps", grid_rtps))
+    }
+
+
 def tune(
     config: SimulatorConfig, work: Path, members: int, states: dict[int, list[torch.Tensor]]
 ) -> dict[str, dict[str, Any]]:
@@ -253,9 +261,9 @@ def tune(
         chosen[kind] = {
             "horizontal_km": winner["horizontal_km"],
             "rtps": winner["rtps"],
-            # a choice at the grid's edge may leave skill on the table
-            "on_edge": winner["horizontal_km"] in (HORIZONTAL_KM[0], HORIZONTAL_KM[-1])
-            or winner["rtps"] in (grid_rtps[0], grid_rtps[-1]),
+            # a choice at the edge of a dimension of three or more values may leave
+            # skill on the table (of two values, either is an edge)
+            "on_edge": on_edge(winner, grid_rtps),
             "grid": results,
         }
     return chosen
