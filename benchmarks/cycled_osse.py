@@ -74,6 +74,26 @@ def truth_archive(path: Path, config: SimulatorConfig, days: float, seed: int) -
     return path
 
 
+def cycle_windows(
+    work: Path, config: SimulatorConfig, days: float
+) -> tuple[Path, xr.Dataset, list[tuple[np.datetime64, Any, Any, Path]]]:
+    """The cycled OSSE's truth (``work/truth.zarr``, seed :data:`TRUTH_SEED`, ``days`` and
+    15 hours more), loaded, and its ``24 days + 1`` hourly windows (:func:`hourly_windows`).
+
+    Raises:
+        SystemExit: an existing truth archive there holds fewer hours.
+    """
+    hours = round(24 * days)
+    path = truth_archive(work / "truth.zarr", config, max(days, 1.0) + 0.625, TRUTH_SEED)
+    windows = hourly_windows(path, work / "obs", hours + 1)
+    if len(windows) < hours + 1:
+        raise SystemExit(
+            f"{path} holds {len(windows)} hours, fewer than the {hours + 1} of "
+            f"--days {days:g}: remove it, or give another --work"
+        )
+    return path, open_archive(path).load(), windows
+
+
 SCORE_HEADERS = {"crps": "CRPS", "rmse": "RMSE", "spread_skill": "spread-skill"}
 
 

@@ -52,10 +52,10 @@ from tqdm import tqdm
 
 from _common import RESULTS, machine, print_table
 from cycled_osse import (
-    TRUTH_SEED,
     TUNE_SEED,
     VARIABLES,
     WITHHELD,
+    cycle_windows,
     hourly_windows,
     pooled,
     score_window,
@@ -323,16 +323,7 @@ def main() -> None:
         parser.error("--days must be at least 2: the scores pool a first full day and a last day")
     args.work.mkdir(parents=True, exist_ok=True)
     hours = round(24 * args.days)
-    truth_path = truth_archive(
-        args.work / "truth.zarr", config, max(args.days, 1.0) + 0.625, TRUTH_SEED
-    )
-    truth = open_archive(truth_path).load()
-    windows = hourly_windows(truth_path, args.work / "obs", hours + 1)
-    if len(windows) < hours + 1:
-        raise SystemExit(
-            f"{truth_path} holds {len(windows)} hours, fewer than the {hours + 1} of "
-            f"--days {args.days:g}: remove it, or give another --work"
-        )
+    truth_path, truth, windows = cycle_windows(args.work, config, args.days)
     # the tuning truth and its tables, made once before the sizes' processes read them
     tune_truth = truth_archive(args.work / "tune-truth.zarr", config, 1.0, TUNE_SEED)
     hourly_windows(tune_truth, args.work / "tune-obs", 24)

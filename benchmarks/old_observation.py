@@ -34,12 +34,11 @@ import numpy as np
 from scipy.stats import wilcoxon
 
 from _common import RESULTS, machine
-from cycled_osse import TRUTH_SEED, WITHHELD, hourly_windows, truth_archive
+from cycled_osse import WITHHELD, cycle_windows
 from genda.atomic import write_file
 from genda.grid import Grid
 from genda.models.checkpoint import read_checkpoint
 from genda.simulator import SimulatorConfig
-from genda.storage import open_archive
 from genda.trajectory import trajectory_states
 from trajectory_osse import old_observation, quick_prior
 
@@ -86,20 +85,11 @@ def main() -> None:
         parser.error("--ends must be 1 to 4: the ends lie in the last day, 6 h apart")
     args.work.mkdir(parents=True, exist_ok=True)
     hours = round(24 * args.days)
-    truth_path = truth_archive(
-        args.work / "truth.zarr", config, max(args.days, 1.0) + 0.625, TRUTH_SEED
-    )
-    truth = open_archive(truth_path).load()
+    truth_path, truth, windows = cycle_windows(args.work, config, args.days)
     prior = quick_prior(truth_path, args.work) if args.quick else args.prior
     if prior is None:
         parser.error("--prior is needed (a trajectory prior, genda train --states K)")
     states = trajectory_states(Grid.from_dict(read_checkpoint(prior).config["grid"]))
-    windows = hourly_windows(truth_path, args.work / "obs", hours + 1)
-    if len(windows) < hours + 1:
-        raise SystemExit(
-            f"{truth_path} holds {len(windows)} hours, fewer than the {hours + 1} of "
-            f"--days {args.days:g}: remove it, or give another --work"
-        )
     ends = [hours - 6 * k for k in range(args.ends)][::-1]
     assimilated = windows[hours][1]
     stations = sorted(
