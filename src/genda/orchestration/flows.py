@@ -68,12 +68,16 @@ def prefect_environment(home: str | os.PathLike[str] | None = None) -> None:
     """Offline defaults for Prefect, set before it is imported; the user's settings win.
 
     ``PREFECT_HOME`` goes under ``home`` (default: ``./.prefect``), analytics
-    and update checks are off, a temporary server listens on 127.0.0.1.
+    and update checks are off, a temporary server listens on 127.0.0.1 and is
+    given 120 s to start.
     """
     os.environ.setdefault("PREFECT_HOME", str(Path(home or Path.cwd() / ".prefect").resolve()))
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_SERVER_API_HOST", "127.0.0.1")
     os.environ.setdefault("DO_NOT_TRACK", "1")
+    # Prefect waits 20 s for its temporary server; on a busy two-core machine or a
+    # shared login node its database migrations alone can take longer.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 
 prefect_environment()
