@@ -319,8 +319,10 @@ def main() -> None:
         config = SimulatorConfig(nlat=16, nlon=32, layers=4, levels=4)
         args.members, args.days, leads, curve_members = [4], 1.0, (1, 3), 4
         args.work = args.work / "quick"
-    elif args.days < 2:
+    elif not args.days >= 2:  # NaN too
         parser.error("--days must be at least 2: the scores pool a first full day and a last day")
+    if min(args.members) < 2:
+        parser.error("--members must each be at least 2: an ensemble's spread needs two")
     args.work.mkdir(parents=True, exist_ok=True)
     hours = round(24 * args.days)
     truth_path, truth, windows = cycle_windows(args.work, config, args.days)

@@ -83,6 +83,8 @@ def main() -> None:
         args.days, args.ends, args.members, args.steps = 10 / 24, 1, 4, 4
     elif not 1 <= args.ends <= 4:
         parser.error("--ends must be 1 to 4: the ends lie in the last day, 6 h apart")
+    elif not args.days >= 1:  # NaN too
+        parser.error("--days must be at least 1: the ends lie in the cycled OSSE's last day")
     args.work.mkdir(parents=True, exist_ok=True)
     hours = round(24 * args.days)
     truth_path, truth, windows = cycle_windows(args.work, config, args.days)
