@@ -57,6 +57,7 @@ from cycled_osse import (
     write_scores,
 )
 from genda.assimilation.posterior import PosteriorSettings
+from genda.assimilation.start_update import StartUpdate
 from genda.atomic import write_file
 from genda.evaluation.scores import score_members
 from genda.evaluation.tides import tidal_harmonics
@@ -95,9 +96,22 @@ def window_table(tables: list[pd.DataFrame], path: Path) -> Path:
 
 
 def run_cycled(
-    prior: str, windows: list, store: Path, members: int, steps: int, truth: xr.Dataset, work: Path
+    prior: str,
+    windows: list,
+    store: Path,
+    members: int,
+    steps: int,
+    truth: xr.Dataset,
+    work: Path,
+    start_update: StartUpdate | None = None,
+    cold: bool = False,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], float]:
-    """The filtering cycle: ``(scores of every hour, of the analysis hours, seconds per window)``."""
+    """The filtering cycle: ``(scores of every hour, of the analysis hours, seconds per window)``.
+
+    ``start_update``: each filtering window updates its starts first; ``cold``: every
+    window starts cold instead (its first hour left to the window before), the same
+    windows without filtering.
+    """
     grid = Grid.from_dataset(truth)
     states = trajectory_states(Grid.from_dict(read_checkpoint(prior).config["grid"]))
     by_time = {t: (a, w) for t, a, w, _ in windows}
@@ -105,9 +119,14 @@ def run_cycled(
     starts = times[: len(times) - states + 1 : states - 1]
     hourly, analyses, seconds = [], [], 0.0
     for number, start in enumerate(starts):
-        first = 0 if number == 0 else 1  # a filtering window's first hour is its predecessor's
+        filtering = number > 0 and not cold
+        # a filtering window's first hour is its predecessor's; a cold one sees that hour's
+        # observations but leaves the hour to the window before
+        first = 1 if filtering else 0
         hours = [start + k * HOUR for k in range(first, states)]
-        path = window_table([by_time[h][0] for h in hours], work / f"window-{number:03d}.parquet")
+        path = window_table(
+            [by_time[h][0] for h in hours], work / f"{store.stem}-{number:03d}.parquet"
+        )
         started = time.perf_counter()  # the whole window: checks, guidance, sampling, writing
         assimilate_window(
             prior,
@@ -118,10 +137,12 @@ def run_cycled(
             settings=PosteriorSettings(steps=steps),
             seed=1,
             progress=False,
-            filtering=number > 0,
+            filtering=filtering,
+            writes_first=number == 0 or not cold,
+            start_update=start_update if filtering else None,
         )
         seconds += time.perf_counter() - started
-        for when in hours:
+        for when in hours[1:] if number > 0 and cold else hours:
             row = {"time": str(when)[:19]}
             row.update(
                 score_window(

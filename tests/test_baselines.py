@@ -23,6 +23,7 @@ from genda.assimilation.baselines import (
     localized_analysis,
     oi_analysis,
 )
+from genda.errors import InvalidValueError
 from genda.grid import Grid
 from genda.observations.files import write_observations
 from genda.observations.operators import ObservationOperator
@@ -395,3 +396,51 @@ def test_baseline_window_rejects_bad_inputs_and_writes_nothing(window: dict) -> 
         baseline_window(window["archive"], window["obs"], window["time"], out, climatology_size=250)
     assert not out.exists()
     assert not any(p.name.startswith("bad.zarr") for p in window["tmp"].iterdir())
+
+
+def test_a_correlated_error_covariance_enters_the_gain_and_the_perturbations() -> None:
+    """``localized_update`` with ``R`` given: ``diag(sigma^2)`` is the default bit for bit;
+    a correlated ``R`` gives the Kalman mean with that ``R`` (no localisation)."""
+    from genda.assimilation.baselines import localized_update
+
+    states = climatology(TINY, 400)
+    obs = table(
+        [
+            (50.0, 30.0, 90.0, "u", 25.0, 2.0),
+            (52.0, 35.0, 92.0, "u", 21.0, 2.0),
+            (-20.0, 200.0, 100.0, "T", 205.0, 1.0),
+        ]
+    )
+    flat = states.reshape(len(states), -1).astype(np.float64)
+    operator = ObservationOperator.from_table(obs, TINY)
+    h = operator.adjoint(torch.eye(3, dtype=torch.float64)).reshape(3, -1).numpy()
+    hx = flat @ h.T
+    sigma = obs["sigma"].to_numpy()
+    default = localized_update(
+        flat, hx, obs, TINY, members=8, rng=np.random.default_rng(3), localization=NO_LOCALIZATION
+    )
+    given = localized_update(
+        flat,
+        hx,
+        obs,
+        TINY,
+        members=8,
+        rng=np.random.default_rng(3),
+        localization=NO_LOCALIZATION,
+        error_covariance=np.diag(sigma**2),
+    )
+    np.testing.assert_array_equal(given.members, default.members)
+    r = np.diag(sigma**2)
+    r[0, 1] = r[1, 0] = 0.8 * sigma[0] * sigma[1]  # the two u errors are correlated
+    correlated = localized_update(
+        flat, hx, obs, TINY, members=8, rng=np.random.default_rng(3),
+        localization=NO_LOCALIZATION, error_covariance=r,
+    )  # fmt: skip
+    x_b = flat.mean(0)
+    b = np.cov(flat.T)
+    gain = np.linalg.solve(h @ b @ h.T + r, h @ b).T
+    expected = x_b + gain @ (obs["value"].to_numpy() - h @ x_b)
+    np.testing.assert_allclose(correlated.mean.reshape(-1), expected, rtol=0, atol=1e-8)
+    assert np.abs(correlated.mean - default.mean).max() > 0.1  # the correlation matters
+    with pytest.raises(InvalidValueError, match=r"error covariance of \(2, 2\) for 3"):
+        localized_update(flat, hx, obs, TINY, error_covariance=np.eye(2))

@@ -17,6 +17,7 @@ the operator.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -38,12 +39,15 @@ from ar1_trajectories import jacobian as _jacobian
 from ar1_trajectories import observations as _observations
 from ar1_trajectories import points as _points
 from genda.assimilation.conditioning import (
+    ConditionedGuidance,
     FixedComponents,
     conditioned_denoiser,
     fixed_states,
+    leading_mask,
 )
 from genda.assimilation.guidance import GaussianLikelihood
 from genda.assimilation.posterior import likelihood_for
+from genda.assimilation.start_update import StartUpdate, update_start
 from genda.errors import InvalidValueError
 from genda.grid import Grid, GridMismatchError, lookup_variable
 from genda.models.checkpoint import LoadedPrior
@@ -289,3 +293,96 @@ def test_fixed_states_of_the_wrong_shape_prior_or_members_are_refused(prior) -> 
     wrapper = FixedComponents(prior.denoiser, fixed.mask, fixed.rows([4, 5]))
     with pytest.raises(InvalidValueError, match="a batch of 3"):
         wrapper(torch.zeros(3, *prior.state_shape, dtype=torch.float64), torch.ones(3))
+
+
+def _exact_ensemble(count: int, rank: int, seed: int) -> torch.Tensor:
+    """``(count, rank)`` centred draws whose sample covariance is exactly ``I``."""
+    draws = torch.randn(count, rank, generator=torch.Generator().manual_seed(seed))
+    q, _ = torch.linalg.qr((draws - draws.mean(0)).double())
+    return q * (count - 1) ** 0.5
+
+
+def test_a_filter_that_updates_its_starts_is_the_kalman_filter_of_an_uncertain_start(
+    prior,
+) -> None:
+    """The previous analysis is uncertain: ``x_0 = c + B xi``, ``xi ~ N(0, I_3)``, held by
+    512 members whose mean and covariance are exactly ``c`` and ``B B^T``. The exact filter
+    is the joint Gaussian posterior of the window with that start. With the start update
+    (no localisation, no RTPS) the members' start and later states are that posterior's,
+    within sampling error; with the starts fixed as they are, the window's observations
+    move the later states' mean less than the Kalman filter does (its gain ignores the
+    start's uncertainty)."""
+    count, rank = MEMBERS, 3
+    mask = leading_mask(prior)
+    per_state = int(np.prod(prior.grid.shape)) // STATES
+    generator = torch.Generator().manual_seed(31)
+    centre = 0.5 * torch.randn(per_state, generator=generator, dtype=torch.float64)
+    directions = 0.7 * torch.randn(rank, per_state, generator=generator, dtype=torch.float64)
+    starts = centre + _exact_ensemble(count, rank, 32) @ directions
+    starts = starts.reshape(count, 3, *prior.grid.shape[1:])
+
+    obs = _observations([0.5, 1.0, 2.0])
+    likelihood = likelihood_for(prior, obs, time=START).to("cpu", torch.float64)
+    truth = stack_states(_ar1_trajectories(1, 500)).double()
+    y = likelihood.operator.fields(truth)[0] + 0.3 * torch.randn(
+        len(obs), generator=torch.Generator().manual_seed(9), dtype=torch.float64
+    )
+    likelihood = GaussianLikelihood(likelihood.operator, y, likelihood.sigma)
+    guidance = ConditionedGuidance(prior, likelihood, mask, "mmps", covariance="prior")
+    exact = StartUpdate(math.inf, math.inf, rtps=0.0)
+    updated = update_start(guidance, starts.numpy(), range(count), obs, exact, seed=5)
+    fields = {}
+    for label, fixed in (("updated", updated), ("kept", fixed_states(prior, starts, range(count)))):
+        z = sample(
+            guidance.for_batch(fixed, range(count)),
+            prior.state_shape,
+            range(count),
+            6,
+            steps=32,
+            sigma_max=20.0,
+            dtype=torch.float64,
+        )
+        fields[label] = prior.denoiser.decode(z)
+
+    # dense: the start's part of x = mu + J z, through the whitening, is c + B xi; the
+    # window is x = mu_w + [J_0 B', J_free] [xi; z_free] with [xi; z_free] ~ N(0, I)
+    jacobian = _jacobian(prior)
+    whitening = prior.denoiser.coordinates
+    padded = torch.zeros(rank + 1, *prior.grid.shape, dtype=torch.float64)
+    padded[0, :3] = centre.reshape(3, *prior.grid.shape[1:])
+    padded[1:, :3] = (directions + centre).reshape(rank, 3, *prior.grid.shape[1:])
+    z_start = whitening.encode(padded).reshape(rank + 1, -1)
+    flat_mask = mask.reshape(-1)
+    z_centre = torch.where(flat_mask, z_start[0], 0.0)
+    z_directions = torch.where(flat_mask, z_start[1:] - z_start[:1], 0.0)
+    reduced = torch.cat([jacobian @ z_directions.T, jacobian[:, ~flat_mask]], dim=1)
+    prior_mean = prior.denoiser.decode(z_centre.reshape(1, *prior.state_shape))[0].reshape(-1)
+    rows = likelihood.operator.fields.adjoint(torch.eye(len(obs), dtype=torch.float64))
+    rows = rows.reshape(len(obs), -1)
+    mean, cov = _dense_posterior(reduced, rows, y - rows @ prior_mean, likelihood.sigma)
+    mean = mean + prior_mean
+    for state in (0, 1, 2):
+        _compare(fields["updated"], mean, cov, _points(prior, state))
+
+    late = _points(prior, 2)
+    kalman_shift = (mean[late] - prior_mean[late]).norm()
+    kept_shift = (fields["kept"].reshape(count, -1)[:, late].mean(0) - prior_mean[late]).norm()
+    assert float(kept_shift) < 0.9 * float(kalman_shift), (kept_shift, kalman_shift)
+
+
+def test_a_start_update_is_refused_without_two_members_or_observations(prior) -> None:
+    mask = leading_mask(prior)
+    obs = _observations([1.0])
+    likelihood = likelihood_for(prior, obs, time=START).to("cpu", torch.float64)
+    guidance = ConditionedGuidance(prior, likelihood, mask, "mmps", covariance="prior")
+    one = np.zeros((1, 3, *prior.grid.shape[1:]))
+    with pytest.raises(InvalidValueError, match="at least 2 members"):
+        update_start(guidance, one, [0], obs, StartUpdate(), seed=0)
+    forecast = ConditionedGuidance(prior, None, mask)
+    with pytest.raises(InvalidValueError, match="nothing to update"):
+        update_start(forecast, np.zeros((2, *one.shape[1:])), [0, 1], obs, StartUpdate(), seed=0)
+    for bad in (-0.1, 1.5, float("nan")):
+        with pytest.raises(InvalidValueError, match=r"must lie in \[0, 1\]"):
+            StartUpdate(rtps=bad)
+    with pytest.raises(InvalidValueError, match="horizontal_km must be a number > 0"):
+        StartUpdate(horizontal_km=0.0)

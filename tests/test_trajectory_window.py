@@ -203,6 +203,14 @@ def test_bad_filtering_windows_are_refused_and_nothing_is_written(
     assert result.exit_code != 0 and "would delete it first" in _said(result)
     result = _assimilate(tiny_prior, obs, later, store, "--filter")
     assert result.exit_code != 0 and "first hourly state" in _said(result)
+    result = _assimilate(prior, obs, later, store, "--update-start", "1500")
+    assert result.exit_code != 0 and "it needs --filter" in _said(result)
+    result = _assimilate(prior, obs, later, store, "--filter", "--update-start", "0")
+    assert result.exit_code != 0 and "horizontal_km must be a number > 0" in _said(result)
+    result = _assimilate(
+        prior, obs, later, store, "--filter", "--update-start", "1e3", "--start-rtps", "2"
+    )
+    assert result.exit_code != 0 and "--start-rtps" in _said(result)
     assert EnsembleStore.open(store).windows() == before
 
     # a window that is registered but not finished cannot be conditioned on
@@ -303,7 +311,7 @@ def test_after_a_failed_window_the_next_starts_cold_and_the_rerun_fills_the_gap(
 
 def test_a_trajectory_cycle_runs_windows_that_meet(trajectory_priors, tiny_prior, tmp_path) -> None:
     from genda.errors import InvalidValueError
-    from genda.orchestration.config import load_cycle_config
+    from genda.orchestration.config import StartUpdateConfig, load_cycle_config
     from genda.orchestration.flows import prior_states
 
     config = load_cycle_config(_cycle_config(tmp_path, trajectory_priors["joint3d"], 1))
@@ -315,6 +323,10 @@ def test_a_trajectory_cycle_runs_windows_that_meet(trajectory_priors, tiny_prior
         prior_states(long.model_copy(update={"states": 2}))
     with pytest.raises(InvalidValueError, match="models one instant"):
         prior_states(long.model_copy(update={"checkpoint": str(tiny_prior)}))
+    update = StartUpdateConfig(horizontal_km=1000.0)
+    one_instant = config.model_copy(update={"checkpoint": str(tiny_prior), "start_update": update})
+    with pytest.raises(InvalidValueError, match=r"start_update updates .* of one instant"):
+        prior_states(one_instant)
 
 
 @pytest.mark.slow
@@ -329,7 +341,7 @@ def test_a_cycle_of_long_windows_filters_on_each_last_hour(
     _observations(tmp_path / "obs-2000-01-02T1200.csv", START, [0.5, 1.0, 2.0, 3.0])
     later = START + np.timedelta64(3, "h")
     _observations(tmp_path / f"obs-{str(later).replace(':', '')}.csv", later, [1.0, 3.0])
-    path.write_text(path.read_text() + "states: 4\n")
+    path.write_text(path.read_text() + "states: 4\nstart_update: {horizontal_km: .inf}\n")
     config = load_cycle_config(path)
     results = assimilation_cycle(config)
     assert [r["ensemble"]["written"] for r in results] == [4, 4], results
@@ -338,6 +350,9 @@ def test_a_cycle_of_long_windows_filters_on_each_last_hour(
     windows = json.loads(ds.attrs["genda_windows"])
     second = windows["2000-01-02T16:00:00"]["provenance"]["trajectory"]
     assert second["states"] == 4 and second["conditioned_on"] == "2000-01-02T15:00:00"
+    # the start update, on the filtering windows only (no localisation: recorded as None)
+    assert second["start_update"] == {"horizontal_km": None, "vertical_km": 30.0, "rtps": 0.5}
+    assert "start_update" not in windows["2000-01-02T13:00:00"]["provenance"]["trajectory"]
 
 
 def test_a_forecast_carries_each_member_on_from_the_analysis(
@@ -400,11 +415,13 @@ def test_filtering_on_ray_actors_reads_the_store_and_matches_this_process(
     trajectory_priors, tmp_path
 ) -> None:
     """Two actors fix their members' first states from the store: the members of one
-    process, in a filtering window and in a forecast of two segments."""
+    process, in a filtering window that updates them first (each actor updates the
+    whole ensemble, not its batch) and in a forecast of two segments."""
     import os
     import tempfile
 
     from genda.assimilation.posterior import PosteriorSettings
+    from genda.assimilation.start_update import StartUpdate
     from genda.orchestration.assimilate import assimilate_window
     from genda.orchestration.forecast import forecast
     from genda.threads import cpu_threads
@@ -416,23 +433,26 @@ def test_filtering_on_ray_actors_reads_the_store_and_matches_this_process(
     later = START + np.timedelta64(2, "h")
     second = _observations(tmp_path / "b.csv", later, [1.0, 2.0])
     stores = {}
-    for name in ("here", "actors"):
+    for name in ("here", "actors", "kept"):
         stores[name] = tmp_path / f"{name}.zarr"
         with cpu_threads(1):
             assimilate_window(
                 prior, first, START, stores[name], members=4, settings=settings, progress=False
             )
+    update = StartUpdate(horizontal_km=2000.0, rtps=0.5)
     with cpu_threads(1):
-        assimilate_window(
-            prior,
-            second,
-            later,
-            stores["here"],
-            members=4,
-            settings=settings,
-            progress=False,
-            filtering=True,
-        )
+        for name, start_update in (("here", update), ("kept", None)):
+            assimilate_window(
+                prior,
+                second,
+                later,
+                stores[name],
+                members=4,
+                settings=settings,
+                progress=False,
+                filtering=True,
+                start_update=start_update,
+            )
     os.environ["RAY_AUTH_MODE"] = "disabled"
     ray.init(
         num_cpus=2,
@@ -451,6 +471,7 @@ def test_filtering_on_ray_actors_reads_the_store_and_matches_this_process(
             workers=2,
             progress=False,
             filtering=True,
+            start_update=update,
         )
         # a forecast of two segments on two actors, each reading its members' first states
         last = later + np.timedelta64(2, "h")
@@ -463,9 +484,14 @@ def test_filtering_on_ray_actors_reads_the_store_and_matches_this_process(
         ray.shutdown()
     assert summary.workers == 2 and summary.written == 4
     here, actors = EnsembleStore.open(stores["here"]), EnsembleStore.open(stores["actors"])
+    kept = EnsembleStore.open(stores["kept"])
     for hour in (3, 4):
         when = START + np.timedelta64(hour, "h")
         np.testing.assert_array_equal(actors.read_members(when), here.read_members(when))
+        assert not np.array_equal(here.read_members(when), kept.read_members(when))
+    chain = here.provenance(later + np.timedelta64(1, "h"))["trajectory"]
+    assert chain["start_update"] == {"horizontal_km": 2000.0, "vertical_km": 30.0, "rtps": 0.5}
+    assert "start_update" not in kept.provenance(later + np.timedelta64(1, "h"))["trajectory"]
     with cpu_threads(1):
         in_process = forecast(
             prior, stores["here"], last, 3, forecasts["here"], settings=settings, progress=False

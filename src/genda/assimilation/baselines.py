@@ -536,6 +536,7 @@ def localized_update(
     members: int = 0,
     rng: np.random.Generator | None = None,
     localization: Localization | None = None,
+    error_covariance: np.ndarray | None = None,
 ) -> Analysis:
     """:func:`localized_analysis` of states given with their observed values ``H x``.
 
@@ -550,6 +551,9 @@ def localized_update(
         obs: the ``M`` observations (``value``, ``sigma``, ``lat``, ``lon``, ``alt_km``).
         layout: where the ``N`` values lie (localisation).
         members, rng, localization: as :func:`localized_analysis`.
+        error_covariance: ``(M, M)`` the observations' error covariance ``R``, for
+            errors that are correlated (default ``diag(sigma^2)``); the perturbed
+            observations are drawn from it.
     """
     k = flat.shape[0]
     nvar, nlev, nlat, nlon = layout.shape
@@ -570,13 +574,23 @@ def localized_update(
 
     rho_h, rho_v = localization.grid_to_obs(layout, obs)  # (H*W, M), (L, M)
     hbh = (hx_anomaly.T @ hx_anomaly) / (k - 1) * localization.obs_to_obs(obs)
-    solve = _solver(hbh + np.diag(sigma**2))
+    if error_covariance is None:
+        error_covariance = np.diag(sigma**2)
+    elif error_covariance.shape != (m, m):
+        raise InvalidValueError(
+            f"an error covariance of {error_covariance.shape} for {m} observations"
+        )
+    solve = _solver(hbh + error_covariance)
 
     # Right-hand sides: the mean's innovation, then one perturbed innovation per member.
     innovations = np.empty((m, 1 + members), dtype=np.float64)
     innovations[:, 0] = y - hx_b
     if members and rng is not None:
-        perturbations = rng.standard_normal((members, m)) * sigma  # e_k ~ N(0, R)
+        draws = rng.standard_normal((members, m))
+        if np.count_nonzero(error_covariance - np.diag(np.diag(error_covariance))):
+            perturbations = draws @ np.linalg.cholesky(error_covariance).T  # e_k ~ N(0, R)
+        else:  # the diagonal R of independent errors, as drawn before R could be given
+            perturbations = draws * np.sqrt(np.diag(error_covariance))
         innovations[:, 1:] = (y + perturbations - hx[:members]).T
     weights = solve(innovations)  # (M, 1 + members)
 

@@ -38,7 +38,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from genda.assimilation.gaussian_tweedie import GaussianTweedieGuidance, content_digest
+from genda.assimilation.gaussian_tweedie import (
+    GaussianTweedieGuidance,
+    content_digest,
+    observation_covariance,
+    observation_space,
+)
 from genda.assimilation.guidance import GaussianLikelihood, guided_denoiser
 from genda.assimilation.state_operator import StateOperator
 from genda.errors import InvalidValueError
@@ -235,6 +240,34 @@ class ConditionedGuidance:
         self.template = guided_denoiser(
             FixedComponents(self.network, mask, zeros), self.masked, method, **options
         )
+
+    def predicted(self, fixed: FixedStates) -> Tensor:
+        """``(N, M)`` float64: each member's ``A(z)`` with its fixed components only, the
+        observations' mean given the first states (their regression on them included)."""
+        if self.likelihood is None:
+            raise InvalidValueError("a window without observations predicts none")
+        y = self.likelihood.y
+        with torch.no_grad():
+            return self.operator(fixed.values.to(y.device, y.dtype)).double()
+
+    def error_covariance(self) -> Tensor:
+        """``(M, M)`` float64: ``Sigma_y + A_free A_free^T``, the covariance of the
+        observations given the first states: their errors and the free states' part."""
+        if self.likelihood is None:
+            raise InvalidValueError("a window without observations has no error covariance")
+        sigma = self.likelihood.sigma.double()
+        space = (
+            self.template.space
+            if isinstance(self.template, GaussianTweedieGuidance)
+            else observation_space(self.masked.operator, self.likelihood.sigma)
+        )
+        if space.eigenvalues is not None and space.eigenvectors is not None:
+            # S = Sigma^-1/2 A A^T Sigma^-1/2 = Q diag(lam) Q^T, kept by the space
+            q, lam = space.eigenvectors.double(), space.eigenvalues.double()
+            gram = sigma[:, None] * ((q * lam) @ q.T) * sigma[None, :]
+        else:
+            gram, _ = observation_covariance(self.masked.operator)
+        return torch.diag(sigma**2) + 0.5 * (gram + gram.T)
 
     def for_batch(self, fixed: FixedStates, members: Sequence[int]) -> Any:
         """The denoiser of one batch of ``members`` whose first states are ``fixed``."""

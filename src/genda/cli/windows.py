@@ -9,6 +9,7 @@ import typer
 
 from genda.assimilation.guidance import GUIDANCE_METHODS, TWEEDIE_COVARIANCES
 from genda.assimilation.posterior import PosteriorSettings
+from genda.assimilation.start_update import StartUpdate
 from genda.cli.group import console
 from genda.cli.options import (
     POSTERIOR_DEFAULTS,
@@ -50,6 +51,26 @@ def assimilate(
             "write the hours after it (docs/cycles.md).",
         ),
     ] = False,
+    update_start: Annotated[
+        float | None,
+        typer.Option(
+            "--update-start",
+            min=0.0,
+            help="With --filter: update the members' starts by the window's observations "
+            "before fixing them (a localised EnKF step, docs/cycles.md); its horizontal "
+            "localisation half-width in km (inf: none). Default: fix them as they are.",
+        ),
+    ] = None,
+    start_rtps: Annotated[
+        float,
+        typer.Option(
+            "--start-rtps",
+            min=0.0,
+            max=1.0,
+            help="With --update-start: relax the updated starts' spread towards their spread "
+            "before the update (RTPS).",
+        ),
+    ] = 0.5,
     states: Annotated[
         int | None,
         typer.Option(
@@ -181,6 +202,9 @@ def assimilate(
         insecure=insecure,
         filtering=filter_,
         states=states,
+        start_update=None
+        if update_start is None
+        else StartUpdate(horizontal_km=update_start, rtps=start_rtps),
     )
     console.print(render_window(summary))
 

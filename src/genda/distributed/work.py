@@ -27,7 +27,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from genda.assimilation.conditioning import ConditionedGuidance, fixed_states
+from genda.assimilation.conditioning import (
+    ConditionedGuidance,
+    FixedStates,
+    fixed_states,
+    leading_mask,
+)
 from genda.assimilation.gaussian_tweedie import clear_observation_spaces
 from genda.assimilation.posterior import (
     PosteriorSettings,
@@ -36,6 +41,7 @@ from genda.assimilation.posterior import (
     sample_members,
     state_hours,
 )
+from genda.assimilation.start_update import StartUpdate, update_start
 from genda.errors import InvalidValueError, RunFailedError
 from genda.grid import Grid
 from genda.models.checkpoint import LoadedPrior, load_checkpoint
@@ -58,6 +64,9 @@ class TrajectoryWindow:
             forecast's first segment reads the analysis it starts from).
         writes_first: a cold start writes its first hour too, unless that hour
             belongs to another window (a cycle's cold start after a failed window).
+        start_update: update the members' starts by the window's observations
+            before fixing them (:mod:`genda.assimilation.start_update`); ``None``: fix
+            them as they are.
     """
 
     start: np.datetime64
@@ -65,6 +74,7 @@ class TrajectoryWindow:
     condition: np.datetime64 | None = None
     source: str | None = None
     writes_first: bool = True
+    start_update: StartUpdate | None = None
 
     @property
     def times(self) -> tuple[np.datetime64, ...]:
@@ -320,6 +330,8 @@ class MemberGenerator:
         self._denoiser: Any = None
         self._conditioned_key: tuple[Any, ...] | None = None
         self._conditioned: Any = None
+        self._fixed_key: tuple[Any, ...] | None = None  # (job, store, provenance) of _fixed
+        self._fixed: FixedStates | None = None
         self._long: LoadedPrior | None = None
 
     def prior_for(self, job: WindowJob) -> LoadedPrior:
@@ -349,12 +361,15 @@ class MemberGenerator:
         window = job.trajectory
         if window is None or window.condition is None:
             return self.denoiser(job)
-        store = job.store if window.source is None else EnsembleStore.open(window.source)
-        previous = torch.from_numpy(store.read_members(window.condition, batch))
         prior = self.prior_for(job)
-        hours = state_hours(prior, window.start, 1)
-        fixed = fixed_states(prior, previous, batch, None if hours is None else float(hours[0]))
-        if self._conditioned_key != job.key:  # the window's guidance, built once
+        fixed = self._fixed_states(job, prior, batch)
+        return self._guidance(job, prior).for_batch(fixed, batch)
+
+    def _guidance(self, job: WindowJob, prior: LoadedPrior) -> ConditionedGuidance:
+        """The window's guidance with its first states fixed, built once per window."""
+        window = job.trajectory
+        assert window is not None
+        if self._conditioned_key != job.key:
             guided = job.observations is not None
             settings = job.settings.for_prior(prior, guided=guided)
             likelihood = (
@@ -365,13 +380,49 @@ class MemberGenerator:
             self._conditioned = ConditionedGuidance(
                 prior,
                 likelihood,
-                fixed.mask,
+                leading_mask(prior),
                 settings.method,
                 window.start,
                 **settings.guidance_options(),
             )
             self._conditioned_key = job.key
-        return self._conditioned.for_batch(fixed, batch)
+        return self._conditioned
+
+    def _fixed_states(
+        self, job: WindowJob, prior: LoadedPrior, batch: Sequence[int]
+    ) -> FixedStates:
+        """The first states of ``batch`` from the conditioning window, read from the store.
+
+        With a start update every member of that window is read once per job
+        and updated together (the update is the ensemble's); the members then do
+        not depend on which worker reads them or in which batch.
+        """
+        window = job.trajectory
+        assert window is not None and window.condition is not None
+        store = job.store if window.source is None else EnsembleStore.open(window.source)
+        hours = state_hours(prior, window.start, 1)
+        hour = None if hours is None else float(hours[0])
+        if window.start_update is None or job.observations is None:
+            previous = store.read_members(window.condition, batch)
+            return fixed_states(prior, torch.from_numpy(previous), batch, hour)
+        # Kept per window on a long-lived actor; the key names the store and what
+        # made the members conditioned on, so another store is never served from it.
+        key = (job.key, str(store.path), repr(store.provenance(window.condition)))
+        if self._fixed_key == key and self._fixed is not None:
+            return self._fixed
+        members = list(range(store.n_members))
+        previous = store.read_members(window.condition, members)
+        fixed = update_start(
+            self._guidance(job, prior),
+            previous,
+            members,
+            job.observations,
+            window.start_update,
+            job.seed,
+            hour,
+        )
+        self._fixed_key, self._fixed = key, fixed
+        return fixed
 
     def generate(
         self,

@@ -28,6 +28,7 @@ from genda.assimilation.posterior import (
     fit_of_values,
     window_seed,
 )
+from genda.assimilation.start_update import StartUpdate
 from genda.budget import check_output_size, human_bytes
 from genda.devices import check_device
 from genda.distributed import MemberGenerator, WindowJob, WindowReport, WorkerSpec, complete_window
@@ -158,6 +159,7 @@ def assimilate_window(
     filtering: bool = False,
     writes_first: bool = True,
     states: int | None = None,
+    start_update: StartUpdate | None = None,
 ) -> WindowSummary:
     """Complete the window at ``time`` in the ensemble store ``out`` (created when absent).
 
@@ -207,6 +209,9 @@ def assimilate_window(
         states: a trajectory prior's window of this many hourly states; more
             than its ``K`` composes the window from overlapping segments
             (:mod:`genda.models.long_window`). Default ``K``.
+        start_update: a filtering window updates its members' starts by its
+            observations (a localised EnKF step, then RTPS) before fixing them
+            (:mod:`genda.assimilation.start_update`); ``None`` fixes them as they are.
 
     Returns:
         The window's :class:`~genda.orchestration.summaries.WindowSummary`
@@ -250,6 +255,10 @@ def assimilate_window(
             "filtering conditions on the store's previous window; replacing the store "
             "(overwrite) would delete it first"
         )
+    if start_update is not None and not filtering:
+        raise InvalidValueError(
+            "--update-start updates the states a filtering window fixes: it needs --filter"
+        )
     _check_store_size(prior, members, out, yes)
     table, obs, qc = _load_observations(
         observations, prior, when, window_hours, outlier_k, keep_outliers
@@ -258,7 +267,9 @@ def assimilate_window(
         check_condition(out, prior, when, members)
     provenance = window_provenance(prior, obs, settings, seed, when, window_hours)
     if trajectory:
-        provenance = trajectory_provenance(provenance, prior, when, filtering, writes_first)
+        provenance = trajectory_provenance(
+            provenance, prior, when, filtering, writes_first, start_update
+        )
     check_guidance(
         prior, obs, settings, driver_device, when, leading_mask(prior) if filtering else None
     )
@@ -280,7 +291,16 @@ def assimilate_window(
     )
     if trajectory:
         job = trajectory_job(
-            store, prior, when, seed, settings, obs, provenance, filtering, writes_first
+            store,
+            prior,
+            when,
+            seed,
+            settings,
+            obs,
+            provenance,
+            filtering,
+            writes_first,
+            start_update=start_update,
         )
     else:
         job = WindowJob(

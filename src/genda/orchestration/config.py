@@ -36,6 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from genda.assimilation.guidance import GuidanceMethod, TweedieCovariance
 from genda.assimilation.posterior import PosteriorSettings
+from genda.assimilation.start_update import StartUpdate
 from genda.errors import GendaError, InvalidValueError
 from genda.models.sampling import SamplingMethod
 from genda.observations.qc import DEFAULT_OUTLIER_K
@@ -64,6 +65,23 @@ class RayConfig(BaseModel):
     )
 
 
+class StartUpdateConfig(BaseModel):
+    """How a filtering window updates its members' starts
+    (:class:`genda.assimilation.start_update.StartUpdate`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    horizontal_km: float = Field(1500.0, gt=0, description="Localisation half-width (.inf: none).")
+    vertical_km: float = Field(30.0, gt=0, description="Vertical localisation half-width.")
+    rtps: float = Field(
+        0.5, ge=0, le=1, allow_inf_nan=False, description="Relaxation to the starts' spread."
+    )
+
+    def settings(self) -> StartUpdate:
+        """The :class:`~genda.assimilation.start_update.StartUpdate` of these keys."""
+        return StartUpdate(self.horizontal_km, self.vertical_km, self.rtps)
+
+
 class CycleConfig(BaseModel):
     """One assimilation cycle: windows from ``start`` to ``end`` every ``every_hours``."""
 
@@ -83,6 +101,12 @@ class CycleConfig(BaseModel):
         description="Hourly states per window of a trajectory prior, its own K or more: "
         "longer windows are composed from its segments (every_hours = states - 1). "
         "None: the prior's own.",
+    )
+    start_update: StartUpdateConfig | None = Field(
+        None,
+        description="Trajectory priors: each filtering window updates its members' starts by "
+        "its observations (a localised EnKF step) before fixing them; null fixes them as "
+        "they are.",
     )
     outlier_k: float = Field(
         DEFAULT_OUTLIER_K,

@@ -115,6 +115,11 @@ def prior_states(config: CycleConfig) -> int:
 
     grid = _grid_of(config)
     states = trajectory_states(grid) if is_trajectory(grid) else 1
+    if states == 1 and config.start_update is not None:
+        raise InvalidValueError(
+            "start_update updates the states a filtering window fixes; this cycle's prior is "
+            "of one instant, whose windows fix none"
+        )
     if states > 1 and config.every_hours != states - 1:
         raise InvalidValueError(
             f"the cycle's windows are {states} hourly states: a cycle of them runs every "
@@ -159,6 +164,11 @@ def make_ensemble(config: CycleConfig, time: str, progress: bool = True) -> dict
         progress=progress,  # drawn on a terminal only (genda.progress)
         filtering=mode == FILTER,
         writes_first=mode != COLD_AFTER,
+        start_update=(
+            config.start_update.settings()
+            if mode == FILTER and config.start_update is not None
+            else None
+        ),
         states=config.states,
     )
     get_run_logger().info(

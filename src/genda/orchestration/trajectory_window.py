@@ -34,6 +34,7 @@ import pandas as pd
 import torch
 
 from genda.assimilation.posterior import PosteriorSettings, window_seed
+from genda.assimilation.start_update import StartUpdate
 from genda.distributed import TrajectoryWindow, WindowJob
 from genda.errors import InvalidValueError, MissingInputError
 from genda.grid import Grid
@@ -173,21 +174,23 @@ def trajectory_provenance(
     start: np.datetime64,
     filtering: bool,
     writes_first: bool = True,
+    start_update: StartUpdate | None = None,
 ) -> dict[str, Any]:
     """The window's provenance with its trajectory: start, states, the hour conditioned on,
-    and whether it writes its first hour. ``window_hours`` is left out: the window's
-    hours are its own."""
+    whether it writes its first hour, and how a filtering window updates its start
+    (``start_update``, recorded when it does). ``window_hours`` is left out: the
+    window's hours are its own."""
     kept = {k: v for k, v in provenance.items() if k != "window_hours"}
-    return {
-        **kept,
-        "trajectory": {
-            "start": iso(start),
-            "states": trajectory_states(prior.grid),
-            "conditioned_on": iso(start) if filtering else None,
-            "member_conditioned_on": "same member" if filtering else None,
-            "writes_first": not filtering and writes_first,
-        },
+    trajectory: dict[str, Any] = {
+        "start": iso(start),
+        "states": trajectory_states(prior.grid),
+        "conditioned_on": iso(start) if filtering else None,
+        "member_conditioned_on": "same member" if filtering else None,
+        "writes_first": not filtering and writes_first,
     }
+    if filtering and start_update is not None:
+        trajectory["start_update"] = start_update.to_dict()
+    return {**kept, "trajectory": trajectory}
 
 
 def trajectory_job(
@@ -203,12 +206,14 @@ def trajectory_job(
     *,
     source: str | None = None,
     job_seed: int | None = None,
+    start_update: StartUpdate | None = None,
 ) -> WindowJob:
     """The job of a trajectory window: every hour it writes is registered in ``store``.
 
     ``source``: the store a filtering window's first state is read from, when
     not ``store`` (a forecast's first segment reads the analysis); ``job_seed``:
-    the window's seed (default :func:`window_seed` of ``seed`` and ``start``).
+    the window's seed (default :func:`window_seed` of ``seed`` and ``start``);
+    ``start_update``: how a filtering window updates its members' starts.
 
     Raises:
         EnsembleStoreError: an hour holds members of another window (checked for
@@ -220,6 +225,7 @@ def trajectory_job(
         start if filtering else None,
         source,
         writes_first=writes_first,
+        start_update=start_update if filtering else None,
     )
     check_hours_free(store, window.times, provenance)
     for when in window.times:
