@@ -1,4 +1,4 @@
-"""``benchmarks/filtering_bound.py`` and ``benchmarks/old_observation.py``: their helpers."""
+"""``benchmarks/filtering_bound.py``, ``old_observation.py`` and ``filter_start.py``: helpers."""
 
 from __future__ import annotations
 
@@ -52,3 +52,19 @@ def test_old_observation_summary_pairs_the_cases() -> None:
     assert summary["mean_difference"] == pytest.approx(-1.0)
     assert summary["standard_error"] == pytest.approx(math.sqrt(3) / math.sqrt(3))
     assert 0.0 < summary["wilcoxon_p"] <= 1.0
+
+
+def test_filter_start_variants_are_kept_cold_or_a_width() -> None:
+    import argparse
+
+    start = load_benchmark("filter_start")
+    assert [start.parse_variant(t) for t in ("kept", "cold", "2500", "2.5e3", "inf")] == [
+        "kept",
+        "cold",
+        "2500",
+        "2500",
+        "inf",
+    ]
+    for bad in ("0", "-5", "nan", "warm"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            start.parse_variant(bad)
