@@ -386,3 +386,20 @@ def test_a_start_update_is_refused_without_two_members_or_observations(prior) ->
             StartUpdate(rtps=bad)
     with pytest.raises(InvalidValueError, match="horizontal_km must be a number > 0"):
         StartUpdate(horizontal_km=0.0)
+
+
+@pytest.mark.parametrize("covariance", ["prior", "jacobian"])
+def test_the_error_covariance_of_a_window_with_fixed_starts_is_sigma_plus_a_free_a_free_t(
+    prior, covariance
+) -> None:
+    """``Sigma_y + A_free A_free^T`` from the observation space (the Gaussian Tweedie
+    template's, or one built for MMPS's Jacobian) against the dense rows of ``A``."""
+    mask = leading_mask(prior)
+    obs = _observations([0.5, 1.0, 2.0])
+    likelihood = likelihood_for(prior, obs, time=START).to("cpu", torch.float64)
+    guidance = ConditionedGuidance(prior, likelihood, mask, "mmps", covariance=covariance)
+    jacobian = _jacobian(prior)
+    rows = likelihood.operator.fields.adjoint(torch.eye(len(obs), dtype=torch.float64))
+    a_free = rows.reshape(len(obs), -1) @ jacobian[:, ~mask.reshape(-1)]
+    expected = torch.diag(likelihood.sigma**2) + a_free @ a_free.T
+    torch.testing.assert_close(guidance.error_covariance(), expected, rtol=1e-8, atol=1e-10)

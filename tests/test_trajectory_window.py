@@ -206,7 +206,14 @@ def test_bad_filtering_windows_are_refused_and_nothing_is_written(
     result = _assimilate(prior, obs, later, store, "--update-start", "1500")
     assert result.exit_code != 0 and "it needs --filter" in _said(result)
     result = _assimilate(prior, obs, later, store, "--filter", "--update-start", "0")
-    assert result.exit_code != 0 and "horizontal_km must be a number > 0" in _said(result)
+    assert result.exit_code != 0 and "half-width > 0 km" in _said(result)
+    result = _assimilate(prior, obs, later, store, "--filter", "--start-rtps", "0.3")
+    assert result.exit_code != 0 and "--start-rtps needs --update-start" in _said(result)
+    result = _assimilate(prior, None, later, store, "--filter", "--update-start", "1e3")
+    assert result.exit_code != 0 and "it needs --obs" in _said(result)
+    at_start = _observations(tmp_path / "f.csv", later, [0.0])
+    result = _assimilate(prior, at_start, later, store, "--filter", "--update-start", "1e3")
+    assert result.exit_code != 0 and "no observation after its start" in _said(result)
     result = _assimilate(
         prior, obs, later, store, "--filter", "--update-start", "1e3", "--start-rtps", "2"
     )
@@ -310,8 +317,10 @@ def test_after_a_failed_window_the_next_starts_cold_and_the_rerun_fills_the_gap(
 
 
 def test_a_trajectory_cycle_runs_windows_that_meet(trajectory_priors, tiny_prior, tmp_path) -> None:
+    from pydantic import ValidationError
+
     from genda.errors import InvalidValueError
-    from genda.orchestration.config import StartUpdateConfig, load_cycle_config
+    from genda.orchestration.config import CycleConfig, StartUpdateConfig, load_cycle_config
     from genda.orchestration.flows import prior_states
 
     config = load_cycle_config(_cycle_config(tmp_path, trajectory_priors["joint3d"], 1))
@@ -324,6 +333,10 @@ def test_a_trajectory_cycle_runs_windows_that_meet(trajectory_priors, tiny_prior
     with pytest.raises(InvalidValueError, match="models one instant"):
         prior_states(long.model_copy(update={"checkpoint": str(tiny_prior)}))
     update = StartUpdateConfig(horizontal_km=1000.0)
+    with pytest.raises(ValidationError, match="members >= 2, not 1"):
+        CycleConfig.model_validate(
+            {**config.model_dump(), "members": 1, "start_update": update.model_dump()}
+        )
     one_instant = config.model_copy(update={"checkpoint": str(tiny_prior), "start_update": update})
     with pytest.raises(InvalidValueError, match=r"start_update updates .* of one instant"):
         prior_states(one_instant)

@@ -448,6 +448,16 @@ def _solver(s: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
     return lambda b: scipy.linalg.cho_solve(factor, b)
 
 
+def _square_root(covariance: np.ndarray) -> np.ndarray:
+    """``L`` with ``L L^T = covariance``: Cholesky, or for a covariance that rounding has
+    left a little indefinite, the eigenvectors scaled by the clamped eigenvalues' roots."""
+    try:
+        return np.linalg.cholesky(covariance)
+    except np.linalg.LinAlgError:
+        values, vectors = np.linalg.eigh(0.5 * (covariance + covariance.T))
+        return vectors * np.sqrt(np.clip(values, 0.0, None))
+
+
 def _check_analysis_inputs(
     states: np.ndarray, grid: Grid, members: int, rng: np.random.Generator | None
 ) -> None:
@@ -588,7 +598,7 @@ def localized_update(
     if members and rng is not None:
         draws = rng.standard_normal((members, m))
         if np.count_nonzero(error_covariance - np.diag(np.diag(error_covariance))):
-            perturbations = draws @ np.linalg.cholesky(error_covariance).T  # e_k ~ N(0, R)
+            perturbations = draws @ _square_root(error_covariance).T  # e_k ~ N(0, R)
         else:  # the diagonal R of independent errors, as drawn before R could be given
             perturbations = draws * np.sqrt(np.diag(error_covariance))
         innovations[:, 1:] = (y + perturbations - hx[:members]).T

@@ -91,8 +91,12 @@ def update_start(
     update: StartUpdate,
     seed: int,
     hours: float | None = None,
+    start: np.datetime64 | None = None,
 ) -> FixedStates:
     """The fixed states of a whole ensemble, their starts updated by the window's observations.
+
+    Observations at the start's own time (``start``) are left out: that hour is
+    the previous window's analysis, which has assimilated them already.
 
     Args:
         guidance: the window's (its prior, observations and free part).
@@ -103,9 +107,11 @@ def update_start(
         update: localisation and RTPS.
         seed: draws the perturbed observations (the window's seed: a rerun is the same).
         hours: the UT hour of the start (a prior with tides).
+        start: the start's time, when ``observations`` has a ``time`` column.
 
     Raises:
-        InvalidValueError: fewer than two members, or a window without observations.
+        InvalidValueError: fewer than two members, or a window without observations
+            after its start.
     """
     if len(members) < 2:
         raise InvalidValueError(
@@ -116,14 +122,22 @@ def update_start(
     likelihood = guidance.likelihood
     if likelihood is None:
         raise InvalidValueError("a window without observations has nothing to update its start")
-    predicted = guidance.predicted(fixed).cpu().numpy()
+    keep = np.ones(len(observations), dtype=bool)
+    if start is not None and "time" in observations:
+        times = observations["time"].to_numpy().astype("datetime64[s]")
+        keep = times != np.datetime64(start, "s")
+    if not keep.any():
+        raise InvalidValueError(
+            "the window has no observation after its start: nothing to update the start with"
+        )
+    predicted = guidance.predicted(fixed).cpu().numpy()[:, keep]
     table = pd.DataFrame(
         {
-            "lat": observations["lat"].to_numpy(),
-            "lon": observations["lon"].to_numpy(),
-            "alt_km": observations["alt_km"].to_numpy(),
-            "value": likelihood.y.double().cpu().numpy(),
-            "sigma": likelihood.sigma.double().cpu().numpy(),
+            "lat": observations["lat"].to_numpy()[keep],
+            "lon": observations["lon"].to_numpy()[keep],
+            "alt_km": observations["alt_km"].to_numpy()[keep],
+            "value": likelihood.y.double().cpu().numpy()[keep],
+            "sigma": likelihood.sigma.double().cpu().numpy()[keep],
         }
     )
     flat = previous.reshape(len(members), -1).astype(np.float64)
@@ -135,7 +149,7 @@ def update_start(
         members=len(members),
         rng=np.random.default_rng(seed),
         localization=update.localization,
-        error_covariance=guidance.error_covariance().cpu().numpy(),
+        error_covariance=guidance.error_covariance().cpu().numpy()[np.ix_(keep, keep)],
     )
     updated = analysis.members.reshape(previous.shape).astype(np.float64)
     updated = relax_to_prior_spread(previous.astype(np.float64), updated, update.rtps)

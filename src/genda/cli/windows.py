@@ -62,15 +62,15 @@ def assimilate(
         ),
     ] = None,
     start_rtps: Annotated[
-        float,
+        float | None,
         typer.Option(
             "--start-rtps",
             min=0.0,
             max=1.0,
             help="With --update-start: relax the updated starts' spread towards their spread "
-            "before the update (RTPS).",
+            "before the update (RTPS). Default 0.5.",
         ),
-    ] = 0.5,
+    ] = None,
     states: Annotated[
         int | None,
         typer.Option(
@@ -202,11 +202,23 @@ def assimilate(
         insecure=insecure,
         filtering=filter_,
         states=states,
-        start_update=None
-        if update_start is None
-        else StartUpdate(horizontal_km=update_start, rtps=start_rtps),
+        start_update=_start_update(update_start, start_rtps),
     )
     console.print(render_window(summary))
+
+
+def _start_update(width_km: float | None, rtps: float | None) -> StartUpdate | None:
+    """The start update of ``--update-start`` and ``--start-rtps``, checked."""
+    if width_km is None:
+        if rtps is not None:
+            raise typer.BadParameter("--start-rtps needs --update-start", param_hint="--start-rtps")
+        return None
+    if not width_km > 0:
+        raise typer.BadParameter(
+            f"a localisation half-width > 0 km (inf: none), got {width_km}",
+            param_hint="--update-start",
+        )
+    return StartUpdate(horizontal_km=width_km, rtps=0.5 if rtps is None else rtps)
 
 
 def baseline(

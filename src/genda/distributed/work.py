@@ -407,7 +407,13 @@ class MemberGenerator:
             return fixed_states(prior, torch.from_numpy(previous), batch, hour)
         # Kept per window on a long-lived actor; the key names the store and what
         # made the members conditioned on, so another store is never served from it.
-        key = (job.key, str(store.path), repr(store.provenance(window.condition)))
+        key = (
+            job.key,
+            job.seed,
+            str(store.path),
+            store.n_members,
+            repr(store.provenance(window.condition)),
+        )
         if self._fixed_key == key and self._fixed is not None:
             return self._fixed
         members = list(range(store.n_members))
@@ -420,6 +426,7 @@ class MemberGenerator:
             window.start_update,
             job.seed,
             hour,
+            window.start,
         )
         self._fixed_key, self._fixed = key, fixed
         return fixed

@@ -259,10 +259,22 @@ def assimilate_window(
         raise InvalidValueError(
             "--update-start updates the states a filtering window fixes: it needs --filter"
         )
+    if start_update is not None and (observations is None or members < 2):
+        raise InvalidValueError(
+            "--update-start updates an ensemble's starts by the window's observations: it "
+            f"needs --obs and at least 2 members (got {members})"
+        )
     _check_store_size(prior, members, out, yes)
     table, obs, qc = _load_observations(
         observations, prior, when, window_hours, outlier_k, keep_outliers
     )
+    if start_update is not None and obs is not None and "time" in obs:
+        times = obs["time"].to_numpy().astype("datetime64[s]")
+        if not (times != np.datetime64(when, "s")).any():
+            raise InvalidValueError(
+                f"--update-start: the window has no observation after its start {when}, "
+                "whose own observations the window before it assimilated"
+            )
     if filtering:
         check_condition(out, prior, when, members)
     provenance = window_provenance(prior, obs, settings, seed, when, window_hours)

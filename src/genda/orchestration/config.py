@@ -174,6 +174,11 @@ class CycleConfig(BaseModel):
     def _ordered(self) -> CycleConfig:
         if self.end < self.start:
             raise InvalidValueError(f"end ({self.end}) is before start ({self.start})")
+        if self.start_update is not None and self.members < 2:
+            raise InvalidValueError(
+                f"start_update updates an ensemble's starts: it needs members >= 2, not "
+                f"{self.members}"
+            )
         return self
 
     def windows(self) -> list[np.datetime64]:
