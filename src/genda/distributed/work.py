@@ -330,7 +330,7 @@ class MemberGenerator:
         self._denoiser: Any = None
         self._conditioned_key: tuple[Any, ...] | None = None
         self._conditioned: Any = None
-        self._fixed_key: tuple[Any, ...] | None = None  # (job, store, provenance) of _fixed
+        self._fixed_key: tuple[Any, ...] | None = None  # what _fixed was made from
         self._fixed: FixedStates | None = None
         self._long: LoadedPrior | None = None
 
