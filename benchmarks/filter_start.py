@@ -18,7 +18,8 @@ does not score) in the variants:
 - **cold**: every window from the climatological prior, with its first hour's
   observations too: the same windows without filtering;
 - **a number**: the starts updated first by a localised EnKF step of that
-  horizontal half-width in km (``inf``: none), with ``--start-rtps``.
+  horizontal half-width in km (``inf``: none), with ``--start-rtps``;
+  ``KM@A`` sets that variant's RTPS to ``A`` (``1000@0.9``).
 
 The variants run in parallel processes. It reports each day's CRPS, RMSE and
 spread-skill at the analysis hours (the windows' last hours), and each
@@ -59,16 +60,31 @@ DEFAULT_VARIANTS = ("kept", "cold", "1500", "inf")
 
 
 def parse_variant(text: str) -> str:
-    """``kept``, ``cold`` or a half-width in km (``inf``), checked."""
+    """``kept``, ``cold``, a half-width in km (``inf``) or ``KM@RTPS``, checked and canonical."""
     if text in ("kept", "cold"):
         return text
+    width, sep, relax = text.partition("@")
     try:
-        value = float(text)
+        value = float(width)
+        rtps = float(relax) if sep else None
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not kept, cold or a width in km") from None
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not kept, cold, a width in km or KM@RTPS"
+        ) from None
     if not value > 0:  # NaN too
         raise argparse.ArgumentTypeError(f"a localisation half-width must be > 0 km, got {text}")
-    return "inf" if math.isinf(value) else f"{value:g}"
+    if rtps is not None and not 0.0 <= rtps <= 1.0:
+        raise argparse.ArgumentTypeError(f"a variant's RTPS must lie in [0, 1], got {text}")
+    name = "inf" if math.isinf(value) else f"{value:g}"
+    return name if rtps is None else f"{name}@{rtps:g}"
+
+
+def start_update(variant: str, rtps: float) -> StartUpdate | None:
+    """The :class:`StartUpdate` of a variant (``None``: kept or cold), ``rtps`` unless it sets one."""
+    if variant in ("kept", "cold"):
+        return None
+    width, _, relax = variant.partition("@")
+    return StartUpdate(float(width), rtps=float(relax) if relax else rtps)
 
 
 def run_variant(
@@ -87,7 +103,7 @@ def run_variant(
     windows = hourly_windows(truth_path, work / "obs", hours + 1)
     store = work / f"{variant}.zarr"
     shutil.rmtree(store, ignore_errors=True)
-    update = None if variant in ("kept", "cold") else StartUpdate(float(variant), rtps=rtps)
+    update = start_update(variant, rtps)
     _, analyses, seconds = run_cycled(
         prior, windows, store, members, steps, truth, work, update, cold=variant == "cold"
     )

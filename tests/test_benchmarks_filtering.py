@@ -58,13 +58,21 @@ def test_filter_start_variants_are_kept_cold_or_a_width() -> None:
     import argparse
 
     start = load_benchmark("filter_start")
-    assert [start.parse_variant(t) for t in ("kept", "cold", "2500", "2.5e3", "inf")] == [
+    texts = ("kept", "cold", "2500", "2.5e3", "inf", "1e3@0.90", "inf@1")
+    assert [start.parse_variant(t) for t in texts] == [
         "kept",
         "cold",
         "2500",
         "2500",
         "inf",
+        "1000@0.9",
+        "inf@1",
     ]
-    for bad in ("0", "-5", "nan", "warm"):
+    for bad in ("0", "-5", "nan", "warm", "1000@", "1000@1.5", "1000@nan", "@0.5"):
         with pytest.raises(argparse.ArgumentTypeError):
             start.parse_variant(bad)
+    assert start.start_update("kept", 0.5) is None
+    assert start.start_update("2500", 0.5).rtps == 0.5
+    update = start.start_update("1000@0.9", 0.5)
+    assert (update.horizontal_km, update.rtps) == (1000.0, 0.9)
+    assert math.isinf(start.start_update("inf@1", 0.5).horizontal_km)
