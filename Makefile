@@ -58,6 +58,8 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/trajectory_osse.py --prior outputs/trajectory-k4 --days 3
 	$(BIN)/python benchmarks/filtering_bound.py --work outputs/cycled_osse
 	$(BIN)/python benchmarks/filter_start.py --prior outputs/trajectory-k4
+	$(BIN)/python benchmarks/filter_start.py --prior outputs/trajectory-k4 --variants kept 1000@0.9 2500@0.9 \
+		--processes 3 --name filter_start_rtps
 	$(BIN)/python benchmarks/old_observation.py --prior outputs/trajectory-k4 --work outputs/cycled_osse
 	$(BIN)/python benchmarks/long_window.py --prior outputs/trajectory-k4 --work outputs/cycled_osse --hours 7
 	$(BIN)/python benchmarks/member_spectra.py --work outputs/cycled_osse

@@ -25,7 +25,8 @@ The variants run in parallel processes. It reports each day's CRPS, RMSE and
 spread-skill at the analysis hours (the windows' last hours), and each
 variant's last-day CRPS over the kept starts', the mean over u, v and T.
 
-Writes ``benchmarks/results/filter_start-cpu.json`` (``.md`` beside it).
+Writes ``benchmarks/results/filter_start-cpu.json`` (``.md`` beside it;
+``--name`` for another file).
 """
 
 from __future__ import annotations
@@ -121,6 +122,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=16)
     parser.add_argument("--processes", type=int, default=2, help="variants run at once")
     parser.add_argument("--work", type=Path, default=ROOT / "outputs" / "filter_start")
+    parser.add_argument(
+        "--name",
+        default="filter_start",
+        help="results under benchmarks/results/NAME-cpu.{json,md} (another set of variants)",
+    )
     parser.add_argument("--quick", action="store_true", help="16 x 32 x 4, 10 hours, 4 members")
     args = parser.parse_args()
     config = SimulatorConfig()
@@ -137,6 +143,8 @@ def main() -> None:
         parser.error("--start-rtps must lie in [0, 1]")
     if args.members < 2:
         parser.error("--members must be at least 2: an ensemble's spread needs two")
+    if not args.name or Path(args.name).name != args.name:
+        parser.error(f"--name must be a plain file name, got {args.name!r}")
     if args.prior is None and not args.quick:
         parser.error("--prior is needed (a trajectory prior, genda train --states K)")
     args.work.mkdir(parents=True, exist_ok=True)
@@ -219,7 +227,7 @@ def main() -> None:
     if args.quick:
         write_file(args.work / "filter_start-quick.json", json.dumps(payload, indent=2) + "\n")
         return
-    write_scores(RESULTS / "filter_start-cpu.json", payload, title, table)
+    write_scores(RESULTS / f"{args.name}-cpu.json", payload, title, table)
 
 
 if __name__ == "__main__":
