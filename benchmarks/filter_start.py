@@ -1,6 +1,7 @@
 """The filtering cycle's start: fixed as it is, updated by the window's observations, or cold?
 
-    python benchmarks/filter_start.py --prior PATH [--variants kept cold 1500 inf] [--days 2]
+    python benchmarks/filter_start.py --prior PATH [--variants kept cold 1500 1000@0.9 inf] [--days 2]
+                                      [--name filter_start]
     python benchmarks/filter_start.py --quick          # a tiny end-to-end check
 
 A filtering window fixes each member's first state to that member of the
@@ -76,8 +77,14 @@ def parse_variant(text: str) -> str:
         raise argparse.ArgumentTypeError(f"a localisation half-width must be > 0 km, got {text}")
     if rtps is not None and not 0.0 <= rtps <= 1.0:
         raise argparse.ArgumentTypeError(f"a variant's RTPS must lie in [0, 1], got {text}")
-    name = "inf" if math.isinf(value) else f"{value:g}"
-    return name if rtps is None else f"{name}@{rtps:g}"
+    name = "inf" if math.isinf(value) else _number(value)
+    return name if rtps is None else f"{name}@{_number(rtps + 0.0)}"  # + 0.0: no "-0"
+
+
+def _number(value: float) -> str:
+    """``value`` short (``1e3`` as ``1000``), unless that would change it."""
+    short = f"{value:g}"
+    return short if float(short) == value else repr(value)
 
 
 def start_update(variant: str, rtps: float) -> StartUpdate | None:
@@ -198,7 +205,8 @@ def main() -> None:
     ]
     title = (
         f"the filtering cycle's start on the tuning truth (seed {TUNE_SEED}, {hours} h, "
-        f"{args.members} members, {args.steps} steps, start RTPS {args.start_rtps:g}); "
+        f"{args.members} members, {args.steps} steps, start RTPS {args.start_rtps:g} "
+        "unless a variant sets its own); "
         f"{last} CRPS over the kept starts': "
         + ", ".join(f"{v} {ratio:.3f}" for v, ratio in ratios.items())
     )

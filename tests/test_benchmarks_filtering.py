@@ -54,11 +54,21 @@ def test_old_observation_summary_pairs_the_cases() -> None:
     assert 0.0 < summary["wilcoxon_p"] <= 1.0
 
 
-def test_filter_start_variants_are_kept_cold_or_a_width() -> None:
+def test_filter_start_variants_are_kept_cold_a_width_or_a_width_and_rtps() -> None:
     import argparse
 
     start = load_benchmark("filter_start")
-    texts = ("kept", "cold", "2500", "2.5e3", "inf", "1e3@0.90", "inf@1")
+    texts = (
+        "kept",
+        "cold",
+        "2500",
+        "2.5e3",
+        "inf",
+        "1e3@0.90",
+        "inf@1",
+        "1000@0.99999999",
+        "10@-0",
+    )
     assert [start.parse_variant(t) for t in texts] == [
         "kept",
         "cold",
@@ -67,6 +77,8 @@ def test_filter_start_variants_are_kept_cold_or_a_width() -> None:
         "inf",
         "1000@0.9",
         "inf@1",
+        "1000@0.99999999",  # not rounded to 1
+        "10@0",
     ]
     for bad in ("0", "-5", "nan", "warm", "1000@", "1000@1.5", "1000@nan", "@0.5"):
         with pytest.raises(argparse.ArgumentTypeError):

@@ -201,7 +201,7 @@ def main() -> None:
     # days of spin-up, then hourly output from 01:00; the small run's 2 days leave a
     # young atmosphere, which is all the file formats and commands need
     spinup = 2 if args.small else 10
-    time = f"2000-01-{1 + spinup:02d}T06:00"
+    time = str(np.datetime64("2000-01-01T06:00") + np.timedelta64(spinup, "D"))
     members, steps = ("4", "8") if args.small else ("16", "32")
 
     # 1. the "real" atmosphere: a run of the built-in model on the default prior's grid
